@@ -1,1 +1,3 @@
-//! ringrelay
+//! ringrelay: a durable log relay for security appliance VMs.
+pub mod clock;
+pub mod ring;

@@ -1,0 +1,486 @@
+//! The bytes on disk, exactly as `buffer-spec.md` (format version 1) lays them out.
+//!
+//! ```text
+//! file offset   size        what
+//! 0             4096        superblock  (written once at creation)
+//! 4096          4096        metadata slot A
+//! 8192          4096        metadata slot B
+//! 12288         capacity    data area: records, each 8-aligned
+//! ```
+//!
+//! All integers are little-endian. Every structure carries its own CRC-32 (IEEE, as computed by
+//! `crc32fast`). Offsets inside the data area are relative to [`DATA_OFFSET`].
+//!
+//! Parsing never panics: every `parse` takes a slice of at least the structure's size (callers
+//! check lengths first) and returns `None` when the CRC or a field is invalid.
+
+/// `0x89 'R' 'I' 'N' 'G' '\r' '\n' 0x1a`: a high byte to catch 7-bit transfers, a name, and the
+/// CR LF / ^Z pair to catch line-ending conversions, as PNG does.
+pub const MAGIC: [u8; 8] = [0x89, b'R', b'I', b'N', b'G', b'\r', b'\n', 0x1a];
+/// The format version this code reads and writes.
+pub const VERSION: u32 = 1;
+/// Page size the layout is built on; each metadata slot has a page of its own.
+pub const PAGE: u64 = 4096;
+/// File offset of the superblock.
+pub const SUPERBLOCK_OFFSET: u64 = 0;
+/// File offsets of the two metadata slots.
+pub const SLOT_OFFSETS: [u64; 2] = [PAGE, 2 * PAGE];
+/// File offset of the data area.
+pub const DATA_OFFSET: u64 = 3 * PAGE;
+/// Records start at multiples of this inside the data area.
+pub const ALIGN: u64 = 8;
+/// Size of a record header.
+pub const RECORD_HEADER: u64 = 48;
+/// Cursors kept per ring.
+pub const MAX_CURSORS: usize = 16;
+/// Bytes of a cursor name (UTF-8, zero-padded; all zero = unused entry).
+pub const CURSOR_NAME: usize = 32;
+/// Bytes of the feed name kept in the superblock.
+pub const FEED_NAME: usize = 64;
+/// Smallest data area a ring may have.
+pub const MIN_CAPACITY: u64 = 1 << 20;
+/// Largest payload any ring accepts (the per-ring limit is in the superblock).
+pub const MAX_RECORD_LIMIT: u32 = 64 << 20;
+
+/// Record kinds.
+pub const KIND_DATA: u8 = 1;
+/// A wrap marker: the rest of the data area is unused; the record with this marker's sequence
+/// number is at data offset 0.
+pub const KIND_WRAP: u8 = 2;
+/// Record flag: the payload was cut at the feed's `max_record_bytes`.
+pub const FLAG_TRUNCATED: u8 = 1;
+
+/// Bytes one record with a payload of `len` bytes occupies: header + payload, rounded up to
+/// [`ALIGN`].
+pub const fn record_stride(len: u64) -> u64 {
+    (RECORD_HEADER + len + ALIGN - 1) & !(ALIGN - 1)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Field offsets of the superblock (`buffer-spec.md` §3).
+mod sb {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const FLAGS: usize = 12;
+    pub const DATA_OFFSET: usize = 16;
+    pub const CAPACITY: usize = 24;
+    pub const MAX_RECORD: usize = 32;
+    pub const RECORD_HEADER: usize = 36;
+    pub const ALIGN: usize = 40;
+    pub const MAX_CURSORS: usize = 44;
+    pub const CREATED_NS: usize = 48;
+    pub const NAME: usize = 56;
+    pub const RESERVED: usize = NAME + super::FEED_NAME; // 120
+    pub const CRC: usize = RESERVED + 4; // 124
+    pub const LEN: usize = CRC + 4; // 128
+}
+/// Bytes of the superblock covered by structure (the rest of its page is zero).
+pub const SUPERBLOCK_LEN: usize = sb::LEN;
+
+/// The superblock: what kind of file this is and its fixed geometry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    /// Bytes in the data area (a multiple of [`PAGE`]).
+    pub capacity: u64,
+    /// Largest payload this ring accepts.
+    pub max_record: u32,
+    /// Wall-clock creation time, ns since the Unix epoch.
+    pub created_ns: u64,
+    /// The feed this ring belongs to.
+    pub name: String,
+}
+
+/// Why a superblock was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuperblockError {
+    /// The first 8 bytes are not [`MAGIC`]: not a ring file.
+    Magic,
+    /// The CRC does not match: the superblock is damaged.
+    Crc,
+    /// A format version this code does not read.
+    Version(u32),
+    /// The geometry fields are not those of format version 1.
+    Geometry,
+}
+
+impl Superblock {
+    /// Encodes into the first [`SUPERBLOCK_LEN`] bytes of `out`.
+    pub fn write(&self, out: &mut [u8]) {
+        let b = &mut out[..sb::LEN];
+        b.fill(0);
+        b[sb::MAGIC..sb::MAGIC + 8].copy_from_slice(&MAGIC);
+        put_u32(b, sb::VERSION, VERSION);
+        put_u32(b, sb::FLAGS, 0);
+        put_u64(b, sb::DATA_OFFSET, DATA_OFFSET);
+        put_u64(b, sb::CAPACITY, self.capacity);
+        put_u32(b, sb::MAX_RECORD, self.max_record);
+        put_u32(b, sb::RECORD_HEADER, RECORD_HEADER as u32);
+        put_u32(b, sb::ALIGN, ALIGN as u32);
+        put_u32(b, sb::MAX_CURSORS, MAX_CURSORS as u32);
+        put_u64(b, sb::CREATED_NS, self.created_ns);
+        let name = self.name.as_bytes();
+        let n = name.len().min(FEED_NAME);
+        b[sb::NAME..sb::NAME + n].copy_from_slice(&name[..n]);
+        let crc = crc32fast::hash(&b[..sb::CRC]);
+        put_u32(b, sb::CRC, crc);
+    }
+
+    /// Decodes the superblock at the start of `b` (at least [`SUPERBLOCK_LEN`] bytes).
+    pub fn parse(b: &[u8]) -> Result<Superblock, SuperblockError> {
+        let b = &b[..sb::LEN];
+        if b[sb::MAGIC..sb::MAGIC + 8] != MAGIC {
+            return Err(SuperblockError::Magic);
+        }
+        if crc32fast::hash(&b[..sb::CRC]) != u32_at(b, sb::CRC) {
+            return Err(SuperblockError::Crc);
+        }
+        let version = u32_at(b, sb::VERSION);
+        if version != VERSION {
+            return Err(SuperblockError::Version(version));
+        }
+        let capacity = u64_at(b, sb::CAPACITY);
+        let max_record = u32_at(b, sb::MAX_RECORD);
+        let geometry_ok = u64_at(b, sb::DATA_OFFSET) == DATA_OFFSET
+            && u32_at(b, sb::RECORD_HEADER) == RECORD_HEADER as u32
+            && u32_at(b, sb::ALIGN) == ALIGN as u32
+            && u32_at(b, sb::MAX_CURSORS) == MAX_CURSORS as u32
+            && capacity >= MIN_CAPACITY
+            && capacity % PAGE == 0
+            && max_record >= 1
+            && max_record <= MAX_RECORD_LIMIT
+            && record_stride(u64::from(max_record)) <= capacity / 4;
+        if !geometry_ok {
+            return Err(SuperblockError::Geometry);
+        }
+        let name_bytes = &b[sb::NAME..sb::NAME + FEED_NAME];
+        let end = name_bytes.iter().position(|&c| c == 0).unwrap_or(FEED_NAME);
+        Ok(Superblock {
+            capacity,
+            max_record,
+            created_ns: u64_at(b, sb::CREATED_NS),
+            name: String::from_utf8_lossy(&name_bytes[..end]).into_owned(),
+        })
+    }
+}
+
+/// A position in the ring: where a record starts and the sequence number it must carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Pos {
+    /// Offset in the data area.
+    pub off: u64,
+    /// Sequence number of the record at `off`.
+    pub seq: u64,
+}
+
+/// One persisted output cursor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CursorSlot {
+    /// Output name, zero-padded; all zero means the entry is unused.
+    pub name: [u8; CURSOR_NAME],
+    /// The next record this output has not yet delivered.
+    pub pos: Pos,
+    /// Records this output lost because the ring overwrote them first (cumulative).
+    pub lost: u64,
+}
+
+impl CursorSlot {
+    /// Whether the entry holds a cursor.
+    pub fn in_use(&self) -> bool {
+        self.name[0] != 0
+    }
+
+    /// The name as text.
+    pub fn name_str(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(CURSOR_NAME);
+        std::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
+/// Field offsets of a metadata slot (`buffer-spec.md` §4).
+mod meta {
+    pub const GENERATION: usize = 0;
+    pub const RUN: usize = 8;
+    pub const EPOCH: usize = 16;
+    pub const TAIL_OFF: usize = 24;
+    pub const TAIL_SEQ: usize = 32;
+    pub const HEAD_OFF: usize = 40;
+    pub const HEAD_SEQ: usize = 48;
+    pub const LAST_TS: usize = 56;
+    pub const CHECKPOINT_NS: usize = 64;
+    pub const EVICTED: usize = 72;
+    pub const CURSORS: usize = 128;
+    pub const CURSOR_LEN: usize = 64;
+    pub const CURSOR_SEQ: usize = 32;
+    pub const CURSOR_OFF: usize = 40;
+    pub const CURSOR_LOST: usize = 48;
+    pub const CRC: usize = CURSORS + super::MAX_CURSORS * CURSOR_LEN; // 1152
+    pub const LEN: usize = CRC + 4; // 1156
+}
+/// Bytes of a metadata slot covered by structure (the rest of its page is zero).
+pub const META_LEN: usize = meta::LEN;
+
+/// The ring's state as of a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Incremented by every metadata write; the valid slot with the higher one is current.
+    pub generation: u64,
+    /// Incremented each time the ring is opened for writing; stamped into every record.
+    pub run: u32,
+    /// Fencing epoch of the active instance that wrote this (active-standby pairs).
+    pub epoch: u64,
+    /// The oldest record still in the ring.
+    pub tail: Pos,
+    /// Where the next record goes, and its sequence number.
+    pub head: Pos,
+    /// Receive time of the newest record, ns since the Unix epoch (0 when none yet).
+    pub last_ts: u64,
+    /// Wall-clock time of this checkpoint, ns since the Unix epoch.
+    pub checkpoint_ns: u64,
+    /// Records overwritten by `drop_oldest` since the ring was created.
+    pub evicted: u64,
+    /// Per-output cursors.
+    pub cursors: [CursorSlot; MAX_CURSORS],
+}
+
+impl Meta {
+    /// Encodes into the first [`META_LEN`] bytes of `out`.
+    pub fn write(&self, out: &mut [u8]) {
+        let b = &mut out[..meta::LEN];
+        b.fill(0);
+        put_u64(b, meta::GENERATION, self.generation);
+        put_u32(b, meta::RUN, self.run);
+        put_u64(b, meta::EPOCH, self.epoch);
+        put_u64(b, meta::TAIL_OFF, self.tail.off);
+        put_u64(b, meta::TAIL_SEQ, self.tail.seq);
+        put_u64(b, meta::HEAD_OFF, self.head.off);
+        put_u64(b, meta::HEAD_SEQ, self.head.seq);
+        put_u64(b, meta::LAST_TS, self.last_ts);
+        put_u64(b, meta::CHECKPOINT_NS, self.checkpoint_ns);
+        put_u64(b, meta::EVICTED, self.evicted);
+        for (i, c) in self.cursors.iter().enumerate() {
+            let at = meta::CURSORS + i * meta::CURSOR_LEN;
+            b[at..at + CURSOR_NAME].copy_from_slice(&c.name);
+            put_u64(b, at + meta::CURSOR_SEQ, c.pos.seq);
+            put_u64(b, at + meta::CURSOR_OFF, c.pos.off);
+            put_u64(b, at + meta::CURSOR_LOST, c.lost);
+        }
+        let crc = crc32fast::hash(&b[..meta::CRC]);
+        put_u32(b, meta::CRC, crc);
+    }
+
+    /// Decodes a slot (at least [`META_LEN`] bytes); `None` if its CRC does not match or its
+    /// positions lie outside a data area of `capacity` bytes.
+    pub fn parse(b: &[u8], capacity: u64) -> Option<Meta> {
+        let b = &b[..meta::LEN];
+        if crc32fast::hash(&b[..meta::CRC]) != u32_at(b, meta::CRC) {
+            return None;
+        }
+        let pos = |off_at, seq_at| Pos {
+            off: u64_at(b, off_at),
+            seq: u64_at(b, seq_at),
+        };
+        let mut m = Meta {
+            generation: u64_at(b, meta::GENERATION),
+            run: u32_at(b, meta::RUN),
+            epoch: u64_at(b, meta::EPOCH),
+            tail: pos(meta::TAIL_OFF, meta::TAIL_SEQ),
+            head: pos(meta::HEAD_OFF, meta::HEAD_SEQ),
+            last_ts: u64_at(b, meta::LAST_TS),
+            checkpoint_ns: u64_at(b, meta::CHECKPOINT_NS),
+            evicted: u64_at(b, meta::EVICTED),
+            cursors: [CursorSlot::default(); MAX_CURSORS],
+        };
+        for (i, c) in m.cursors.iter_mut().enumerate() {
+            let at = meta::CURSORS + i * meta::CURSOR_LEN;
+            c.name.copy_from_slice(&b[at..at + CURSOR_NAME]);
+            c.pos = pos(at + meta::CURSOR_OFF, at + meta::CURSOR_SEQ);
+            c.lost = u64_at(b, at + meta::CURSOR_LOST);
+        }
+        let in_area = |p: Pos| p.off % ALIGN == 0 && p.off + RECORD_HEADER <= capacity;
+        let sane = in_area(m.tail) && in_area(m.head) && m.tail.seq <= m.head.seq;
+        sane.then_some(m)
+    }
+}
+
+/// Field offsets of a record header (`buffer-spec.md` §5).
+mod rec {
+    pub const LEN: usize = 0;
+    pub const KIND: usize = 4;
+    pub const FLAGS: usize = 5;
+    pub const SEQ: usize = 8;
+    pub const TS: usize = 16;
+    pub const TAIL: usize = 24;
+    pub const RUN: usize = 32;
+    pub const PCRC: usize = 36;
+    pub const HCRC: usize = 44;
+}
+
+/// A record header whose CRC matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Payload bytes (0 for a wrap marker).
+    pub len: u32,
+    /// [`KIND_DATA`] or [`KIND_WRAP`].
+    pub kind: u8,
+    /// [`FLAG_TRUNCATED`] or 0.
+    pub flags: u8,
+    /// Sequence number (a wrap marker carries the number of the record at offset 0).
+    pub seq: u64,
+    /// Receive time, ns since the Unix epoch; never decreases along the ring.
+    pub ts: u64,
+    /// Data offset of the oldest record in the ring once this one was written.
+    pub tail: u64,
+    /// The run (open count) that wrote it.
+    pub run: u32,
+    /// CRC-32 of the payload.
+    pub pcrc: u32,
+}
+
+impl RecordHeader {
+    /// Encodes into the first [`RECORD_HEADER`] bytes of `out`.
+    pub fn write(&self, out: &mut [u8]) {
+        let b = &mut out[..RECORD_HEADER as usize];
+        put_u32(b, rec::LEN, self.len);
+        b[rec::KIND] = self.kind;
+        b[rec::FLAGS] = self.flags;
+        b[rec::FLAGS + 1] = 0;
+        b[rec::FLAGS + 2] = 0;
+        put_u64(b, rec::SEQ, self.seq);
+        put_u64(b, rec::TS, self.ts);
+        put_u64(b, rec::TAIL, self.tail);
+        put_u32(b, rec::RUN, self.run);
+        put_u32(b, rec::PCRC, self.pcrc);
+        put_u32(b, rec::PCRC + 4, 0);
+        let crc = crc32fast::hash(&b[..rec::HCRC]);
+        put_u32(b, rec::HCRC, crc);
+    }
+
+    /// Decodes a header (at least [`RECORD_HEADER`] bytes); `None` if its CRC does not match or
+    /// its kind is unknown. Whether it fits the ring is the caller's check.
+    pub fn parse(b: &[u8]) -> Option<RecordHeader> {
+        let b = &b[..RECORD_HEADER as usize];
+        if crc32fast::hash(&b[..rec::HCRC]) != u32_at(b, rec::HCRC) {
+            return None;
+        }
+        let h = RecordHeader {
+            len: u32_at(b, rec::LEN),
+            kind: b[rec::KIND],
+            flags: b[rec::FLAGS],
+            seq: u64_at(b, rec::SEQ),
+            ts: u64_at(b, rec::TS),
+            tail: u64_at(b, rec::TAIL),
+            run: u32_at(b, rec::RUN),
+            pcrc: u32_at(b, rec::PCRC),
+        };
+        match h.kind {
+            KIND_DATA => Some(h),
+            KIND_WRAP if h.len == 0 => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Bytes this record occupies in the data area.
+    pub fn stride(&self) -> u64 {
+        record_stride(u64::from(self.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_round_trips_and_rejects_a_flipped_bit() {
+        let sbk = Superblock {
+            capacity: 1 << 30,
+            max_record: 1 << 20,
+            created_ns: 42,
+            name: "zia-web".into(),
+        };
+        let mut page = vec![0u8; PAGE as usize];
+        sbk.write(&mut page);
+        assert_eq!(Superblock::parse(&page), Ok(sbk));
+        page[30] ^= 4;
+        assert_eq!(Superblock::parse(&page), Err(SuperblockError::Crc));
+        page[0] = b'{';
+        assert_eq!(Superblock::parse(&page), Err(SuperblockError::Magic));
+    }
+
+    #[test]
+    fn record_header_round_trips_and_detects_damage() {
+        let h = RecordHeader {
+            len: 1000,
+            kind: KIND_DATA,
+            flags: FLAG_TRUNCATED,
+            seq: u64::MAX - 3,
+            ts: 1_700_000_000_000_000_000,
+            tail: 4096,
+            run: 7,
+            pcrc: 0xdead_beef,
+        };
+        let mut b = [0u8; RECORD_HEADER as usize];
+        h.write(&mut b);
+        assert_eq!(RecordHeader::parse(&b), Some(h));
+        for bit in 0..(RECORD_HEADER as usize * 8) {
+            let mut d = b;
+            d[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(RecordHeader::parse(&d), None, "bit {bit} flip undetected");
+        }
+    }
+
+    #[test]
+    fn meta_round_trips_with_cursors() {
+        let mut m = Meta {
+            generation: 9,
+            run: 3,
+            epoch: 2,
+            tail: Pos { off: 64, seq: 10 },
+            head: Pos { off: 4096, seq: 20 },
+            last_ts: 5,
+            checkpoint_ns: 6,
+            evicted: 7,
+            ..Meta::default()
+        };
+        m.cursors[3].name[..4].copy_from_slice(b"siem");
+        m.cursors[3].pos = Pos { off: 128, seq: 12 };
+        m.cursors[3].lost = 1;
+        let mut page = vec![0u8; PAGE as usize];
+        m.write(&mut page);
+        let back = Meta::parse(&page, 1 << 20).expect("valid slot");
+        assert_eq!(back, m);
+        assert_eq!(back.cursors[3].name_str(), "siem");
+        page[200] ^= 1;
+        assert_eq!(Meta::parse(&page, 1 << 20), None);
+    }
+
+    #[test]
+    fn stride_is_aligned_and_includes_the_header() {
+        assert_eq!(record_stride(0), 48);
+        assert_eq!(record_stride(1), 56);
+        assert_eq!(record_stride(8), 56);
+        assert_eq!(record_stride(1024), 1072);
+    }
+}

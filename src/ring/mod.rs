@@ -1,0 +1,1004 @@
+//! The ring: one memory-mapped, CRC-checked, crash-safe buffer file per feed.
+//!
+//! `buffer-spec.md` at the repository root is the normative description of the bytes; this module
+//! follows it section by section (`format` = §3–5, `view` = §6–8, this file = §9–10).
+//!
+//! ## Design constraints
+//! - A record accepted by [`Ring::append`] is in the file's page cache when `append` returns: a
+//!   process crash (SIGKILL, panic, OOM kill) loses nothing that was accepted. What a power loss
+//!   can lose depends on the sync policy (`buffer-spec.md` §10).
+//! - Every record has a header CRC and a payload CRC; a damaged record is reported and skipped,
+//!   never returned as data.
+//! - Records never span the end of the data area; sequence numbers are consecutive and receive
+//!   times never decrease along the ring (seeks rely on both).
+//! - Each payload is copied once, from the caller's buffer into the mapping; readers borrow
+//!   payloads straight from the mapping.
+//! - Memory does not grow with the ring: the ring's state is a few hundred bytes plus the map.
+//! - The only `unsafe` is the mapping itself, in `backing.rs`.
+
+mod backing;
+pub mod format;
+pub mod view;
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut};
+use nix::fcntl::{Flock, FlockArg};
+
+pub use format::{record_stride, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
+use format::{
+    CursorSlot, Meta, RecordHeader, Superblock, SuperblockError, CURSOR_NAME, DATA_OFFSET,
+    FLAG_TRUNCATED, KIND_DATA, KIND_WRAP, MAX_RECORD_LIMIT, META_LEN, PAGE, SLOT_OFFSETS,
+    SUPERBLOCK_LEN,
+};
+pub use view::{Damage, Read, Record, View};
+
+/// What `append` does when the ring has no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Overwrite the oldest records; outputs that had not delivered them count them as lost.
+    DropOldest,
+    /// Refuse the record ([`AppendError::Full`]) until every output has delivered the oldest
+    /// record; the caller stops reading its sockets (TCP back-pressure).
+    Block,
+}
+
+/// How to open or create a ring.
+#[derive(Clone, Debug)]
+pub struct RingOptions {
+    /// Bytes of the data area; a multiple of 4096, at least [`MIN_CAPACITY`].
+    pub capacity: u64,
+    /// Largest payload accepted.
+    pub max_record: u32,
+    /// Full-ring policy.
+    pub when_full: WhenFull,
+    /// The feed's name, recorded in the superblock.
+    pub name: String,
+}
+
+/// Why a ring file could not be opened. Every variant names the file.
+#[derive(Debug)]
+pub enum OpenError {
+    /// An I/O call failed.
+    Io {
+        /// The ring file.
+        path: PathBuf,
+        /// What we were doing.
+        op: &'static str,
+        /// The OS error.
+        err: io::Error,
+    },
+    /// The file does not start with the ring magic number: it is not a ring file.
+    NotARing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A ring of a format version this build does not read.
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// The superblock's CRC or geometry is wrong.
+    DamagedSuperblock {
+        /// The file.
+        path: PathBuf,
+        /// Which check failed.
+        why: &'static str,
+    },
+    /// The file is shorter or longer than its superblock says.
+    Length {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The length its superblock implies.
+        expected: u64,
+    },
+    /// The ring on disk has another capacity than the configuration asks for.
+    Capacity {
+        /// The file.
+        path: PathBuf,
+        /// Capacity of the ring on disk.
+        on_disk: u64,
+        /// Capacity the configuration asks for.
+        configured: u64,
+    },
+    /// Neither metadata slot is valid.
+    NoMetadata {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Another process holds the ring's lock.
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The options cannot make a valid ring.
+    BadOptions {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Io { path, op, err } => write!(f, "ring {}: {op}: {err}", path.display()),
+            OpenError::NotARing { path } => write!(
+                f,
+                "{}: not a ringrelay ring file (no ring magic number at offset 0)",
+                path.display()
+            ),
+            OpenError::Version { path, found } => write!(
+                f,
+                "ring {}: format version {found}, this build reads version {}",
+                path.display(),
+                format::VERSION
+            ),
+            OpenError::DamagedSuperblock { path, why } => {
+                write!(f, "ring {}: superblock damaged: {why}", path.display())
+            }
+            OpenError::Length { path, len, expected } => write!(
+                f,
+                "ring {}: file is {len} bytes, its superblock says {expected}: {}",
+                path.display(),
+                if len < expected {
+                    "the file was truncated"
+                } else {
+                    "the file was extended by something other than ringrelay"
+                }
+            ),
+            OpenError::Capacity {
+                path,
+                on_disk,
+                configured,
+            } => write!(
+                f,
+                "ring {}: holds {} ({on_disk} bytes) but the configuration asks for {} ({configured} bytes); \
+                 set the feed's buffer back to size = \"{on_disk}\" to keep its records, or stop the relay, \
+                 check with `ringrelay inspect` that every output has delivered them, and move the file away",
+                path.display(),
+                human_bytes(*on_disk),
+                human_bytes(*configured)
+            ),
+            OpenError::NoMetadata { path } => write!(
+                f,
+                "ring {}: both metadata slots are damaged; `ringrelay inspect --verify` shows what is left",
+                path.display()
+            ),
+            OpenError::Locked { path } => write!(
+                f,
+                "ring {}: locked by another process; is another ringrelay running with this data_dir?",
+                path.display()
+            ),
+            OpenError::BadOptions { path, why } => write!(f, "ring {}: {why}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Why a record was not appended. Zero-sized on the hot path: the caller still holds the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendError {
+    /// `block` policy: no room until outputs deliver the oldest records.
+    Full,
+    /// The payload is longer than the ring's maximum record size.
+    TooLarge,
+}
+
+/// Why a cursor could not be opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CursorError {
+    /// All [`MAX_CURSORS`] entries are taken.
+    NoSlot,
+    /// Names are 1 to 32 bytes.
+    BadName,
+}
+
+/// What opening the ring found and repaired.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// The metadata slot used (0 = A, 1 = B) and its generation.
+    pub slot: usize,
+    /// The generation of that slot.
+    pub generation: u64,
+    /// Records found past the last checkpoint (written before a crash and kept).
+    pub scanned: u64,
+    /// The scan ended on a record with the right sequence number but a bad CRC: a torn write.
+    pub torn: bool,
+    /// Damaged records at the tail dropped (an interrupted write over the oldest records).
+    pub tail_dropped: u64,
+    /// Wall-clock time of the last checkpoint before this open, ns (0 for a new ring).
+    pub last_checkpoint_ns: u64,
+    /// Whether the ring was created by this open.
+    pub created: bool,
+}
+
+/// Numbers about a ring, for `inspect`, metrics and sizing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes of the data area.
+    pub capacity: u64,
+    /// Bytes between tail and head.
+    pub used: u64,
+    /// Records held.
+    pub records: u64,
+    /// Sequence number of the oldest record held.
+    pub first_seq: u64,
+    /// Sequence number the next record will get.
+    pub next_seq: u64,
+    /// Receive time of the oldest record, ns.
+    pub oldest_ts: Option<u64>,
+    /// Receive time of the newest record, ns.
+    pub newest_ts: Option<u64>,
+    /// Records overwritten since creation.
+    pub evicted: u64,
+}
+
+impl Stats {
+    /// Seconds between the oldest and the newest record.
+    pub fn span_secs(&self) -> f64 {
+        match (self.oldest_ts, self.newest_ts) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
+            _ => 0.0,
+        }
+    }
+}
+
+/// A ring file opened for writing.
+pub struct Ring {
+    path: PathBuf,
+    map: MmapMut,
+    // Keeps the file, and so its exclusive flock, alive for as long as the map.
+    _lock: Flock<File>,
+    capacity: u64,
+    /// Largest payload `append` accepts (the configured limit).
+    max_record: u32,
+    /// Largest payload a valid record may have (the superblock's limit, never lowered).
+    read_max: u32,
+    when_full: WhenFull,
+    meta: Meta,
+    since_meta: u64,
+    dirty_from: u64,
+    dirty_bytes: u64,
+    recovery: Recovery,
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("path", &self.path)
+            .field("capacity", &self.capacity)
+            .field("tail", &self.meta.tail)
+            .field("head", &self.meta.head)
+            .finish()
+    }
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> OpenError + 'a {
+    move |err| OpenError::Io {
+        path: path.to_path_buf(),
+        op,
+        err,
+    }
+}
+
+/// Reads and checks the superblock and the file length, before anything is mapped.
+fn read_superblock(file: &File, path: &Path) -> Result<Superblock, OpenError> {
+    let len = file.metadata().map_err(io_err(path, "stat"))?.len();
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    if len < SUPERBLOCK_LEN as u64 {
+        let mut head = vec![0u8; len as usize];
+        file.read_exact_at(&mut head, 0)
+            .map_err(io_err(path, "read superblock"))?;
+        return Err(if head.starts_with(&format::MAGIC) {
+            OpenError::Length {
+                path: path.into(),
+                len,
+                expected: DATA_OFFSET + MIN_CAPACITY,
+            }
+        } else {
+            OpenError::NotARing { path: path.into() }
+        });
+    }
+    file.read_exact_at(&mut sb, 0)
+        .map_err(io_err(path, "read superblock"))?;
+    let sb = Superblock::parse(&sb).map_err(|e| match e {
+        SuperblockError::Magic => OpenError::NotARing { path: path.into() },
+        SuperblockError::Version(found) => OpenError::Version {
+            path: path.into(),
+            found,
+        },
+        SuperblockError::Crc => OpenError::DamagedSuperblock {
+            path: path.into(),
+            why: "CRC mismatch",
+        },
+        SuperblockError::Geometry => OpenError::DamagedSuperblock {
+            path: path.into(),
+            why: "impossible geometry (capacity, record header size or alignment)",
+        },
+    })?;
+    let expected = DATA_OFFSET + sb.capacity;
+    if len != expected {
+        return Err(OpenError::Length {
+            path: path.into(),
+            len,
+            expected,
+        });
+    }
+    Ok(sb)
+}
+
+/// The ring's state rebuilt from a file's bytes: the newest valid metadata slot, then the
+/// recovery scan (`buffer-spec.md` §8). Shared by [`Ring::open`] and [`RingReader`].
+fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery), OpenError> {
+    let slots = SLOT_OFFSETS.map(|off| {
+        let off = off as usize;
+        Meta::parse(&map[off..off + META_LEN], sb.capacity)
+    });
+    let (slot, mut meta) = match slots {
+        [Some(a), Some(b)] if b.generation > a.generation => (1, b),
+        [Some(a), _] => (0, a),
+        [None, Some(b)] => (1, b),
+        [None, None] => return Err(OpenError::NoMetadata { path: path.into() }),
+    };
+    let data = &map[DATA_OFFSET as usize..];
+    let scan = view::scan_forward(data, sb.max_record, meta.run, meta.head, meta.last_ts);
+    let mut rec = Recovery {
+        slot,
+        generation: meta.generation,
+        scanned: scan.records,
+        torn: scan.torn,
+        last_checkpoint_ns: meta.checkpoint_ns,
+        ..Recovery::default()
+    };
+    meta.head = scan.head;
+    if let Some(newest) = scan.newest {
+        meta.last_ts = newest.ts;
+        // The newest record says where the tail was once it was written; the tail's own
+        // header (if intact) gives its sequence number.
+        let v = View {
+            data,
+            max_record: sb.max_record,
+            run: meta.run,
+            tail: Pos {
+                off: newest.tail,
+                seq: meta.tail.seq,
+            },
+            head: meta.head,
+        };
+        let tail_off = v.norm(newest.tail);
+        meta.tail = match v.header_at(tail_off) {
+            Some(h) if h.seq >= meta.tail.seq && h.seq < meta.head.seq => Pos {
+                off: tail_off,
+                seq: h.seq,
+            },
+            _ => v
+                .resync(0, v.used(), meta.tail.seq)
+                .map_or(meta.head, |(_, p, _)| p),
+        };
+        meta.evicted += meta.tail.seq.saturating_sub(v.tail.seq);
+    }
+    // An append interrupted over the oldest records leaves them damaged: they were being
+    // evicted, so they are dropped here rather than reported as corruption later.
+    loop {
+        let v = View {
+            data,
+            max_record: sb.max_record,
+            run: meta.run,
+            tail: meta.tail,
+            head: meta.head,
+        };
+        match v.read(meta.tail) {
+            Read::Corrupt { next, .. } => {
+                rec.tail_dropped += next.seq - meta.tail.seq;
+                meta.tail = next;
+            }
+            _ => break,
+        }
+    }
+    Ok((meta, rec))
+}
+
+impl Ring {
+    /// Opens the ring at `path`, creating it if it does not exist, and recovers it
+    /// (`buffer-spec.md` §8): the newest valid metadata slot, the records written after it, the
+    /// tail, the cursors. The recovered state is checkpointed before this returns.
+    pub fn open(path: &Path, opts: &RingOptions) -> Result<Ring, OpenError> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Self::create(path, opts)?;
+                let mut ring = Self::open(path, opts)?;
+                ring.recovery.created = true;
+                return Ok(ring);
+            }
+            Err(e) => return Err(io_err(path, "open")(e)),
+        };
+        let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| OpenError::Locked { path: path.into() })?;
+        let mut sb = read_superblock(&file, path)?;
+        if sb.capacity != opts.capacity {
+            return Err(OpenError::Capacity {
+                path: path.into(),
+                on_disk: sb.capacity,
+                configured: opts.capacity,
+            });
+        }
+        let mut map =
+            backing::map_rw(&file, DATA_OFFSET + sb.capacity).map_err(io_err(path, "map"))?;
+        // A larger record limit only widens what is valid: raise it in place.
+        if opts.max_record > sb.max_record {
+            validate_options(path, opts)?;
+            sb.max_record = opts.max_record;
+            sb.write(&mut map[..SUPERBLOCK_LEN]);
+            map.flush_range(0, SUPERBLOCK_LEN)
+                .map_err(io_err(path, "sync superblock"))?;
+        }
+        let (meta, recovery) = recover(&map, &sb, path)?;
+        let mut ring = Ring {
+            path: path.into(),
+            map,
+            _lock: file,
+            capacity: sb.capacity,
+            max_record: opts.max_record.min(sb.max_record),
+            read_max: sb.max_record,
+            when_full: opts.when_full,
+            meta,
+            since_meta: 0,
+            dirty_from: 0,
+            dirty_bytes: 0,
+            recovery,
+        };
+        ring.fix_cursors();
+        // A new run: records written from now on carry it, so nothing an earlier run left
+        // beyond the recovered head can ever chain onto them (`buffer-spec.md` §8, step 5).
+        ring.meta.run = ring.meta.run.saturating_add(1);
+        let now = ring.meta.checkpoint_ns.max(ring.meta.last_ts);
+        ring.checkpoint(now, true)
+            .map_err(io_err(path, "checkpoint after recovery"))?;
+        Ok(ring)
+    }
+
+    /// Creates a new ring file: written under a temporary name, allocated, synced, renamed.
+    fn create(path: &Path, opts: &RingOptions) -> Result<(), OpenError> {
+        validate_options(path, opts)?;
+        let tmp = path.with_extension("ring.tmp");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create"))?;
+        let len = DATA_OFFSET + opts.capacity;
+        nix::fcntl::posix_fallocate(&file, 0, len as i64).map_err(|e| OpenError::Io {
+            path: tmp.clone(),
+            op: "allocate disk space (posix_fallocate)",
+            err: io::Error::from(e),
+        })?;
+        let mut head = vec![0u8; DATA_OFFSET as usize];
+        Superblock {
+            capacity: opts.capacity,
+            max_record: opts.max_record,
+            created_ns: crate::clock::wall_ns(),
+            name: opts.name.clone(),
+        }
+        .write(&mut head[..SUPERBLOCK_LEN]);
+        Meta {
+            generation: 1,
+            ..Meta::default()
+        }
+        .write(&mut head[SLOT_OFFSETS[0] as usize..]);
+        file.write_all_at(&head, 0)
+            .map_err(io_err(&tmp, "write header"))?;
+        file.sync_all().map_err(io_err(&tmp, "fsync"))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(path, "fsync data directory"))?;
+        }
+        Ok(())
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What opening the ring found.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Bytes of the data area.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Largest payload accepted.
+    pub fn max_record(&self) -> u32 {
+        self.max_record
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.map[DATA_OFFSET as usize..]
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.map[DATA_OFFSET as usize..]
+    }
+
+    /// A read-only view of the records.
+    pub fn view(&self) -> View<'_> {
+        View {
+            data: self.data(),
+            max_record: self.read_max,
+            run: self.meta.run,
+            tail: self.meta.tail,
+            head: self.meta.head,
+        }
+    }
+
+    /// The oldest record held.
+    pub fn tail(&self) -> Pos {
+        self.meta.tail
+    }
+
+    /// Where the next record goes.
+    pub fn head(&self) -> Pos {
+        self.meta.head
+    }
+
+    /// Reads the record at `pos`.
+    pub fn read(&self, pos: Pos) -> Read<'_> {
+        self.view().read(pos)
+    }
+
+    /// The record with sequence number `seq` (clamped to tail and head). O(log n).
+    pub fn seek_seq(&self, seq: u64) -> Pos {
+        self.view().seek_seq(seq)
+    }
+
+    /// The first record received at or after `ts_ns`. O(log n).
+    pub fn seek_time(&self, ts_ns: u64) -> Pos {
+        self.view().seek_time(ts_ns)
+    }
+
+    /// Appends one record received at `ts_ns` (raised to the newest record's time if the clock
+    /// went back), copying `payload` once into the map. Returns where it was written.
+    pub fn append(
+        &mut self,
+        payload: &[u8],
+        ts_ns: u64,
+        truncated: bool,
+    ) -> Result<Pos, AppendError> {
+        if payload.len() > self.max_record as usize {
+            return Err(AppendError::TooLarge);
+        }
+        let stride = record_stride(payload.len() as u64);
+        let head = self.meta.head;
+        let wraps = head.off + stride > self.capacity;
+        let need = if wraps {
+            self.capacity - head.off + stride
+        } else {
+            stride
+        };
+        self.make_room(need)?;
+        let ts = ts_ns.max(self.meta.last_ts);
+        let tail = self.meta.tail.off;
+        let run = self.meta.run;
+        let rec_off = if wraps { 0 } else { head.off };
+        let data = self.data_mut();
+        if wraps {
+            // `head.off` is normalised, so a header always fits before the end.
+            let marker = RecordHeader {
+                len: 0,
+                kind: KIND_WRAP,
+                flags: 0,
+                seq: head.seq,
+                ts,
+                tail,
+                run,
+                pcrc: 0,
+            };
+            let at = head.off as usize;
+            marker.write(&mut data[at..at + RECORD_HEADER as usize]);
+        }
+        let at = rec_off as usize;
+        let body = at + RECORD_HEADER as usize;
+        data[body..body + payload.len()].copy_from_slice(payload);
+        // The header goes last: until it is complete, the record is not valid.
+        RecordHeader {
+            len: payload.len() as u32,
+            kind: KIND_DATA,
+            flags: if truncated { FLAG_TRUNCATED } else { 0 },
+            seq: head.seq,
+            ts,
+            tail,
+            run,
+            pcrc: crc32fast::hash(payload),
+        }
+        .write(&mut data[at..body]);
+        let next_off = self.view().norm(rec_off + stride);
+        self.meta.head = Pos {
+            off: next_off,
+            seq: head.seq + 1,
+        };
+        self.meta.last_ts = ts;
+        if self.dirty_bytes == 0 {
+            self.dirty_from = head.off;
+        }
+        self.dirty_bytes += need;
+        self.since_meta += need;
+        if self.since_meta > self.capacity / 4 {
+            // Keep the recovery scan under a quarter lap even if nobody checkpoints.
+            self.write_meta(ts);
+        }
+        Ok(Pos {
+            off: rec_off,
+            seq: head.seq,
+        })
+    }
+
+    fn free(&self) -> u64 {
+        self.capacity - self.view().used()
+    }
+
+    fn min_cursor_seq(&self) -> u64 {
+        self.meta
+            .cursors
+            .iter()
+            .filter(|c| c.in_use())
+            .map(|c| c.pos.seq)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn make_room(&mut self, need: u64) -> Result<(), AppendError> {
+        while self.free() < need {
+            if self.when_full == WhenFull::Block && self.min_cursor_seq() <= self.meta.tail.seq {
+                return Err(AppendError::Full);
+            }
+            self.evict_one();
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest record; moves cursors that had not delivered it.
+    fn evict_one(&mut self) {
+        let v = self.view();
+        let t = self.meta.tail;
+        let off = v.norm(t.off);
+        let next = match v.header_at(off) {
+            Some(h) if h.seq == t.seq && h.kind == KIND_WRAP && off != 0 => {
+                Pos { off: 0, seq: t.seq }
+            }
+            Some(h) if h.seq == t.seq && h.kind == KIND_DATA => Pos {
+                off: v.norm(off + h.stride()),
+                seq: t.seq + 1,
+            },
+            // A damaged oldest record: its length is unknown, skip to the next valid header.
+            _ => v
+                .resync(format::ALIGN, v.used(), t.seq + 1)
+                .map_or(self.meta.head, |(_, p, _)| p),
+        };
+        self.meta.evicted += next.seq - t.seq;
+        self.meta.tail = next;
+        for c in self.meta.cursors.iter_mut().filter(|c| c.in_use()) {
+            if c.pos.seq < next.seq {
+                c.lost += next.seq - c.pos.seq;
+                c.pos = next;
+            }
+        }
+    }
+
+    /// Cursors that point outside the recovered ring, or at a record that does not carry their
+    /// sequence number, are put back on a record.
+    fn fix_cursors(&mut self) {
+        let (tail, head) = (self.meta.tail, self.meta.head);
+        for i in 0..MAX_CURSORS {
+            let c = self.meta.cursors[i];
+            if !c.in_use() {
+                continue;
+            }
+            let pos = if c.pos.seq < tail.seq {
+                self.meta.cursors[i].lost += tail.seq - c.pos.seq;
+                tail
+            } else if c.pos.seq >= head.seq {
+                head
+            } else if matches!(self.read(c.pos), Read::Record(r) if r.pos.seq == c.pos.seq) {
+                c.pos
+            } else {
+                self.seek_seq(c.pos.seq)
+            };
+            self.meta.cursors[i].pos = pos;
+        }
+    }
+
+    /// The cursor named `name`, created at the tail if it does not exist.
+    pub fn cursor(&mut self, name: &str) -> Result<usize, CursorError> {
+        if name.is_empty() || name.len() > CURSOR_NAME {
+            return Err(CursorError::BadName);
+        }
+        if let Some(i) = self
+            .meta
+            .cursors
+            .iter()
+            .position(|c| c.in_use() && c.name_str() == name)
+        {
+            return Ok(i);
+        }
+        let i = self
+            .meta
+            .cursors
+            .iter()
+            .position(|c| !c.in_use())
+            .ok_or(CursorError::NoSlot)?;
+        let mut slot = CursorSlot {
+            pos: self.meta.tail,
+            ..CursorSlot::default()
+        };
+        slot.name[..name.len()].copy_from_slice(name.as_bytes());
+        self.meta.cursors[i] = slot;
+        Ok(i)
+    }
+
+    /// Removes every cursor whose name is not in `keep` (outputs removed from the config: they
+    /// must not hold back a `block` ring). Returns the names removed.
+    pub fn retain_cursors(&mut self, keep: &[&str]) -> Vec<String> {
+        let mut removed = Vec::new();
+        for c in self.meta.cursors.iter_mut().filter(|c| c.in_use()) {
+            if !keep.contains(&c.name_str()) {
+                removed.push(c.name_str().to_owned());
+                *c = CursorSlot::default();
+            }
+        }
+        removed
+    }
+
+    /// Where cursor `id` stands: the next record its output has not delivered.
+    pub fn cursor_pos(&self, id: usize) -> Pos {
+        self.meta.cursors[id].pos
+    }
+
+    /// Records cursor `id` lost to overwriting, since the ring was created.
+    pub fn cursor_lost(&self, id: usize) -> u64 {
+        self.meta.cursors[id].lost
+    }
+
+    /// Every cursor in use: name, position, records lost.
+    pub fn cursors(&self) -> impl Iterator<Item = (&str, Pos, u64)> + '_ {
+        self.meta
+            .cursors
+            .iter()
+            .filter(|c| c.in_use())
+            .map(|c| (c.name_str(), c.pos, c.lost))
+    }
+
+    /// Records that cursor `id` has delivered everything before `pos`. Persisted at the next
+    /// checkpoint. A position before the tail is moved to the tail.
+    pub fn commit(&mut self, id: usize, pos: Pos) {
+        let pos = if pos.seq < self.meta.tail.seq {
+            self.meta.tail
+        } else {
+            pos
+        };
+        self.meta.cursors[id].pos = pos;
+    }
+
+    /// The fencing epoch stored in the ring.
+    pub fn epoch(&self) -> u64 {
+        self.meta.epoch
+    }
+
+    /// Sets the fencing epoch (persisted at the next checkpoint).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.meta.epoch = epoch;
+    }
+
+    fn write_meta(&mut self, now_ns: u64) -> usize {
+        self.meta.generation += 1;
+        self.meta.checkpoint_ns = now_ns;
+        let slot = (self.meta.generation % 2) as usize;
+        let at = SLOT_OFFSETS[slot] as usize;
+        let meta = self.meta.clone();
+        meta.write(&mut self.map[at..at + META_LEN]);
+        self.since_meta = 0;
+        slot
+    }
+
+    /// Forces the records appended since the last sync to disk (`msync`).
+    pub fn sync_data(&mut self) -> io::Result<()> {
+        if self.dirty_bytes == 0 {
+            return Ok(());
+        }
+        let data = DATA_OFFSET as usize;
+        if self.dirty_bytes >= self.capacity {
+            self.map.flush_range(data, self.capacity as usize)?;
+        } else {
+            let end = self.dirty_from + self.dirty_bytes;
+            let first = end.min(self.capacity) - self.dirty_from;
+            self.map
+                .flush_range(data + self.dirty_from as usize, first as usize)?;
+            if end > self.capacity {
+                self.map.flush_range(data, (end - self.capacity) as usize)?;
+            }
+        }
+        self.dirty_bytes = 0;
+        Ok(())
+    }
+
+    /// Moves the head (and tail) of an empty ring to `pos`: the long-life tests start rings
+    /// near the top of the sequence and offset ranges with it. Returns false (and does nothing)
+    /// if the ring holds records or `pos` is not a valid record start.
+    pub fn reset_empty_at(&mut self, pos: Pos) -> bool {
+        let valid = pos.off % format::ALIGN == 0 && pos.off + RECORD_HEADER <= self.capacity;
+        if self.meta.tail.seq != self.meta.head.seq || !valid {
+            return false;
+        }
+        self.meta.tail = pos;
+        self.meta.head = pos;
+        for c in self.meta.cursors.iter_mut().filter(|c| c.in_use()) {
+            c.pos = pos;
+        }
+        true
+    }
+
+    /// Writes the ring's state (head, tail, cursors) to the older metadata slot. With `sync`,
+    /// first forces the records to disk, then the slot: after a power loss the slot never
+    /// points past records that are not on disk.
+    pub fn checkpoint(&mut self, now_ns: u64, sync: bool) -> io::Result<()> {
+        if sync {
+            self.sync_data()?;
+        }
+        let slot = self.write_meta(now_ns);
+        if sync {
+            self.map
+                .flush_range(SLOT_OFFSETS[slot] as usize, PAGE as usize)?;
+        }
+        Ok(())
+    }
+
+    /// Numbers about the ring.
+    pub fn stats(&self) -> Stats {
+        stats_of(&self.view(), &self.meta)
+    }
+}
+
+fn stats_of(v: &View<'_>, meta: &Meta) -> Stats {
+    let records = v.head.seq - v.tail.seq;
+    let oldest_ts = match v.read(v.tail) {
+        Read::Record(r) => Some(r.ts),
+        _ => None,
+    };
+    let newest_ts = (records > 0).then_some(meta.last_ts);
+    let evicted = meta.evicted;
+    Stats {
+        capacity: v.data.len() as u64,
+        used: v.used(),
+        records,
+        first_seq: v.tail.seq,
+        next_seq: v.head.seq,
+        oldest_ts,
+        newest_ts,
+        evicted,
+    }
+}
+
+fn validate_options(path: &Path, opts: &RingOptions) -> Result<(), OpenError> {
+    let bad = |why: String| {
+        Err(OpenError::BadOptions {
+            path: path.into(),
+            why,
+        })
+    };
+    if opts.capacity < MIN_CAPACITY || opts.capacity % PAGE != 0 {
+        return bad(format!(
+            "capacity {} must be a multiple of 4096 and at least {} bytes",
+            opts.capacity, MIN_CAPACITY
+        ));
+    }
+    if opts.max_record == 0 || opts.max_record > MAX_RECORD_LIMIT {
+        return bad(format!(
+            "max record size {} must be between 1 and {MAX_RECORD_LIMIT}",
+            opts.max_record
+        ));
+    }
+    if record_stride(u64::from(opts.max_record)) > opts.capacity / 4 {
+        return bad(format!(
+            "capacity {} must hold at least 4 records of the maximum size {} (at least {} bytes)",
+            opts.capacity,
+            opts.max_record,
+            4 * record_stride(u64::from(opts.max_record))
+        ));
+    }
+    Ok(())
+}
+
+/// A ring file opened read-only, for `inspect`: no lock is taken, nothing is written; the
+/// recovery is computed in memory exactly as [`Ring::open`] would.
+pub struct RingReader {
+    map: Mmap,
+    /// The superblock.
+    pub superblock: Superblock,
+    meta: Meta,
+    /// What recovery found.
+    pub recovery: Recovery,
+}
+
+impl RingReader {
+    /// Opens `path` read-only.
+    pub fn open(path: &Path) -> Result<RingReader, OpenError> {
+        let file = File::open(path).map_err(io_err(path, "open"))?;
+        let sb = read_superblock(&file, path)?;
+        let map = backing::map_ro(&file, DATA_OFFSET + sb.capacity).map_err(io_err(path, "map"))?;
+        let (meta, recovery) = recover(&map, &sb, path)?;
+        Ok(RingReader {
+            map,
+            superblock: sb,
+            meta,
+            recovery,
+        })
+    }
+
+    /// A view of the records.
+    pub fn view(&self) -> View<'_> {
+        View {
+            data: &self.map[DATA_OFFSET as usize..],
+            max_record: self.superblock.max_record,
+            run: self.meta.run,
+            tail: self.meta.tail,
+            head: self.meta.head,
+        }
+    }
+
+    /// Numbers about the ring.
+    pub fn stats(&self) -> Stats {
+        stats_of(&self.view(), &self.meta)
+    }
+
+    /// Cursors: name, position, records lost.
+    pub fn cursors(&self) -> impl Iterator<Item = (&str, Pos, u64)> + '_ {
+        self.meta
+            .cursors
+            .iter()
+            .filter(|c| c.in_use())
+            .map(|c| (c.name_str(), c.pos, c.lost))
+    }
+
+    /// The fencing epoch and run.
+    pub fn epoch_run(&self) -> (u64, u32) {
+        (self.meta.epoch, self.meta.run)
+    }
+}
+
+/// `1073741824` → `1 GiB`; exact multiples only get a unit.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    for (size, unit) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    if n >= 1 << 20 {
+        return format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64);
+    }
+    format!("{n} B")
+}

@@ -1,0 +1,396 @@
+//! Reading a ring's data area: records, damage, resynchronisation, seeks and the recovery scan.
+//!
+//! Everything here works on a borrowed `&[u8]` (the data area) plus the ring's bounds, so the
+//! same code serves the live relay, `ringrelay inspect` (read-only mapping) and the fuzz target
+//! (plain bytes). Nothing here writes and nothing here can panic on any content of the bytes: every
+//! offset is checked against the capacity before it is sliced.
+
+use super::format::{record_stride, Pos, RecordHeader, ALIGN, KIND_WRAP, RECORD_HEADER};
+
+/// What is wrong with a damaged record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// The header's CRC does not match, its kind is unknown, or it does not fit the ring: its
+    /// length cannot be trusted, so the reader resynchronised on the next valid header.
+    Header,
+    /// The header is intact but carries another sequence number than the one expected here.
+    Sequence {
+        /// The sequence number found.
+        found: u64,
+    },
+    /// The header is intact but the payload's CRC does not match.
+    Payload {
+        /// CRC stored in the header.
+        stored: u32,
+        /// CRC of the bytes found.
+        computed: u32,
+    },
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Header => write!(
+                f,
+                "record header damaged (CRC mismatch or impossible fields)"
+            ),
+            Damage::Sequence { found } => write!(f, "unexpected sequence number {found}"),
+            Damage::Payload { stored, computed } => write!(
+                f,
+                "payload CRC mismatch (stored {stored:08x}, computed {computed:08x})"
+            ),
+        }
+    }
+}
+
+/// One valid record, borrowed from the ring.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// Where it is.
+    pub pos: Pos,
+    /// Receive time, ns since the Unix epoch.
+    pub ts: u64,
+    /// The payload was cut at the feed's `max_record_bytes`.
+    pub truncated: bool,
+    /// The record's bytes.
+    pub payload: &'a [u8],
+    /// Where the next record is.
+    pub next: Pos,
+}
+
+/// The outcome of reading at a position.
+#[derive(Clone, Copy, Debug)]
+pub enum Read<'a> {
+    /// A valid record.
+    Record(Record<'a>),
+    /// Nothing more: the position is the head.
+    End,
+    /// The position's record has been overwritten; the oldest record is at `tail`.
+    Overrun {
+        /// Where reading can go on.
+        tail: Pos,
+    },
+    /// The record at `at` is damaged and must be skipped; reading goes on at `next`, and
+    /// `next.seq - at.seq` records are lost.
+    Corrupt {
+        /// The damaged record's position.
+        at: Pos,
+        /// What is wrong with it.
+        damage: Damage,
+        /// The next valid record (or the head).
+        next: Pos,
+    },
+}
+
+/// A data area and the bounds that make sense of it.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    /// The data area (`capacity` bytes).
+    pub data: &'a [u8],
+    /// Largest valid payload.
+    pub max_record: u32,
+    /// Records with a higher run number than this are not valid.
+    pub run: u32,
+    /// The oldest record.
+    pub tail: Pos,
+    /// Where the next record will go.
+    pub head: Pos,
+}
+
+impl<'a> View<'a> {
+    fn cap(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// Where a record at `off` really starts: fewer than a header's bytes before the end of the
+    /// data area are never used, and reading continues at offset 0.
+    pub fn norm(&self, off: u64) -> u64 {
+        if off.saturating_add(RECORD_HEADER) > self.cap() {
+            0
+        } else {
+            off
+        }
+    }
+
+    /// Bytes from the tail to the head (the wasted end of a lap included).
+    pub fn used(&self) -> u64 {
+        if self.tail.seq == self.head.seq {
+            return 0;
+        }
+        let d = (self.head.off + self.cap() - self.tail.off % self.cap()) % self.cap();
+        if d == 0 {
+            self.cap()
+        } else {
+            d
+        }
+    }
+
+    /// Distance of data offset `off` from the tail, in ring order.
+    fn lin(&self, off: u64) -> u64 {
+        (off % self.cap() + self.cap() - self.tail.off % self.cap()) % self.cap()
+    }
+
+    fn off_of(&self, lin: u64) -> u64 {
+        (self.tail.off + lin) % self.cap()
+    }
+
+    /// The header at `off` if its CRC matches and it fits this ring (length, bounds, run).
+    pub fn header_at(&self, off: u64) -> Option<RecordHeader> {
+        if off % ALIGN != 0 || off.checked_add(RECORD_HEADER)? > self.cap() {
+            return None;
+        }
+        let h = RecordHeader::parse(&self.data[off as usize..(off + RECORD_HEADER) as usize])?;
+        let fits =
+            h.kind == KIND_WRAP || (h.len <= self.max_record && off + h.stride() <= self.cap());
+        (fits && h.run <= self.run).then_some(h)
+    }
+
+    fn payload(&self, off: u64, h: &RecordHeader) -> &'a [u8] {
+        let start = (off + RECORD_HEADER) as usize;
+        &self.data[start..start + h.len as usize]
+    }
+
+    /// Reads the record at `pos`.
+    pub fn read(&self, pos: Pos) -> Read<'a> {
+        if pos.seq >= self.head.seq {
+            return Read::End;
+        }
+        if pos.seq < self.tail.seq {
+            return Read::Overrun { tail: self.tail };
+        }
+        let mut off = self.norm(pos.off);
+        // At most one wrap marker precedes a record.
+        for _ in 0..2 {
+            let damage = match self.header_at(off) {
+                Some(h) if h.seq != pos.seq => Damage::Sequence { found: h.seq },
+                Some(h) if h.kind == KIND_WRAP => {
+                    off = 0;
+                    continue;
+                }
+                Some(h) => {
+                    let payload = self.payload(off, &h);
+                    let at = Pos { off, seq: pos.seq };
+                    let next = Pos {
+                        off: self.norm(off + h.stride()),
+                        seq: pos.seq + 1,
+                    };
+                    let computed = crc32fast::hash(payload);
+                    if computed != h.pcrc {
+                        let damage = Damage::Payload {
+                            stored: h.pcrc,
+                            computed,
+                        };
+                        return Read::Corrupt { at, damage, next };
+                    }
+                    return Read::Record(Record {
+                        pos: at,
+                        ts: h.ts,
+                        truncated: h.flags & super::format::FLAG_TRUNCATED != 0,
+                        payload,
+                        next,
+                    });
+                }
+                None => Damage::Header,
+            };
+            let next = self
+                .resync(self.lin(off) + ALIGN, self.used(), pos.seq + 1)
+                .map_or(self.head, |(_, p, _)| p);
+            return Read::Corrupt {
+                at: Pos { off, seq: pos.seq },
+                damage,
+                next,
+            };
+        }
+        // Two wrap markers in a row: the second is damage.
+        let next = self
+            .resync(ALIGN, self.used(), pos.seq + 1)
+            .map_or(self.head, |(_, p, _)| p);
+        Read::Corrupt {
+            at: Pos {
+                off: 0,
+                seq: pos.seq,
+            },
+            damage: Damage::Header,
+            next,
+        }
+    }
+
+    /// The first valid header at or after distance `from` from the tail and before `end`, whose
+    /// sequence number is at least `min_seq` and below the head's: its distance, position and
+    /// header. A header that does not chain is never the answer of a single damaged record: the
+    /// next record after it starts within `record_stride(max_record)` bytes (`buffer-spec.md`
+    /// §7), but the scan goes on to `end` so that a zeroed page is also skipped.
+    pub fn resync(&self, from: u64, end: u64, min_seq: u64) -> Option<(u64, Pos, RecordHeader)> {
+        let mut lin = from.next_multiple_of(ALIGN);
+        while lin < end {
+            let off = self.off_of(lin);
+            if off + RECORD_HEADER > self.cap() {
+                lin += self.cap() - off;
+                continue;
+            }
+            if let Some(h) = self.header_at(off) {
+                if h.seq >= min_seq && h.seq < self.head.seq {
+                    return Some((lin, Pos { off, seq: h.seq }, h));
+                }
+            }
+            lin += ALIGN;
+        }
+        None
+    }
+
+    /// The first record for which `before(seq, ts)` is false, given that it is true for a prefix
+    /// of the ring and false for the rest; the head if it is true for every record. A binary
+    /// search over byte distance, resynchronising on record headers at each probe: O(log n)
+    /// probes of at most one record's bytes each.
+    pub fn seek(&self, before: impl Fn(u64, u64) -> bool) -> Pos {
+        let tail_hdr = match self.read(self.tail) {
+            Read::Record(r) => Some((r.pos.seq, r.ts)),
+            _ => None,
+        };
+        match tail_hdr {
+            None if self.tail.seq >= self.head.seq => return self.head,
+            Some((seq, ts)) if !before(seq, ts) => return self.tail,
+            _ => {}
+        }
+        let (mut lo_lin, mut lo) = (0u64, self.tail);
+        let mut hi_lin = self.used();
+        while hi_lin - lo_lin > 4 * crate::ring::format::PAGE {
+            let mid = lo_lin + (hi_lin - lo_lin) / 2;
+            match self.resync(mid, hi_lin, lo.seq + 1) {
+                None => hi_lin = mid,
+                Some((lin, p, h)) if before(h.seq, h.ts) => (lo_lin, lo) = (lin, p),
+                Some((lin, _, _)) => hi_lin = lin,
+            }
+        }
+        let mut pos = lo;
+        loop {
+            match self.read(pos) {
+                Read::Record(r) if !before(r.pos.seq, r.ts) => return pos,
+                Read::Record(r) => pos = r.next,
+                Read::Corrupt { next, .. } => pos = next,
+                Read::End => return self.head,
+                Read::Overrun { tail } => pos = tail,
+            }
+        }
+    }
+
+    /// The position of the record with sequence number `seq` (the tail if it was overwritten,
+    /// the head if it is not written yet).
+    pub fn seek_seq(&self, seq: u64) -> Pos {
+        if seq <= self.tail.seq {
+            return self.tail;
+        }
+        if seq >= self.head.seq {
+            return self.head;
+        }
+        self.seek(|s, _| s < seq)
+    }
+
+    /// The first record received at or after `ts_ns`.
+    pub fn seek_time(&self, ts_ns: u64) -> Pos {
+        self.seek(|_, ts| ts < ts_ns)
+    }
+
+    /// Every damaged record between tail and head, in order.
+    pub fn verify(&self) -> Vec<(Pos, Damage, u64)> {
+        let mut found = Vec::new();
+        let mut pos = self.tail;
+        loop {
+            match self.read(pos) {
+                Read::Record(r) => pos = r.next,
+                Read::Corrupt { at, damage, next } => {
+                    found.push((at, damage, next.seq - at.seq));
+                    pos = next;
+                }
+                Read::End | Read::Overrun { .. } => return found,
+            }
+        }
+    }
+}
+
+/// What the recovery scan found past the checkpointed head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// Where the next record goes.
+    pub head: Pos,
+    /// Valid records found past the checkpoint.
+    pub records: u64,
+    /// The newest record's header, if any was found.
+    pub newest: Option<RecordHeader>,
+    /// Bytes at the head that looked like the start of a record but failed validation (a torn
+    /// write); 0 when the scan ended on an old lap's bytes or on zeroes.
+    pub torn: bool,
+}
+
+/// Scans forward from the checkpointed head `start`, accepting a record only if its header and
+/// payload CRCs match, it carries the next sequence number, it was written by `run` and its
+/// receive time does not go backwards. Stops at the first record that fails (`buffer-spec.md`
+/// §8). Never scans more than one lap.
+pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts: u64) -> Scan {
+    let view = View {
+        data,
+        max_record,
+        run,
+        tail: start,
+        head: Pos {
+            off: start.off,
+            seq: u64::MAX,
+        },
+    };
+    let cap = data.len() as u64;
+    let valid = |off: u64, seq: u64, ts: u64| -> Option<RecordHeader> {
+        let h = view.header_at(off)?;
+        let ok = h.seq == seq && h.run == run && h.ts >= ts && seq < u64::MAX;
+        if !ok {
+            return None;
+        }
+        if h.kind == KIND_WRAP {
+            return Some(h);
+        }
+        let payload = view.payload(off, &h);
+        (crc32fast::hash(payload) == h.pcrc).then_some(h)
+    };
+    let mut scan = Scan {
+        head: Pos {
+            off: view.norm(start.off),
+            seq: start.seq,
+        },
+        records: 0,
+        newest: None,
+        torn: false,
+    };
+    let mut ts = last_ts;
+    let mut budget = cap;
+    loop {
+        let off = scan.head.off;
+        let Some(mut h) = valid(off, scan.head.seq, ts) else {
+            scan.torn = view.header_at(off).is_some_and(|h| h.seq == scan.head.seq);
+            return scan;
+        };
+        let mut rec_off = off;
+        let mut spent = 0;
+        if h.kind == KIND_WRAP {
+            // A wrap marker counts only together with the record it points to.
+            match valid(0, scan.head.seq, ts) {
+                Some(h0) if h0.kind != KIND_WRAP => {
+                    spent = cap - off;
+                    rec_off = 0;
+                    h = h0;
+                }
+                _ => return scan,
+            }
+        }
+        spent += record_stride(u64::from(h.len));
+        if spent > budget {
+            return scan;
+        }
+        budget -= spent;
+        ts = h.ts;
+        scan.records += 1;
+        scan.newest = Some(h);
+        scan.head = Pos {
+            off: view.norm(rec_off + h.stride()),
+            seq: scan.head.seq + 1,
+        };
+    }
+}
