@@ -1,3 +1,11 @@
 //! ringrelay: a durable log relay for security appliance VMs.
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod framing;
+pub mod inspect;
+pub mod log;
+pub mod relay;
 pub mod ring;
+pub mod selftest;
+pub mod size;

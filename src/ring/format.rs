@@ -165,8 +165,7 @@ impl Superblock {
             && u32_at(b, sb::MAX_CURSORS) == MAX_CURSORS as u32
             && capacity >= MIN_CAPACITY
             && capacity % PAGE == 0
-            && max_record >= 1
-            && max_record <= MAX_RECORD_LIMIT
+            && (1..=MAX_RECORD_LIMIT).contains(&max_record)
             && record_stride(u64::from(max_record)) <= capacity / 4;
         if !geometry_ok {
             return Err(SuperblockError::Geometry);

@@ -1,0 +1,173 @@
+//! Command-line parsing and dispatch. The only place that chooses an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+ringrelay: a durable log relay for NSS/LSS feeds
+
+usage:
+  ringrelay run      --config FILE      run the relay
+  ringrelay check    --config FILE      validate a config; every error with line:column
+  ringrelay inspect  PATH [--verify]    a ring file or data dir offline (exit 1: damage found)
+  ringrelay size     --eps N --bytes B [--retention 1h] [--feeds N]
+                                        ring, disk and VM sizing for a feed
+  ringrelay selftest [--seconds N]      relay through a simulated SIEM outage on loopback
+  ringrelay --version
+";
+
+/// Parsed `--flag value` pairs and positional arguments of one subcommand.
+struct Args {
+    cmd: String,
+    flags: Vec<(String, Option<String>)>,
+    positional: Vec<String>,
+}
+
+/// Flags that take no value.
+const SWITCHES: [&str; 2] = ["--verify", "--help"];
+
+impl Args {
+    fn parse(args: Vec<String>) -> Args {
+        let mut it = args.into_iter();
+        let cmd = it.next().unwrap_or_default();
+        let (mut flags, mut positional) = (Vec::new(), Vec::new());
+        while let Some(a) = it.next() {
+            if let Some((k, v)) = a.split_once('=').filter(|_| a.starts_with("--")) {
+                flags.push((k.to_string(), Some(v.to_string())));
+            } else if a.starts_with("--") && !SWITCHES.contains(&a.as_str()) {
+                let v = it.next();
+                flags.push((a, v));
+            } else if a.starts_with("--") {
+                flags.push((a, None));
+            } else {
+                positional.push(a);
+            }
+        }
+        Args {
+            cmd,
+            flags,
+            positional,
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.flags.iter().any(|(k, _)| k == name)
+    }
+
+    fn value(&self, name: &str) -> Result<Option<&str>, String> {
+        match self.flags.iter().find(|(k, _)| k == name) {
+            None => Ok(None),
+            Some((_, Some(v))) => Ok(Some(v)),
+            Some((_, None)) => Err(format!("{name} needs a value")),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<&str, String> {
+        self.value(name)?
+            .ok_or_else(|| format!("ringrelay {} needs {name}", self.cmd))
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, String> {
+        self.value(name)?
+            .map(|v| {
+                v.replace('_', "")
+                    .parse::<u64>()
+                    .map_err(|_| format!("{name}: {v:?} is not a whole number"))
+            })
+            .transpose()
+    }
+
+    fn check_known(&self, known: &[&str]) -> Result<(), String> {
+        for (k, _) in &self.flags {
+            if !known.contains(&k.as_str()) {
+                return Err(format!(
+                    "ringrelay {}: unknown option {k} (known: {})",
+                    self.cmd,
+                    known.join(" ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the command line `args` (without the program name).
+pub fn main(args: Vec<String>) -> ExitCode {
+    let args = Args::parse(args);
+    if args.has("--help") || matches!(args.cmd.as_str(), "" | "help" | "-h" | "--help") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("{msg}");
+            eprint!("\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(args: &Args) -> Result<ExitCode, String> {
+    match args.cmd.as_str() {
+        "--version" | "version" => {
+            println!("ringrelay {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "inspect" => {
+            args.check_known(&["--verify"])?;
+            let [path] = args.positional.as_slice() else {
+                return Err("ringrelay inspect needs one PATH (a ring file or a data dir)".into());
+            };
+            Ok(crate::inspect::run(
+                &PathBuf::from(path),
+                args.has("--verify"),
+            ))
+        }
+        "size" => {
+            args.check_known(&["--eps", "--bytes", "--retention", "--feeds"])?;
+            let eps = args
+                .number("--eps")?
+                .ok_or("ringrelay size needs --eps N")?;
+            let bytes = args
+                .number("--bytes")?
+                .ok_or("ringrelay size needs --bytes B")?;
+            let retention = match args.value("--retention")? {
+                Some(v) => {
+                    crate::config::parse_duration(v).map_err(|e| format!("--retention: {e}"))?
+                }
+                None => Duration::from_secs(3600),
+            };
+            let feeds = args.number("--feeds")?.unwrap_or(1);
+            if eps == 0 || bytes == 0 || feeds == 0 || retention.is_zero() {
+                return Err(
+                    "ringrelay size: --eps, --bytes, --feeds and --retention must be above zero"
+                        .into(),
+                );
+            }
+            Ok(crate::size::run(crate::size::Sizing {
+                eps,
+                bytes,
+                retention,
+                feeds,
+            }))
+        }
+        "check" => {
+            args.check_known(&["--config"])?;
+            let path = PathBuf::from(args.required("--config")?);
+            Ok(crate::relay::check(&path))
+        }
+        "run" => {
+            args.check_known(&["--config"])?;
+            let path = PathBuf::from(args.required("--config")?);
+            Ok(crate::relay::run(&path))
+        }
+        "selftest" => {
+            args.check_known(&["--seconds"])?;
+            let secs = args.number("--seconds")?.unwrap_or(20);
+            Ok(crate::selftest::run(Duration::from_secs(secs.max(4))))
+        }
+        other => Err(format!("ringrelay: unknown command {other:?}")),
+    }
+}

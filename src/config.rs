@@ -1,0 +1,1122 @@
+//! Configuration: TOML as written ([`toml::de::DeTable`], every value with its byte span) →
+//! a validated [`Config`], ready to use. Every problem is reported at once, each with the file,
+//! line and column of the key or value at fault, so `ringrelay check` lists them all.
+//!
+//! Relative paths are resolved against the directory of the configuration file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::framing::{Framing, Oversize};
+use crate::ring::{record_stride, WhenFull, MIN_CAPACITY};
+
+/// The relay's whole configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[relay]`.
+    pub relay: RelayConfig,
+    /// `[[feed]]`, in file order.
+    pub feeds: Vec<FeedConfig>,
+}
+
+/// `[relay]`.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Where the ring files live.
+    pub data_dir: PathBuf,
+    /// The active-standby lock file (default `data_dir/ringrelay.lock`).
+    pub lock_file: PathBuf,
+    /// Admin HTTP endpoint (default 127.0.0.1:9600; `"off"` disables).
+    pub admin_listen: Option<SocketAddr>,
+    /// Instance name, for logs and metrics.
+    pub instance: String,
+    /// Default sync policy of the rings.
+    pub sync: SyncPolicy,
+    /// How often rings and cursors are checkpointed.
+    pub checkpoint_interval: Duration,
+    /// How often a standby retries the lock.
+    pub standby_poll: Duration,
+}
+
+/// When ring pages are forced to disk (`buffer-spec.md` §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// After every batch of records read from a connection.
+    Always,
+    /// Every period.
+    Interval(Duration),
+    /// Never explicitly: the kernel writes back on its own schedule.
+    Never,
+}
+
+/// `[[feed]]`.
+#[derive(Clone, Debug)]
+pub struct FeedConfig {
+    /// Name; also the ring file's name.
+    pub name: String,
+    /// `input`.
+    pub input: InputConfig,
+    /// Record framing on the input.
+    pub framing: Framing,
+    /// Longest record kept whole.
+    pub max_record_bytes: usize,
+    /// What happens to longer records.
+    pub oversize: Oversize,
+    /// Ring data area bytes.
+    pub capacity: u64,
+    /// How long the ring should cover.
+    pub retention: Duration,
+    /// Full-ring policy.
+    pub when_full: WhenFull,
+    /// This feed's sync policy.
+    pub sync: SyncPolicy,
+    /// `[[feed.output]]`.
+    pub outputs: Vec<OutputConfig>,
+}
+
+/// A feed's `input`.
+#[derive(Clone, Debug)]
+pub struct InputConfig {
+    /// The protocol.
+    pub kind: InputKind,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Connections beyond this are refused.
+    pub max_connections: usize,
+    /// Connections silent for longer are closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Input protocols.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// Plain TCP.
+    Tcp,
+}
+
+/// `[[feed.output]]`.
+#[derive(Clone, Debug)]
+pub struct OutputConfig {
+    /// Name, unique in its feed; also the ring cursor's name.
+    pub name: String,
+    /// Kind and its settings.
+    pub kind: OutputKind,
+    /// Replay window after a reconnect.
+    pub replay: Duration,
+}
+
+/// Output kinds.
+#[derive(Clone, Debug)]
+pub enum OutputKind {
+    /// A TCP receiver (syslog over TCP).
+    Tcp(TcpOutput),
+    /// A local file.
+    File(FileOutput),
+}
+
+/// A TCP output.
+#[derive(Clone, Debug)]
+pub struct TcpOutput {
+    /// `host:port`, resolved at each connect.
+    pub address: String,
+    /// Frame format.
+    pub framing: OutFraming,
+}
+
+/// Output frame formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutFraming {
+    /// Record + LF.
+    Newline,
+    /// RFC 6587 octet counting: `LEN SP record`.
+    Octet,
+}
+
+/// A file output.
+#[derive(Clone, Debug)]
+pub struct FileOutput {
+    /// The file.
+    pub path: PathBuf,
+    /// Rotate past this size (0: never).
+    pub rotate_bytes: u64,
+    /// Rotated files kept.
+    pub rotate_keep: u32,
+    /// Frame format.
+    pub framing: OutFraming,
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line (0 when the file could not be read).
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong and, where it helps, how to fix it.
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.col,
+            self.msg
+        )
+    }
+}
+
+/// Parses `"8GiB"`, `"512MiB"`, `"64KiB"`, `"1TiB"`, `"1GB"` (decimal), `"1024"` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"512MiB\" or \"8GiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `"500ms"`, `"1s"`, `"15m"`, `"1h"`, `"2d"`, `"1h30m"`, `"0"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("{s:?} is not a duration like \"500ms\", \"15m\" or \"1h30m\"");
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Collects errors with their positions.
+struct Ctx<'t> {
+    path: PathBuf,
+    text: &'t str,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let at = span.start.min(self.text.len());
+        let before = &self.text[..at];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        self.errors.push(ConfigError {
+            path: self.path.clone(),
+            line,
+            col,
+            msg: msg.into(),
+        });
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// A table being read: remembers which keys were used and where it is.
+struct Tbl<'a, 'i> {
+    t: &'a DeTable<'i>,
+    span: Range<usize>,
+    what: String,
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "string",
+        DeValue::Integer(_) => "integer",
+        DeValue::Float(_) => "float",
+        DeValue::Boolean(_) => "boolean",
+        DeValue::Datetime(_) => "datetime",
+        DeValue::Array(_) => "array",
+        DeValue::Table(_) => "table",
+    }
+}
+
+impl<'a, 'i> Tbl<'a, 'i> {
+    fn new(v: &'a Value<'i>, what: String, cx: &mut Ctx<'_>) -> Option<Tbl<'a, 'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Tbl {
+                t,
+                span: v.span(),
+                what,
+            }),
+            other => {
+                cx.err(
+                    v.span(),
+                    format!("{what} must be a table, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn check_keys(&self, allowed: &[&str], cx: &mut Ctx<'_>) {
+        for k in self.t.keys() {
+            if !allowed.contains(&k.get_ref().as_ref()) {
+                cx.err(
+                    k.span(),
+                    format!(
+                        "unknown key {:?} in {} (allowed: {})",
+                        k.get_ref(),
+                        self.what,
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value<'i>> {
+        self.t.get(key)
+    }
+
+    fn missing(&self, key: &str, cx: &mut Ctx<'_>) {
+        cx.err(self.span.clone(), format!("{} needs {key:?}", self.what));
+    }
+
+    fn str(&self, key: &str, hint: &str, cx: &mut Ctx<'_>) -> Option<(&'a str, Range<usize>)> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some((s.as_ref(), v.span())),
+            other => {
+                cx.err(
+                    v.span(),
+                    format!("{key}: expected {hint}, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn req_str(&self, key: &str, hint: &str, cx: &mut Ctx<'_>) -> Option<(&'a str, Range<usize>)> {
+        if self.get(key).is_none() {
+            self.missing(key, cx);
+        }
+        self.str(key, hint, cx)
+    }
+
+    /// A string or integer parsed by `parse` (sizes, counts), checked against `range`.
+    fn number(
+        &self,
+        key: &str,
+        parse: fn(&str) -> Result<u64, String>,
+        range: std::ops::RangeInclusive<u64>,
+        cx: &mut Ctx<'_>,
+    ) -> Option<u64> {
+        let v = self.get(key)?;
+        let n = match v.get_ref() {
+            DeValue::String(s) => parse(s),
+            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
+                .map_err(|_| format!("{} is not a non-negative integer", i.as_str())),
+            other => Err(format!(
+                "expected a size or number, found {}",
+                type_name(other)
+            )),
+        };
+        match n {
+            Ok(n) if range.contains(&n) => Some(n),
+            Ok(n) => {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "{key} = {n} is out of range ({}..={})",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(v.span(), format!("{key}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn size(
+        &self,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+        cx: &mut Ctx<'_>,
+    ) -> Option<u64> {
+        self.number(key, parse_size, range, cx)
+    }
+
+    fn count(
+        &self,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+        cx: &mut Ctx<'_>,
+    ) -> Option<u64> {
+        self.number(
+            key,
+            |s| {
+                s.replace('_', "")
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not a number"))
+            },
+            range,
+            cx,
+        )
+    }
+
+    fn duration(&self, key: &str, cx: &mut Ctx<'_>) -> Option<Duration> {
+        let (s, span) = self.str(key, "a duration string like \"15m\"", cx)?;
+        match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                cx.err(span, format!("{key}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&self, key: &str, choices: &[(&str, T)], cx: &mut Ctx<'_>) -> Option<T> {
+        let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+        let hint = format!("one of {}", names.join(" | "));
+        let (s, span) = self.str(key, &hint, cx)?;
+        match choices.iter().find(|c| c.0 == s) {
+            Some(c) => Some(c.1),
+            None => {
+                cx.err(span, format!("{key} = {s:?}: expected {hint}"));
+                None
+            }
+        }
+    }
+
+    /// The array of tables under `key` (`[[feed]]` or an inline array).
+    fn tables(&self, key: &str, cx: &mut Ctx<'_>) -> Vec<&'a Value<'i>> {
+        match self.get(key).map(|v| (v, v.get_ref())) {
+            None => Vec::new(),
+            Some((_, DeValue::Array(a))) => a.iter().collect(),
+            Some((v, other)) => {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "{key} must be an array of tables ([[{key}]]), found {}",
+                        type_name(other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+const SYNC_CHOICES: [(&str, u8); 3] = [("interval", 0), ("always", 1), ("never", 2)];
+
+fn sync_policy(t: &Tbl<'_, '_>, default: SyncPolicy, cx: &mut Ctx<'_>) -> SyncPolicy {
+    let interval = t.duration("sync_interval", cx);
+    match t.choice("sync", &SYNC_CHOICES, cx) {
+        Some(1) => SyncPolicy::Always,
+        Some(2) => SyncPolicy::Never,
+        Some(_) => SyncPolicy::Interval(interval.unwrap_or(Duration::from_secs(1))),
+        None => match (interval, default) {
+            (Some(d), _) => SyncPolicy::Interval(d),
+            (None, d) => d,
+        },
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) => Err(vec![ConfigError {
+                path: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                msg: format!("cannot read the configuration: {e}"),
+            }]),
+        }
+    }
+
+    /// Validates `text`, which came from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let mut cx = Ctx {
+            path: path.to_path_buf(),
+            text,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            errors: Vec::new(),
+        };
+        let (root, syntax) = DeTable::parse_recoverable(text);
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, format!("TOML syntax: {}", e.message().trim()));
+        }
+        let root_value = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
+        let cfg = Tbl::new(&root_value, "the configuration".into(), &mut cx)
+            .and_then(|root| build(&root, &mut cx));
+        let mut errors = cx.errors;
+        if errors.is_empty() {
+            if let Some(cfg) = cfg {
+                return Ok(cfg);
+            }
+        }
+        errors.sort_by_key(|e| (e.line, e.col));
+        errors.dedup();
+        Err(errors)
+    }
+}
+
+fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
+    root.check_keys(&["relay", "feed"], cx);
+    let relay_v = root.get("relay");
+    if relay_v.is_none() {
+        root.missing("relay", cx);
+    }
+    let relay = relay_v
+        .and_then(|v| Tbl::new(v, "[relay]".into(), cx))
+        .and_then(|t| relay_config(&t, cx));
+    let feeds_v = root.tables("feed", cx);
+    if feeds_v.is_empty() {
+        cx.err(
+            root.span.start..root.span.start,
+            "no feeds: add at least one [[feed]]",
+        );
+    }
+    if feeds_v.len() > 64 {
+        cx.err(
+            feeds_v[64].span(),
+            format!(
+                "{} feeds configured; at most 64 are supported",
+                feeds_v.len()
+            ),
+        );
+    }
+    let default_sync = relay
+        .as_ref()
+        .map_or(SyncPolicy::Interval(Duration::from_secs(1)), |r| r.sync);
+    let mut feeds = Vec::new();
+    let mut seen_names: Vec<String> = Vec::new();
+    let mut seen_listen: Vec<SocketAddr> = Vec::new();
+    let mut seen_files: Vec<PathBuf> = Vec::new();
+    for (i, fv) in feeds_v.iter().enumerate() {
+        let Some(t) = Tbl::new(fv, format!("feed #{}", i + 1), cx) else {
+            continue;
+        };
+        let Some(feed) = feed_config(&t, default_sync, cx) else {
+            continue;
+        };
+        if seen_names.contains(&feed.name) {
+            let span = t.get("name").map_or(t.span.clone(), Spanned::span);
+            cx.err(span, format!("feed name {:?} is used twice; each feed needs its own name (it names the ring file)", feed.name));
+        }
+        if seen_listen.contains(&feed.input.listen) && feed.input.listen.port() != 0 {
+            let span = t.get("input").map_or(t.span.clone(), Spanned::span);
+            cx.err(
+                span,
+                format!(
+                    "feed {:?} listens on {}, which another feed already uses",
+                    feed.name, feed.input.listen
+                ),
+            );
+        }
+        for o in &feed.outputs {
+            if let OutputKind::File(f) = &o.kind {
+                if seen_files.contains(&f.path) {
+                    cx.err(t.span.clone(), format!("feed {:?} output {:?} writes to {}, which another output already writes", feed.name, o.name, f.path.display()));
+                }
+                seen_files.push(f.path.clone());
+            }
+        }
+        seen_names.push(feed.name.clone());
+        seen_listen.push(feed.input.listen);
+        feeds.push(feed);
+    }
+    Some(Config {
+        path: cx.path.clone(),
+        relay: relay?,
+        feeds,
+    })
+}
+
+fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayConfig> {
+    t.check_keys(
+        &[
+            "data_dir",
+            "lock_file",
+            "admin_listen",
+            "instance",
+            "sync",
+            "sync_interval",
+            "checkpoint_interval",
+            "standby_poll",
+        ],
+        cx,
+    );
+    let data_dir = t
+        .req_str("data_dir", "a directory path", cx)
+        .map(|(s, _)| cx.resolve(s));
+    let lock_file = t
+        .str("lock_file", "a file path", cx)
+        .map(|(s, _)| cx.resolve(s));
+    let admin_listen = match t.str(
+        "admin_listen",
+        "an address like \"127.0.0.1:9600\" or \"off\"",
+        cx,
+    ) {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9600))),
+        Some(("" | "off", _)) => None,
+        Some((s, span)) => match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                cx.err(
+                    span,
+                    format!("admin_listen = {s:?} is not an IP:port address (or \"off\")"),
+                );
+                None
+            }
+        },
+    };
+    let instance = t
+        .str("instance", "a name", cx)
+        .map_or("ringrelay".to_string(), |(s, _)| s.to_string());
+    let sync = sync_policy(t, SyncPolicy::Interval(Duration::from_secs(1)), cx);
+    let checkpoint_interval = t
+        .duration("checkpoint_interval", cx)
+        .unwrap_or(Duration::from_secs(1));
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&checkpoint_interval) {
+        let span = t
+            .get("checkpoint_interval")
+            .map_or(t.span.clone(), Spanned::span);
+        cx.err(span, "checkpoint_interval must be between 100ms and 60s");
+    }
+    let standby_poll = t
+        .duration("standby_poll", cx)
+        .unwrap_or(Duration::from_millis(500));
+    let data_dir = data_dir?;
+    Some(RelayConfig {
+        lock_file: lock_file.unwrap_or_else(|| data_dir.join("ringrelay.lock")),
+        data_dir,
+        admin_listen,
+        instance,
+        sync,
+        checkpoint_interval,
+        standby_poll,
+    })
+}
+
+fn feed_config(t: &Tbl<'_, '_>, default_sync: SyncPolicy, cx: &mut Ctx<'_>) -> Option<FeedConfig> {
+    t.check_keys(
+        &[
+            "name",
+            "input",
+            "framing",
+            "max_record_bytes",
+            "oversize",
+            "buffer",
+            "retention",
+            "when_full",
+            "sync",
+            "sync_interval",
+            "output",
+        ],
+        cx,
+    );
+    let name = t.req_str("name", "a feed name", cx).and_then(|(s, span)| {
+        if valid_name(s) {
+            Some(s.to_string())
+        } else {
+            cx.err(span, format!("feed name {s:?}: use 1 to 32 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"));
+            None
+        }
+    });
+    let input_v = t.get("input");
+    if input_v.is_none() {
+        t.missing("input", cx);
+    }
+    let input = input_v
+        .and_then(|v| Tbl::new(v, "input".into(), cx))
+        .and_then(|it| input_config(&it, cx));
+    let framing = t
+        .choice(
+            "framing",
+            &[
+                ("auto", Framing::Auto),
+                ("newline", Framing::Newline),
+                ("octet", Framing::Octet),
+            ],
+            cx,
+        )
+        .unwrap_or(Framing::Auto);
+    let max_record_bytes = t
+        .size("max_record_bytes", 1024..=16 << 20, cx)
+        .unwrap_or(1 << 20) as usize;
+    let oversize = t
+        .choice(
+            "oversize",
+            &[("truncate", Oversize::Truncate), ("drop", Oversize::Drop)],
+            cx,
+        )
+        .unwrap_or(Oversize::Truncate);
+    let when_full = t
+        .choice(
+            "when_full",
+            &[
+                ("drop_oldest", WhenFull::DropOldest),
+                ("block", WhenFull::Block),
+            ],
+            cx,
+        )
+        .unwrap_or(WhenFull::DropOldest);
+    let sync = sync_policy(t, default_sync, cx);
+    let mut retention = t
+        .duration("retention", cx)
+        .unwrap_or(Duration::from_secs(3600));
+    let buffer_v = t.get("buffer");
+    if buffer_v.is_none() {
+        t.missing("buffer", cx);
+    }
+    let capacity = buffer_v
+        .and_then(|v| Tbl::new(v, "buffer".into(), cx))
+        .and_then(|b| buffer_capacity(&b, &mut retention, max_record_bytes, cx));
+    let mut outputs = Vec::new();
+    let outs = t.tables("output", cx);
+    if outs.is_empty() {
+        t.missing("output", cx);
+    }
+    if outs.len() > 8 {
+        cx.err(
+            outs[8].span(),
+            format!(
+                "{} outputs in one feed; at most 8 are supported",
+                outs.len()
+            ),
+        );
+    }
+    for (j, ov) in outs.iter().enumerate() {
+        let Some(ot) = Tbl::new(ov, format!("output #{}", j + 1), cx) else {
+            continue;
+        };
+        if let Some(o) = output_config(&ot, cx) {
+            if outputs.iter().any(|x: &OutputConfig| x.name == o.name) {
+                let span = ot.get("name").map_or(ot.span.clone(), Spanned::span);
+                cx.err(
+                    span,
+                    format!("output name {:?} is used twice in this feed", o.name),
+                );
+            }
+            outputs.push(o);
+        }
+    }
+    Some(FeedConfig {
+        name: name?,
+        input: input?,
+        framing,
+        max_record_bytes,
+        oversize,
+        capacity: capacity?,
+        retention,
+        when_full,
+        sync,
+        outputs,
+    })
+}
+
+fn buffer_capacity(
+    b: &Tbl<'_, '_>,
+    retention: &mut Duration,
+    max_record: usize,
+    cx: &mut Ctx<'_>,
+) -> Option<u64> {
+    b.check_keys(&["size", "retention", "eps", "bytes"], cx);
+    let by_rate = ["retention", "eps", "bytes"]
+        .iter()
+        .any(|k| b.get(k).is_some());
+    let capacity = match (b.get("size"), by_rate) {
+        (Some(v), true) => {
+            cx.err(
+                v.span(),
+                "buffer: give either size, or retention + eps + bytes, not both",
+            );
+            return None;
+        }
+        (Some(_), false) => {
+            let n = b.size("size", 0..=u64::MAX, cx)?;
+            n.div_ceil(4096) * 4096
+        }
+        (None, true) => {
+            if let Some(r) = b.duration("retention", cx) {
+                *retention = r;
+            }
+            let eps = b.count("eps", 1..=10_000_000, cx);
+            let bytes = b.size("bytes", 1..=16 << 20, cx);
+            for k in ["eps", "bytes"] {
+                if b.get(k).is_none() {
+                    b.missing(k, cx);
+                }
+            }
+            crate::size::ring_bytes(eps?, bytes?, *retention)
+        }
+        (None, false) => {
+            b.missing("size", cx);
+            return None;
+        }
+    };
+    let need = (4 * record_stride(max_record as u64)).max(MIN_CAPACITY);
+    if capacity < need {
+        cx.err(
+            b.span.clone(),
+            format!("buffer of {capacity} bytes is too small: it must be at least {need} bytes (1 MiB, and 4 records of max_record_bytes = {max_record}); raise the buffer or lower max_record_bytes"),
+        );
+        return None;
+    }
+    Some(capacity)
+}
+
+fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
+    t.check_keys(&["kind", "listen", "max_connections", "idle_timeout"], cx);
+    let kind = match t.req_str("kind", "\"tcp\"", cx) {
+        Some(("tcp", _)) => Some(InputKind::Tcp),
+        Some((k @ ("tls" | "http"), span)) => {
+            cx.err(span, format!("input kind {k:?} is not supported by this version of ringrelay (supported: tcp)"));
+            None
+        }
+        Some((k, span)) => {
+            cx.err(
+                span,
+                format!("input kind {k:?} is unknown (supported: tcp)"),
+            );
+            None
+        }
+        None => None,
+    };
+    let listen = t.req_str("listen", "an address like \"0.0.0.0:9514\"", cx).and_then(|(s, span)| match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(span, format!("listen = {s:?} is not an IP:port address (host names are not allowed here)"));
+            None
+        }
+    });
+    let max_connections = t.count("max_connections", 1..=65_536, cx).unwrap_or(256) as usize;
+    let idle_timeout = match t.duration("idle_timeout", cx) {
+        None => Some(Duration::from_secs(600)),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
+    Some(InputConfig {
+        kind: kind?,
+        listen: listen?,
+        max_connections,
+        idle_timeout,
+    })
+}
+
+fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
+    let (kind, kind_span) = t.req_str("kind", "\"tcp\" or \"file\"", cx)?;
+    let common = ["name", "kind", "replay", "framing"];
+    let framing_choices = [
+        ("newline", OutFraming::Newline),
+        ("octet", OutFraming::Octet),
+    ];
+    let name = t
+        .req_str("name", "an output name", cx)
+        .and_then(|(s, span)| {
+            if valid_name(s) {
+                Some(s.to_string())
+            } else {
+                cx.err(
+                    span,
+                    format!("output name {s:?}: use 1 to 32 characters of a-z, 0-9, '-' and '_'"),
+                );
+                None
+            }
+        });
+    let framing = t
+        .choice("framing", &framing_choices, cx)
+        .unwrap_or(OutFraming::Newline);
+    let (kind, default_replay) = match kind {
+        "tcp" => {
+            t.check_keys(&[&common[..], &["address"]].concat(), cx);
+            let address = t.req_str("address", "\"host:port\"", cx).and_then(|(s, span)| {
+                let port_ok = s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if port_ok {
+                    Some(s.to_string())
+                } else {
+                    cx.err(span, format!("address = {s:?}: expected \"host:port\" with a port from 1 to 65535"));
+                    None
+                }
+            });
+            (
+                address.map(|address| OutputKind::Tcp(TcpOutput { address, framing })),
+                Duration::from_secs(900),
+            )
+        }
+        "file" => {
+            t.check_keys(
+                &[&common[..], &["path", "rotate_bytes", "rotate_keep"]].concat(),
+                cx,
+            );
+            let path = t
+                .req_str("path", "a file path", cx)
+                .map(|(s, _)| cx.resolve(s));
+            let rotate_bytes = t.size("rotate_bytes", 0..=u64::MAX, cx).unwrap_or(1 << 30);
+            let rotate_keep = t.count("rotate_keep", 1..=1000, cx).unwrap_or(5) as u32;
+            let kind = path.map(|path| {
+                OutputKind::File(FileOutput {
+                    path,
+                    rotate_bytes,
+                    rotate_keep,
+                    framing,
+                })
+            });
+            (kind, Duration::ZERO)
+        }
+        k @ ("tls" | "http") => {
+            cx.err(kind_span, format!("output kind {k:?} is not supported by this version of ringrelay (supported: tcp, file)"));
+            return None;
+        }
+        k => {
+            cx.err(
+                kind_span,
+                format!("output kind {k:?} is unknown (supported: tcp, file)"),
+            );
+            return None;
+        }
+    };
+    let replay = t.duration("replay", cx).unwrap_or(default_replay);
+    Some(OutputConfig {
+        name: name?,
+        kind: kind?,
+        replay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[relay]
+data_dir = "/var/lib/ringrelay"
+
+[[feed]]
+name = "zia-web"
+input = { kind = "tcp", listen = "0.0.0.0:9514", max_connections = 64 }
+framing = "newline"
+buffer = { size = "1GiB" }
+when_full = "block"
+
+[[feed.output]]
+name = "siem"
+kind = "tcp"
+address = "siem.example.net:514"
+framing = "octet"
+
+[[feed]]
+name = "zpa"
+input = { kind = "tcp", listen = "0.0.0.0:9515", idle_timeout = "0" }
+buffer = { retention = "1h", eps = 1000, bytes = 1500 }
+sync = "always"
+
+[[feed.output]]
+name = "archive"
+kind = "file"
+path = "out/zpa.log"
+"#;
+
+    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(text, Path::new("/etc/ringrelay/test.toml"))
+    }
+
+    #[test]
+    fn a_full_config_parses_with_defaults_filled_in() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(
+            c.relay.lock_file,
+            PathBuf::from("/var/lib/ringrelay/ringrelay.lock")
+        );
+        assert_eq!(
+            c.relay.admin_listen,
+            Some("127.0.0.1:9600".parse().unwrap())
+        );
+        let [web, zpa] = &c.feeds[..] else {
+            panic!("two feeds")
+        };
+        assert_eq!(web.capacity, 1 << 30);
+        assert_eq!(web.when_full, WhenFull::Block);
+        assert_eq!(web.input.max_connections, 64);
+        assert_eq!(web.input.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(web.outputs[0].replay, Duration::from_secs(900));
+        assert!(
+            matches!(&web.outputs[0].kind, OutputKind::Tcp(t) if t.framing == OutFraming::Octet)
+        );
+        assert_eq!(
+            zpa.capacity,
+            crate::size::ring_bytes(1000, 1500, Duration::from_secs(3600))
+        );
+        assert_eq!(zpa.sync, SyncPolicy::Always);
+        assert_eq!(zpa.input.idle_timeout, None);
+        assert_eq!(zpa.framing, Framing::Auto);
+        assert!(
+            matches!(&zpa.outputs[0].kind, OutputKind::File(f) if f.path == Path::new("/etc/ringrelay/out/zpa.log"))
+        );
+        assert_eq!(zpa.outputs[0].replay, Duration::ZERO);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_line_and_column() {
+        let text = GOOD
+            .replace("framing = \"newline\"", "framing = \"lines\"")
+            .replace("max_connections = 64", "max_connections = 0")
+            .replace(
+                "address = \"siem.example.net:514\"",
+                "address = \"siem.example.net\"\ncolour = 1",
+            );
+        let errs = parse(&text).expect_err("invalid");
+        let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 4, "{msgs:#?}");
+        assert!(
+            msgs[0].starts_with("/etc/ringrelay/test.toml:7:"),
+            "{msgs:?}"
+        );
+        assert!(msgs[0].contains("max_connections = 0 is out of range"));
+        assert!(
+            msgs[1].starts_with("/etc/ringrelay/test.toml:8:11: framing = \"lines\""),
+            "{msgs:?}"
+        );
+        assert!(msgs.iter().any(|m| m.contains("unknown key \"colour\"")));
+        assert!(msgs.iter().any(|m| m.contains("expected \"host:port\"")));
+    }
+
+    #[test]
+    fn syntax_errors_come_with_a_position() {
+        let errs = parse("[relay]\ndata_dir = \"/x\n").expect_err("bad syntax");
+        let syntax = errs
+            .iter()
+            .find(|e| e.msg.starts_with("TOML syntax"))
+            .expect("a syntax error");
+        assert_eq!((syntax.line, syntax.col), (2, 15), "{errs:?}");
+    }
+
+    #[test]
+    fn duplicates_and_unsupported_kinds_are_named() {
+        let text = GOOD
+            .replace("name = \"zpa\"", "name = \"zia-web\"")
+            .replace("0.0.0.0:9515", "0.0.0.0:9514")
+            .replace("kind = \"file\"", "kind = \"http\"");
+        let msgs: Vec<String> = parse(&text)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            msgs.iter().any(|m| m.contains("is used twice")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("another feed already uses")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("not supported by this version")),
+            "{msgs:#?}"
+        );
+    }
+
+    #[test]
+    fn a_buffer_too_small_for_the_record_limit_says_both_numbers() {
+        let text = GOOD.replace("size = \"1GiB\"", "size = \"1MiB\"");
+        let errs = parse(&text).expect_err("too small");
+        assert!(errs[0].msg.contains("must be at least"), "{errs:?}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_and_reject() {
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("8 gigs").is_err());
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn the_example_configs_are_valid() {
+        for f in ["quickstart.toml", "production.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(f);
+            if let Err(errs) = Config::load(&p) {
+                panic!("{f}: {errs:#?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! Outputs: deliver a feed's ring to a SIEM over TCP, or to a file, from a durable cursor.
+//!
+//! Each output walks the ring from its own position and writes frames straight from the mapping
+//! with `writev` (no copy into a send buffer). Its cursor advances only past records whose
+//! frames the socket (or file) accepted completely.
+//!
+//! ## States (TCP)
+//! `Backoff { until }` → (deadline) → `Connecting` → (writable, no error) → `Connected`
+//! → (error, EOF, reset) → `Backoff`. A file output is always `Connected`.
+//!
+//! ## Replay
+//! On every (re)connect the output resumes at `min(cursor, first record received at or after
+//! disconnect_time - replay)`: plain TCP gives no proof of what the SIEM kept.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Read as _, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::clock;
+use crate::config::{OutFraming, OutputConfig, OutputKind};
+use crate::log::{Level, Limiter};
+use crate::ring::{Pos, Read, Ring};
+
+/// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
+const FRAMES_PER_WRITE: usize = 256;
+/// Bytes one output may write per loop turn before others get their turn.
+pub const WRITE_BUDGET: usize = 4 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection state of an output.
+#[derive(Debug)]
+pub enum State {
+    /// Waiting to (re)connect.
+    Backoff {
+        /// When to try.
+        until: Instant,
+    },
+    /// A non-blocking connect is under way.
+    Connecting {
+        /// Give up at.
+        deadline: Instant,
+    },
+    /// Delivering.
+    Connected,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Backoff { .. } => "backoff",
+            State::Connecting { .. } => "connecting",
+            State::Connected => "connected",
+        }
+    }
+}
+
+/// Counters of one output.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutputStats {
+    /// Records delivered for the first time.
+    pub delivered: u64,
+    /// Records sent again by the replay window.
+    pub replayed: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Successful connects.
+    pub connects: u64,
+    /// Failed connects and dropped connections.
+    pub failures: u64,
+    /// Damaged records skipped.
+    pub corrupt_skipped: u64,
+}
+
+enum Sink {
+    Tcp {
+        address: String,
+        stream: Option<TcpStream>,
+        peer: Option<SocketAddr>,
+    },
+    File {
+        path: PathBuf,
+        file: Option<File>,
+        size: u64,
+        rotate_bytes: u64,
+        rotate_keep: u32,
+    },
+}
+
+/// One output of a feed.
+pub struct Output {
+    /// Its name (also the ring cursor's name).
+    pub name: String,
+    feed: String,
+    sink: Sink,
+    framing: OutFraming,
+    replay: Duration,
+    cursor: usize,
+    /// The next record to send.
+    send: Pos,
+    /// Bytes of `send`'s frame already written.
+    partial: usize,
+    /// Records below this sequence number are replays.
+    replay_until: u64,
+    /// Wall-clock time of the last disconnect (ns), 0 if none to replay from.
+    disconnect_ns: u64,
+    /// The socket said `WouldBlock`: wait for a writable event.
+    pub write_blocked: bool,
+    /// The connection state.
+    pub state: State,
+    attempt: u32,
+    rng: u64,
+    /// Counters.
+    pub stats: OutputStats,
+    down_log: Limiter,
+}
+
+/// What stopped collecting frames, without the borrow of the ring.
+enum Stop {
+    Overrun(Pos),
+    Corrupt(Pos, crate::ring::Damage, Pos),
+}
+
+/// Why a write pass stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Everything up to the head was written.
+    Done,
+    /// The socket is full: wait for writable.
+    Blocked,
+    /// The byte budget ran out with more to write.
+    More,
+    /// The connection failed and was closed.
+    Failed,
+}
+
+impl Output {
+    /// Sets up an output for `feed`; `last_checkpoint_ns` is the previous run's last checkpoint
+    /// (a restart counts as a reconnect for the replay window), 0 for a new ring.
+    pub fn new(
+        feed: &str,
+        cfg: &OutputConfig,
+        ring: &mut Ring,
+        last_checkpoint_ns: u64,
+        now: Instant,
+    ) -> Result<Output, String> {
+        let cursor = ring
+            .cursor(&cfg.name)
+            .map_err(|e| format!("feed {feed} output {}: no ring cursor: {e:?}", cfg.name))?;
+        let (sink, framing) = match &cfg.kind {
+            OutputKind::Tcp(t) => (
+                Sink::Tcp {
+                    address: t.address.clone(),
+                    stream: None,
+                    peer: None,
+                },
+                t.framing,
+            ),
+            OutputKind::File(f) => (
+                Sink::File {
+                    path: f.path.clone(),
+                    file: None,
+                    size: 0,
+                    rotate_bytes: f.rotate_bytes,
+                    rotate_keep: f.rotate_keep,
+                },
+                f.framing,
+            ),
+        };
+        let send = ring.cursor_pos(cursor);
+        Ok(Output {
+            name: cfg.name.clone(),
+            feed: feed.to_string(),
+            sink,
+            framing,
+            replay: cfg.replay,
+            cursor,
+            send,
+            partial: 0,
+            replay_until: send.seq,
+            disconnect_ns: last_checkpoint_ns,
+            write_blocked: false,
+            state: State::Backoff { until: now },
+            attempt: 0,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(cursor as u32) ^ clock::wall_ns(),
+            stats: OutputStats::default(),
+            down_log: Limiter::new(3, Duration::from_secs(60)),
+        })
+    }
+
+    /// The ring cursor this output commits.
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    /// When this output wants to be woken up without an event.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Backoff { until } => Some(until),
+            State::Connecting { deadline } => Some(deadline),
+            State::Connected => None,
+        }
+    }
+
+    /// Whether the output is connected and not waiting on its socket.
+    pub fn can_write(&self) -> bool {
+        matches!(self.state, State::Connected) && !self.write_blocked
+    }
+
+    /// Whether the output is connected.
+    pub fn connected(&self) -> bool {
+        matches!(self.state, State::Connected)
+    }
+
+    /// Fires an expired deadline: start a connect, or give up on one.
+    pub fn on_timer(&mut self, registry: &Registry, token: Token, ring: &Ring, now: Instant) {
+        match self.state {
+            State::Backoff { until } if until <= now => self.connect(registry, token, ring, now),
+            State::Connecting { deadline } if deadline <= now => {
+                self.fail(registry, "connect timed out", now);
+            }
+            _ => {}
+        }
+    }
+
+    fn connect(&mut self, registry: &Registry, token: Token, ring: &Ring, now: Instant) {
+        match &mut self.sink {
+            Sink::File {
+                path, file, size, ..
+            } => match OpenOptions::new().create(true).append(true).open(&*path) {
+                Ok(f) => {
+                    *size = f.metadata().map_or(0, |m| m.len());
+                    *file = Some(f);
+                    self.on_connected(ring, now);
+                }
+                Err(e) => {
+                    let why = format!("open {}: {e}", path.display());
+                    self.fail(registry, &why, now);
+                }
+            },
+            Sink::Tcp {
+                address,
+                stream,
+                peer,
+            } => {
+                // Names are resolved at each connect, as NSS does; a literal address costs no
+                // lookup. (A hostname's lookup blocks the loop for as long as the resolver takes.)
+                let addr = match address.to_socket_addrs().map(|mut a| a.next()) {
+                    Ok(Some(a)) => a,
+                    Ok(None) => return self.fail(registry, "address resolved to nothing", now),
+                    Err(e) => {
+                        let why = format!("resolve {address}: {e}");
+                        return self.fail(registry, &why, now);
+                    }
+                };
+                match TcpStream::connect(addr) {
+                    Ok(mut s) => {
+                        if let Err(e) = registry.register(
+                            &mut s,
+                            token,
+                            Interest::READABLE | Interest::WRITABLE,
+                        ) {
+                            let why = format!("register socket: {e}");
+                            return self.fail(registry, &why, now);
+                        }
+                        *stream = Some(s);
+                        *peer = Some(addr);
+                        self.state = State::Connecting {
+                            deadline: now + CONNECT_TIMEOUT,
+                        };
+                    }
+                    Err(e) => {
+                        let why = format!("connect {addr}: {e}");
+                        self.fail(registry, &why, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, ring: &Ring, now: Instant) {
+        let _ = now;
+        let cursor = ring.cursor_pos(self.cursor);
+        let mut start = cursor;
+        if self.disconnect_ns > 0 && !self.replay.is_zero() {
+            let from = self
+                .disconnect_ns
+                .saturating_sub(u64::try_from(self.replay.as_nanos()).unwrap_or(u64::MAX));
+            let p = ring.seek_time(from);
+            if p.seq < start.seq {
+                start = p;
+            }
+        }
+        self.send = start;
+        self.partial = 0;
+        self.replay_until = cursor.seq;
+        self.write_blocked = false;
+        self.attempt = 0;
+        self.stats.connects += 1;
+        self.state = State::Connected;
+        let replaying = cursor.seq - start.seq;
+        crate::log!(
+            Level::Info,
+            "output_connected",
+            feed = self.feed,
+            output = self.name,
+            peer = self.peer_name(),
+            resume_seq = start.seq,
+            replay_records = replaying
+        );
+    }
+
+    fn peer_name(&self) -> String {
+        match &self.sink {
+            Sink::Tcp { peer: Some(p), .. } => p.to_string(),
+            Sink::Tcp { address, .. } => address.clone(),
+            Sink::File { path, .. } => path.display().to_string(),
+        }
+    }
+
+    /// Closes the connection and schedules a retry with capped exponential backoff and jitter.
+    fn fail(&mut self, registry: &Registry, why: &str, now: Instant) {
+        let was_connected = matches!(self.state, State::Connected);
+        if let Sink::Tcp { stream, .. } = &mut self.sink {
+            if let Some(mut s) = stream.take() {
+                let _ = registry.deregister(&mut s);
+            }
+        }
+        if let Sink::File { file, .. } = &mut self.sink {
+            *file = None;
+        }
+        if was_connected {
+            self.disconnect_ns = clock::wall_ns();
+        }
+        self.stats.failures += 1;
+        let exp = BACKOFF_MIN.saturating_mul(1u32 << self.attempt.min(16));
+        let base = exp.min(BACKOFF_MAX);
+        // xorshift64: jitter of -20%..+20%, so a fleet does not reconnect in lockstep.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jitter = 0.8 + (self.rng % 1000) as f64 / 2500.0;
+        let delay = base.mul_f64(jitter).min(BACKOFF_MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        self.state = State::Backoff { until: now + delay };
+        if let Some(suppressed) = self.down_log.allow(now) {
+            crate::log!(
+                Level::Warn,
+                "output_down",
+                feed = self.feed,
+                output = self.name,
+                peer = self.peer_name(),
+                error = why,
+                retry_ms = delay.as_millis(),
+                suppressed = suppressed
+            );
+        }
+    }
+
+    /// Handles a readiness event on the output's socket.
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        ring: &mut Ring,
+        readable: bool,
+        writable: bool,
+        now: Instant,
+    ) {
+        if let State::Connecting { .. } = self.state {
+            if !writable {
+                return;
+            }
+            let Sink::Tcp {
+                stream: Some(s), ..
+            } = &self.sink
+            else {
+                return;
+            };
+            match (s.take_error(), s.peer_addr()) {
+                (Ok(None), Ok(_)) => self.on_connected(ring, now),
+                (Ok(Some(e)) | Err(e), _) | (_, Err(e)) => {
+                    if e.kind() == io::ErrorKind::NotConnected {
+                        return; // spurious: the connect is still under way
+                    }
+                    let why = format!("connect: {e}");
+                    return self.fail(registry, &why, now);
+                }
+            }
+        }
+        if !matches!(self.state, State::Connected) {
+            return;
+        }
+        if readable {
+            // SIEMs do not talk back on syslog connections: read to notice EOF and resets.
+            if let Sink::Tcp {
+                stream: Some(s), ..
+            } = &mut self.sink
+            {
+                let mut buf = [0u8; 512];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return self.fail(registry, "peer closed the connection", now),
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let why = format!("read: {e}");
+                            return self.fail(registry, &why, now);
+                        }
+                    }
+                }
+            }
+        }
+        if writable {
+            self.write_blocked = false;
+        }
+    }
+
+    /// Writes frames from the ring until the head, a full socket or the budget.
+    pub fn write(&mut self, registry: &Registry, ring: &mut Ring, now: Instant) -> Pass {
+        if !self.can_write() {
+            return Pass::Blocked;
+        }
+        let mut budget = WRITE_BUDGET;
+        loop {
+            let mut prefixes = [[0u8; 12]; FRAMES_PER_WRITE];
+            let mut plens = [0usize; FRAMES_PER_WRITE];
+            let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
+            // (record position, frame bytes, next position) of each frame.
+            let mut frames = [(Pos::default(), 0usize, Pos::default()); FRAMES_PER_WRITE];
+            let mut n = 0;
+            let mut pos = self.send;
+            let mut total = 0usize;
+            let mut stop = None;
+            while n < FRAMES_PER_WRITE && total < budget {
+                match ring.read(pos) {
+                    Read::Record(r) => {
+                        if self.framing == OutFraming::Octet {
+                            let mut w = &mut prefixes[n][..];
+                            let _ = write!(w, "{} ", r.payload.len());
+                            plens[n] = 12 - w.len();
+                        }
+                        let suffix = usize::from(self.framing == OutFraming::Newline);
+                        let frame = plens[n] + r.payload.len() + suffix;
+                        payloads[n] = r.payload;
+                        frames[n] = (r.pos, frame, r.next);
+                        total += frame;
+                        n += 1;
+                        pos = r.next;
+                    }
+                    Read::End => break,
+                    Read::Overrun { tail } => {
+                        stop = Some(Stop::Overrun(tail));
+                        break;
+                    }
+                    Read::Corrupt { at, damage, next } => {
+                        stop = Some(Stop::Corrupt(at, damage, next));
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                match stop {
+                    Some(Stop::Overrun(_)) if self.partial > 0 => {
+                        // Half a frame is on the wire and its record is gone: only closing the
+                        // connection keeps the stream well-framed.
+                        self.fail(registry, "ring overwrote the record being sent", now);
+                        return Pass::Failed;
+                    }
+                    Some(Stop::Overrun(tail)) => self.send = tail,
+                    Some(Stop::Corrupt(at, damage, next)) => {
+                        self.stats.corrupt_skipped += next.seq - at.seq;
+                        crate::log!(
+                            Level::Error,
+                            "ring_damage_skipped",
+                            feed = self.feed,
+                            output = self.name,
+                            offset = at.off,
+                            seq = at.seq,
+                            records = next.seq - at.seq,
+                            damage = damage
+                        );
+                        self.send = next;
+                        self.partial = 0;
+                        self.commit_upto(ring, next);
+                    }
+                    None => return Pass::Done,
+                }
+                continue;
+            }
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(n * 3);
+            let mut skip = self.partial;
+            let newline: &[u8] = if self.framing == OutFraming::Newline {
+                b"\n"
+            } else {
+                b""
+            };
+            for i in 0..n {
+                for part in [&prefixes[i][..plens[i]], payloads[i], newline] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    iov.push(IoSlice::new(&part[skip..]));
+                    skip = 0;
+                }
+            }
+            let res = match &mut self.sink {
+                Sink::Tcp {
+                    stream: Some(s), ..
+                } => s.write_vectored(&iov),
+                Sink::File { file: Some(f), .. } => f.write_vectored(&iov),
+                _ => return Pass::Failed,
+            };
+            drop(iov);
+            let written = match res {
+                Ok(0) => {
+                    self.fail(registry, "write returned 0", now);
+                    return Pass::Failed;
+                }
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_blocked = true;
+                    return Pass::Blocked;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let why = format!("write: {e}");
+                    self.fail(registry, &why, now);
+                    return Pass::Failed;
+                }
+            };
+            self.stats.bytes += written as u64;
+            if let Sink::File { size, .. } = &mut self.sink {
+                *size += written as u64;
+            }
+            budget = budget.saturating_sub(written);
+            // Advance over every frame written completely.
+            let mut left = written + self.partial;
+            for &(p, frame, next) in &frames[..n] {
+                if left < frame {
+                    self.partial = left;
+                    break;
+                }
+                left -= frame;
+                self.partial = 0;
+                if p.seq < self.replay_until {
+                    self.stats.replayed += 1;
+                } else {
+                    self.stats.delivered += 1;
+                }
+                self.send = next;
+            }
+            let send = self.send;
+            self.commit_upto(ring, send);
+            if self.rotate_if_needed(registry, now) {
+                return Pass::Failed;
+            }
+            if budget == 0 {
+                return Pass::More;
+            }
+        }
+    }
+
+    /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it).
+    fn commit_upto(&mut self, ring: &mut Ring, pos: Pos) {
+        if pos.seq > ring.cursor_pos(self.cursor).seq {
+            ring.commit(self.cursor, pos);
+        }
+    }
+
+    /// Rotates a file output past its size limit: `path` → `path.1` → … → `path.N`.
+    /// Returns true if the rotation failed (the output is then in backoff).
+    fn rotate_if_needed(&mut self, registry: &Registry, now: Instant) -> bool {
+        let Sink::File {
+            path,
+            file,
+            size,
+            rotate_bytes,
+            rotate_keep,
+        } = &mut self.sink
+        else {
+            return false;
+        };
+        if *rotate_bytes == 0 || *size < *rotate_bytes || self.partial > 0 {
+            return false;
+        }
+        let name = |i: u32| {
+            let mut p = path.clone().into_os_string();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        if let Some(f) = file.take() {
+            let _ = f.sync_data();
+        }
+        let keep = (*rotate_keep).max(1);
+        let _ = std::fs::remove_file(name(keep));
+        for i in (1..keep).rev() {
+            let _ = std::fs::rename(name(i), name(i + 1));
+        }
+        let renamed = std::fs::rename(&*path, name(1));
+        let reopened = OpenOptions::new().create(true).append(true).open(&*path);
+        match (renamed, reopened) {
+            (Ok(()), Ok(f)) => {
+                *file = Some(f);
+                *size = 0;
+                false
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                let why = format!("rotate {}: {e}", path.display());
+                self.fail(registry, &why, now);
+                true
+            }
+        }
+    }
+
+    /// Makes a file output's delivered bytes durable before its cursor is checkpointed.
+    pub fn sync(&self) -> io::Result<()> {
+        match &self.sink {
+            Sink::File { file: Some(f), .. } => f.sync_data(),
+            _ => Ok(()),
+        }
+    }
+
+    /// A short description of the state, for progress lines.
+    pub fn state_name(&self) -> &'static str {
+        self.state.name()
+    }
+}

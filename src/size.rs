@@ -1,0 +1,131 @@
+//! `ringrelay size`: ring and VM sizing from an event rate, as the vendors' sizing guides do.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::ring::format::{record_stride, DATA_OFFSET, PAGE};
+use crate::ring::human_bytes;
+
+/// The inputs of a sizing.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizing {
+    /// Events per second per feed.
+    pub eps: u64,
+    /// Average event size in bytes.
+    pub bytes: u64,
+    /// How long the ring must cover.
+    pub retention: Duration,
+    /// Feeds of this shape.
+    pub feeds: u64,
+}
+
+/// Bytes of ring data area one feed needs: every record costs its stride (header, payload,
+/// padding; `buffer-spec.md` §5), rounded up to whole pages.
+pub fn ring_bytes(eps: u64, bytes: u64, retention: Duration) -> u64 {
+    let raw = eps
+        .saturating_mul(retention.as_secs())
+        .saturating_mul(record_stride(bytes));
+    raw.div_ceil(PAGE).saturating_mul(PAGE)
+}
+
+/// Appliance classes from the vendors' deployment guides (FIELD.md §1.1, §4.5).
+const CLASSES: [(&str, u64, &str); 2] = [
+    (
+        "NSS-class VM (2 cores, 8-64 GB RAM, 500 GB disk)",
+        500_000_000_000,
+        "NSS",
+    ),
+    (
+        "App-Connector-class VM (4 vCPU, 4-8 GB RAM, 64 GB disk)",
+        64_000_000_000,
+        "App Connector",
+    ),
+];
+
+/// Disk the OS, the image and logs need beside the rings.
+const SYSTEM_DISK: u64 = 8_000_000_000;
+
+/// Prints the sizing; exit 0 when it fits at least one class, 1 otherwise.
+pub fn run(s: Sizing) -> ExitCode {
+    let per_record = record_stride(s.bytes);
+    let ring = ring_bytes(s.eps, s.bytes, s.retention);
+    let file = ring + DATA_OFFSET;
+    let total = file.saturating_mul(s.feeds);
+    // File-system slack and room to grow one feed without a new disk.
+    let disk = total + total / 10 + SYSTEM_DISK;
+    let write_rate = s.eps * per_record;
+    let hours = s.retention.as_secs_f64() / 3600.0;
+    println!(
+        "sizing for {} feed(s) of {} events/s x {} bytes, retention {hours:.2} h",
+        s.feeds, s.eps, s.bytes
+    );
+    println!(
+        "  per record on disk   {per_record} bytes ({} payload + {} header and padding)",
+        s.bytes,
+        per_record - s.bytes
+    );
+    println!(
+        "  ring per feed        {} ({ring} bytes); buffer = {{ size = \"{ring}\" }}",
+        human_bytes_approx(ring)
+    );
+    println!(
+        "  all rings            {} ({total} bytes)",
+        human_bytes_approx(total)
+    );
+    println!(
+        "  disk to provision    {} (rings + 10% + 8 GB for the system)",
+        human_bytes_approx(disk)
+    );
+    println!(
+        "  sustained disk write {:.1} MB/s per feed, {:.1} MB/s in all",
+        write_rate as f64 / 1e6,
+        (write_rate * s.feeds) as f64 / 1e6
+    );
+    println!("  relay memory         < 64 MiB resident besides the page cache; rings need not fit in RAM");
+    let mut fits_any = false;
+    for (name, disk_bytes, short) in CLASSES {
+        let fits = disk <= disk_bytes;
+        fits_any |= fits;
+        println!(
+            "  {name}: {}",
+            if fits {
+                format!(
+                    "fits ({:.0}% of its disk)",
+                    disk as f64 * 100.0 / disk_bytes as f64
+                )
+            } else {
+                format!(
+                    "does NOT fit: needs {} of disk, the {short} disk is {}",
+                    human_bytes_approx(disk),
+                    human_bytes_approx(disk_bytes)
+                )
+            }
+        );
+    }
+    if fits_any {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn human_bytes_approx(n: u64) -> String {
+    if n >= 1 << 30 {
+        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
+    } else {
+        human_bytes(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_hour_of_1000_eps_at_1500_bytes_is_the_field_figure_plus_headers() {
+        // FIELD.md: "one hour at 1,000 events/s of 1.5 KB is 5.4 GB" of payload.
+        let b = ring_bytes(1000, 1500, Duration::from_secs(3600));
+        assert_eq!(b, 1000 * 3600 * 1552);
+        assert!(b > 5_400_000_000 && b < 5_700_000_000);
+    }
+}
