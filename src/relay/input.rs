@@ -214,6 +214,9 @@ impl Relay {
                 reason = why,
                 error = error,
                 records = st.records,
+                truncated = st.truncated,
+                dropped_oversize = st.dropped_oversize,
+                bad_frames = st.bad_frames,
                 suppressed = suppressed
             );
         }

@@ -1,0 +1,383 @@
+//! The relay end to end: the real binary, real TCP on loopback, real ring files, SIGKILL.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const LEN: usize = 200;
+
+fn assert_all_arrived(sink: &Sink, n: u64, dups_allowed: bool) {
+    let counts = sink.counts();
+    let missing: Vec<u64> = (0..n)
+        .filter(|i| !counts.contains_key(i))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing records, first: {missing:?} (got {} lines)",
+        sink.count()
+    );
+    assert_eq!(counts.len() as u64, n, "records outside 0..{n} arrived");
+    if !dups_allowed {
+        let dups = counts.values().filter(|&&c| c > 1).count();
+        assert_eq!(dups, 0, "{dups} records arrived more than once");
+    }
+}
+
+#[test]
+fn two_hundred_thousand_records_arrive_exactly_once_and_in_order() {
+    let dir = TempDir::new("e2e-200k");
+    let siem = Sink::new(free_port(), true);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let relay = RelayProc::start(&cfg, 1);
+    let n = 200_000;
+    send_records(relay.addr("f"), 0..n, LEN);
+    let ok = wait_until(Duration::from_secs(60), || siem.count() as u64 >= n);
+    assert!(
+        ok,
+        "only {} of {n} arrived; log:\n{}",
+        siem.count(),
+        relay.log_text()
+    );
+    let lines = siem.lines.lock().unwrap();
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(
+            record_number(l),
+            Some(i as u64),
+            "line {i} is out of order or damaged"
+        );
+    }
+    assert_eq!(lines.len() as u64, n);
+}
+
+#[test]
+fn records_sent_while_the_siem_is_down_all_arrive_when_it_returns() {
+    let dir = TempDir::new("e2e-down");
+    let siem = Sink::new(free_port(), false);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let relay = RelayProc::start(&cfg, 1);
+    let n = 100_000;
+    send_records(relay.addr("f"), 0..n, LEN);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(siem.count(), 0);
+    siem.set_up(true);
+    let ok = wait_until(Duration::from_secs(60), || siem.counts().len() as u64 >= n);
+    assert!(
+        ok,
+        "only {} arrived; log:\n{}",
+        siem.count(),
+        relay.log_text()
+    );
+    // A new ring has nothing to replay: the first connection delivers each record once.
+    assert_all_arrived(&siem, n, false);
+}
+
+#[test]
+fn siem_down_relay_killed_and_restarted_still_delivers_everything() {
+    let dir = TempDir::new("e2e-kill-down");
+    let siem = Sink::new(free_port(), false);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let mut relay = RelayProc::start(&cfg, 1);
+    let n = 100_000;
+    send_records(relay.addr("f"), 0..n, LEN);
+    // The sender saw the relay close the connection: every byte was read and appended.
+    relay.kill9();
+    assert_eq!(
+        ring_records(&dir.path().join("data")),
+        n,
+        "the ring lost records to SIGKILL"
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    siem.set_up(true);
+    let ok = wait_until(Duration::from_secs(60), || siem.counts().len() as u64 >= n);
+    assert!(
+        ok,
+        "only {} arrived; log:\n{}",
+        siem.counts().len(),
+        relay.log_text()
+    );
+    assert_all_arrived(&siem, n, true);
+}
+
+/// What the sender wrote on each connection: (first, end) record numbers.
+type Spans = Arc<Mutex<Vec<(u64, u64)>>>;
+
+#[test]
+fn relay_killed_twenty_times_mid_stream_loses_only_what_was_in_socket_buffers() {
+    let dir = TempDir::new("e2e-kill-loop");
+    let siem = Sink::new(free_port(), true);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let mut relay = RelayProc::start(&cfg, 1);
+    let addr = Arc::new(Mutex::new(relay.addr("f")));
+    let spans: Spans = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (addr, spans, stop, next) = (addr.clone(), spans.clone(), stop.clone(), next.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let a = *addr.lock().unwrap();
+                let Ok(mut s) = TcpStream::connect(a) else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let first = next.load(Ordering::Relaxed);
+                let mut n = first;
+                // Small writes, so the sender knows well what the kernel took.
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut batch = Vec::new();
+                    for k in n..n + 50 {
+                        batch.extend_from_slice(&record(k, LEN));
+                        batch.push(b'\n');
+                    }
+                    if s.write_all(&batch).is_err() {
+                        break;
+                    }
+                    n += 50;
+                    next.store(n, Ordering::Relaxed);
+                    thread::sleep(Duration::from_micros(200));
+                }
+                spans.lock().unwrap().push((first, n));
+            }
+        })
+    };
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..20 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        thread::sleep(Duration::from_millis(100 + rng % 200));
+        relay.kill9();
+        relay = RelayProc::start(&cfg, 1);
+        *addr.lock().unwrap() = relay.addr("f");
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let total = next.load(Ordering::Relaxed);
+    // Everything the relay read reaches the SIEM (after the replay window's duplicates).
+    wait_until(Duration::from_secs(30), || {
+        let c = siem.counts();
+        (0..total).filter(|i| !c.contains_key(i)).count() < 20 * 40_000
+            && siem.count() as u64 >= total.saturating_sub(20 * 40_000)
+    });
+    thread::sleep(Duration::from_secs(2));
+    let counts = siem.counts();
+    let spans = spans.lock().unwrap().clone();
+    // Socket buffers on loopback hold a few MiB at most; allow 8 MiB of records per kill.
+    let per_kill = (8 << 20) / (LEN as u64 + 1);
+    let mut lost_total = 0;
+    for &(first, end) in &spans {
+        let missing: Vec<u64> = (first..end).filter(|i| !counts.contains_key(i)).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        lost_total += missing.len();
+        let (lo, hi) = (missing[0], *missing.last().unwrap());
+        assert_eq!(
+            hi - lo + 1,
+            missing.len() as u64,
+            "connection {first}..{end}: missing records are not one contiguous range"
+        );
+        assert_eq!(
+            hi + 1,
+            end,
+            "connection {first}..{end}: lost records {lo}..={hi} are not at the kill point"
+        );
+        assert!(
+            missing.len() as u64 <= per_kill,
+            "connection {first}..{end}: lost {} records, more than socket buffers hold",
+            missing.len()
+        );
+    }
+    eprintln!("kill loop: {total} records sent on {} connections, {lost_total} lost in kernel buffers at kills", spans.len());
+}
+
+#[test]
+fn bad_inputs_cost_bounded_memory_and_do_not_stop_a_good_sender() {
+    let dir = TempDir::new("e2e-bad-input");
+    let siem = Sink::new(free_port(), true);
+    let cfg = one_feed_config(
+        dir.path(),
+        siem.addr,
+        "max_record_bytes = \"4KiB\"\nframing = \"newline\"",
+        "",
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let addr = relay.addr("f");
+    let good = thread::spawn(move || send_records(addr, 0..50_000, LEN));
+    // A client that stalls in the middle of a record, holding its connection open.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled
+        .write_all(b"rec 999999999 half a record without its end")
+        .unwrap();
+    // Oversized lines (truncated and counted) and garbage bytes without any LF.
+    let mut big = TcpStream::connect(addr).unwrap();
+    for _ in 0..20 {
+        big.write_all(&vec![b'x'; 100_000]).unwrap();
+        big.write_all(b"\n").unwrap();
+    }
+    drop(big);
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    let mut rng = 88_172_645_463_325_252u64;
+    let junk: Vec<u8> = (0..4_000_000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng as u8) | 0x80 // never LF: one endless oversize record
+        })
+        .collect();
+    garbage.write_all(&junk).unwrap();
+    drop(garbage);
+    // Connect/disconnect churn.
+    for _ in 0..1000 {
+        drop(TcpStream::connect(addr).unwrap());
+    }
+    good.join().unwrap();
+    let ok = wait_until(Duration::from_secs(60), || {
+        let c = siem.counts();
+        (0..50_000u64).all(|i| c.contains_key(&i))
+    });
+    assert!(
+        ok,
+        "the good sender's records did not all arrive; log tail:\n{}",
+        relay.log_text()
+    );
+    let rss = relay.rss_anon_kib();
+    assert!(
+        rss > 0 && rss < 64 * 1024,
+        "RssAnon {rss} KiB: memory not bounded"
+    );
+    // Counters: the oversize lines were truncated, and say so.
+    let ok = wait_until(Duration::from_secs(5), || {
+        relay
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("event=connection_closed"))
+            .any(|l| field(l, "truncated").parse::<u64>().unwrap_or(0) == 20)
+    });
+    assert!(
+        ok,
+        "no connection_closed line reports the 20 truncations:\n{}",
+        relay.log_text()
+    );
+    let truncated: Vec<Vec<u8>> = siem
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with(b"xxxx"))
+        .cloned()
+        .collect();
+    assert_eq!(truncated.len(), 20);
+    assert!(truncated.iter().all(|l| l.len() == 4096));
+    drop(stalled);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_and_counted() {
+    let dir = TempDir::new("e2e-maxconn");
+    let siem = Sink::new(free_port(), true);
+    let cfg = dir.path().join("c.toml");
+    let base = std::fs::read_to_string(one_feed_config(dir.path(), siem.addr, "", "")).unwrap();
+    std::fs::write(
+        &cfg,
+        base.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\", max_connections = 2",
+        ),
+    )
+    .unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let keep: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(relay.addr("f")).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let extra = TcpStream::connect(relay.addr("f")).unwrap();
+    let ok = wait_until(Duration::from_secs(5), || {
+        relay.log_has("event=connection_refused")
+    });
+    assert!(ok, "{}", relay.log_text());
+    drop((keep, extra));
+}
+
+#[test]
+fn sigterm_reads_what_was_sent_checkpoints_and_exits_zero() {
+    let dir = TempDir::new("e2e-sigterm");
+    let siem = Sink::new(free_port(), false);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let mut relay = RelayProc::start(&cfg, 1);
+    let mut s = TcpStream::connect(relay.addr("f")).unwrap();
+    let n = 20_000u64;
+    for i in 0..n {
+        s.write_all(&record(i, LEN)).unwrap();
+        s.write_all(b"\n").unwrap();
+    }
+    let (code, took) = relay.terminate();
+    assert_eq!(code, Some(0), "log:\n{}", relay.log_text());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(ring_records(&dir.path().join("data")), n);
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_file_line_and_column() {
+    let dir = TempDir::new("e2e-badcfg");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[relay]\ndata_dir = \"/tmp/x\"\n\n[[feed]]\nname = \"Bad Name\"\ninput = { kind = \"tcp\", listen = \"nowhere:1\" }\nbuffer = { size = \"1MiB\" }\n").unwrap();
+    for cmd in ["check", "run"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+            .args([cmd, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        let want = format!("{}:5:8: feed name \"Bad Name\"", cfg.display());
+        assert!(err.contains(&want), "{cmd}: {err}");
+        assert!(
+            err.contains(":6:") && err.contains("not an IP:port"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
+fn octet_counted_output_frames_records_that_contain_newlines() {
+    let dir = TempDir::new("e2e-octet");
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(port).unwrap();
+    let cfg = one_feed_config(
+        dir.path(),
+        port,
+        "framing = \"octet\"",
+        "framing = \"octet\"",
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let mut s = TcpStream::connect(relay.addr("f")).unwrap();
+    s.write_all(b"11 hello\nworld5 abcde").unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let want = b"11 hello\nworld5 abcde";
+    while got.len() < want.len() {
+        let n = std::io::Read::read(&mut conn, &mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, want);
+}
