@@ -158,7 +158,15 @@ impl<'a> View<'a> {
         if pos.seq < self.tail.seq {
             return Read::Overrun { tail: self.tail };
         }
-        let mut off = self.norm(pos.off);
+        // The tail's sequence number may be held at two positions: its wrap marker's and its
+        // record's at 0. Once the marker is evicted its bytes are free and get overwritten, so
+        // a position still naming the marker (a cursor moved there by eviction, a reader's
+        // `next`) is read at the tail instead.
+        let mut off = if pos.seq == self.tail.seq {
+            self.norm(self.tail.off)
+        } else {
+            self.norm(pos.off)
+        };
         // At most one wrap marker precedes a record.
         for _ in 0..2 {
             let damage = match self.header_at(off) {
