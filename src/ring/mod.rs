@@ -844,7 +844,7 @@ impl Ring {
     /// near the top of the sequence and offset ranges with it. Returns false (and does nothing)
     /// if the ring holds records or `pos` is not a valid record start.
     pub fn reset_empty_at(&mut self, pos: Pos) -> bool {
-        let valid = pos.off % format::ALIGN == 0 && pos.off + RECORD_HEADER <= self.capacity;
+        let valid = pos.off % format::ALIGN == 0 && pos.off <= self.capacity - RECORD_HEADER;
         if self.meta.tail.seq != self.meta.head.seq || !valid {
             return false;
         }
