@@ -735,3 +735,41 @@ fn files_that_are_not_rings_are_refused_untouched_and_inspect_exits_two_naming_t
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains(&*missing.to_string_lossy()));
 }
+
+/// Rewrites the slot at file offset `at` with `tail_off` and a CRC that matches (spec §4).
+fn forge_slot(bytes: &mut [u8], at: u64, tail_off: u64) {
+    let s = &mut bytes[at as usize..at as usize + 1156];
+    s[24..32].copy_from_slice(&tail_off.to_le_bytes());
+    let crc = crc32fast::hash(&s[..1152]);
+    s[1152..1156].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A slot whose CRC matches but whose offset lies past the data area (here so far past that
+/// `off + 48` overflows) is invalid: recovery uses the other slot, and with both forged the file
+/// is refused. Before the fix a debug build (and a fuzzer) panicked on the overflow and a release
+/// build accepted the slot.
+#[test]
+fn a_metadata_slot_with_an_offset_past_the_area_is_invalid_even_with_a_good_crc() {
+    let dir = TempDir::new("forged");
+    let b = build(&dir, 300, 0);
+    let current = if generation(&b.bytes, SLOTS[1]) > generation(&b.bytes, SLOTS[0]) {
+        1
+    } else {
+        0
+    };
+    for bad in [u64::MAX - 7, u64::MAX - 47, CAP, CAP - 40] {
+        let mut bytes = b.bytes.clone();
+        forge_slot(&mut bytes, SLOTS[current], bad);
+        let path = b.write_damaged(&dir, "forged.ring", &bytes);
+        let reader = RingReader::open(&path).expect("the other slot is good");
+        assert_eq!(reader.recovery.slot, 1 - current, "tail_off {bad}");
+        assert!(reader.view().tail.off + HEADER <= CAP);
+        assert_eq!(reader.view().head, b.head);
+        drop(reader);
+        forge_slot(&mut bytes, SLOTS[1 - current], bad);
+        let path = b.write_damaged(&dir, "forged.ring", &bytes);
+        let e = RingReader::open(&path).err().expect("both slots forged");
+        assert!(matches!(e, OpenError::NoMetadata { .. }), "{e:?}");
+        assert_eq!(inspect(&path).code, Some(2));
+    }
+}

@@ -318,7 +318,12 @@ impl Meta {
             c.pos = pos(at + meta::CURSOR_OFF, at + meta::CURSOR_SEQ);
             c.lost = u64_at(b, at + meta::CURSOR_LOST);
         }
-        let in_area = |p: Pos| p.off % ALIGN == 0 && p.off + RECORD_HEADER <= capacity;
+        let in_area = |p: Pos| {
+            p.off % ALIGN == 0
+                && p.off
+                    .checked_add(RECORD_HEADER)
+                    .is_some_and(|e| e <= capacity)
+        };
         let sane = in_area(m.tail) && in_area(m.head) && m.tail.seq <= m.head.seq;
         sane.then_some(m)
     }
