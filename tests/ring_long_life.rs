@@ -273,15 +273,17 @@ fn two_thousand_laps_of_small_records_stay_consecutive_and_seekable() {
     let len_of = |seq: u64| 8 + (mix(seq) % 40) as usize;
     let start = Instant::now();
     let mut round = 0u64;
-    while life.laps < 2000 {
+    // A debug build is about ten times slower: fewer laps there, all of them in release.
+    let laps = if cfg!(debug_assertions) { 200 } else { 2000 };
+    while life.laps < laps {
         life.append(20_000, &len_of);
         round += 1;
         if round % 40 == 0 {
             check_ring(&life.ring, &len_of, life.first);
             check_seeks(&life.ring, life.first, round);
         }
-        if round % 200 == 0 {
-            life = life.reopen(round % 400 == 0);
+        if round % 50 == 0 {
+            life = life.reopen(round % 100 == 0);
         }
     }
     check_ring(&life.ring, &len_of, life.first);
@@ -293,7 +295,7 @@ fn two_thousand_laps_of_small_records_stay_consecutive_and_seekable() {
         stats.next_seq,
         start.elapsed().as_secs_f64()
     );
-    assert!(stats.evicted > 2000 * 10_000);
+    assert!(stats.evicted > laps * 10_000);
 }
 
 /// Rings started at the very end of the data area (the first record wraps at once) and ten
@@ -339,8 +341,9 @@ fn rings_started_near_the_top_of_seq_and_the_end_of_the_area_run_many_laps() {
             life = life.reopen(chunk % 2 == 0);
         }
         assert!(life.laps > 40, "offset {off}: only {} laps", life.laps);
-        if k == 0 {
-            // This one runs to one below the top: u64::MAX - 1 is the next seq.
+        // This one runs to one below the top: u64::MAX - 1 is the next seq. (About 9.5 million
+        // appends: a second in release, a minute in a debug build, which skips it.)
+        if k == 0 && !cfg!(debug_assertions) {
             let left = u64::MAX - 1 - life.ring.head().seq;
             life.append(left, &len_of);
             assert_eq!(life.ring.head().seq, u64::MAX - 1);

@@ -423,9 +423,11 @@ fn payload_of(seq: u64) -> Vec<u8> {
     let len = match seq % 10 {
         0 => 0,
         1 => 16 << 10,
-        _ => (seq * 7919 % 3000) as usize,
+        _ => (seq.wrapping_mul(7919) % 3000) as usize,
     };
-    (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+    (0..len)
+        .map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8)
+        .collect()
 }
 
 const T0: u64 = 1_700_000_000_000_000_000;
