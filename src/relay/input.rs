@@ -14,6 +14,7 @@ use mio::{Interest, Token};
 
 use super::{Relay, CONN_BASE, READS_PER_TURN};
 use crate::clock;
+use crate::config::SyncPolicy;
 use crate::framing::Framer;
 use crate::log::Level;
 use crate::ring::AppendError;
@@ -274,8 +275,20 @@ fn frame(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool) -> usi
     stats.truncated += after.truncated - before.truncated;
     stats.dropped_oversize += after.dropped_oversize - before.dropped_oversize;
     stats.bad_frames += after.bad_frames - before.bad_frames;
-    if consumed > 0 || after.records > before.records {
+    if after.records > before.records {
         feed.dirty = true;
+        if feed.cfg.sync == SyncPolicy::Always {
+            // Records are on disk before more is read from this sender.
+            if let Err(e) = feed.ring.checkpoint(ts, true) {
+                crate::log!(
+                    Level::Error,
+                    "ring_sync_failed",
+                    feed = feed.cfg.name,
+                    path = feed.ring.path().display(),
+                    error = e
+                );
+            }
+        }
     }
     if full {
         conn.paused = true;

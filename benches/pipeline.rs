@@ -1,0 +1,159 @@
+//! End to end on loopback: a sender → ringrelay → a receiving sink, and in the same run the
+//! sender → the sink directly, as the ceiling. Prints events/s, MiB/s, the ratio to the
+//! ceiling and the relay's peak anonymous memory (RssAnon).
+//!
+//! `cargo bench --bench pipeline` (env `PIPELINE_RECORDS` to change the record count).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A sink that counts bytes until it has `want`; returns when it got them.
+fn sink(listener: TcpListener, want: u64, got: Arc<AtomicU64>) -> thread::JoinHandle<Instant> {
+    thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        while n < want {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    n += k as u64;
+                    got.store(n, Ordering::Relaxed);
+                }
+            }
+        }
+        Instant::now()
+    })
+}
+
+/// Sends `records` records of `len` bytes (LF included) as fast as the socket takes them.
+fn send(addr: SocketAddr, records: u64, len: usize) -> Instant {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let per_batch = (1 << 20) / len;
+    let mut batch = Vec::with_capacity(per_batch * len);
+    for i in 0..per_batch {
+        let mut r = format!("<13>Nov 24 09:13:00 zscaler-nss: rec {i} ").into_bytes();
+        r.resize(len - 1, b'x');
+        r.push(b'\n');
+        batch.extend_from_slice(&r);
+    }
+    let start = Instant::now();
+    let mut left = records;
+    while left > 0 {
+        let k = left.min(per_batch as u64) as usize;
+        s.write_all(&batch[..k * len]).expect("send");
+        left -= k as u64;
+    }
+    start
+}
+
+fn rss_anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn direct(records: u64, len: usize) -> Duration {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let done = sink(l, records * len as u64, Arc::default());
+    let start = send(addr, records, len);
+    done.join().unwrap() - start
+}
+
+fn relayed(records: u64, len: usize, ring: &str) -> (Duration, u64) {
+    let dir = std::env::temp_dir().join(format!("ringrelay-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sink_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let siem = sink_l.local_addr().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = dir.join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[relay]\ndata_dir = \"{}\"\nadmin_listen = \"off\"\n[[feed]]\nname = \"bench\"\ninput = {{ kind = \"tcp\", listen = \"{port}\" }}\nframing = \"newline\"\nbuffer = {{ size = \"{ring}\" }}\nwhen_full = \"block\"\n[[feed.output]]\nname = \"sink\"\nkind = \"tcp\"\naddress = \"{siem}\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
+        .spawn()
+        .expect("spawn ringrelay");
+    let got = Arc::new(AtomicU64::new(0));
+    let done = sink(sink_l, records * len as u64, got.clone());
+    // Wait for the listener.
+    let t0 = Instant::now();
+    while TcpStream::connect(port).is_err() {
+        let log = || std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("ringrelay exited ({status}) before listening:\n{}", log());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("ringrelay did not listen within 10 s:\n{}", log());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id();
+    let sender = thread::spawn(move || send(port, records, len));
+    let mut peak = 0;
+    let t1 = Instant::now();
+    while !done.is_finished() {
+        peak = peak.max(rss_anon_kib(pid));
+        if t1.elapsed() > Duration::from_secs(300) {
+            // Killing the relay closes the sink's connection, which ends the sink.
+            let _ = child.kill();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let start = sender.join().unwrap();
+    let end = done.join().unwrap();
+    peak = peak.max(rss_anon_kib(pid));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        got.load(Ordering::Relaxed),
+        records * len as u64,
+        "sink did not get everything; relay log:\n{log}"
+    );
+    (end - start, peak)
+}
+
+fn main() {
+    let records: u64 = std::env::var("PIPELINE_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    for (len, ring) in [(1024usize, "1GiB"), (256, "1GiB"), (1024, "8GiB")] {
+        let n = records * 1024 / len as u64;
+        let mib = (n * len as u64) as f64 / (1u64 << 20) as f64;
+        let ceiling = direct(n, len);
+        let (relay, peak) = relayed(n, len, ring);
+        println!(
+            "pipeline {len:>5} B records, ring {ring:>5}: direct {:>9.0} ev/s {:>7.1} MiB/s | via ringrelay {:>9.0} ev/s {:>7.1} MiB/s | ratio {:.2} | relay peak RssAnon {} KiB",
+            n as f64 / ceiling.as_secs_f64(),
+            mib / ceiling.as_secs_f64(),
+            n as f64 / relay.as_secs_f64(),
+            mib / relay.as_secs_f64(),
+            ceiling.as_secs_f64() / relay.as_secs_f64(),
+            peak
+        );
+    }
+}
