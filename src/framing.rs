@@ -328,9 +328,12 @@ impl Framer {
                         }
                         return Step::NeedMore;
                     }
-                    if !self.record(&rest[h..h + len.min(rest.len() - h)], emit) {
+                    // The header already says it is oversize: keep its head, flagged.
+                    if !emit(&rest[h..h + max], true) {
                         return Step::Stop;
                     }
+                    self.stats.records += 1;
+                    self.stats.truncated += 1;
                     self.skip = Skip::Bytes(len - max);
                     return Step::Took(h + max);
                 }
@@ -431,6 +434,15 @@ mod tests {
         let out = run(&mut f, &[b"456789", b"2 ok"]);
         assert_eq!(recs(&out), [&b"ok"[..]]);
         assert_eq!(f.stats().dropped_oversize, 1);
+    }
+
+    #[test]
+    fn oversize_octet_frame_is_flagged_however_it_is_split() {
+        // Exactly `MSG-LEN SP` + max bytes present, then the rest.
+        let mut f = framer(Framing::Octet, 4, Oversize::Truncate);
+        let out = run(&mut f, &[b"6 abcd", b"ef2 ok"]);
+        assert_eq!(out, [(b"abcd".to_vec(), true), (b"ok".to_vec(), false)]);
+        assert_eq!(f.stats().truncated, 1);
     }
 
     #[test]
