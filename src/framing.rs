@@ -157,7 +157,7 @@ impl Framer {
         loop {
             match self.skip {
                 Skip::No => {}
-                Skip::UntilLf => match buf[i..].iter().position(|&b| b == b'\n') {
+                Skip::UntilLf => match memchr::memchr(b'\n', &buf[i..]) {
                     Some(j) => {
                         i += j + 1;
                         self.skip = Skip::No;
@@ -254,7 +254,7 @@ impl Framer {
     /// One LF-framed record at the start of `rest`.
     fn line(&mut self, rest: &[u8], eof: bool, emit: &mut dyn FnMut(&[u8], bool) -> bool) -> Step {
         let max = self.cfg.max_record;
-        match rest.iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', rest) {
             Some(j) => {
                 let rec = strip_cr(&rest[..j]);
                 if rec.is_empty() {
