@@ -381,3 +381,55 @@ fn octet_counted_output_frames_records_that_contain_newlines() {
     }
     assert_eq!(got, want);
 }
+
+#[test]
+fn file_output_creates_its_directory_and_rotates_without_losing_a_record() {
+    let dir = TempDir::new("e2e-file");
+    let siem = Sink::new(free_port(), true);
+    let out = dir.path().join("archive/deep/f.log");
+    let extra = format!(
+        "\n[[feed.output]]\nname = \"archive\"\nkind = \"file\"\npath = \"{}\"\nrotate_bytes = \"64KiB\"\nrotate_keep = 100\n",
+        out.display()
+    );
+    let cfg = one_feed_config(dir.path(), siem.addr, "", &extra);
+    let relay = RelayProc::start(&cfg, 1);
+    let n = 5_000;
+    send_records(relay.addr("f"), 0..n, 100);
+    let name = |i: usize| {
+        let mut p = out.clone().into_os_string();
+        p.push(format!(".{i}"));
+        std::path::PathBuf::from(p)
+    };
+    // Oldest rotated file first, the live file last.
+    let read_all = || {
+        let mut files: Vec<_> = (1..=100).map(name).filter(|p| p.exists()).collect();
+        files.reverse();
+        files.push(out.clone());
+        let mut all = Vec::new();
+        for f in &files {
+            all.extend(std::fs::read(f).unwrap_or_default());
+        }
+        (files.len(), all)
+    };
+    let ok = wait_until(Duration::from_secs(30), || {
+        read_all()
+            .1
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count() as u64
+            >= n
+    });
+    let (files, all) = read_all();
+    assert!(ok, "file output incomplete; log:\n{}", relay.log_text());
+    assert!(
+        files > 5,
+        "500 KB in 64 KiB files must rotate; got {files} files"
+    );
+    for (i, l) in all
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        assert_eq!(record_number(l), Some(i as u64), "line {i} of the archive");
+    }
+}

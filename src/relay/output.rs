@@ -15,6 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read as _, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -233,7 +234,7 @@ impl Output {
         match &mut self.sink {
             Sink::File {
                 path, file, size, ..
-            } => match OpenOptions::new().create(true).append(true).open(&*path) {
+            } => match open_append(path) {
                 Ok(f) => {
                     *size = f.metadata().map_or(0, |m| m.len());
                     *file = Some(f);
@@ -605,7 +606,7 @@ impl Output {
             let _ = std::fs::rename(name(i), name(i + 1));
         }
         let renamed = std::fs::rename(&*path, name(1));
-        let reopened = OpenOptions::new().create(true).append(true).open(&*path);
+        let reopened = open_append(path);
         match (renamed, reopened) {
             (Ok(()), Ok(f)) => {
                 *file = Some(f);
@@ -632,4 +633,15 @@ impl Output {
     pub fn state_name(&self) -> &'static str {
         self.state.name()
     }
+}
+
+/// Opens a file output for appending, creating it and its directory (mode 0750) if needed.
+fn open_append(path: &std::path::Path) -> io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
 }
