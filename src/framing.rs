@@ -221,7 +221,7 @@ impl Framer {
                 match rest.get(digits) {
                     Some(b' ') if digits < MAX_HEADER => Some(Detected::Octet),
                     Some(_) => Some(Detected::Newline),
-                    None if digits >= MAX_HEADER - 1 || eof => Some(Detected::Newline),
+                    None if digits >= MAX_HEADER || eof => Some(Detected::Newline),
                     None => None,
                 }
             }
@@ -443,6 +443,21 @@ mod tests {
         let out = run(&mut f, &[b"6 abcd", b"ef2 ok"]);
         assert_eq!(out, [(b"abcd".to_vec(), true), (b"ok".to_vec(), false)]);
         assert_eq!(f.stats().truncated, 1);
+    }
+
+    #[test]
+    fn auto_detection_does_not_depend_on_where_the_header_is_split() {
+        // Ten digits is still a valid MSG-LEN: the space may be in the next read.
+        let stream = b"1234567890 abc";
+        let whole = run(
+            &mut framer(Framing::Auto, 100, Oversize::Truncate),
+            &[stream],
+        );
+        for k in 1..stream.len() {
+            let (a, b) = stream.split_at(k);
+            let parts = run(&mut framer(Framing::Auto, 100, Oversize::Truncate), &[a, b]);
+            assert_eq!(parts, whole, "split at {k}");
+        }
     }
 
     #[test]
