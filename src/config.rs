@@ -111,6 +111,8 @@ pub struct OutputConfig {
     pub kind: OutputKind,
     /// Replay window after a reconnect.
     pub replay: Duration,
+    /// Events per second this output may send; 0 = unlimited.
+    pub rate_limit_eps: u64,
 }
 
 /// Output kinds.
@@ -877,7 +879,7 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
 
 fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
     let (kind, kind_span) = t.req_str("kind", "\"tcp\" or \"file\"", cx)?;
-    let common = ["name", "kind", "replay", "framing"];
+    let common = ["name", "kind", "replay", "framing", "rate_limit_eps"];
     let framing_choices = [
         ("newline", OutFraming::Newline),
         ("octet", OutFraming::Octet),
@@ -948,10 +950,12 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
         }
     };
     let replay = t.duration("replay", cx).unwrap_or(default_replay);
+    let rate_limit_eps = t.count("rate_limit_eps", 0..=10_000_000, cx).unwrap_or(0);
     Some(OutputConfig {
         name: name?,
         kind: kind?,
         replay,
+        rate_limit_eps,
     })
 }
 

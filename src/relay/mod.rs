@@ -8,10 +8,12 @@
 //! connection cannot starve the others, and none is forgotten.
 //!
 //! ## Tokens
-//! `SIGNALS` = 0; listeners `1 + feed`; outputs `OUTPUT_BASE + feed * 16 + output`; connections
+//! `SIGNALS` = 0; listeners `1 + feed`; the admin listener 999, admin connections 5000 + slot;
+//! outputs `OUTPUT_BASE + feed * 16 + output`; connections
 //! `CONN_BASE + slot`. Events for tokens that no longer exist are ignored (a closed connection
 //! can still have a queued event).
 
+mod admin;
 mod input;
 pub mod output;
 
@@ -92,6 +94,74 @@ pub struct Feed {
     paused: bool,
     next_sync: Instant,
     refuse_log: Limiter,
+    rate: InputRate,
+    /// Coverage is below `retention` (logged at the transition).
+    coverage_low: bool,
+}
+
+/// The feed's input rate in ring bytes per second, smoothed over about half a minute.
+#[derive(Clone, Copy, Debug)]
+struct InputRate {
+    last_bytes: u64,
+    last_at: Instant,
+    bytes_per_s: Option<f64>,
+}
+
+/// Ring bytes per record besides its payload, on average: the header and half the padding.
+const RECORD_OVERHEAD: u64 = crate::ring::RECORD_HEADER + 4;
+const RATE_SMOOTHING_SECS: f64 = 30.0;
+
+impl Feed {
+    /// Seconds of input the ring holds at the current input rate; `None` while idle.
+    pub fn coverage_secs(&self) -> Option<f64> {
+        self.rate
+            .bytes_per_s
+            .filter(|r| *r >= 1.0)
+            .map(|r| self.ring.capacity() as f64 / r)
+    }
+
+    fn ring_bytes_in(&self) -> u64 {
+        self.stats.bytes + self.stats.records * RECORD_OVERHEAD
+    }
+
+    /// Updates the input rate; logs when coverage crosses the configured retention.
+    fn measure(&mut self, now: Instant) {
+        let dt = now
+            .saturating_duration_since(self.rate.last_at)
+            .as_secs_f64();
+        if dt < 0.5 {
+            return;
+        }
+        let bytes = self.ring_bytes_in();
+        let sample = (bytes - self.rate.last_bytes) as f64 / dt;
+        let alpha = 1.0 - (-dt / RATE_SMOOTHING_SECS).exp();
+        self.rate.bytes_per_s = Some(match self.rate.bytes_per_s {
+            Some(r) => r + alpha * (sample - r),
+            None => sample,
+        });
+        self.rate.last_bytes = bytes;
+        self.rate.last_at = now;
+        let retention = self.cfg.retention.as_secs_f64();
+        let low = self.coverage_secs().is_some_and(|c| c < retention);
+        if low != self.coverage_low {
+            self.coverage_low = low;
+            let coverage = self.coverage_secs().unwrap_or(f64::INFINITY);
+            let rate = self.rate.bytes_per_s.unwrap_or(0.0);
+            crate::log!(
+                if low { Level::Warn } else { Level::Info },
+                if low {
+                    "coverage_below_retention"
+                } else {
+                    "coverage_ok"
+                },
+                feed = self.cfg.name,
+                coverage_s = format!("{coverage:.0}"),
+                retention_s = format!("{retention:.0}"),
+                input_bytes_per_s = format!("{rate:.0}"),
+                capacity = crate::ring::human_bytes(self.ring.capacity())
+            );
+        }
+    }
 }
 
 /// The running relay.
@@ -111,6 +181,9 @@ pub struct Relay {
     next_checkpoint: Instant,
     stopping: bool,
     conn_log: Limiter,
+    admin: Option<admin::Admin>,
+    instance: String,
+    started_ns: u64,
 }
 
 /// `ringrelay check --config FILE`.
@@ -220,7 +293,14 @@ impl Relay {
             data_dir = data_dir.display(),
             pid = std::process::id()
         );
+        let admin = match cfg.relay.admin_listen {
+            Some(addr) => Some(admin::Admin::bind(poll.registry(), addr)?),
+            None => None,
+        };
         Ok(Relay {
+            admin,
+            instance: cfg.relay.instance.clone(),
+            started_ns: clock::wall_ns(),
             poll,
             feeds,
             conns: Vec::new(),
@@ -314,6 +394,12 @@ impl Relay {
             paused: false,
             next_sync: now,
             refuse_log: Limiter::new(5, Duration::from_secs(60)),
+            rate: InputRate {
+                last_bytes: 0,
+                last_at: now,
+                bytes_per_s: None,
+            },
+            coverage_low: false,
         })
     }
 
@@ -361,6 +447,9 @@ impl Relay {
 
     fn next_deadline(&self, now: Instant) -> Instant {
         let mut next = self.next_checkpoint.min(now + Duration::from_secs(1));
+        if let Some(d) = self.admin.as_ref().and_then(admin::Admin::deadline) {
+            next = next.min(d);
+        }
         for f in &self.feeds {
             for o in &f.outputs {
                 if let Some(d) = o.deadline() {
@@ -374,6 +463,26 @@ impl Relay {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
         match token.0 {
             0 => self.on_signal(),
+            t if t == admin::LISTENER.0 => {
+                if let Some(a) = self.admin.as_mut() {
+                    a.accept(self.poll.registry(), now);
+                }
+            }
+            t if (admin::CONN_BASE..admin::CONN_BASE + admin::MAX_CONNS).contains(&t) => {
+                if let Some(a) = self.admin.as_mut() {
+                    let summary = admin::Summary {
+                        instance: &self.instance,
+                        role: "active",
+                        started_ns: self.started_ns,
+                    };
+                    a.on_event(
+                        self.poll.registry(),
+                        t - admin::CONN_BASE,
+                        &self.feeds,
+                        &summary,
+                    );
+                }
+            }
             t if (LISTENER_BASE..LISTENER_BASE + self.feeds.len()).contains(&t) => {
                 self.accept(t - LISTENER_BASE, now);
             }
@@ -425,8 +534,14 @@ impl Relay {
                 }
             }
         }
+        if let Some(a) = self.admin.as_mut() {
+            a.expire(registry, now);
+        }
         if now >= self.next_checkpoint {
             self.next_checkpoint = now + self.checkpoint_every;
+            for feed in &mut self.feeds {
+                feed.measure(now);
+            }
             self.close_idle(now);
             self.checkpoint_all(now, false)?;
         }

@@ -77,6 +77,69 @@ pub struct OutputStats {
     pub failures: u64,
     /// Damaged records skipped.
     pub corrupt_skipped: u64,
+    /// Time spent waiting for the rate limiter, ns.
+    pub rate_limited_ns: u64,
+}
+
+/// A token bucket for `rate_limit_eps`, refilled from the loop's clock. Records wait in the ring
+/// while it is empty; nothing is dropped.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    /// Empty since then: wake at `wake`.
+    empty_since: Option<Instant>,
+    wake: Instant,
+}
+
+impl Bucket {
+    fn new(eps: u64, now: Instant) -> Bucket {
+        let rate = eps as f64;
+        // A tenth of a second of burst, so the limit holds over any second.
+        let burst = (rate / 10.0).max(1.0);
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+            empty_since: None,
+            wake: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Frames that may be sent now (at least one if half a frame is on the wire).
+    fn allowance(&mut self, now: Instant, partial: bool) -> usize {
+        self.refill(now);
+        let n = self.tokens.max(0.0) as usize;
+        if partial {
+            n.max(1)
+        } else {
+            n
+        }
+    }
+
+    /// No tokens: sleep until a batch is worth waking for.
+    fn exhaust(&mut self, now: Instant) {
+        let want = self.burst.min(64.0) - self.tokens;
+        self.wake = now + Duration::from_secs_f64(want.max(1.0) / self.rate);
+        self.empty_since.get_or_insert(now);
+    }
+}
+
+/// Records an output lost to overwriting, from the first jump until it catches up.
+struct Episode {
+    lost: u64,
+    /// Receive time of the last record delivered before the gap, ns (0: unknown).
+    after_ns: u64,
+    /// Receive time of the first record delivered after the gap, ns (0: not yet).
+    before_ns: u64,
 }
 
 enum Sink {
@@ -120,6 +183,14 @@ pub struct Output {
     /// Counters.
     pub stats: OutputStats,
     down_log: Limiter,
+    bucket: Option<Bucket>,
+    /// The ring's count of records this output's cursor lost, at the last look.
+    lost_seen: u64,
+    /// Records lost to overwriting since this process started.
+    pub overrun_lost: u64,
+    episode: Option<Episode>,
+    /// Receive time of the last record written, ns.
+    last_sent_ts: u64,
 }
 
 /// What stopped collecting frames, without the borrow of the ring.
@@ -175,6 +246,7 @@ impl Output {
             ),
         };
         let send = ring.cursor_pos(cursor);
+        let lost_seen = ring.cursor_lost(cursor);
         Ok(Output {
             name: cfg.name.clone(),
             feed: feed.to_string(),
@@ -192,6 +264,11 @@ impl Output {
             rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(cursor as u32) ^ clock::wall_ns(),
             stats: OutputStats::default(),
             down_log: Limiter::new(3, Duration::from_secs(60)),
+            bucket: (cfg.rate_limit_eps > 0).then(|| Bucket::new(cfg.rate_limit_eps, now)),
+            lost_seen,
+            overrun_lost: 0,
+            episode: None,
+            last_sent_ts: 0,
         })
     }
 
@@ -205,13 +282,18 @@ impl Output {
         match self.state {
             State::Backoff { until } => Some(until),
             State::Connecting { deadline } => Some(deadline),
-            State::Connected => None,
+            State::Connected => self
+                .bucket
+                .as_ref()
+                .and_then(|b| b.empty_since.map(|_| b.wake)),
         }
     }
 
     /// Whether the output is connected and not waiting on its socket.
     pub fn can_write(&self) -> bool {
-        matches!(self.state, State::Connected) && !self.write_blocked
+        matches!(self.state, State::Connected)
+            && !self.write_blocked
+            && self.bucket.as_ref().is_none_or(|b| b.empty_since.is_none())
     }
 
     /// Whether the output is connected.
@@ -225,6 +307,13 @@ impl Output {
             State::Backoff { until } if until <= now => self.connect(registry, token, ring, now),
             State::Connecting { deadline } if deadline <= now => {
                 self.fail(registry, "connect timed out", now);
+            }
+            State::Connected => {
+                if let Some(b) = self.bucket.as_mut().filter(|b| b.wake <= now) {
+                    if let Some(since) = b.empty_since.take() {
+                        self.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
+                    }
+                }
             }
             _ => {}
         }
@@ -298,6 +387,7 @@ impl Output {
                 start = p;
             }
         }
+        self.note_overrun(ring);
         self.send = start;
         self.partial = 0;
         self.replay_until = cursor.seq;
@@ -430,16 +520,28 @@ impl Output {
         }
         let mut budget = WRITE_BUDGET;
         loop {
+            let allowed = match self.bucket.as_mut() {
+                Some(b) => {
+                    let n = b.allowance(now, self.partial > 0);
+                    if n == 0 {
+                        b.exhaust(now);
+                        return Pass::Blocked;
+                    }
+                    n.min(FRAMES_PER_WRITE)
+                }
+                None => FRAMES_PER_WRITE,
+            };
             let mut prefixes = [[0u8; 12]; FRAMES_PER_WRITE];
             let mut plens = [0usize; FRAMES_PER_WRITE];
             let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
             // (record position, frame bytes, next position) of each frame.
             let mut frames = [(Pos::default(), 0usize, Pos::default()); FRAMES_PER_WRITE];
+            let mut stamps = [0u64; FRAMES_PER_WRITE];
             let mut n = 0;
             let mut pos = self.send;
             let mut total = 0usize;
             let mut stop = None;
-            while n < FRAMES_PER_WRITE && total < budget {
+            while n < allowed && total < budget {
                 match ring.read(pos) {
                     Read::Record(r) => {
                         if self.framing == OutFraming::Octet {
@@ -450,6 +552,7 @@ impl Output {
                         let suffix = usize::from(self.framing == OutFraming::Newline);
                         let frame = plens[n] + r.payload.len() + suffix;
                         payloads[n] = r.payload;
+                        stamps[n] = r.ts;
                         frames[n] = (r.pos, frame, r.next);
                         total += frame;
                         n += 1;
@@ -474,7 +577,10 @@ impl Output {
                         self.fail(registry, "ring overwrote the record being sent", now);
                         return Pass::Failed;
                     }
-                    Some(Stop::Overrun(tail)) => self.send = tail,
+                    Some(Stop::Overrun(tail)) => {
+                        self.note_overrun(ring);
+                        self.send = tail;
+                    }
                     Some(Stop::Corrupt(at, damage, next)) => {
                         self.stats.corrupt_skipped += next.seq - at.seq;
                         crate::log!(
@@ -491,7 +597,10 @@ impl Output {
                         self.partial = 0;
                         self.commit_upto(ring, next);
                     }
-                    None => return Pass::Done,
+                    None => {
+                        self.end_episode();
+                        return Pass::Done;
+                    }
                 }
                 continue;
             }
@@ -544,13 +653,20 @@ impl Output {
             budget = budget.saturating_sub(written);
             // Advance over every frame written completely.
             let mut left = written + self.partial;
-            for &(p, frame, next) in &frames[..n] {
+            for (i, &(p, frame, next)) in frames[..n].iter().enumerate() {
                 if left < frame {
                     self.partial = left;
                     break;
                 }
                 left -= frame;
                 self.partial = 0;
+                self.last_sent_ts = stamps[i];
+                if let Some(b) = self.bucket.as_mut() {
+                    b.tokens -= 1.0;
+                }
+                if let Some(e) = self.episode.as_mut().filter(|e| e.before_ns == 0) {
+                    e.before_ns = stamps[i];
+                }
                 if p.seq < self.replay_until {
                     self.stats.replayed += 1;
                 } else {
@@ -567,6 +683,65 @@ impl Output {
                 return Pass::More;
             }
         }
+    }
+
+    /// Records lost to overwriting since this process started, including any the ring counted
+    /// since the output last looked.
+    pub fn overrun_lost(&self, ring: &Ring) -> u64 {
+        self.overrun_lost + (ring.cursor_lost(self.cursor) - self.lost_seen)
+    }
+
+    /// Receive time of the next record this output has to deliver, if any.
+    pub fn lag(&self, ring: &Ring) -> (u64, Option<u64>) {
+        let pos = ring.cursor_pos(self.cursor);
+        let records = ring.head().seq.saturating_sub(pos.seq);
+        let ts = match ring.read(pos) {
+            Read::Record(r) if records > 0 => Some(r.ts),
+            _ => None,
+        };
+        (records, ts)
+    }
+
+    /// Counts what the ring overwrote under this output's cursor since the last look.
+    fn note_overrun(&mut self, ring: &Ring) {
+        let lost = ring.cursor_lost(self.cursor) - self.lost_seen;
+        if lost == 0 {
+            return;
+        }
+        self.lost_seen += lost;
+        self.overrun_lost += lost;
+        let after_ns = self.last_sent_ts;
+        self.episode
+            .get_or_insert(Episode {
+                lost: 0,
+                after_ns,
+                before_ns: 0,
+            })
+            .lost += lost;
+    }
+
+    /// The output has caught up with the head: one log line for the whole overrun episode.
+    fn end_episode(&mut self) {
+        let Some(e) = self.episode.take() else {
+            return;
+        };
+        let time = |ns: u64| {
+            if ns == 0 {
+                "unknown".to_string()
+            } else {
+                clock::rfc3339(ns)
+            }
+        };
+        crate::log!(
+            Level::Error,
+            "output_overrun",
+            feed = self.feed,
+            output = self.name,
+            lost = e.lost,
+            lost_after = time(e.after_ns),
+            lost_before = time(e.before_ns),
+            hint = "the SIEM was behind by more than the ring holds: a larger buffer.size covers longer outages"
+        );
     }
 
     /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it).

@@ -1,0 +1,563 @@
+//! The admin endpoint on the relay's loop: `GET /metrics` (Prometheus text format 0.0.4),
+//! `GET /health` (JSON), `GET /ready` (200 or 503).
+//!
+//! Small and bounded: at most `MAX_CONNS` connections, a request of at most `MAX_REQUEST` bytes
+//! read within `REQUEST_TIMEOUT`, one request per connection (`Connection: close`). A bad
+//! request gets 400 and the connection is closed; nothing here touches the data path.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+
+use super::Feed;
+use crate::clock;
+use crate::log::{Level, Limiter};
+
+/// Token of the admin listener.
+pub const LISTENER: Token = Token(999);
+/// Tokens of admin connections: `CONN_BASE + slot`.
+pub const CONN_BASE: usize = 5_000;
+pub const MAX_CONNS: usize = 16;
+const MAX_REQUEST: usize = 8 << 10;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    written: usize,
+    deadline: Instant,
+}
+
+/// What a complete request asks for.
+enum Route {
+    Metrics,
+    Health,
+    Ready,
+}
+
+/// The admin listener and its connections.
+pub struct Admin {
+    listener: TcpListener,
+    conns: Vec<Option<Conn>>,
+    log: Limiter,
+}
+
+/// What the endpoint reports about the relay as a whole.
+pub struct Summary<'a> {
+    pub instance: &'a str,
+    pub role: &'a str,
+    pub started_ns: u64,
+}
+
+impl Admin {
+    /// Binds `addr` and registers it.
+    pub fn bind(registry: &Registry, addr: SocketAddr) -> Result<Admin, String> {
+        let mut listener = TcpListener::bind(addr)
+            .map_err(|e| format!("admin endpoint: cannot listen on {addr}: {e}"))?;
+        registry
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| format!("admin endpoint: register: {e}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("admin endpoint: address: {e}"))?;
+        crate::log!(Level::Info, "admin_listening", addr = local);
+        Ok(Admin {
+            listener,
+            conns: (0..MAX_CONNS).map(|_| None).collect(),
+            log: Limiter::new(5, Duration::from_secs(60)),
+        })
+    }
+
+    /// Accepts until `WouldBlock`; beyond `MAX_CONNS` connections are closed at once.
+    pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    if let Some(suppressed) = self.log.allow(now) {
+                        crate::log!(
+                            Level::Warn,
+                            "admin_accept_failed",
+                            error = e,
+                            suppressed = suppressed
+                        );
+                    }
+                    return;
+                }
+            };
+            let Some(slot) = self.conns.iter().position(Option::is_none) else {
+                continue; // dropped: closed
+            };
+            let token = Token(CONN_BASE + slot);
+            if registry
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.conns[slot] = Some(Conn {
+                stream,
+                peer,
+                request: Vec::new(),
+                response: Vec::new(),
+                written: 0,
+                deadline: now + REQUEST_TIMEOUT,
+            });
+        }
+    }
+
+    /// The earliest request deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.conns.iter().flatten().map(|c| c.deadline).min()
+    }
+
+    /// Closes connections past their deadline.
+    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.deadline <= now) {
+                self.close(registry, slot);
+            }
+        }
+    }
+
+    fn close(&mut self, registry: &Registry, slot: usize) {
+        if let Some(mut c) = self.conns[slot].take() {
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    /// Serves a readiness event on connection `slot`.
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        feeds: &[Feed],
+        summary: &Summary<'_>,
+    ) {
+        let Some(Some(c)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if c.response.is_empty() {
+            let mut buf = [0u8; 2048];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => return self.close(registry, slot),
+                    Ok(n) => {
+                        if c.request.len() + n > MAX_REQUEST {
+                            c.response = response(431, "text/plain", "request too large\n");
+                            break;
+                        }
+                        c.request.extend_from_slice(&buf[..n]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return self.close(registry, slot),
+                }
+            }
+            if c.response.is_empty() {
+                match parse(&c.request) {
+                    Ok(None) => return, // incomplete: wait for more
+                    Ok(Some(route)) => c.response = render(route, feeds, summary),
+                    Err((status, why)) => {
+                        if let Some(suppressed) = self.log.allow(clock::now()) {
+                            crate::log!(
+                                Level::Warn,
+                                "admin_bad_request",
+                                peer = c.peer,
+                                status = status,
+                                error = why,
+                                suppressed = suppressed
+                            );
+                        }
+                        c.response = response(status, "text/plain", &format!("{why}\n"));
+                    }
+                }
+            }
+        }
+        while c.written < c.response.len() {
+            match c.stream.write(&c.response[c.written..]) {
+                Ok(0) => return self.close(registry, slot),
+                Ok(n) => c.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(registry, slot),
+            }
+        }
+        self.close(registry, slot);
+    }
+}
+
+/// Parses a request: `Ok(None)` while incomplete, the route, or an HTTP status and reason.
+fn parse(bytes: &[u8]) -> Result<Option<Route>, (u16, &'static str)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(_)) => {
+            if req.method != Some("GET") {
+                return Err((405, "only GET is supported"));
+            }
+            let path = req.path.unwrap_or("");
+            let path = path.split('?').next().unwrap_or(path);
+            match path {
+                "/metrics" => Ok(Some(Route::Metrics)),
+                "/health" => Ok(Some(Route::Health)),
+                "/ready" => Ok(Some(Route::Ready)),
+                _ => Err((404, "not found: try /metrics, /health or /ready")),
+            }
+        }
+        Err(_) => Err((400, "malformed HTTP request")),
+    }
+}
+
+fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn render(route: Route, feeds: &[Feed], summary: &Summary<'_>) -> Vec<u8> {
+    match route {
+        Route::Metrics => response(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            &metrics(feeds, summary),
+        ),
+        Route::Health => response(200, "application/json", &health(feeds, summary)),
+        Route::Ready => {
+            let (ready, why) = readiness(feeds, summary);
+            let body = format!("{{\"ready\":{ready},\"reason\":\"{why}\"}}\n");
+            response(if ready { 200 } else { 503 }, "application/json", &body)
+        }
+    }
+}
+
+/// Ready: active, and every output connected.
+fn readiness(feeds: &[Feed], summary: &Summary<'_>) -> (bool, String) {
+    if summary.role != "active" {
+        return (false, format!("role is {}", summary.role));
+    }
+    for f in feeds {
+        for o in &f.outputs {
+            if !o.connected() {
+                return (
+                    false,
+                    format!("feed {} output {} is not connected", f.cfg.name, o.name),
+                );
+            }
+        }
+    }
+    (true, "ok".to_string())
+}
+
+fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
+    let (ready, _) = readiness(feeds, summary);
+    let mut s = format!(
+        "{{\"instance\":\"{}\",\"role\":\"{}\",\"ready\":{ready},\"feeds\":[",
+        summary.instance, summary.role
+    );
+    for (i, f) in feeds.iter().enumerate() {
+        let st = f.ring.stats();
+        let _ = write!(
+            s,
+            "{}{{\"name\":\"{}\",\"ring\":\"ok\",\"records\":{},\"used_bytes\":{},\"capacity_bytes\":{},\"span_seconds\":{:.1},\"coverage_seconds\":{},\"connections\":{},\"outputs\":[",
+            if i > 0 { "," } else { "" },
+            f.cfg.name,
+            st.records,
+            st.used,
+            st.capacity,
+            st.span_secs(),
+            json_seconds(f.coverage_secs()),
+            f.conns,
+        );
+        for (j, o) in f.outputs.iter().enumerate() {
+            let (lag, _) = o.lag(&f.ring);
+            let _ = write!(
+                s,
+                "{}{{\"name\":\"{}\",\"connected\":{},\"state\":\"{}\",\"lag_records\":{lag},\"overrun_lost\":{}}}",
+                if j > 0 { "," } else { "" },
+                o.name,
+                o.connected(),
+                o.state_name(),
+                o.overrun_lost(&f.ring),
+            );
+        }
+        s.push_str("]}");
+    }
+    s.push_str("]}\n");
+    s
+}
+
+fn json_seconds(v: Option<f64>) -> String {
+    v.map_or("null".to_string(), |v| format!("{v:.0}"))
+}
+
+/// A metric family's header and samples, in Prometheus text format.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+    }
+}
+
+fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
+    let mut out = String::with_capacity(4096 + feeds.len() * 4096);
+    let mut m = Family { out: &mut out };
+    let now_ns = clock::wall_ns();
+    let inst = format!("instance_name=\"{}\"", summary.instance);
+    m.head(
+        "ringrelay_info",
+        "gauge",
+        "Relay instance, role and version.",
+    );
+    m.sample(
+        "ringrelay_info",
+        &format!(
+            "{inst},role=\"{}\",version=\"{}\"",
+            summary.role,
+            env!("CARGO_PKG_VERSION")
+        ),
+        1,
+    );
+    m.head(
+        "ringrelay_start_time_seconds",
+        "gauge",
+        "Unix time the relay started.",
+    );
+    m.sample(
+        "ringrelay_start_time_seconds",
+        &inst,
+        summary.started_ns / 1_000_000_000,
+    );
+
+    type FeedValue = fn(&Feed) -> String;
+    let feed_families: [(&str, &str, &str, FeedValue); 12] = [
+        (
+            "ringrelay_feed_records_received_total",
+            "counter",
+            "Records accepted into the ring.",
+            |f| f.stats.records.to_string(),
+        ),
+        (
+            "ringrelay_feed_bytes_received_total",
+            "counter",
+            "Payload bytes accepted into the ring.",
+            |f| f.stats.bytes.to_string(),
+        ),
+        (
+            "ringrelay_feed_records_truncated_total",
+            "counter",
+            "Records cut at max_record_bytes (and kept).",
+            |f| f.stats.truncated.to_string(),
+        ),
+        (
+            "ringrelay_feed_bad_frames_total",
+            "counter",
+            "Octet-counting frames with an invalid header, kept as lines.",
+            |f| f.stats.bad_frames.to_string(),
+        ),
+        (
+            "ringrelay_feed_connections_total",
+            "counter",
+            "Input connections accepted.",
+            |f| f.stats.accepted.to_string(),
+        ),
+        (
+            "ringrelay_feed_connections_open",
+            "gauge",
+            "Input connections open now.",
+            |f| f.conns.to_string(),
+        ),
+        (
+            "ringrelay_feed_connections_refused_total",
+            "counter",
+            "Input connections refused at max_connections.",
+            |f| f.stats.refused.to_string(),
+        ),
+        (
+            "ringrelay_ring_capacity_bytes",
+            "gauge",
+            "Size of the ring's data area.",
+            |f| f.ring.capacity().to_string(),
+        ),
+        (
+            "ringrelay_ring_used_bytes",
+            "gauge",
+            "Bytes of the ring holding records.",
+            |f| f.ring.stats().used.to_string(),
+        ),
+        (
+            "ringrelay_ring_records",
+            "gauge",
+            "Records held in the ring.",
+            |f| f.ring.stats().records.to_string(),
+        ),
+        (
+            "ringrelay_ring_span_seconds",
+            "gauge",
+            "Time between the oldest and the newest record held.",
+            |f| format!("{:.3}", f.ring.stats().span_secs()),
+        ),
+        (
+            "ringrelay_ring_coverage_seconds",
+            "gauge",
+            "How long the ring can hold at the current input rate (+Inf while idle).",
+            |f| {
+                f.coverage_secs()
+                    .map_or("+Inf".to_string(), |v| format!("{v:.0}"))
+            },
+        ),
+    ];
+    for (name, kind, help, value) in feed_families {
+        m.head(name, kind, help);
+        for f in feeds {
+            m.sample(name, &format!("feed=\"{}\"", f.cfg.name), value(f));
+        }
+    }
+    let name = "ringrelay_feed_records_dropped_total";
+    m.head(name, "counter", "Records not accepted, by reason.");
+    for f in feeds {
+        for (reason, v) in [
+            ("oversize", f.stats.dropped_oversize),
+            ("incomplete_at_close", f.stats.incomplete_at_eof),
+        ] {
+            m.sample(
+                name,
+                &format!("feed=\"{}\",reason=\"{reason}\"", f.cfg.name),
+                v,
+            );
+        }
+    }
+
+    type OutValue = fn(&Feed, &super::Output, u64) -> String;
+    let out_families: [(&str, &str, &str, OutValue); 10] = [
+        (
+            "ringrelay_output_records_delivered_total",
+            "counter",
+            "Records delivered for the first time.",
+            |_, o, _| o.stats.delivered.to_string(),
+        ),
+        (
+            "ringrelay_output_records_replayed_total",
+            "counter",
+            "Records sent again by the replay window after a reconnect or restart.",
+            |_, o, _| o.stats.replayed.to_string(),
+        ),
+        (
+            "ringrelay_output_records_overrun_lost_total",
+            "counter",
+            "Records overwritten in the ring before this output delivered them.",
+            |f, o, _| o.overrun_lost(&f.ring).to_string(),
+        ),
+        (
+            "ringrelay_output_records_corrupt_skipped_total",
+            "counter",
+            "Damaged ring records skipped.",
+            |_, o, _| o.stats.corrupt_skipped.to_string(),
+        ),
+        (
+            "ringrelay_output_bytes_sent_total",
+            "counter",
+            "Bytes written to the output, framing included.",
+            |_, o, _| o.stats.bytes.to_string(),
+        ),
+        (
+            "ringrelay_output_lag_records",
+            "gauge",
+            "Records in the ring not yet delivered.",
+            |f, o, _| o.lag(&f.ring).0.to_string(),
+        ),
+        (
+            "ringrelay_output_lag_seconds",
+            "gauge",
+            "Age of the oldest record not yet delivered.",
+            |f, o, now| {
+                o.lag(&f.ring).1.map_or("0".to_string(), |ts| {
+                    format!("{:.3}", now.saturating_sub(ts) as f64 / 1e9)
+                })
+            },
+        ),
+        (
+            "ringrelay_output_connected",
+            "gauge",
+            "1 while connected.",
+            |_, o, _| u8::from(o.connected()).to_string(),
+        ),
+        (
+            "ringrelay_output_reconnects_total",
+            "counter",
+            "Failed connects and dropped connections.",
+            |_, o, _| o.stats.failures.to_string(),
+        ),
+        (
+            "ringrelay_output_rate_limited_seconds_total",
+            "counter",
+            "Time spent waiting for rate_limit_eps.",
+            |_, o, _| format!("{:.3}", o.stats.rate_limited_ns as f64 / 1e9),
+        ),
+    ];
+    for (name, kind, help, value) in out_families {
+        m.head(name, kind, help);
+        for f in feeds {
+            for o in &f.outputs {
+                let labels = format!("feed=\"{}\",output=\"{}\"", f.cfg.name, o.name);
+                m.sample(name, &labels, value(f, o, now_ns));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_routed_or_refused_with_a_status() {
+        assert!(matches!(
+            parse(b"GET /metrics HTTP/1.1\r\n\r\n"),
+            Ok(Some(Route::Metrics))
+        ));
+        assert!(matches!(
+            parse(b"GET /ready?x=1 HTTP/1.0\r\nHost: a\r\n\r\n"),
+            Ok(Some(Route::Ready))
+        ));
+        assert!(matches!(parse(b"GET /health HTTP/1.1\r\nHo"), Ok(None)));
+        assert!(matches!(
+            parse(b"GET /nope HTTP/1.1\r\n\r\n"),
+            Err((404, _))
+        ));
+        assert!(matches!(
+            parse(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Err((405, _))
+        ));
+        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Err((400, _))));
+    }
+}
