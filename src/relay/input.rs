@@ -130,6 +130,7 @@ impl Relay {
             feeds,
             scratch,
             ready,
+            bytes_in,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
@@ -176,6 +177,7 @@ impl Relay {
                 }
             };
             reads += 1;
+            *bytes_in += n as u64;
             conn.last_active = now;
             let data = &scratch[..p + n];
             let consumed = frame(conn, feed, data, false);

@@ -47,6 +47,8 @@ const READ_CHUNK: usize = 256 << 10;
 const READS_PER_TURN: usize = 4;
 /// How long a shutdown may spend reading what is already in socket buffers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long every input must have been silent for the shutdown drain to end early.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 /// Counters of one feed.
 #[derive(Clone, Copy, Debug, Default)]
@@ -182,6 +184,8 @@ pub struct Relay {
     stopping: bool,
     conn_log: Limiter,
     admin: Option<admin::Admin>,
+    /// Bytes read from input connections, for the shutdown drain.
+    bytes_in: u64,
     instance: String,
     started_ns: u64,
 }
@@ -299,6 +303,7 @@ impl Relay {
         };
         Ok(Relay {
             admin,
+            bytes_in: 0,
             instance: cfg.relay.instance.clone(),
             started_ns: clock::wall_ns(),
             poll,
@@ -623,17 +628,32 @@ impl Relay {
                 let _ = self.poll.registry().deregister(&mut l);
             }
         }
-        // Read what senders already handed to the kernel before we go.
-        let deadline = clock::now() + DRAIN_LIMIT;
-        for id in 0..self.conns.len() {
-            if clock::now() >= deadline {
-                break;
+        // Read what senders already handed to the kernel before we go: until every connection
+        // has been quiet for DRAIN_QUIET (longer than a sender's Nagle delay waiting for our
+        // delayed ACK, 40 ms on Linux), or DRAIN_LIMIT.
+        let start = clock::now();
+        let (mut passes, mut last_data, start_bytes) = (0, start, self.bytes_in);
+        while clock::now() < start + DRAIN_LIMIT && clock::now() < last_data + DRAIN_QUIET {
+            passes += 1;
+            let before = self.bytes_in;
+            for id in 0..self.conns.len() {
+                self.service_conn(id, clock::now(), true);
             }
-            self.service_conn(id, clock::now(), true);
+            if self.bytes_in == before {
+                std::thread::sleep(Duration::from_millis(5));
+            } else {
+                last_data = clock::now();
+            }
         }
         let received: u64 = self.feeds.iter().map(|f| f.stats.records).sum();
         self.checkpoint_all(clock::now(), true)?;
-        crate::log!(Level::Info, "stopped", records_received = received);
+        crate::log!(
+            Level::Info,
+            "stopped",
+            records_received = received,
+            drained_bytes = self.bytes_in - start_bytes,
+            drain_passes = passes
+        );
         Ok(())
     }
 
