@@ -1,0 +1,242 @@
+//! The admin endpoint, rate limits and overrun accounting, against the real binary on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LEN: usize = 200;
+
+/// A config with feed `f` (extra feed keys), one tcp output `siem` (extra output keys) and the
+/// admin endpoint on an ephemeral port.
+fn config(dir: &TempDir, siem: SocketAddr, feed: &str, output: &str) -> std::path::PathBuf {
+    let p = one_feed_config(dir.path(), siem, feed, output);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn admin_addr(relay: &RelayProc) -> SocketAddr {
+    let ok = wait_until(Duration::from_secs(10), || {
+        relay.log_has("event=admin_listening")
+    });
+    assert!(ok, "no admin_listening line:\n{}", relay.log_text());
+    let log = relay.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=admin_listening"))
+        .unwrap();
+    field(line, "addr").parse().unwrap()
+}
+
+/// Sends raw bytes, returns (status, body).
+fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+}
+
+/// `metric{labels}` → value, from Prometheus text; checks every sample line has a TYPE.
+fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let mut typed = std::collections::HashSet::new();
+    let mut m = HashMap::new();
+    for l in body.lines() {
+        if let Some(t) = l.strip_prefix("# TYPE ") {
+            typed.insert(t.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if l.starts_with('#') || l.is_empty() {
+            continue;
+        }
+        let (key, value) = l.rsplit_once(' ').expect("sample line");
+        let name = key.split('{').next().unwrap();
+        assert!(typed.contains(name), "{name} has no # TYPE line");
+        let v = if value == "+Inf" {
+            f64::INFINITY
+        } else {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"))
+        };
+        m.insert(key.to_string(), v);
+    }
+    m
+}
+
+#[test]
+fn metrics_health_and_ready_tell_what_happened() {
+    let dir = TempDir::new("admin-metrics");
+    let siem = Sink::new(free_port(), true);
+    let cfg = config(
+        &dir,
+        siem.addr,
+        "max_record_bytes = \"1KiB\"\noversize = \"drop\"",
+        "",
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let n = 5_000;
+    send_records(relay.addr("f"), 0..n, LEN);
+    // Three oversize records, dropped and counted, on a second connection.
+    let mut big = Vec::new();
+    for i in 0..3 {
+        big.extend_from_slice(&record(n + i, 2000));
+        big.push(b'\n');
+    }
+    {
+        let mut s = TcpStream::connect(relay.addr("f")).unwrap();
+        s.write_all(&big).unwrap();
+    }
+    let ok = wait_until(Duration::from_secs(20), || {
+        metrics(admin).get("ringrelay_output_records_delivered_total{feed=\"f\",output=\"siem\"}")
+            == Some(&(n as f64))
+            && metrics(admin)
+                .get("ringrelay_feed_records_dropped_total{feed=\"f\",reason=\"oversize\"}")
+                == Some(&3.0)
+    });
+    let m = metrics(admin);
+    assert!(ok, "{m:#?}\n{}", relay.log_text());
+    let f = |k: &str| m[&format!("{k}{{feed=\"f\"}}")];
+    assert_eq!(f("ringrelay_feed_records_received_total"), n as f64);
+    assert_eq!(
+        f("ringrelay_feed_bytes_received_total"),
+        (n * LEN as u64) as f64
+    );
+    assert_eq!(f("ringrelay_feed_connections_total"), 2.0);
+    assert_eq!(f("ringrelay_ring_records"), n as f64);
+    assert_eq!(
+        m["ringrelay_output_connected{feed=\"f\",output=\"siem\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["ringrelay_output_lag_records{feed=\"f\",output=\"siem\"}"],
+        0.0
+    );
+    // Written to the socket is not yet read by the sink.
+    assert!(wait_until(Duration::from_secs(10), || siem.count() as u64 == n));
+
+    let (status, body) = get(admin, "/health");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"role\":\"active\"")
+            && body.contains("\"name\":\"siem\",\"connected\":true"),
+        "{body}"
+    );
+    assert_eq!(get(admin, "/ready").0, 200);
+
+    // Garbage gets 400; an unknown path 404; the data path is undisturbed.
+    assert_eq!(http(admin, b"\x16\x03\x01garbage\r\n\r\n").0, 400);
+    assert_eq!(get(admin, "/nope").0, 404);
+    // A client that never finishes its request does not block the others.
+    let _stalled = TcpStream::connect(admin).unwrap();
+    assert_eq!(get(admin, "/ready").0, 200);
+
+    siem.set_up(false);
+    let ok = wait_until(Duration::from_secs(10), || get(admin, "/ready").0 == 503);
+    assert!(ok, "/ready stayed 200 with the SIEM down");
+    send_records(relay.addr("f"), n..n + 100, LEN);
+    let m = metrics(admin);
+    assert_eq!(
+        m["ringrelay_feed_records_received_total{feed=\"f\"}"],
+        (n + 100) as f64
+    );
+    assert_eq!(
+        m["ringrelay_output_connected{feed=\"f\",output=\"siem\"}"],
+        0.0
+    );
+    assert_eq!(
+        m["ringrelay_output_lag_records{feed=\"f\",output=\"siem\"}"],
+        100.0
+    );
+}
+
+#[test]
+fn overrun_counts_exactly_what_the_output_never_received() {
+    let dir = TempDir::new("admin-overrun");
+    let siem = Sink::new(free_port(), false);
+    let cfg = config(&dir, siem.addr, "max_record_bytes = \"4KiB\"", "");
+    // The smallest ring the config allows, 1 MiB: ~4,000 records of 200 B.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("128MiB", "1MiB");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let n = 15_000;
+    send_records(relay.addr("f"), 0..n, LEN);
+    siem.set_up(true);
+    let key = "ringrelay_output_records_overrun_lost_total{feed=\"f\",output=\"siem\"}";
+    let ok = wait_until(Duration::from_secs(30), || {
+        let m = metrics(admin);
+        m["ringrelay_output_lag_records{feed=\"f\",output=\"siem\"}"] == 0.0 && m[key] > 0.0
+    });
+    assert!(ok, "{}", relay.log_text());
+    let lost = metrics(admin)[key] as u64;
+    // Written to the socket is not yet read by the sink.
+    wait_until(Duration::from_secs(10), || siem.count() as u64 + lost >= n);
+    let counts = siem.counts();
+    assert!(counts.values().all(|&c| c == 1), "a record arrived twice");
+    assert_eq!(
+        counts.len() as u64 + lost,
+        n,
+        "received + lost must be all that was sent"
+    );
+    // What arrived is the newest records, contiguous up to the last one.
+    assert!((n - counts.len() as u64..n).all(|i| counts.contains_key(&i)));
+    let episodes = relay.log_text().matches("event=output_overrun").count();
+    assert_eq!(episodes, 1, "{}", relay.log_text());
+    assert!(relay.log_has(&format!("lost={lost} ")));
+}
+
+#[test]
+fn rate_limited_output_delivers_within_five_percent_of_its_rate() {
+    let dir = TempDir::new("admin-rate");
+    let siem = Sink::new(free_port(), true);
+    let cfg = config(&dir, siem.addr, "", "rate_limit_eps = 2000");
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    send_records(relay.addr("f"), 0..20_000, LEN);
+    // Measure in the middle of the run, away from the initial burst.
+    assert!(wait_until(Duration::from_secs(10), || siem.count() >= 1000));
+    let (c0, t0) = (siem.count(), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let (c1, t1) = (siem.count(), Instant::now());
+    let rate = (c1 - c0) as f64 / (t1 - t0).as_secs_f64();
+    assert!(
+        (1900.0..=2100.0).contains(&rate),
+        "rate {rate:.0}/s, limit 2000/s"
+    );
+    let m = metrics(admin);
+    assert!(m["ringrelay_output_rate_limited_seconds_total{feed=\"f\",output=\"siem\"}"] > 1.0);
+    assert_eq!(
+        m["ringrelay_feed_records_received_total{feed=\"f\"}"],
+        20_000.0
+    );
+}
