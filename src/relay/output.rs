@@ -187,7 +187,7 @@ pub struct Output {
     /// The ring's count of records this output's cursor lost, at the last look.
     lost_seen: u64,
     /// Records lost to overwriting since this process started.
-    pub overrun_lost: u64,
+    overrun_lost: u64,
     episode: Option<Episode>,
     /// Receive time of the last record written, ns.
     last_sent_ts: u64,
