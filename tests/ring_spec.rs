@@ -456,15 +456,16 @@ fn a_new_ring_is_allocated_whole_and_has_one_valid_metadata_slot() {
     assert_eq!(sb.max_record, 16 << 10);
     let now = ringrelay::clock::wall_ns();
     assert!(sb.created_ns <= now && now - sb.created_ns < 60_000_000_000);
-    // Creation wrote slot A; the first open wrote the next generation over it (into A, as
-    // generation 2 is even). Slot B is still all zero.
+    // Creation wrote generation 0 into slot A; the first open wrote generation 1 into slot B,
+    // leaving slot A intact (a torn write of B would fall back to it).
     let (slot, s) = current_slot(&file, CAP);
-    assert_eq!((slot, s.generation, s.run), (0, 2, 1));
+    assert_eq!((slot, s.generation, s.run), (1, 1, 1));
     assert_eq!(
         (s.tail, s.head, s.evicted, s.last_ts),
         ((0, 0), (0, 0), 0, 0)
     );
-    assert!(file[SLOT_AT[1]..SLOT_AT[1] + 4096].iter().all(|&c| c == 0));
+    let a = parse_slot(&file[SLOT_AT[0]..SLOT_AT[0] + 4096], CAP).expect("slot A still valid");
+    assert_eq!((a.generation, a.run), (0, 0));
     assert!(
         file[DATA_AT..].iter().all(|&c| c == 0),
         "the data area starts zeroed"

@@ -495,8 +495,10 @@ impl Ring {
             name: opts.name.clone(),
         }
         .write(&mut head[..SUPERBLOCK_LEN]);
+        // Generation 0 lives in slot A (`g mod 2`), so the first open writes generation 1 into
+        // slot B and a torn write there leaves this slot intact.
         Meta {
-            generation: 1,
+            generation: 0,
             ..Meta::default()
         }
         .write(&mut head[SLOT_OFFSETS[0] as usize..]);
