@@ -44,6 +44,8 @@ pub struct RelayConfig {
     pub checkpoint_interval: Duration,
     /// How often a standby retries the lock.
     pub standby_poll: Duration,
+    /// The feed whose ring receives alert records (`None`: alerts are logged and counted only).
+    pub alert_feed: Option<String>,
 }
 
 /// When ring pages are forced to disk (`buffer-spec.md` §10).
@@ -113,6 +115,8 @@ pub struct OutputConfig {
     pub replay: Duration,
     /// Events per second this output may send; 0 = unlimited.
     pub rate_limit_eps: u64,
+    /// Down for longer than this raises an alert (`None`: never).
+    pub alert_after: Option<Duration>,
 }
 
 /// Output kinds.
@@ -598,6 +602,22 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
         seen_listen.push(feed.input.listen);
         feeds.push(feed);
     }
+    // Checked only when every feed parsed: a broken feed's name is unknown.
+    if let Some(r) = relay.as_ref().filter(|_| feeds.len() == feeds_v.len()) {
+        if let Some(name) = r.alert_feed.as_ref().filter(|n| !seen_names.contains(n)) {
+            let span = relay_v
+                .and_then(|v| Tbl::new(v, "[relay]".into(), cx))
+                .and_then(|t| t.get("alert_feed").map(Spanned::span))
+                .unwrap_or(0..0);
+            cx.err(
+                span,
+                format!(
+                    "alert_feed = {name:?} names no feed (feeds: {})",
+                    seen_names.join(", ")
+                ),
+            );
+        }
+    }
     Some(Config {
         path: cx.path.clone(),
         relay: relay?,
@@ -616,6 +636,7 @@ fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayConfig> {
             "sync_interval",
             "checkpoint_interval",
             "standby_poll",
+            "alert_feed",
         ],
         cx,
     );
@@ -659,8 +680,12 @@ fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayConfig> {
     let standby_poll = t
         .duration("standby_poll", cx)
         .unwrap_or(Duration::from_millis(500));
+    let alert_feed = t
+        .str("alert_feed", "a feed name", cx)
+        .map(|(s, _)| s.to_string());
     let data_dir = data_dir?;
     Some(RelayConfig {
+        alert_feed,
         lock_file: lock_file.unwrap_or_else(|| data_dir.join("ringrelay.lock")),
         data_dir,
         admin_listen,
@@ -879,7 +904,14 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
 
 fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
     let (kind, kind_span) = t.req_str("kind", "\"tcp\" or \"file\"", cx)?;
-    let common = ["name", "kind", "replay", "framing", "rate_limit_eps"];
+    let common = [
+        "name",
+        "kind",
+        "replay",
+        "framing",
+        "rate_limit_eps",
+        "alert_after",
+    ];
     let framing_choices = [
         ("newline", OutFraming::Newline),
         ("octet", OutFraming::Octet),
@@ -951,7 +983,14 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
     };
     let replay = t.duration("replay", cx).unwrap_or(default_replay);
     let rate_limit_eps = t.count("rate_limit_eps", 0..=10_000_000, cx).unwrap_or(0);
+    // 0 turns the alert off.
+    let alert_after = match t.duration("alert_after", cx) {
+        None => Some(Duration::from_secs(300)),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
     Some(OutputConfig {
+        alert_after,
         name: name?,
         kind: kind?,
         replay,
@@ -1097,6 +1136,32 @@ path = "out/zpa.log"
         let text = GOOD.replace("size = \"1GiB\"", "size = \"1MiB\"");
         let errs = parse(&text).expect_err("too small");
         assert!(errs[0].msg.contains("must be at least"), "{errs:?}");
+    }
+
+    #[test]
+    fn alert_settings_default_and_alert_feed_must_name_a_feed() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.relay.alert_feed, None);
+        assert_eq!(
+            c.feeds[0].outputs[0].alert_after,
+            Some(Duration::from_secs(300))
+        );
+        let text = GOOD
+            .replace("data_dir = ", "alert_feed = \"zpa\"\ndata_dir = ")
+            .replace(
+                "framing = \"octet\"",
+                "framing = \"octet\"\nalert_after = \"0\"",
+            );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.relay.alert_feed.as_deref(), Some("zpa"));
+        assert_eq!(c.feeds[0].outputs[0].alert_after, None);
+        let errs =
+            parse(&GOOD.replace("data_dir = ", "alert_feed = \"nope\"\ndata_dir = ")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].col), (3, 14));
+        assert!(errs[0]
+            .msg
+            .contains("\"nope\" names no feed (feeds: zia-web, zpa)"));
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub struct Summary<'a> {
     pub instance: &'a str,
     pub role: &'a str,
     pub started_ns: u64,
+    pub alerts: &'a super::AlertStats,
 }
 
 impl Admin {
@@ -358,7 +359,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     );
 
     type FeedValue = fn(&Feed) -> String;
-    let feed_families: [(&str, &str, &str, FeedValue); 12] = [
+    let feed_families: [(&str, &str, &str, FeedValue); 13] = [
         (
             "ringrelay_feed_records_received_total",
             "counter",
@@ -434,6 +435,12 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
                     .map_or("+Inf".to_string(), |v| format!("{v:.0}"))
             },
         ),
+        (
+            "ringrelay_feed_coverage_below_retention",
+            "gauge",
+            "1 while the ring covers less than the feed's retention at the current input rate.",
+            |f| u8::from(f.coverage_low).to_string(),
+        ),
     ];
     for (name, kind, help, value) in feed_families {
         m.head(name, kind, help);
@@ -457,7 +464,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     }
 
     type OutValue = fn(&Feed, &super::Output, u64) -> String;
-    let out_families: [(&str, &str, &str, OutValue); 10] = [
+    let out_families: [(&str, &str, &str, OutValue); 11] = [
         (
             "ringrelay_output_records_delivered_total",
             "counter",
@@ -522,6 +529,12 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "Time spent waiting for rate_limit_eps.",
             |_, o, _| format!("{:.3}", o.stats.rate_limited_ns as f64 / 1e9),
         ),
+        (
+            "ringrelay_output_down_alert",
+            "gauge",
+            "1 while the output has been down for longer than its alert_after.",
+            |_, o, _| u8::from(o.down_alerted).to_string(),
+        ),
     ];
     for (name, kind, help, value) in out_families {
         m.head(name, kind, help);
@@ -531,6 +544,30 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
                 m.sample(name, &labels, value(f, o, now_ns));
             }
         }
+    }
+    let name = "ringrelay_alerts_total";
+    m.head(name, "counter", "Alerts raised (transitions), by kind.");
+    for kind in super::AlertKind::ALL {
+        m.sample(
+            name,
+            &format!("kind=\"{}\"", kind.name()),
+            summary.alerts.raised[kind.index()],
+        );
+    }
+    for (name, help, v) in [
+        (
+            "ringrelay_alert_records_written_total",
+            "Alert records appended to the alert feed.",
+            summary.alerts.written,
+        ),
+        (
+            "ringrelay_alert_records_refused_total",
+            "Alert records the alert feed's ring refused.",
+            summary.alerts.refused,
+        ),
+    ] {
+        m.head(name, "counter", help);
+        m.sample(name, &inst, v);
     }
     out
 }

@@ -14,6 +14,7 @@
 //! can still have a queued event).
 
 mod admin;
+pub mod alert;
 mod input;
 pub mod output;
 
@@ -33,7 +34,8 @@ use crate::clock;
 use crate::config::{Config, FeedConfig, SyncPolicy};
 use crate::framing::FramerConfig;
 use crate::log::{Level, Limiter};
-use crate::ring::{Ring, RingOptions};
+use crate::ring::{AppendError, Ring, RingOptions};
+use alert::{Alert, AlertKind, AlertStats, Value};
 use input::Conn;
 use output::{Output, Pass};
 
@@ -126,8 +128,9 @@ impl Feed {
         self.stats.bytes + self.stats.records * RECORD_OVERHEAD
     }
 
-    /// Updates the input rate; logs when coverage crosses the configured retention.
-    fn measure(&mut self, now: Instant) {
+    /// Updates the input rate; logs and raises an alert when coverage crosses the configured
+    /// retention.
+    fn measure(&mut self, now: Instant, alerts: &mut Vec<Alert>) {
         let dt = now
             .saturating_duration_since(self.rate.last_at)
             .as_secs_f64();
@@ -162,6 +165,24 @@ impl Feed {
                 input_bytes_per_s = format!("{rate:.0}"),
                 capacity = crate::ring::human_bytes(self.ring.capacity())
             );
+            alerts.push(Alert {
+                kind: if low {
+                    AlertKind::CoverageBelowRetention
+                } else {
+                    AlertKind::CoverageOk
+                },
+                feed: self.cfg.name.clone(),
+                output: None,
+                detail: vec![
+                    (
+                        "coverage_s",
+                        Value::Num(coverage.min(u64::MAX as f64) as u64),
+                    ),
+                    ("retention_s", Value::Num(self.cfg.retention.as_secs())),
+                    ("input_bytes_per_s", Value::Num(rate as u64)),
+                    ("capacity_bytes", Value::Num(self.ring.capacity())),
+                ],
+            });
         }
     }
 }
@@ -188,6 +209,12 @@ pub struct Relay {
     bytes_in: u64,
     instance: String,
     started_ns: u64,
+    /// Index of `[relay] alert_feed`.
+    alert_feed: Option<usize>,
+    /// Alerts raised by feeds, waiting to be counted and written.
+    pending_alerts: Vec<Alert>,
+    /// Alert counters.
+    pub alert_stats: AlertStats,
 }
 
 /// `ringrelay check --config FILE`.
@@ -301,7 +328,15 @@ impl Relay {
             Some(addr) => Some(admin::Admin::bind(poll.registry(), addr)?),
             None => None,
         };
+        let alert_feed = cfg
+            .relay
+            .alert_feed
+            .as_ref()
+            .and_then(|n| cfg.feeds.iter().position(|f| &f.name == n));
         Ok(Relay {
+            alert_feed,
+            pending_alerts: Vec::new(),
+            alert_stats: AlertStats::default(),
             admin,
             bytes_in: 0,
             instance: cfg.relay.instance.clone(),
@@ -447,6 +482,7 @@ impl Relay {
             }
             self.timers(now)?;
             self.write_outputs(now);
+            self.raise_alerts();
         }
     }
 
@@ -479,6 +515,7 @@ impl Relay {
                         instance: &self.instance,
                         role: "active",
                         started_ns: self.started_ns,
+                        alerts: &self.alert_stats,
                     };
                     a.on_event(
                         self.poll.registry(),
@@ -545,7 +582,7 @@ impl Relay {
         if now >= self.next_checkpoint {
             self.next_checkpoint = now + self.checkpoint_every;
             for feed in &mut self.feeds {
-                feed.measure(now);
+                feed.measure(now, &mut self.pending_alerts);
             }
             self.close_idle(now);
             self.checkpoint_all(now, false)?;
@@ -619,6 +656,51 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Counts the alerts raised this turn and appends them to the alert feed's ring.
+    fn raise_alerts(&mut self) {
+        let mut alerts = std::mem::take(&mut self.pending_alerts);
+        for feed in &mut self.feeds {
+            for out in &mut feed.outputs {
+                alerts.append(&mut out.alerts);
+            }
+        }
+        if alerts.is_empty() {
+            self.pending_alerts = alerts;
+            return;
+        }
+        let now_ns = clock::wall_ns();
+        for a in alerts.drain(..) {
+            self.alert_stats.raised[a.kind.index()] += 1;
+            let Some(feed) = self.alert_feed.and_then(|i| self.feeds.get_mut(i)) else {
+                continue;
+            };
+            let record = a.to_json(&self.instance, now_ns);
+            match feed.ring.append(record.as_bytes(), now_ns, false) {
+                Ok(_) => {
+                    self.alert_stats.written += 1;
+                    feed.dirty = true;
+                }
+                Err(e @ (AppendError::Full | AppendError::TooLarge)) => {
+                    self.alert_stats.refused += 1;
+                    crate::log!(
+                        Level::Error,
+                        "alert_record_refused",
+                        feed = feed.cfg.name,
+                        alert = a.kind.name(),
+                        error = match e {
+                            AppendError::Full =>
+                                "the alert feed's ring is full (when_full = block)",
+                            AppendError::TooLarge =>
+                                "the alert record is longer than the alert feed's max_record_bytes",
+                        }
+                    );
+                }
+            }
+        }
+        // Keep the allocation for the next turn.
+        self.pending_alerts = alerts;
     }
 
     /// Stops accepting, reads what senders already sent, checkpoints every ring with a sync.

@@ -27,6 +27,8 @@ use crate::config::{OutFraming, OutputConfig, OutputKind};
 use crate::log::{Level, Limiter};
 use crate::ring::{Pos, Read, Ring};
 
+use super::alert::{Alert, AlertKind, Value};
+
 /// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
 const FRAMES_PER_WRITE: usize = 256;
 /// Bytes one output may write per loop turn before others get their turn.
@@ -191,6 +193,18 @@ pub struct Output {
     episode: Option<Episode>,
     /// Receive time of the last record written, ns.
     last_sent_ts: u64,
+    /// Down for longer than this raises an alert.
+    alert_after: Option<Duration>,
+    /// Not connected since then (also set before the first connect).
+    down_since: Option<Instant>,
+    /// Wall-clock time of `down_since`, ns.
+    down_since_ns: u64,
+    /// The `output_down` alert was raised for this outage.
+    pub down_alerted: bool,
+    /// Why the last connect or connection failed.
+    last_error: String,
+    /// Alerts raised and not yet taken by the relay.
+    pub alerts: Vec<Alert>,
 }
 
 /// What stopped collecting frames, without the borrow of the ring.
@@ -269,6 +283,12 @@ impl Output {
             overrun_lost: 0,
             episode: None,
             last_sent_ts: 0,
+            alert_after: cfg.alert_after,
+            down_since: Some(now),
+            down_since_ns: clock::wall_ns(),
+            down_alerted: false,
+            last_error: "not connected yet".to_string(),
+            alerts: Vec::new(),
         })
     }
 
@@ -279,14 +299,59 @@ impl Output {
 
     /// When this output wants to be woken up without an event.
     pub fn deadline(&self) -> Option<Instant> {
-        match self.state {
+        let state = match self.state {
             State::Backoff { until } => Some(until),
             State::Connecting { deadline } => Some(deadline),
             State::Connected => self
                 .bucket
                 .as_ref()
                 .and_then(|b| b.empty_since.map(|_| b.wake)),
+        };
+        match (state, self.alert_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
+    }
+
+    /// When the `output_down` alert is due, if it is not raised yet.
+    fn alert_due(&self) -> Option<Instant> {
+        match (self.down_since, self.alert_after) {
+            (Some(since), Some(after)) if !self.down_alerted => Some(since + after),
+            _ => None,
+        }
+    }
+
+    /// Raises `output_down` once the output has been down for `alert_after`.
+    fn check_down_alert(&mut self, now: Instant) {
+        let (Some(due), Some(since)) = (self.alert_due(), self.down_since) else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        self.down_alerted = true;
+        let down_s = now.saturating_duration_since(since).as_secs();
+        crate::log!(
+            Level::Error,
+            "output_down_alert",
+            feed = self.feed,
+            output = self.name,
+            peer = self.peer_name(),
+            down_s = down_s,
+            since = clock::rfc3339(self.down_since_ns),
+            error = self.last_error
+        );
+        self.alerts.push(Alert {
+            kind: AlertKind::OutputDown,
+            feed: self.feed.clone(),
+            output: Some(self.name.clone()),
+            detail: vec![
+                ("peer", Value::Text(self.peer_name())),
+                ("down_s", Value::Num(down_s)),
+                ("since", Value::Text(clock::rfc3339(self.down_since_ns))),
+                ("error", Value::Text(self.last_error.clone())),
+            ],
+        });
     }
 
     /// Whether the output is connected and not waiting on its socket.
@@ -303,6 +368,7 @@ impl Output {
 
     /// Fires an expired deadline: start a connect, or give up on one.
     pub fn on_timer(&mut self, registry: &Registry, token: Token, ring: &Ring, now: Instant) {
+        self.check_down_alert(now);
         match self.state {
             State::Backoff { until } if until <= now => self.connect(registry, token, ring, now),
             State::Connecting { deadline } if deadline <= now => {
@@ -375,7 +441,28 @@ impl Output {
     }
 
     fn on_connected(&mut self, ring: &Ring, now: Instant) {
-        let _ = now;
+        if let Some(since) = self.down_since.take() {
+            if std::mem::take(&mut self.down_alerted) {
+                let down_s = now.saturating_duration_since(since).as_secs();
+                crate::log!(
+                    Level::Info,
+                    "output_recovered",
+                    feed = self.feed,
+                    output = self.name,
+                    peer = self.peer_name(),
+                    down_s = down_s
+                );
+                self.alerts.push(Alert {
+                    kind: AlertKind::OutputRecovered,
+                    feed: self.feed.clone(),
+                    output: Some(self.name.clone()),
+                    detail: vec![
+                        ("peer", Value::Text(self.peer_name())),
+                        ("down_s", Value::Num(down_s)),
+                    ],
+                });
+            }
+        }
         let cursor = ring.cursor_pos(self.cursor);
         let mut start = cursor;
         if self.disconnect_ns > 0 && !self.replay.is_zero() {
@@ -428,7 +515,10 @@ impl Output {
         }
         if was_connected {
             self.disconnect_ns = clock::wall_ns();
+            self.down_since = Some(now);
+            self.down_since_ns = self.disconnect_ns;
         }
+        why.clone_into(&mut self.last_error);
         self.stats.failures += 1;
         let exp = BACKOFF_MIN.saturating_mul(1u32 << self.attempt.min(16));
         let base = exp.min(BACKOFF_MAX);
@@ -742,6 +832,16 @@ impl Output {
             lost_before = time(e.before_ns),
             hint = "the SIEM was behind by more than the ring holds: a larger buffer.size covers longer outages"
         );
+        self.alerts.push(Alert {
+            kind: AlertKind::OutputOverrun,
+            feed: self.feed.clone(),
+            output: Some(self.name.clone()),
+            detail: vec![
+                ("lost", Value::Num(e.lost)),
+                ("lost_after", Value::Text(time(e.after_ns))),
+                ("lost_before", Value::Text(time(e.before_ns))),
+            ],
+        });
     }
 
     /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it).
