@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -20,74 +19,6 @@ fn config(dir: &TempDir, siem: SocketAddr, feed: &str, output: &str) -> std::pat
         .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn admin_addr(relay: &RelayProc) -> SocketAddr {
-    let ok = wait_until(Duration::from_secs(10), || {
-        relay.log_has("event=admin_listening")
-    });
-    assert!(ok, "no admin_listening line:\n{}", relay.log_text());
-    let log = relay.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("event=admin_listening"))
-        .unwrap();
-    field(line, "addr").parse().unwrap()
-}
-
-/// Sends raw bytes, returns (status, body).
-fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read response");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {out:?}"));
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-    )
-}
-
-/// `metric{labels}` → value, from Prometheus text; checks every sample line has a TYPE.
-fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    let mut typed = std::collections::HashSet::new();
-    let mut m = HashMap::new();
-    for l in body.lines() {
-        if let Some(t) = l.strip_prefix("# TYPE ") {
-            typed.insert(t.split(' ').next().unwrap().to_string());
-            continue;
-        }
-        if l.starts_with('#') || l.is_empty() {
-            continue;
-        }
-        let (key, value) = l.rsplit_once(' ').expect("sample line");
-        let name = key.split('{').next().unwrap();
-        assert!(typed.contains(name), "{name} has no # TYPE line");
-        let v = if value == "+Inf" {
-            f64::INFINITY
-        } else {
-            value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value in {l:?}"))
-        };
-        m.insert(key.to_string(), v);
-    }
-    m
 }
 
 #[test]

@@ -364,3 +364,76 @@ pub fn ring_records(data: &Path) -> u64 {
         .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// The admin endpoint's address, from the relay's `admin_listening` log line.
+pub fn admin_addr(relay: &RelayProc) -> SocketAddr {
+    let ok = wait_until(Duration::from_secs(10), || {
+        relay.log_has("event=admin_listening")
+    });
+    assert!(ok, "no admin_listening line:\n{}", relay.log_text());
+    let log = relay.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=admin_listening"))
+        .unwrap();
+    field(line, "addr").parse().unwrap()
+}
+
+/// Sends raw bytes to the admin endpoint, returns (status, body).
+pub fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+}
+
+/// `/metrics` read by a Prometheus text-format parser: `name{k="v",...}` (labels sorted by
+/// key) → value. Every sample must belong to a family with a `# TYPE` line.
+pub fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let typed: std::collections::HashSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let scrape =
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parse");
+    assert!(!scrape.samples.is_empty(), "no samples in {body}");
+    let mut m = HashMap::new();
+    for s in scrape.samples {
+        assert!(
+            typed.contains(s.metric.as_str()),
+            "{} has no # TYPE",
+            s.metric
+        );
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            other => panic!("{}: unexpected value {other:?}", s.metric),
+        };
+        let mut labels: Vec<(&String, &String)> = s.labels.iter().collect();
+        labels.sort();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        m.insert(format!("{}{{{}}}", s.metric, labels.join(",")), v);
+    }
+    m
+}
