@@ -15,6 +15,7 @@
 
 mod admin;
 pub mod alert;
+mod http_in;
 mod input;
 pub mod output;
 
@@ -75,6 +76,8 @@ pub struct FeedStats {
     pub idle_closed: u64,
     /// Times the ring was full in `block` mode.
     pub blocked: u64,
+    /// HTTP responses, by status (`http_in::STATUSES`).
+    pub http_responses: [u64; http_in::STATUSES.len()],
 }
 
 /// One feed: its ring, listener, outputs.
@@ -585,6 +588,7 @@ impl Relay {
                 feed.measure(now, &mut self.pending_alerts);
             }
             self.close_idle(now);
+            self.expire_requests(now);
             self.checkpoint_all(now, false)?;
         }
         Ok(())
