@@ -211,23 +211,50 @@ pub fn gunzip(body: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), Refusal>
     }
 }
 
-/// The records of a batch body, in order: JSON array elements, or lines.
-pub fn split_records(body: &[u8], emit: &mut dyn FnMut(&[u8])) {
+/// How a batch body holds its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One or more closed JSON arrays: one record per element.
+    Arrays,
+    /// Anything else: one record per line.
+    Lines,
+}
+
+/// The body's shape: arrays if it starts with `[` and is nothing but closed arrays.
+pub fn shape(body: &[u8]) -> Shape {
     let first = body.iter().position(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|i| body[i] == b'[') && json_arrays(body, &mut |_| {}) {
-        json_arrays(body, emit);
+        Shape::Arrays
     } else {
-        lines(body, emit);
+        Shape::Lines
     }
+}
+
+/// The records of a body of that shape, in order.
+pub fn split(body: &[u8], shape: Shape, emit: &mut dyn FnMut(&[u8])) {
+    match shape {
+        Shape::Arrays => {
+            json_arrays(body, emit);
+        }
+        Shape::Lines => lines(body, emit),
+    }
+}
+
+/// The records of a batch body, in order: JSON array elements, or lines.
+pub fn split_records(body: &[u8], emit: &mut dyn FnMut(&[u8])) {
+    split(body, shape(body), emit);
 }
 
 /// LF-separated records; a CR before the LF is dropped, empty lines are skipped.
 fn lines(body: &[u8], emit: &mut dyn FnMut(&[u8])) {
-    for line in body.split(|&b| b == b'\n') {
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', body).chain([body.len()]) {
+        let line = &body[start..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if !line.is_empty() {
             emit(line);
         }
+        start = end + 1;
     }
 }
 
@@ -249,24 +276,26 @@ fn json_arrays(body: &[u8], emit: &mut dyn FnMut(&[u8])) -> bool {
         i += 1;
         let mut start = i;
         let mut depth = 0usize;
-        let mut in_string = false;
-        let mut escaped = false;
         loop {
             let Some(&b) = body.get(i) else {
                 return false;
             };
             i += 1;
-            if in_string {
-                match (escaped, b) {
-                    (true, _) => escaped = false,
-                    (false, b'\\') => escaped = true,
-                    (false, b'"') => in_string = false,
-                    _ => {}
-                }
-                continue;
-            }
             match b {
-                b'"' => in_string = true,
+                // A string: jump from quote or backslash to the next (most bytes of NSS and
+                // LSS records are inside strings).
+                b'"' => loop {
+                    let rest = body.get(i..).unwrap_or_default();
+                    let Some(k) = memchr::memchr2(b'"', b'\\', rest) else {
+                        return false;
+                    };
+                    i += k + 1;
+                    if body[i - 1] == b'"' {
+                        break;
+                    }
+                    // A backslash escapes the next byte, whatever it is.
+                    i += 1;
+                },
                 b'{' | b'[' => depth += 1,
                 b'}' | b']' if depth > 0 => depth -= 1,
                 b',' | b']' if depth == 0 => {
@@ -357,6 +386,13 @@ mod tests {
             ["{\"a\":1}", "{\"b\":2}"]
         );
         assert!(split(b"[]").is_empty());
+    }
+
+    #[test]
+    fn a_backslash_at_the_very_end_of_a_string_is_not_read_past() {
+        // Found by the fuzz smoke test: the escape skip stepped past the end of the body.
+        assert_eq!(split(b"[\"\\"), ["[\"\\"]);
+        assert_eq!(split(b"[\"a\\\"\"]"), ["\"a\\\"\""]);
     }
 
     #[test]

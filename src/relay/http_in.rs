@@ -20,6 +20,7 @@ use crate::config::SyncPolicy;
 use crate::framing::Oversize;
 use crate::http_batch::{self, Expect, Head, Limits, Refusal};
 use crate::log::Level;
+use crate::ring::WhenFull;
 use crate::ring::{record_stride, AppendError};
 
 /// Request line and headers, at most.
@@ -269,14 +270,21 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
 fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
     let max = feed.framer.max_record;
     let drop_oversize = feed.framer.oversize == Oversize::Drop;
+    let shape = http_batch::shape(body);
+    // A record of one byte and its separator take 2 body bytes and a 56-byte stride: a ring
+    // that overwrites and holds 64 times the body takes it without counting.
+    let roomy = feed.cfg.when_full == WhenFull::DropOldest
+        && (body.len() as u64 + 1).saturating_mul(64) <= feed.ring.capacity();
     let mut need = 0u64;
-    http_batch::split_records(body, &mut |r| {
-        if r.len() <= max || !drop_oversize {
-            need += record_stride(r.len().min(max) as u64);
-        }
-    });
+    if !roomy {
+        http_batch::split(body, shape, &mut |r| {
+            if r.len() <= max || !drop_oversize {
+                need += record_stride(r.len().min(max) as u64);
+            }
+        });
+    }
     // Room for every record and one wrap.
-    if !feed.ring.has_room(need + record_stride(max as u64)) {
+    if !roomy && !feed.ring.has_room(need + record_stride(max as u64)) {
         feed.stats.blocked += 1;
         return Err(Refusal {
             status: 503,
@@ -289,7 +297,7 @@ fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
     let (ring, stats) = (&mut feed.ring, &mut feed.stats);
     let mut taken = 0u64;
     let mut full = false;
-    http_batch::split_records(body, &mut |r| {
+    http_batch::split(body, shape, &mut |r| {
         if full {
             return;
         }
