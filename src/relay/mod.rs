@@ -261,6 +261,8 @@ pub struct Relay {
     next_fence_check: Instant,
     fence_log: Limiter,
     notify: Option<Notifier>,
+    /// `READY=1` was sent: role changes are announced from then on.
+    announced: bool,
     next_watchdog: Option<Instant>,
 }
 
@@ -399,6 +401,7 @@ impl Relay {
             next_fence_check: now + FENCE_CHECK,
             fence_log: Limiter::new(3, Duration::from_secs(60)),
             notify,
+            announced: false,
             next_watchdog,
         };
         crate::log!(
@@ -417,6 +420,7 @@ impl Relay {
         }
         let status = relay.status_line();
         relay.notify(&format!("READY=1\n{status}"), now);
+        relay.announced = true;
         Ok(relay)
     }
 
@@ -444,8 +448,10 @@ impl Relay {
             reason = reason
         );
         self.role = role;
-        let status = self.status_line();
-        self.notify(&status, now);
+        if self.announced {
+            let status = self.status_line();
+            self.notify(&status, now);
+        }
     }
 
     fn status_line(&self) -> String {
