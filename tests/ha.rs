@@ -30,10 +30,15 @@ fn pair_config(
     relay_extra: &str,
     output_extra: &str,
 ) -> PathBuf {
+    let admin = if relay_extra.contains("admin_listen") {
+        ""
+    } else {
+        "admin_listen = \"off\""
+    };
     let text = format!(
         r#"[relay]
 data_dir = "{data}"
-admin_listen = "off"
+{admin}
 {relay_extra}
 
 [[feed]]
@@ -606,4 +611,71 @@ fn a_lock_file_that_belongs_to_something_else_or_cannot_be_created_is_refused_pl
         "{}",
         r.log_text()
     );
+}
+
+/// `GET path` on the admin endpoint: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to admin");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn a_standby_answers_health_with_its_role_and_ready_with_503_until_it_takes_over() {
+    let dir = TempDir::new("ha-admin");
+    let siem = Sink::new(free_port(), true);
+    let listen = free_port();
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let cfg_a = pair_config(
+        dir.path(),
+        "a.toml",
+        listen,
+        siem.addr,
+        &format!("admin_listen = \"{admin_a}\"\nstandby_poll = \"100ms\""),
+        "",
+    );
+    let cfg_b = pair_config(
+        dir.path(),
+        "b.toml",
+        listen,
+        siem.addr,
+        &format!("admin_listen = \"{admin_b}\"\nstandby_poll = \"100ms\""),
+        "",
+    );
+    let mut a = start_as(&cfg_a, "active");
+    let b = start_as(&cfg_b, "standby");
+    assert!(b.wait_log("event=admin_listening", Duration::from_secs(5)));
+    let (code, body) = http_get(admin_b, "/health");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"role\":\"standby\""), "{body}");
+    assert!(body.contains("\"feeds\":[]"), "{body}");
+    let (code, body) = http_get(admin_b, "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("role is standby"), "{body}");
+    assert!(wait_until(Duration::from_secs(10), || http_get(
+        admin_a, "/ready"
+    )
+    .0 == 200));
+    let (_, body) = http_get(admin_a, "/health");
+    assert!(body.contains("\"role\":\"active\""), "{body}");
+
+    a.kill9();
+    assert!(b.wait_log("event=listening", Duration::from_secs(5)));
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(admin_b, "/ready").0
+            == 200),
+        "{}",
+        b.log_text()
+    );
+    let (_, body) = http_get(admin_b, "/health");
+    assert!(body.contains("\"role\":\"active\""), "{body}");
 }

@@ -535,6 +535,11 @@ impl Relay {
                 )
             })?;
         }
+        // A standby's reload may have raised max_record_bytes since the buffer was sized.
+        let max_record = self.feeds_max_record();
+        if self.scratch.len() < max_record + 64 + READ_CHUNK {
+            self.scratch.resize(max_record + 64 + READ_CHUNK, 0);
+        }
         self.feeds = feeds;
         self.next_fence_check = now + FENCE_CHECK;
         self.next_checkpoint = now + self.checkpoint_every;
@@ -544,6 +549,15 @@ impl Relay {
         };
         self.set_role(Role::Active { epoch }, reason, now);
         Ok(())
+    }
+
+    fn feeds_max_record(&self) -> usize {
+        self.cfg
+            .feeds
+            .iter()
+            .map(|f| f.max_record_bytes)
+            .max()
+            .unwrap_or(0)
     }
 
     fn write_lock(&mut self, epoch: u64) -> Result<(), String> {
