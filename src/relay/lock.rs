@@ -348,6 +348,19 @@ impl LockFile {
 
     /// Best effort: who seems to hold the lock, for the standby's log line.
     pub fn holder(&self) -> String {
+        // ringrelay only takes OFD locks, which report no pid (-1). A classic POSIX record lock
+        // reports its owner's pid: some other program holds it.
+        let mut fl = zeroed_flock();
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        if fcntl(&self.file, FcntlArg::F_OFD_GETLK(&mut fl)).is_ok() && fl.l_pid > 0 {
+            let pid = fl.l_pid;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map_or_else(|_| "?".to_string(), |c| c.trim().to_string());
+            return format!(
+                "pid {pid} ({comm}) holds a POSIX record lock on it: not ringrelay, which uses OFD locks"
+            );
+        }
         match self.read() {
             Ok(rec) if rec == LockRecord::default() => {
                 "unknown (the lock file is empty: not a ringrelay that became active)".into()
@@ -503,6 +516,32 @@ mod tests {
             denied > 0,
             "neither a 0444 file nor sysfs refused a write open"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_classic_posix_lock_is_reported_as_not_ringrelay() {
+        let d = temp("posix");
+        let path = d.join("ringrelay.lock");
+        // A classic (process-owned) record lock, as another program would take. OFD locks
+        // conflict with classic ones even within one process, so no second process is needed.
+        let other = LockFile::open(&path).unwrap();
+        let mut fl = zeroed_flock();
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fcntl(&other.file, FcntlArg::F_SETLK(&fl)).unwrap();
+        let mut ours = LockFile::open(&path).unwrap();
+        assert!(!ours.try_lock().unwrap());
+        let holder = ours.holder();
+        assert!(
+            holder.starts_with(&format!("pid {} (", std::process::id())),
+            "{holder}"
+        );
+        assert!(
+            holder.contains("holds a POSIX record lock on it: not ringrelay"),
+            "{holder}"
+        );
+        drop(other);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -510,7 +510,13 @@ impl Relay {
         }
         // A ring stamped with a higher epoch than the lock file's (the lock file was removed or
         // replaced): go above it, or this instance would fence itself.
-        let ring_max = feeds.iter().map(|f| f.ring.epoch()).max().unwrap_or(0);
+        // Both slots count: a fenced active that had not noticed yet may have written its lower
+        // epoch into the newer slot after a higher one went into the older.
+        let ring_max = feeds
+            .iter()
+            .map(|f| f.ring.epoch().max(f.ring.stored_epoch()))
+            .max()
+            .unwrap_or(0);
         if ring_max >= epoch {
             crate::log!(
                 Level::Warn,
