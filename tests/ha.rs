@@ -679,3 +679,77 @@ fn a_standby_answers_health_with_its_role_and_ready_with_503_until_it_takes_over
     let (_, body) = http_get(admin_b, "/health");
     assert!(body.contains("\"role\":\"active\""), "{body}");
 }
+
+/// Writes a copy of the ring's current metadata slot with generation + 1 and `epoch` into the
+/// other slot, as another active's checkpoint would (`buffer-spec.md` §4).
+fn write_slot_with_epoch(ring: &Path, epoch: u64) {
+    const SLOTS: [usize; 2] = [4096, 8192];
+    const CRC_AT: usize = 1152;
+    let file = std::fs::read(ring).unwrap();
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let valid = |at: usize| {
+        let b = &file[at..at + CRC_AT + 4];
+        let crc = u32::from_le_bytes(b[CRC_AT..].try_into().unwrap());
+        crc32fast::hash(&b[..CRC_AT]) == crc
+    };
+    let cur = (0..2)
+        .filter(|&i| valid(SLOTS[i]))
+        .max_by_key(|&i| u64_at(&file[SLOTS[i]..], 0))
+        .expect("a valid slot");
+    let mut b = file[SLOTS[cur]..SLOTS[cur] + CRC_AT + 4].to_vec();
+    let generation = u64_at(&b, 0);
+    b[0..8].copy_from_slice(&(generation + 1).to_le_bytes());
+    b[16..24].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32fast::hash(&b[..CRC_AT]);
+    b[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    let f = std::fs::OpenOptions::new().write(true).open(ring).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &b, SLOTS[1 - cur] as u64).unwrap();
+}
+
+#[test]
+fn an_active_that_finds_a_higher_epoch_in_a_ring_exits_3_without_writing_to_it_again() {
+    let dir = TempDir::new("ha-fence-ring");
+    let siem = Sink::new(free_port(), true);
+    let listen = free_port();
+    // Checkpoints far apart, so the relay's own next slot write cannot hide the other one.
+    let cfg = pair_config(
+        dir.path(),
+        "one.toml",
+        listen,
+        siem.addr,
+        "checkpoint_interval = \"60s\"",
+        "",
+    );
+    let mut a = start_as(&cfg, "active");
+    assert!(send_confirmed(listen, 0..1000));
+    assert!(wait_all_arrived(&siem, 0..1000, Duration::from_secs(20)));
+    let ring = dir.path().join("data").join("f.ring");
+    let before = std::fs::read(&ring).unwrap();
+    write_slot_with_epoch(&ring, 40);
+    let after_write = std::fs::read(&ring).unwrap();
+    assert_ne!(before, after_write);
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(5)),
+        Some(3),
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        a.wait_log(
+            "holds epoch 40 above this instance's 1",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        a.log_text()
+    );
+    // Not a byte of the ring changed after the other writer's slot went in.
+    assert!(
+        std::fs::read(&ring).unwrap() == after_write,
+        "the fenced relay wrote to its ring"
+    );
+    // The lock file still says 1: the next active goes above the ring's 40.
+    assert_eq!(lock_epoch(dir.path()), 1);
+    let b = start_as(&cfg, "active");
+    assert!(b.wait_log("event=epoch_raised", Duration::from_secs(5)));
+    assert_eq!(lock_epoch(dir.path()), 41, "{}", b.log_text());
+}
