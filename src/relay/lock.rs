@@ -184,9 +184,8 @@ impl fmt::Display for LockError {
             }
             LockError::Unsupported { path, errno } => write!(
                 f,
-                "lock file {}: the file system does not support fcntl locks ({errno}: {}); put lock_file on a file system with working locks (local disk, NFSv4, or NFSv3 with lockd)",
+                "lock file {}: the file system does not support fcntl locks ({errno}); put lock_file on a file system with working locks (local disk, NFSv4, or NFSv3 with lockd)",
                 path.display(),
-                errno.desc()
             ),
             LockError::Foreign { path, why } => write!(
                 f,
@@ -543,6 +542,21 @@ mod tests {
         );
         drop(other);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_system_without_locks_is_named_with_the_fix() {
+        let e = LockError::Unsupported {
+            path: "/mnt/shared/ringrelay.lock".into(),
+            errno: Errno::ENOLCK,
+        }
+        .to_string();
+        assert_eq!(
+            e,
+            "lock file /mnt/shared/ringrelay.lock: the file system does not support fcntl locks \
+             (ENOLCK: No locks available); put lock_file on a file system with working locks \
+             (local disk, NFSv4, or NFSv3 with lockd)"
+        );
     }
 
     #[test]
