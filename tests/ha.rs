@@ -596,6 +596,13 @@ fn a_lock_file_that_belongs_to_something_else_or_cannot_be_created_is_refused_pl
         "overwritten"
     );
 
+    // Our record, torn (no epoch line): rewritten, with an epoch above the rings'.
+    std::fs::write(lock_path(dir.path()), "ringrelay-lock 1\nepo").unwrap();
+    let r = start_as(&cfg, "active");
+    assert!(r.log_has("event=lock_record_damaged"), "{}", r.log_text());
+    assert_eq!(lock_epoch(dir.path()), 1);
+    drop(r);
+
     // A lock file in a directory that does not exist.
     let missing = dir.path().join("nope").join("x.lock");
     let cfg = pair_config(

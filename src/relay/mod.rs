@@ -495,7 +495,24 @@ impl Relay {
     /// from its cursor with the replay window. The start of an active and the promotion of a
     /// standby both come here.
     fn activate(&mut self, now: Instant) -> Result<(), String> {
-        let previous = self.lock.read().map_err(|e| e.to_string())?;
+        let previous = match self.lock.read() {
+            Ok(rec) => rec,
+            // Our header but no valid epoch: a record torn by a crash while it was written. The
+            // rings' epochs (below) keep the new epoch above every earlier active's.
+            Err(lock::LockError::Foreign {
+                why: lock::RecordError::BadEpoch,
+                ..
+            }) => {
+                crate::log!(
+                    Level::Warn,
+                    "lock_record_damaged",
+                    lock_file = self.lock.path().display(),
+                    action = "rewritten; the new epoch is taken above the rings' epochs"
+                );
+                LockRecord::default()
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let mut epoch = previous.epoch.saturating_add(1);
         self.write_lock(epoch)?;
         let mut feeds = Vec::with_capacity(self.cfg.feeds.len());
