@@ -837,6 +837,20 @@ impl Ring {
         self.meta.epoch = epoch;
     }
 
+    /// The highest fencing epoch in the valid metadata slots as the file holds them now (not
+    /// this process's copy): a checkpoint by another writer shows here (`buffer-spec.md` §4).
+    pub fn stored_epoch(&self) -> u64 {
+        SLOT_OFFSETS
+            .iter()
+            .filter_map(|&at| {
+                let at = at as usize;
+                Meta::parse(&self.map[at..at + META_LEN], self.capacity)
+            })
+            .map(|m| m.epoch)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn write_meta(&mut self, now_ns: u64) -> usize {
         self.meta.generation += 1;
         self.meta.checkpoint_ns = now_ns;
