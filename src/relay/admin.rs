@@ -456,8 +456,38 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         }
     }
 
+    let tls_feeds = || {
+        feeds
+            .iter()
+            .filter(|f| matches!(f.cfg.input.kind, crate::config::InputKind::Tls(_)))
+    };
+    let name = "ringrelay_tls_handshakes_total";
+    m.head(name, "counter", "TLS input handshakes completed.");
+    for f in tls_feeds() {
+        m.sample(
+            name,
+            &format!("feed=\"{}\"", f.cfg.name),
+            f.stats.tls_handshakes,
+        );
+    }
+    let name = "ringrelay_tls_handshake_failures_total";
+    m.head(
+        name,
+        "counter",
+        "TLS input handshakes failed, by reason (unknown_ca, expired, no_client_certificate, not_tls, timeout, ...).",
+    );
+    for f in tls_feeds() {
+        for (reason, v) in crate::tls::FAILURE_REASONS.iter().zip(f.stats.tls_failures) {
+            m.sample(
+                name,
+                &format!("feed=\"{}\",reason=\"{reason}\"", f.cfg.name),
+                v,
+            );
+        }
+    }
+
     type OutValue = fn(&Feed, &super::Output, u64) -> String;
-    let out_families: [(&str, &str, &str, OutValue); 10] = [
+    let out_families: [(&str, &str, &str, OutValue); 11] = [
         (
             "ringrelay_output_records_delivered_total",
             "counter",
@@ -521,6 +551,12 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "counter",
             "Time spent waiting for rate_limit_eps.",
             |_, o, _| format!("{:.3}", o.stats.rate_limited_ns as f64 / 1e9),
+        ),
+        (
+            "ringrelay_output_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes with the receiver that failed (0 for other kinds).",
+            |_, o, _| o.stats.tls_failures.to_string(),
         ),
     ];
     for (name, kind, help, value) in out_families {

@@ -1,4 +1,11 @@
-//! TCP inputs: accept, read, frame, append to the feed's ring.
+//! TCP and TLS inputs: accept, read (decrypt), frame, append to the feed's ring.
+//!
+//! A TLS connection is the same connection with a rustls `ServerConnection` between the socket
+//! and the framer, driven from the loop's readiness events: `read_tls` → `process_new_packets`
+//! → `reader` (plaintext into the scratch buffer) → `write_tls` (handshake replies, alerts).
+//! rustls holds at most one TLS record of input and [`crate::tls::BUFFER_LIMIT`] of output per
+//! connection. A handshake that fails is logged (rate-limited) with the peer and the reason,
+//! counted per reason, and closes only its own connection.
 //!
 //! Reads go into the relay's one scratch buffer; complete records are copied from it into the
 //! ring (the only copy), and a partial record at the end of a read is kept on the connection,
@@ -11,17 +18,112 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
+use rustls::ServerConnection;
 
 use super::{Relay, CONN_BASE, READS_PER_TURN};
 use crate::clock;
-use crate::config::SyncPolicy;
+use crate::config::{InputKind, SyncPolicy};
 use crate::framing::Framer;
 use crate::log::Level;
 use crate::ring::AppendError;
+use crate::tls;
+
+/// What carries a connection's bytes.
+enum Transport {
+    Plain,
+    Tls(Box<TlsIn>),
+}
+
+/// A TLS connection's state.
+enum TlsState {
+    Handshaking,
+    Established,
+}
+
+struct TlsIn {
+    conn: ServerConnection,
+    state: TlsState,
+    /// rustls reported this error (the alert was sent): the connection closes.
+    error: Option<rustls::Error>,
+    /// The socket reached EOF.
+    sock_eof: bool,
+}
+
+/// Sends what rustls has queued (handshake messages, alerts); `WouldBlock` leaves the rest for
+/// the next writable event.
+fn flush(conn: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl TlsIn {
+    /// Reads plaintext into `buf`: as `Read::read` (0 = the sender closed, `WouldBlock` = no
+    /// plaintext yet), decrypting as many TLS records as fit.
+    fn read(&mut self, stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        let failed = |e: &rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e.clone());
+        if let Some(e) = &self.error {
+            return Err(failed(e));
+        }
+        match flush(&mut self.conn, stream) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+        let mut n = 0;
+        loop {
+            if n == buf.len() {
+                return Ok(n);
+            }
+            match self.conn.reader().read(&mut buf[n..]) {
+                // close_notify: the sender closed cleanly.
+                Ok(0) => return Ok(n),
+                Ok(k) => {
+                    n += k;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket closed without close_notify: EOF all the same for a log sender.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(n),
+                Err(e) => return Err(e),
+            }
+            if self.sock_eof {
+                return Ok(n);
+            }
+            match self.conn.read_tls(stream) {
+                Ok(0) => self.sock_eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if n > 0 => {
+                    let _ = e;
+                    return Ok(n);
+                }
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                // Send the alert, best effort.
+                let _ = self.conn.write_tls(stream);
+                let err = failed(&e);
+                self.error = Some(e);
+                return if n > 0 { Ok(n) } else { Err(err) };
+            }
+            match flush(&mut self.conn, stream) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+    }
+}
 
 /// One sender's connection.
 pub struct Conn {
     stream: TcpStream,
+    transport: Transport,
+    opened: Instant,
     /// Index of its feed.
     pub feed: usize,
     peer: SocketAddr,
@@ -79,15 +181,44 @@ impl Relay {
                 drop(stream);
                 continue;
             }
+            let transport = match &feed.tls {
+                None => Transport::Plain,
+                Some(cfg) => match ServerConnection::new(cfg.clone()) {
+                    Ok(mut conn) => {
+                        conn.set_buffer_limit(Some(tls::BUFFER_LIMIT));
+                        Transport::Tls(Box::new(TlsIn {
+                            conn,
+                            state: TlsState::Handshaking,
+                            error: None,
+                            sock_eof: false,
+                        }))
+                    }
+                    Err(e) => {
+                        crate::log!(
+                            Level::Error,
+                            "tls_session_failed",
+                            feed = feed.cfg.name,
+                            peer = peer,
+                            error = e
+                        );
+                        continue;
+                    }
+                },
+            };
+            // A TLS connection also writes (handshake replies): it wants writable events.
+            let interest = match transport {
+                Transport::Plain => Interest::READABLE,
+                Transport::Tls(_) => Interest::READABLE | Interest::WRITABLE,
+            };
             let id = self.free_slots.pop().unwrap_or_else(|| {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(CONN_BASE + id),
-                Interest::READABLE,
-            ) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut stream, Token(CONN_BASE + id), interest)
+            {
                 crate::log!(
                     Level::Error,
                     "register_failed",
@@ -111,6 +242,8 @@ impl Relay {
             }
             self.conns[id] = Some(Conn {
                 stream,
+                transport,
+                opened: now,
                 feed: fi,
                 peer,
                 framer: Framer::new(feed.framer),
@@ -131,6 +264,7 @@ impl Relay {
             scratch,
             ready,
             bytes_in,
+            conn_log,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
@@ -159,7 +293,40 @@ impl Relay {
             let p = conn.pending.len();
             scratch[..p].copy_from_slice(&conn.pending);
             conn.pending.clear();
-            let res = conn.stream.read(&mut scratch[p..]);
+            let res = match &mut conn.transport {
+                Transport::Plain => conn.stream.read(&mut scratch[p..]),
+                Transport::Tls(t) => {
+                    let r = t.read(&mut conn.stream, &mut scratch[p..]);
+                    if matches!(t.state, TlsState::Handshaking) && !t.conn.is_handshaking() {
+                        t.state = TlsState::Established;
+                        feed.stats.tls_handshakes += 1;
+                        if let Some(suppressed) = conn_log.allow(now) {
+                            let info = t
+                                .conn
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| tls::cert_info(c));
+                            crate::log!(
+                                Level::Info,
+                                "tls_established",
+                                feed = feed.cfg.name,
+                                peer = conn.peer,
+                                subject = info.map_or("-".to_string(), |i| i.subject),
+                                version = t
+                                    .conn
+                                    .protocol_version()
+                                    .map_or("?".to_string(), |v| format!("{v:?}")),
+                                cipher = t
+                                    .conn
+                                    .negotiated_cipher_suite()
+                                    .map_or("?".to_string(), |c| format!("{:?}", c.suite())),
+                                suppressed = suppressed
+                            );
+                        }
+                    }
+                    r
+                }
+            };
             let n = match res {
                 Ok(0) => {
                     conn.eof = true;
@@ -205,6 +372,34 @@ impl Relay {
         self.free_slots.push(id);
         let feed = &mut self.feeds[conn.feed];
         feed.conns -= 1;
+        if let Transport::Tls(t) = &conn.transport {
+            let reason = match (&t.state, &t.error, why) {
+                (TlsState::Established, ..) => None,
+                (TlsState::Handshaking, Some(e), _) => Some(tls::failure_reason(e)),
+                (TlsState::Handshaking, None, "handshake_timeout") => Some("timeout"),
+                (TlsState::Handshaking, None, _) => Some("closed"),
+            };
+            if let Some(reason) = reason {
+                feed.stats.tls_failures[tls::reason_index(reason)] += 1;
+                if let Some(suppressed) = feed.tls_log.allow(now) {
+                    let error = match (&t.error, &err) {
+                        (Some(e), _) => e.to_string(),
+                        (None, Some(e)) => e.to_string(),
+                        (None, None) => why.to_string(),
+                    };
+                    crate::log!(
+                        Level::Warn,
+                        "tls_handshake_failed",
+                        feed = feed.cfg.name,
+                        peer = conn.peer,
+                        reason = reason,
+                        error = error,
+                        suppressed = suppressed
+                    );
+                }
+                return;
+            }
+        }
         let st = conn.framer.stats();
         feed.stats.incomplete_at_eof += st.incomplete_at_eof;
         if let Some(suppressed) = self.conn_log.allow(now) {
@@ -225,9 +420,22 @@ impl Relay {
         }
     }
 
-    /// Closes connections idle for longer than their feed's `idle_timeout`.
+    /// Closes connections idle for longer than their feed's `idle_timeout`, and TLS
+    /// connections still handshaking after `handshake_timeout`.
     pub(super) fn close_idle(&mut self, now: Instant) {
         for id in 0..self.conns.len() {
+            let slow = self.conns[id].as_ref().is_some_and(|c| {
+                let handshaking = matches!(&c.transport, Transport::Tls(t) if matches!(t.state, TlsState::Handshaking));
+                handshaking
+                    && match &self.feeds[c.feed].cfg.input.kind {
+                        InputKind::Tls(t) => now.duration_since(c.opened) > t.handshake_timeout,
+                        InputKind::Tcp => false,
+                    }
+            });
+            if slow {
+                self.close_conn(id, "handshake_timeout", None, now);
+                continue;
+            }
             let idle = self.conns[id].as_ref().is_some_and(|c| {
                 self.feeds[c.feed]
                     .cfg
