@@ -218,9 +218,14 @@ pub fn server_config(f: &ServerFiles) -> Result<(Arc<ServerConfig>, Vec<Expired>
         }
         None => builder.with_no_client_auth(),
     };
-    let cfg = builder
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| key_mismatch("key", &f.cert, &f.key, &e))?;
+    // No TLS 1.3 session tickets: a log sender never reads after its handshake, so tickets
+    // would sit unread in its socket, and closing a socket with unread data sends a reset,
+    // which discards what the relay had not read yet. Senders stream on long connections;
+    // a full handshake per reconnect costs nothing that matters.
+    cfg.send_tls13_tickets = 0;
     Ok((Arc::new(cfg), expired))
 }
 

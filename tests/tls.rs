@@ -215,6 +215,30 @@ fn mutual_tls_accepts_the_good_client_and_counts_every_rejection_by_reason() {
     );
 }
 
+/// A sender that closes its socket without reading anything must lose nothing: the relay sends
+/// no TLS 1.3 session tickets, which would sit unread at the sender and turn its close into a
+/// reset that discards what the relay had not read yet.
+#[test]
+fn a_tls_sender_that_closes_without_reading_loses_nothing() {
+    let dir = TempDir::new("tls-abrupt");
+    let pki = Pki::new(dir.path());
+    let siem = Sink::new(free_port(), true);
+    let cfg = config(dir.path(), &tls_input(&pki, true), &tcp_output(siem.addr));
+    let relay = RelayProc::start(&cfg, 1);
+    let n = 100_000;
+    let mut s = connect(relay.addr("f"), pki.client_config(Some("client"))).unwrap();
+    send_records_tls(&mut s, 0..n, LEN);
+    drop(s);
+    let ok = wait_until(Duration::from_secs(30), || siem.counts().len() as u64 >= n);
+    assert!(
+        ok,
+        "only {} of {n}; log:\n{}",
+        siem.count(),
+        relay.log_text()
+    );
+    assert_all(&siem.counts(), n, false);
+}
+
 #[test]
 fn a_silent_client_is_dropped_at_the_handshake_timeout() {
     let dir = TempDir::new("tls-timeout");
