@@ -314,6 +314,70 @@ fn tls_output_sends_octet_frames_and_retries_an_untrusted_receiver_until_it_is_f
 }
 
 #[test]
+fn tls_output_presents_its_client_certificate_and_octet_counts_syslog_frames() {
+    let dir = TempDir::new("tls-out-mtls");
+    let pki = Pki::new(dir.path());
+    let addr = free_port();
+    let siem = TlsSink::start(addr, pki.server_config_mtls("server"));
+    let output = format!(
+        "{}\nclient_cert = \"{}\"\nclient_key = \"{}\"\nsyslog = \"rfc3164\"\nhostname = \"relay-host\"\napp_name = \"lss\"",
+        tls_output(&pki, addr),
+        pki.path("client.pem").display(),
+        pki.path("client.key").display()
+    );
+    let cfg = config(
+        dir.path(),
+        r#"kind = "tcp", listen = "127.0.0.1:0""#,
+        &output,
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let n = 5_000;
+    send_records(relay.addr("f"), 0..n, LEN);
+    let ok = wait_until(Duration::from_secs(30), || siem.count() as u64 >= n);
+    assert!(
+        ok,
+        "only {} of {n}; log:\n{}",
+        siem.count(),
+        relay.log_text()
+    );
+    assert_eq!(*siem.bad.lock().unwrap(), 0);
+    let frames = siem.frames.lock().unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        let f = String::from_utf8_lossy(f);
+        // <134> = local0 (16) * 8 + info (6); the frame's octet count covered the header.
+        let (head, rec) = f.split_once(" lss: ").unwrap_or_else(|| panic!("{f}"));
+        assert!(
+            head.starts_with("<134>") && head.ends_with(" relay-host"),
+            "{f}"
+        );
+        assert_eq!(record_number(rec.as_bytes()), Some(i as u64), "{f}");
+    }
+}
+
+#[test]
+fn insecure_skip_verify_connects_to_any_receiver_and_warns_at_every_connect() {
+    let dir = TempDir::new("tls-insecure");
+    let pki = Pki::new(dir.path());
+    let addr = free_port();
+    let siem = TlsSink::start(addr, pki.server_config("server-other"));
+    let output = format!("{}\ninsecure_skip_verify = true", tls_output(&pki, addr));
+    let cfg = config(
+        dir.path(),
+        r#"kind = "tcp", listen = "127.0.0.1:0""#,
+        &output,
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    send_records(relay.addr("f"), 0..1000, LEN);
+    let ok = wait_until(Duration::from_secs(30), || siem.counts().len() >= 1000);
+    assert!(ok, "only {}; log:\n{}", siem.count(), relay.log_text());
+    assert!(
+        relay.log_has("event=tls_verification_disabled"),
+        "{}",
+        relay.log_text()
+    );
+}
+
+#[test]
 fn tls_in_and_out_survive_a_siem_outage_and_sigkill() {
     let dir = TempDir::new("tls-kill");
     let pki = Pki::new(dir.path());

@@ -109,6 +109,29 @@ impl Pki {
         })
     }
 
+    /// A server configuration with certificate `name` that requires a client certificate
+    /// signed by `ca.pem`.
+    pub fn server_config_mtls(&self, name: &str) -> Arc<ServerConfig> {
+        let mut roots = RootCertStore::empty();
+        for c in self.certs("ca") {
+            roots.add(c).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        Arc::new(
+            ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(self.certs(name), self.key(name))
+                .unwrap(),
+        )
+    }
+
     /// A server configuration with certificate `name` (no client authentication).
     pub fn server_config(&self, name: &str) -> Arc<ServerConfig> {
         Arc::new(
