@@ -14,8 +14,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, PeerIncompatible, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 
 /// Where the system's CA bundle is looked for when an output names no `ca` (after
@@ -353,14 +353,14 @@ pub fn failure_reason(e: &Error) -> &'static str {
             _ => "bad_certificate",
         },
         Error::NoCertificatesPresented => "no_client_certificate",
-        Error::PeerIncompatible(p) => {
-            let d = format!("{p:?}");
-            if d.contains("Version") || d.contains("Tls1") {
-                "protocol_version"
-            } else {
-                "incompatible"
-            }
-        }
+        Error::PeerIncompatible(p) => match p {
+            PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled
+            | PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::ServerDoesNotSupportTls12Or13
+            | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig => "protocol_version",
+            _ => "incompatible",
+        },
         Error::InvalidMessage(_) => "not_tls",
         Error::AlertReceived(_) => "alert_received",
         _ => "other",

@@ -164,6 +164,23 @@ fn mutual_tls_accepts_the_good_client_and_counts_every_rejection_by_reason() {
         let mut buf = [0u8; 64];
         let _ = s.read(&mut buf); // an alert or EOF
     }
+    // A TLS 1.0 ClientHello (TLS_RSA_WITH_AES_128_CBC_SHA, signature_algorithms only).
+    {
+        let mut hello = vec![0x16, 0x03, 0x01, 0x00, 55, 0x01, 0x00, 0x00, 51, 0x03, 0x01];
+        hello.extend_from_slice(&[7u8; 32]);
+        hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]);
+        hello.extend_from_slice(&[0x00, 0x08, 0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03]);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&hello).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        // An alert record: level fatal (2), protocol_version (70).
+        assert_eq!(
+            &buf[..n.min(7)],
+            &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70][..n.min(7)]
+        );
+    }
     streaming.store(false, Ordering::Relaxed);
     t.join().unwrap();
     let n = sent.load(Ordering::Relaxed);
@@ -200,7 +217,13 @@ fn mutual_tls_accepts_the_good_client_and_counts_every_rejection_by_reason() {
         "{m}"
     );
     let log = relay.log_text();
-    for reason in ["no_client_certificate", "unknown_ca", "expired", "not_tls"] {
+    for reason in [
+        "no_client_certificate",
+        "unknown_ca",
+        "expired",
+        "not_tls",
+        "protocol_version",
+    ] {
         assert!(
             log.lines().any(|l| l.contains("event=tls_handshake_failed")
                 && l.contains(&format!("reason={reason}"))
