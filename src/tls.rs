@@ -478,3 +478,101 @@ fn first_san(mut r: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cert(cn: Option<&str>, sans: &[&str], not_after: (i32, u8, u8)) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans: Vec<String> = sans.iter().map(ToString::to_string).collect();
+        let mut p = rcgen::CertificateParams::new(sans).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        }
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example Org");
+        p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        p.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn cert_info_reads_the_cn_and_not_after() {
+        let der = cert(Some("connector-1"), &["localhost"], (2020, 1, 1));
+        let info = cert_info(&der).unwrap();
+        assert_eq!(info.subject, "connector-1");
+        assert_eq!(
+            info.not_after,
+            crate::clock::from_civil(2020, 1, 1, 0, 0, 0)
+        );
+        // notAfter from 2050 on is a GeneralizedTime.
+        let der = cert(Some("x"), &[], (2051, 6, 30));
+        assert_eq!(
+            cert_info(&der).unwrap().not_after,
+            crate::clock::from_civil(2051, 6, 30, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn cert_info_falls_back_to_the_first_san() {
+        let der = cert(None, &["10.1.2.3", "relay.example"], (2030, 1, 1));
+        assert_eq!(cert_info(&der).unwrap().subject, "10.1.2.3");
+        let der = cert(None, &["relay.example"], (2030, 1, 1));
+        assert_eq!(cert_info(&der).unwrap().subject, "relay.example");
+        let der = cert(None, &[], (2030, 1, 1));
+        assert_eq!(cert_info(&der).unwrap().subject, "-");
+    }
+
+    #[test]
+    fn handshake_errors_map_to_their_reasons() {
+        let cases = [
+            (
+                Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "unknown_ca",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::Expired),
+                "expired",
+            ),
+            (Error::NoCertificatesPresented, "no_client_certificate"),
+            (
+                Error::PeerIncompatible(PeerIncompatible::Tls12NotOffered),
+                "protocol_version",
+            ),
+            (
+                Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon),
+                "incompatible",
+            ),
+            (
+                Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                "not_tls",
+            ),
+            (Error::HandshakeNotComplete, "other"),
+        ];
+        for (e, reason) in cases {
+            assert_eq!(failure_reason(&e), reason, "{e:?}");
+            assert_eq!(FAILURE_REASONS[reason_index(reason)], reason);
+        }
+    }
+
+    proptest! {
+        /// The DER walk reads certificates from files and peers: no input makes it panic.
+        #[test]
+        fn cert_info_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = cert_info(&bytes);
+        }
+
+        #[test]
+        fn cert_info_survives_truncation_and_bit_flips(cut in 0usize..2000, flip in 0usize..16000) {
+            let der = cert(Some("connector-1"), &["127.0.0.1"], (2030, 1, 1));
+            let _ = cert_info(&der[..cut.min(der.len())]);
+            let mut d = der.clone();
+            let i = flip % (d.len() * 8);
+            d[i / 8] ^= 1 << (i % 8);
+            let _ = cert_info(&d);
+        }
+    }
+}

@@ -596,6 +596,17 @@ fn an_expired_server_certificate_is_a_warning_with_its_date() {
         .replace("server.pem", "client-expired.pem")
         .replace("server.key", "client-expired.key");
     let cfg = config(dir.path(), &input, &tcp_output(siem.addr));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("warning:") && stdout.contains("expired at 2020-01-01T00:00:00.000Z"),
+        "{stdout}"
+    );
     let relay = RelayProc::start(&cfg, 1);
     assert!(
         relay

@@ -202,6 +202,32 @@ pub struct Relay {
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
+            // Expired certificates are warnings, not errors (the relay still starts).
+            for f in &cfg.feeds {
+                let mut expired = Vec::new();
+                if let InputKind::Tls(t) = &f.input.kind {
+                    if let Ok((_, e)) = crate::tls::server_config(&t.files) {
+                        expired.extend(e);
+                    }
+                }
+                for o in &f.outputs {
+                    if let crate::config::OutputKind::Tls(t) = &o.kind {
+                        if let Ok((_, e)) = crate::tls::client_config(&t.files) {
+                            expired.extend(e);
+                        }
+                    }
+                }
+                for e in expired {
+                    println!(
+                        "{}: warning: feed {}: {}: certificate {:?} expired at {}",
+                        path.display(),
+                        f.name,
+                        e.path.display(),
+                        e.subject,
+                        e.not_after
+                    );
+                }
+            }
             let outputs: usize = cfg.feeds.iter().map(|f| f.outputs.len()).sum();
             println!(
                 "{}: ok: {} feed(s), {} output(s), data_dir {}",
