@@ -200,7 +200,12 @@ impl TlsOut {
 
     /// Hands `iov` to rustls (unless bytes are still held) and flushes; returns the plaintext
     /// bytes now accepted (see the module doc).
+    ///
+    /// `iov` starts where the held bytes start (the output's send position does not move while
+    /// bytes are held) and covers at least as many bytes: the pass that collects it has a fresh
+    /// byte budget and at least the rate limiter's earlier allowance.
     fn write(&mut self, stream: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        debug_assert!(iov.iter().map(|b| b.len()).sum::<usize>() >= self.held);
         self.flush(stream)?;
         if self.held == 0 {
             let Some(conn) = self.conn.as_mut() else {
@@ -539,10 +544,9 @@ impl Output {
 
     /// Starts the TLS handshake on a connected socket.
     fn start_tls(&mut self, registry: &Registry, ring: &mut Ring, now: Instant) {
-        let Sink::Tcp { tls: Some(t), .. } = &mut self.sink else {
-            return;
-        };
-        if t.files.insecure_skip_verify {
+        let insecure =
+            matches!(&self.sink, Sink::Tcp { tls: Some(t), .. } if t.files.insecure_skip_verify);
+        if insecure {
             crate::log!(
                 Level::Warn,
                 "tls_verification_disabled",
