@@ -497,6 +497,41 @@ fn sighup_rotates_the_server_certificate_for_new_connections_and_keeps_old_ones(
 }
 
 #[test]
+fn sighup_reloads_a_tls_output_ca_so_the_next_connect_trusts_the_receiver() {
+    let dir = TempDir::new("tls-hup-out");
+    let pki = Pki::new(dir.path());
+    let addr = free_port();
+    let siem = TlsSink::start(addr, pki.server_config("server"));
+    // The output starts with the wrong CA file.
+    let ca = dir.path().join("siem-ca.pem");
+    std::fs::copy(pki.path("other-ca.pem"), &ca).unwrap();
+    let output = format!(
+        "kind = \"tls\"\naddress = \"{addr}\"\nca = \"{}\"\nserver_name = \"localhost\"",
+        ca.display()
+    );
+    let cfg = config(
+        dir.path(),
+        r#"kind = "tcp", listen = "127.0.0.1:0""#,
+        &output,
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    send_records(relay.addr("f"), 0..1000, LEN);
+    assert!(
+        wait_until(Duration::from_secs(10), || relay
+            .log_has("reason=unknown_ca")),
+        "{}",
+        relay.log_text()
+    );
+    std::fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    let pid = nix::unistd::Pid::from_raw(relay.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    // Backoff grows while refused; the next attempt after the reload gets through.
+    let ok = wait_until(Duration::from_secs(40), || siem.counts().len() >= 1000);
+    assert!(ok, "only {}; log:\n{}", siem.count(), relay.log_text());
+    assert_all(&siem.counts(), 1000, false);
+}
+
+#[test]
 fn rfc5424_headers_carry_the_instance_and_the_ring_sequence_number() {
     let dir = TempDir::new("tls-syslog");
     let siem = Sink::new(free_port(), true);

@@ -98,10 +98,8 @@ impl TlsIn {
                 Ok(0) => self.sock_eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if n > 0 => {
-                    let _ = e;
-                    return Ok(n);
-                }
+                // Deliver what was decrypted; the error comes back on the next call.
+                Err(_) if n > 0 => return Ok(n),
                 Err(e) => return Err(e),
             }
             if let Err(e) = self.conn.process_new_packets() {
