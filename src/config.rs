@@ -1391,6 +1391,36 @@ path = "out/zpa.log"
     }
 
     #[test]
+    fn syslog_keys_take_names_or_numbers_and_bad_ones_are_pointed_at() {
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nsyslog = \"rfc5424\"\nsyslog_sd = true\nfacility = \"local4\"\nseverity = 5\napp_name = \"zia\"",
+        );
+        let c = parse(&text).expect("valid");
+        let s = &c.feeds[0].outputs[0].syslog;
+        assert_eq!(
+            (s.format, s.facility, s.severity, s.sd, s.app_name.as_str()),
+            (Format::Rfc5424, 20, 5, true, "zia")
+        );
+        assert_eq!(s.hostname, None);
+        assert_eq!(c.feeds[1].outputs[0].syslog, SyslogConfig::default());
+        let bad = GOOD.replace(
+            "framing = \"octet\"",
+            "syslog = \"rfc3164\"\nsyslog_sd = true\nfacility = \"local9\"\nseverity = 8\napp_name = \"a b\"",
+        );
+        let msgs: Vec<String> = parse(&bad)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        assert!(msgs.iter().any(|m| m.contains(":17:13: syslog_sd needs")));
+        assert!(msgs.iter().any(|m| m.contains(":18:12: facility")));
+        assert!(msgs.iter().any(|m| m.contains(":19:12: severity")));
+        assert!(msgs.iter().any(|m| m.contains(":20:12: app_name")));
+    }
+
+    #[test]
     fn a_buffer_too_small_for_the_record_limit_says_both_numbers() {
         let text = GOOD.replace("size = \"1GiB\"", "size = \"1MiB\"");
         let errs = parse(&text).expect_err("too small");
