@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::rss_anon_kib;
+
 /// A sink that counts bytes until it has `want`; returns when it got them.
 fn sink(listener: TcpListener, want: u64, got: Arc<AtomicU64>) -> thread::JoinHandle<Instant> {
     thread::spawn(move || {
@@ -52,15 +56,6 @@ fn send(addr: SocketAddr, records: u64, len: usize) -> Instant {
         left -= k as u64;
     }
     start
-}
-
-fn rss_anon_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn direct(records: u64, len: usize) -> Duration {
