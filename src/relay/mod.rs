@@ -15,6 +15,7 @@
 
 mod admin;
 pub mod alert;
+pub mod http;
 mod input;
 pub mod output;
 
