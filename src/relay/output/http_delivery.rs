@@ -12,8 +12,9 @@
 //!   ackId is acknowledged, batches committed in order).
 //! - 413 and other 4xx (but 401, 403, 404, 407, 408, 429): the batch is halved and re-sent, down
 //!   to single records; a single record still refused is written to the dead-letter file and
-//!   skipped. One poisoned record never blocks a feed. Full batches return once the output has
-//!   passed the end of the batch that failed.
+//!   skipped. One poisoned record never blocks a feed. Each success (or dead-lettered record)
+//!   doubles the batch limit again, and it is lifted once the output has passed the end of the
+//!   batch that was refused: about 3·log2(records) requests find one bad record.
 //! - 429, 5xx, 3xx, 401, 403, 404, 407, 408, connection errors and timeouts: the connection is
 //!   closed and the same records are sent again after the capped exponential backoff, or after
 //!   `Retry-After` seconds when the server gives them. (Auth and path errors are configuration
@@ -482,6 +483,7 @@ impl Output {
         self.send = to;
         let h = self.http();
         h.scan = None;
+        h.limit = h.limit.saturating_mul(2);
         if !h.cfg.ack {
             self.count_delivered(from, to);
             self.commit_upto(ring, to);
@@ -617,7 +619,9 @@ impl Output {
             }
         }
         self.send = to;
-        self.http().scan = None;
+        let h = self.http();
+        h.scan = None;
+        h.limit = h.limit.saturating_mul(2);
         self.settle_skipped(ring, from, to, now);
     }
 
