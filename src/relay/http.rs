@@ -15,6 +15,8 @@ use crate::config::{BodyFormat, HttpOutput, Preset};
 pub const MAX_RESPONSE_BODY: usize = 64 << 10;
 /// A response head longer than this is refused (the connection is then closed).
 pub const MAX_RESPONSE_HEAD: usize = 16 << 10;
+/// A chunk size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 1024;
 /// `Retry-After` is honoured up to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -378,6 +380,9 @@ impl ResponseReader {
                         }
                         Err(e) => return Err(ResponseError::BadHead(e.to_string())),
                     };
+                    if n > MAX_RESPONSE_HEAD {
+                        return Err(ResponseError::HeadTooLong);
+                    }
                     let status = resp.code.unwrap_or(0);
                     let mut length = None;
                     let mut chunked = false;
@@ -441,6 +446,9 @@ impl ResponseReader {
                     return Ok(Some(self.complete()));
                 }
                 BodyState::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((n, _))) if n > MAX_CHUNK_LINE => {
+                        return Err(ResponseError::BadChunk);
+                    }
                     Ok(httparse::Status::Complete((n, size))) => {
                         self.buf.drain(..n);
                         self.state = if size == 0 {
@@ -450,7 +458,7 @@ impl ResponseReader {
                         };
                     }
                     Ok(httparse::Status::Partial) => {
-                        if self.buf.len() > 1024 {
+                        if self.buf.len() > MAX_CHUNK_LINE {
                             return Err(ResponseError::BadChunk);
                         }
                         return Ok(None);
@@ -484,6 +492,9 @@ impl ResponseReader {
                         }
                         return Ok(None);
                     };
+                    if i >= MAX_RESPONSE_HEAD {
+                        return Err(ResponseError::HeadTooLong);
+                    }
                     let empty = self.buf[..i] == *b"" || self.buf[..i] == *b"\r";
                     self.buf.drain(..=i);
                     if empty {
