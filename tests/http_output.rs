@@ -52,6 +52,10 @@ struct Reply {
     body: Vec<u8>,
     /// Send the body chunked.
     chunked: bool,
+    /// Close the connection instead of answering.
+    hang_up: bool,
+    /// Answer after this long (other connections are served meanwhile).
+    delay: Duration,
 }
 
 impl Reply {
@@ -61,6 +65,8 @@ impl Reply {
             headers: Vec::new(),
             body: body.as_bytes().to_vec(),
             chunked: false,
+            hang_up: false,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -222,6 +228,10 @@ fn serve(
         let reply = (plan.lock().unwrap())(&seen_req);
         seen_req.status = reply.status;
         seen.lock().unwrap().push(seen_req);
+        thread::sleep(reply.delay);
+        if reply.hang_up {
+            return;
+        }
         let mut out = format!("HTTP/1.1 {} X\r\n", reply.status).into_bytes();
         for (k, v) in &reply.headers {
             out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
@@ -716,4 +726,83 @@ fn presets_send_their_paths_headers_and_body_formats() {
         }
         assert_eq!(got, want_bodies(feed), "{feed}");
     }
+}
+
+#[test]
+fn an_unanswered_request_is_sent_again_after_request_timeout_and_closed_keepalives_reopen_quietly()
+{
+    const N: u64 = 1000;
+    let data_requests = Arc::new(AtomicUsize::new(0));
+    let dr = data_requests.clone();
+    let siem = HttpSiem::start(Box::new(move |_req: &Seen| {
+        let k = dr.fetch_add(1, Ordering::SeqCst);
+        let mut r = Reply::new(200, "ok");
+        match k {
+            // Too slow: the relay gives up after request_timeout and sends the batch again.
+            1 => r.delay = Duration::from_millis(1000),
+            // The server asks to close after answering.
+            3 => r.headers.push(("Connection", "close".into())),
+            // The server drops a kept-alive connection without answering.
+            6 => r.hang_up = true,
+            _ => {}
+        }
+        r
+    }));
+    let dir = TempDir::new("http-timeout");
+    let cfg = http_config(
+        dir.path(),
+        &format!(
+            "url = \"http://{}/\"\nmax_batch_bytes = \"8KiB\"\nmax_batch_age = \"50ms\"\nrequest_timeout = \"300ms\"",
+            siem.addr
+        ),
+    );
+    let mut relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    send_records(relay.addr("f"), 0..N, LEN);
+    let done = wait_until(Duration::from_secs(30), || {
+        metrics(admin)
+            .get("ringrelay_output_lag_records{feed=\"f\",output=\"h\"}")
+            .is_some_and(|&v| v == 0.0)
+    });
+    assert!(done, "lag never reached 0; log:\n{}", relay.log_text());
+    let seen = siem.data();
+    // The timed-out batch came again on a new connection, after request_timeout.
+    let slow = &seen[1];
+    let again = seen[2..]
+        .iter()
+        .find(|s| s.records()[0] == slow.records()[0])
+        .expect("the timed-out batch, again");
+    assert!(again.at - slow.at >= Duration::from_millis(250));
+    assert_ne!(again.conn, slow.conn);
+    // The hung-up batch came again right away on a new connection.
+    let dropped = &seen[6];
+    let retry = &seen[7];
+    assert_eq!(retry.records()[0], dropped.records()[0]);
+    assert_ne!(retry.conn, dropped.conn);
+    assert!(retry.at - dropped.at < Duration::from_millis(250));
+    // Everything arrived; only the timeout counts as the output going down.
+    let mut all: Vec<u64> = seen.iter().flat_map(Seen::records).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len() as u64, N);
+    let log = relay.log_text();
+    assert_eq!(log.matches("event=output_down ").count(), 1, "{log}");
+    assert!(log.contains("request_timeout"), "{log}");
+    let m = metrics(admin);
+    assert_eq!(
+        metric(&m, "ringrelay_output_http_requests_total", "class=\"none\""),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "ringrelay_output_batches_retried_total", ""),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "ringrelay_output_records_delivered_total", ""),
+        N as f64
+    );
+    // One connection, and one more after each close: timeout, Connection: close, hang-up.
+    assert_eq!(siem.conns.load(Ordering::SeqCst), 4);
+    let (code, _) = relay.terminate();
+    assert_eq!(code, Some(0));
 }

@@ -124,6 +124,8 @@ pub(super) struct HttpSink {
     narrow_until: u64,
     pending: VecDeque<Pending>,
     next_poll: Option<Instant>,
+    /// Responses read on this connection.
+    served: u32,
     pub(super) stats: HttpStats,
     dead_path: PathBuf,
     dead_log: Limiter,
@@ -148,6 +150,7 @@ impl HttpSink {
             narrow_until: 0,
             pending: VecDeque::new(),
             next_poll: None,
+            served: 0,
             stats: HttpStats::default(),
             dead_path,
             dead_log: Limiter::new(10, Duration::from_secs(60)),
@@ -184,6 +187,7 @@ impl HttpSink {
         self.reader.reset();
         self.scan = None;
         self.wait = None;
+        self.served = 0;
     }
 
     /// When the sink wants the loop back while connected.
@@ -299,6 +303,24 @@ impl Output {
         self.state = State::Backoff { until: now };
     }
 
+    /// The server closed a reused connection before answering the request sent on it.
+    fn http_stale(&mut self, registry: &Registry, now: Instant) {
+        let h = self.http();
+        h.stats.requests[0] += 1;
+        if let Exchange::Sending {
+            req: Req::Data { .. },
+            ..
+        }
+        | Exchange::Receiving {
+            req: Req::Data { .. },
+            ..
+        } = h.exchange
+        {
+            h.stats.batches_retried += 1;
+        }
+        self.http_reconnect_now(registry, now);
+    }
+
     /// Fires expired deadlines while connected.
     pub(super) fn http_on_timer(&mut self, registry: &Registry, now: Instant) {
         let h = self.http();
@@ -323,16 +345,26 @@ impl Output {
             let Some(conn) = h.conn.as_mut() else {
                 return;
             };
+            let in_flight = !matches!(h.exchange, Exchange::Idle);
+            // A kept-alive connection the server closed as we sent on it: not a failure of the
+            // server; send the same request again on a new connection at once (a new
+            // connection that does the same fails as usual).
+            let stale = in_flight && h.served > 0 && !h.reader.started();
             let n = match conn.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if stale && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return self.http_stale(registry, now);
+                }
                 Err(e) => {
                     let why = format!("read: {e}");
                     return self.fail(registry, &why, now);
                 }
             };
-            let in_flight = !matches!(h.exchange, Exchange::Idle);
+            if n == 0 && stale {
+                return self.http_stale(registry, now);
+            }
             if n == 0 {
                 if !in_flight && !h.reader.started() {
                     // An idle keep-alive connection closed by the server: normal.
@@ -407,6 +439,7 @@ impl Output {
             Exchange::Idle => return,
         };
         h.exchange = Exchange::Idle;
+        h.served += 1;
         h.stats.requests[class(resp.status)] += 1;
         let status = resp.status;
         match req {
