@@ -609,6 +609,9 @@ fn hec_acknowledgement_holds_the_cursor_and_a_never_acked_batch_is_sent_again() 
     );
 }
 
+/// (feed, output settings, path, headers expected) of one preset case.
+type Case<'a> = (&'a str, String, &'a str, &'a [(&'a str, &'a str)]);
+
 #[test]
 fn presets_send_their_paths_headers_and_body_formats() {
     let siem = HttpSiem::start(Box::new(|_req: &Seen| {
@@ -617,7 +620,7 @@ fn presets_send_their_paths_headers_and_body_formats() {
     let dir = TempDir::new("http-presets");
     let a = siem.addr;
     // (feed, output settings, path, headers expected)
-    let table: [(&str, String, &str, &[(&str, &str)]); 4] = [
+    let table: [Case; 4] = [
         (
             "panther",
             format!("preset = \"panther\"\nurl = \"http://{a}/http/abc\"\nsecret = \"s3cret\""),

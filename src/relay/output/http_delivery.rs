@@ -222,8 +222,10 @@ fn class(status: u16) -> usize {
 
 /// Statuses retried as they are (the batch is not at fault).
 fn retryable(status: u16) -> bool {
-    !(200..300).contains(&status)
-        && !((400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 407 | 408 | 429))
+    let success = (200..300).contains(&status);
+    let batch_at_fault =
+        (400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 407 | 408 | 429);
+    !success && !batch_at_fault
 }
 
 impl Output {
@@ -726,9 +728,7 @@ impl Output {
                 (&[][..], &payload[h.sent - h.head.len()..])
             };
             let iov = [IoSlice::new(a), IoSlice::new(b)];
-            let Some(conn) = h.conn.as_mut() else {
-                return None;
-            };
+            let conn = h.conn.as_mut()?;
             match conn.write(&iov) {
                 Ok(0) => {
                     self.fail(registry, "write returned 0", now);
