@@ -484,10 +484,15 @@ fn hec_acknowledgement_holds_the_cursor_and_a_never_acked_batch_is_sent_again() 
             _ => Some(Instant::now()),
         };
         acks.push(ready);
-        Reply::new(
+        let mut r = Reply::new(
             200,
             &format!("{{\"text\":\"Success\",\"code\":0,\"ackId\":{id}}}"),
-        )
+        );
+        // Like a load balancer that closes now and then: ackIds outlive connections.
+        if id % 5 == 4 {
+            r.headers.push(("Connection", "close".into()));
+        }
+        r
     }));
     let dir = TempDir::new("http-hec-ack");
     let cfg = http_config(
@@ -550,6 +555,29 @@ fn hec_acknowledgement_holds_the_cursor_and_a_never_acked_batch_is_sent_again() 
         "re-sent after {waited:?}"
     );
     assert!(relay.log_has("event=hec_ack_timeout"));
+    // Batches answered before a connection closed were not sent again for it: the only records
+    // sent twice are those of the timed-out batch and the ones sent after it before the timeout.
+    let first_send: HashMap<u64, usize> = data
+        .iter()
+        .enumerate()
+        .rev()
+        .flat_map(|(i, s)| s.records().into_iter().map(move |n| (n, i)))
+        .collect();
+    for (i, s) in data.iter().enumerate() {
+        for n in s.records() {
+            if first_send[&n] != i {
+                assert!(
+                    n >= k && first_send[&n] >= NEVER as usize,
+                    "record {n} sent again in request {i} (first in {})",
+                    first_send[&n]
+                );
+            }
+        }
+    }
+    assert!(
+        siem.conns.load(Ordering::SeqCst) > 1,
+        "no connection closed"
+    );
 
     let done = wait_until(Duration::from_secs(30), || {
         let m = metrics(admin);

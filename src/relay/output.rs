@@ -327,7 +327,7 @@ impl Output {
                     .as_ref()
                     .and_then(|b| b.empty_since.map(|_| b.wake));
                 let http = match &self.sink {
-                    Sink::Http(h) => h.deadline(),
+                    Sink::Http(h) => h.deadline(bucket.is_none()),
                     _ => None,
                 };
                 match (bucket, http) {
@@ -525,10 +525,10 @@ impl Output {
             }
         }
         self.note_overrun(ring);
+        self.send = start;
         if matches!(self.sink, Sink::Http(_)) {
             self.http_on_connected();
         }
-        self.send = start;
         self.partial = 0;
         self.replay_until = cursor.seq;
         self.write_blocked = false;

@@ -190,12 +190,14 @@ impl HttpSink {
         self.served = 0;
     }
 
-    /// When the sink wants the loop back while connected.
-    pub(super) fn deadline(&self) -> Option<Instant> {
+    /// When the sink wants the loop back while connected; with `idle_work` false (the rate
+    /// limiter holds the output) only the request timeout counts.
+    pub(super) fn deadline(&self, idle_work: bool) -> Option<Instant> {
         match self.exchange {
             Exchange::Sending { deadline, .. } | Exchange::Receiving { deadline, .. } => {
                 Some(deadline)
             }
+            Exchange::Idle if !idle_work => None,
             Exchange::Idle => {
                 let mut d = self.wait;
                 if self.cfg.ack {
@@ -273,16 +275,24 @@ impl Output {
         }
     }
 
-    /// A new connection: anything sent and not acknowledged is sent again from the cursor.
+    /// A new connection (after `send` was set to the cursor): batches answered 2xx and waiting
+    /// for their HEC acknowledgement stay pending (ackIds belong to the channel, not to the
+    /// connection; some load balancers close after every request), so sending resumes after
+    /// the last of them. `ack_timeout` still catches acknowledgements that never come.
     pub(super) fn http_on_connected(&mut self) {
+        let send = self.send;
         let h = self.http();
         h.exchange = Exchange::Idle;
         h.scan = None;
         h.wait = None;
-        let resent = h.pending.len() as u64;
-        h.stats.batches_retried += resent;
-        h.pending.clear();
-        h.next_poll = None;
+        let after = h
+            .pending
+            .back()
+            .map(|p| p.to)
+            .filter(|to| to.seq > send.seq);
+        if let Some(to) = after {
+            self.send = to;
+        }
     }
 
     /// Closes the connection (from `fail`).
@@ -818,6 +828,8 @@ impl Output {
             let n = b.allowance(now, false);
             if n == 0 {
                 b.exhaust(now);
+                // The bucket's wake-up comes first now; the batch is looked at again then.
+                self.http().wait = None;
                 return Some(Pass::Blocked);
             }
             limit = limit.min(u32::try_from(n).unwrap_or(u32::MAX));
