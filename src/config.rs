@@ -1214,6 +1214,16 @@ const HTTP_KEYS: &[&str] = &[
     "channel",
 ];
 
+/// `8-4-4-4-12` hex digits, as Splunk wants a HEC channel.
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A header name is an RFC 9110 token.
 fn valid_header_name(s: &str) -> bool {
     !s.is_empty()
@@ -1286,7 +1296,7 @@ fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutput> {
         .duration("ack_poll", cx)
         .unwrap_or(Duration::from_secs(10));
     let channel = t.str("channel", "a GUID", cx).map(|(s, span)| {
-        if !s.is_empty() && valid_header_value(s) && !s.contains(' ') {
+        if is_guid(s) {
             s.to_string()
         } else {
             cx.err(
@@ -1673,7 +1683,7 @@ path = "out/zpa.log"
             [("Authorization".to_string(), "Splunk T".to_string())]
         );
         assert_eq!(h.channel, default_channel("ringrelay", "zpa", "hec"));
-        assert_eq!(h.channel.len(), 36);
+        assert!(is_guid(&h.channel), "{}", h.channel);
         assert_ne!(h.channel, default_channel("ringrelay", "zpa", "hec2"));
 
         let c = http_output_of("preset = \"splunk_hec\"\nurl = \"http://s/services/collector/event?index=x\"\ntoken = \"T\"").unwrap();
@@ -1721,8 +1731,13 @@ path = "out/zpa.log"
         let m = msgs("url = \"https://splunk:8088\"\npreset = \"splunk_hec\"\ntoken = \"T\"");
         assert_eq!(m.len(), 1, "{m:?}");
         assert!(m[0].contains(":27:7: url = \"https://splunk:8088\": https outputs need TLS support, not in this build"), "{m:?}");
-        let m = msgs("url = \"http://splunk\"\npreset = \"splunk_hec\"");
+        let m = msgs("url = \"http://splunk\"\npreset = \"splunk_hec\"\nchannel = \"abc\"");
         assert!(m.iter().any(|e| e.contains("needs token")), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|e| e.contains("channel = \"abc\": expected a GUID")),
+            "{m:?}"
+        );
         let m = msgs(
             "url = \"http://x:0/\"\nack = true\nheaders = { Host = \"y\" }\nframing = \"octet\"",
         );

@@ -837,3 +837,30 @@ fn an_unanswered_request_is_sent_again_after_request_timeout_and_closed_keepaliv
     let (code, _) = relay.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn rate_limit_eps_paces_http_batches() {
+    const N: u64 = 600;
+    const EPS: u64 = 1000;
+    let siem = HttpSiem::start(Box::new(|_req: &Seen| Reply::new(200, "ok")));
+    let dir = TempDir::new("http-rate");
+    let cfg = http_config(
+        dir.path(),
+        &format!(
+            "url = \"http://{}/\"\nrate_limit_eps = {EPS}\nmax_batch_age = \"10ms\"",
+            siem.addr
+        ),
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    send_records(relay.addr("f"), 0..N, LEN);
+    let count = || siem.data().iter().map(|s| s.records().len()).sum::<usize>();
+    let ok = wait_until(Duration::from_secs(20), || count() >= N as usize);
+    assert!(ok, "{} of {N}; log:\n{}", count(), relay.log_text());
+    let data = siem.data();
+    let span = data.last().unwrap().at - data[0].at;
+    // N records at EPS per second, less the first burst (a tenth of a second's worth).
+    let least = Duration::from_secs_f64((N - EPS / 10) as f64 / EPS as f64 * 0.9);
+    assert!(span >= least, "{N} records in {span:?} at {EPS}/s");
+    assert!(data.iter().all(|s| s.records().len() as u64 <= EPS / 10));
+    assert_eq!(count(), N as usize, "a record was sent twice");
+}

@@ -154,7 +154,9 @@ pub fn data_head(out: &mut Vec<u8>, cfg: &HttpOutput, body_len: usize, gzip: boo
     head_common(out, cfg, &cfg.path);
     let ctype: &[u8] = match cfg.body {
         BodyFormat::JsonArray => b"application/json",
-        BodyFormat::Ndjson if cfg.preset != Preset::SplunkHec => b"application/x-ndjson",
+        BodyFormat::Ndjson if matches!(cfg.preset, Preset::Panther | Preset::Generic) => {
+            b"application/x-ndjson"
+        }
         _ => b"text/plain",
     };
     if !cfg

@@ -407,6 +407,13 @@ impl Output {
                     Ok(Some(resp)) => {
                         let early = matches!(h.exchange, Exchange::Sending { .. });
                         let close = resp.close;
+                        if early && (200..300).contains(&resp.status) {
+                            // A success for a request not yet sent whole proves nothing.
+                            h.stats.requests[class(resp.status)] += 1;
+                            let why =
+                                format!("HTTP {} before the request was sent whole", resp.status);
+                            return self.fail(registry, &why, now);
+                        }
                         self.http_response(registry, ring, resp, now);
                         if !matches!(self.state, State::Connected) {
                             return;
