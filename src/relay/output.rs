@@ -585,8 +585,8 @@ impl Output {
         self.rng ^= self.rng << 17;
         let jitter = 0.8 + (self.rng % 1000) as f64 / 2500.0;
         let delay = match self.retry_after.take() {
-            // The server said when: that, not our guess.
-            Some(after) => after,
+            // The server said when: that, not our guess (but never a busy loop on "0").
+            Some(after) => after.max(BACKOFF_MIN),
             None => base.mul_f64(jitter).min(BACKOFF_MAX),
         };
         self.attempt = self.attempt.saturating_add(1);

@@ -410,6 +410,8 @@ impl Output {
                         if early && (200..300).contains(&resp.status) {
                             // A success for a request not yet sent whole proves nothing.
                             h.stats.requests[class(resp.status)] += 1;
+                            h.stats.batches_retried += 1;
+                            h.exchange = Exchange::Idle;
                             let why =
                                 format!("HTTP {} before the request was sent whole", resp.status);
                             return self.fail(registry, &why, now);
