@@ -11,39 +11,17 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::*;
+
 const LEN: usize = 1024;
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-}
-
-/// Accepts connections on `l` and counts bytes into `got` until `stop`.
-fn counting_sink(l: TcpListener, got: Arc<AtomicU64>) {
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            let got = got.clone();
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 20];
-                while let Ok(k) = s.read(&mut buf) {
-                    if k == 0 {
-                        break;
-                    }
-                    got.fetch_add(k as u64, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-}
 
 fn send(addr: SocketAddr, records: u64) {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -60,67 +38,6 @@ fn send(addr: SocketAddr, records: u64) {
         let k = left.min(per_batch as u64) as usize;
         s.write_all(&batch[..k * LEN]).expect("send");
         left -= k as u64;
-    }
-}
-
-fn rss_anon_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-struct Relay {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Relay {
-    fn start(dir: &Path, config: &str, listen: &[SocketAddr]) -> Relay {
-        let cfg = dir.join("bench.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
-            .spawn()
-            .expect("spawn ringrelay");
-        let mut r = Relay {
-            child,
-            dir: dir.to_path_buf(),
-        };
-        let t0 = Instant::now();
-        for a in listen {
-            while TcpStream::connect(a).is_err() {
-                if t0.elapsed() > Duration::from_secs(20) || r.child.try_wait().unwrap().is_some() {
-                    panic!("ringrelay did not listen on {a}:\n{}", r.log());
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        r
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let t = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none()
-            && t.elapsed() < Duration::from_secs(10)
-        {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

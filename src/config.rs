@@ -95,6 +95,23 @@ pub struct InputConfig {
     pub max_connections: usize,
     /// Connections silent for longer are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Settings of an `http` input.
+    pub http: Option<HttpInputConfig>,
+}
+
+/// An `http` input's settings (Cloud NSS-style batches).
+#[derive(Clone, Debug)]
+pub struct HttpInputConfig {
+    /// The path batches are posted to.
+    pub path: String,
+    /// `(header name, shared secret)` every request must carry.
+    pub auth: Option<(String, String)>,
+    /// Largest body accepted, as sent.
+    pub max_body_bytes: usize,
+    /// Largest body accepted after gzip decoding.
+    pub max_decoded_bytes: usize,
+    /// Time a request may take from its first byte to its last.
+    pub request_timeout: Duration,
 }
 
 /// Input protocols.
@@ -102,6 +119,8 @@ pub struct InputConfig {
 pub enum InputKind {
     /// Plain TCP.
     Tcp,
+    /// HTTP/1.1 batches (`POST`).
+    Http,
 }
 
 /// `[[feed.output]]`.
@@ -1053,22 +1072,38 @@ fn buffer_capacity(
 }
 
 fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
-    t.check_keys(&["kind", "listen", "max_connections", "idle_timeout"], cx);
-    let kind = match t.req_str("kind", "\"tcp\"", cx) {
-        Some(("tcp", _)) => Some(InputKind::Tcp),
-        Some((k @ ("tls" | "http"), span)) => {
-            cx.err(span, format!("input kind {k:?} is not supported by this version of ringrelay (supported: tcp)"));
+    let common = ["kind", "listen", "max_connections", "idle_timeout"];
+    let http_keys = [
+        "path",
+        "auth_header",
+        "secret",
+        "max_body_bytes",
+        "max_decoded_bytes",
+        "request_timeout",
+    ];
+    let kind = match t.req_str("kind", "\"tcp\" or \"http\"", cx) {
+        Some(("tcp", _)) => {
+            t.check_keys(&common, cx);
+            Some(InputKind::Tcp)
+        }
+        Some(("http", _)) => {
+            t.check_keys(&[&common[..], &http_keys[..]].concat(), cx);
+            Some(InputKind::Http)
+        }
+        Some((k @ "tls", span)) => {
+            cx.err(span, format!("input kind {k:?} is not supported by this version of ringrelay (supported: tcp, http)"));
             None
         }
         Some((k, span)) => {
             cx.err(
                 span,
-                format!("input kind {k:?} is unknown (supported: tcp)"),
+                format!("input kind {k:?} is unknown (supported: tcp, http)"),
             );
             None
         }
         None => None,
     };
+    let http = (kind == Some(InputKind::Http)).then(|| http_input_config(t, cx));
     let listen = t.req_str("listen", "an address like \"0.0.0.0:9514\"", cx).and_then(|(s, span)| match s.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -1087,6 +1122,68 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
         listen: listen?,
         max_connections,
         idle_timeout,
+        http: match http {
+            Some(h) => Some(h?),
+            None => None,
+        },
+    })
+}
+
+fn http_input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpInputConfig> {
+    let path = match t.str("path", "a path like \"/nss\"", cx) {
+        None => "/".to_string(),
+        Some((p, _)) if p.starts_with('/') && !p.contains(['?', ' ']) => p.to_string(),
+        Some((p, span)) => {
+            cx.err(
+                span,
+                format!("path = {p:?}: expected an absolute path like \"/nss\", without a query"),
+            );
+            return None;
+        }
+    };
+    let header = t.str("auth_header", "a header name", cx);
+    let secret = t.str("secret", "the shared secret", cx);
+    let auth = match (header, secret) {
+        (Some((h, _)), Some((s, span))) => {
+            if s.is_empty() {
+                cx.err(
+                    span,
+                    "secret is empty; set a shared secret or remove auth_header",
+                );
+                return None;
+            }
+            Some((h.to_string(), s.to_string()))
+        }
+        (None, None) => None,
+        (Some((_, span)), None) | (None, Some((_, span))) => {
+            cx.err(
+                span,
+                "auth_header and secret go together: set both, or neither for no authentication",
+            );
+            return None;
+        }
+    };
+    let max_body_bytes = t
+        .size("max_body_bytes", 1024..=(64 << 20), cx)
+        .unwrap_or(1 << 20) as usize;
+    let max_decoded_bytes = t
+        .size("max_decoded_bytes", 1024..=(256 << 20), cx)
+        .unwrap_or(16 << 20) as usize;
+    let request_timeout = t
+        .duration("request_timeout", cx)
+        .unwrap_or(Duration::from_secs(30));
+    if request_timeout.is_zero() {
+        let span = t
+            .get("request_timeout")
+            .map_or(t.span.clone(), Spanned::span);
+        cx.err(span, "request_timeout must be more than 0");
+    }
+    Some(HttpInputConfig {
+        path,
+        auth,
+        max_body_bytes,
+        max_decoded_bytes,
+        request_timeout,
     })
 }
 

@@ -3,6 +3,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod framing;
+pub mod http_batch;
 pub mod inspect;
 pub mod log;
 pub mod relay;

@@ -1,7 +1,8 @@
 //! The fuzz targets' bodies (`fuzz/fuzz_targets/bodies.rs`) on a few thousand generated inputs,
 //! so they run in every `cargo test` (cargo-fuzz needs nightly): arbitrary bytes in each mode,
 //! valid rings with random bytes flipped, syslog-like streams for the framer, and HTTP-like
-//! response streams for the HTTP output's response reader.
+//! requests for the HTTP input and HTTP-like response streams for the HTTP output's response
+//! reader.
 
 #[path = "../fuzz/fuzz_targets/bodies.rs"]
 mod bodies;
@@ -162,6 +163,28 @@ fn http_responseish() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(piece, 0..30).prop_map(|v| v.concat())
 }
 
+/// Bytes that look like HTTP requests to the input: heads, headers, bodies of lines and arrays.
+fn httpish() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"POST /nss HTTP/1.1\r\n".to_vec()),
+        Just(b"x-key: k\r\n".to_vec()),
+        Just(b"Content-Encoding: gzip\r\n".to_vec()),
+        Just(b"Connection: close\r\n".to_vec()),
+        (0u32..5000).prop_map(|n| format!("Content-Length: {n}\r\n").into_bytes()),
+        Just(b"\r\n".to_vec()),
+        Just(b"[".to_vec()),
+        Just(b"]".to_vec()),
+        Just(b",".to_vec()),
+        Just(b"\"".to_vec()),
+        Just(b"\\".to_vec()),
+        Just(b"{\"a\":[1,{}]}".to_vec()),
+        Just(vec![0x1f, 0x8b, 8, 0]),
+        "[a-z \n]{0,20}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..8),
+    ];
+    prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+}
+
 proptest! {
     #![proptest_config(config(1500))]
 
@@ -177,6 +200,18 @@ proptest! {
         let mut data = vec![split];
         data.extend_from_slice(&stream);
         bodies::http_response(&data);
+    }
+
+    #[test]
+    fn http_request_body_holds_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..600)) {
+        watchdog();
+        bodies::http_request(&data);
+    }
+
+    #[test]
+    fn http_request_body_holds_on_http_like_streams(data in httpish()) {
+        watchdog();
+        bodies::http_request(&data);
     }
 }
 

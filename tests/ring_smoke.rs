@@ -82,3 +82,49 @@ fn block_refuses_until_the_cursor_moves() {
     ring.append(&payload, 0, false).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `has_room` promises what `append` then keeps: a batch it admits goes in whole, and it
+/// refuses only when the ring could not take the batch without overwriting undelivered records.
+#[test]
+fn has_room_admits_exactly_what_block_mode_can_take() {
+    let dir = tmpdir("has-room");
+    let mut ring = Ring::open(&dir.join("f.ring"), &opts(WhenFull::Block)).unwrap();
+    let c = ring.cursor("out").unwrap();
+    let payload = vec![b'y'; 1000];
+    let stride = ringrelay::ring::record_stride(1000);
+    let wrap = ringrelay::ring::record_stride(64 << 10);
+    let (mut admitted, mut refused) = (0, 0);
+    for round in 0..50u64 {
+        // Batches of a size that varies by round; deliver part of what is held each round.
+        let batch = 10 + (round * 37) % 300;
+        if ring.has_room(batch * stride + wrap) {
+            admitted += 1;
+            for _ in 0..batch {
+                ring.append(&payload, round, false)
+                    .expect("admitted batches fit whole");
+            }
+        } else {
+            // Refused: the ring really is that full (within the one-wrap allowance).
+            refused += 1;
+            let mut took = 0;
+            while ring.append(&payload, round, false).is_ok() {
+                took += 1;
+            }
+            assert!(
+                took < batch + wrap / stride,
+                "round {round}: refused, yet {took} more fit (batch {batch})"
+            );
+        }
+        if round % 3 == 0 {
+            let (t, h) = (ring.tail().seq, ring.head().seq);
+            let quarter = ring.seek_seq(t + (h - t) / 4);
+            ring.commit(c, quarter);
+        }
+    }
+    assert!(
+        admitted > 5 && refused > 5,
+        "admitted {admitted}, refused {refused}"
+    );
+    assert!(!ring.has_room((1 << 20) + 1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

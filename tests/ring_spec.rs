@@ -770,3 +770,31 @@ fn a_ring_written_from_the_spec_is_read_and_continued_by_the_code() {
         assert_eq!(records.last().unwrap().seq, next + 299);
     }
 }
+
+/// §4 `epoch`: an active re-reads both slots from the file; a slot that another writer wrote
+/// with a higher epoch than this writer's own means it was fenced off (another instance became
+/// active), and the code must see it, however the slot got there.
+#[test]
+fn a_slot_written_by_another_writer_with_a_higher_epoch_is_seen_by_the_open_ring() {
+    let dir = TempDir::new("fence");
+    let path = dir.file("f.ring");
+    let mut ring = Ring::open(&path, &opts("f")).unwrap();
+    ring.set_epoch(4);
+    ring.checkpoint(T0, true).unwrap();
+    assert_eq!(ring.stored_epoch(), 4);
+    // The other writer: the current slot again, generation + 1, epoch 9, into the other slot,
+    // written through the file (not this process's mapping).
+    let file = std::fs::read(&path).unwrap();
+    let (cur, slot) = current_slot(&file, CAP);
+    assert_eq!(slot.epoch, 4);
+    let mut b = file[SLOT_AT[cur]..SLOT_AT[cur] + SLOT_LEN].to_vec();
+    let generation = u64_at(&b, 0);
+    put_u64(&mut b, 0, generation + 1);
+    put_u64(&mut b, 16, 9);
+    let crc = crc32fast::hash(&b[..SLOT_CRC_AT]);
+    put_u32(&mut b, SLOT_CRC_AT, crc);
+    let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&other, &b, SLOT_AT[1 - cur] as u64).unwrap();
+    assert_eq!(ring.epoch(), 4, "this writer's own epoch");
+    assert_eq!(ring.stored_epoch(), 9, "the higher epoch on disk");
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use ringrelay::framing::{Framer, FramerConfig, Framing, Oversize};
+use ringrelay::http_batch::{self, Expect, Limits};
 use ringrelay::relay::http::{self, Response, ResponseReader, MAX_RESPONSE_BODY};
 use ringrelay::ring::view::scan_forward;
 use ringrelay::ring::{Pos, Read, Ring, RingOptions, RingReader, View, WhenFull};
@@ -376,4 +377,54 @@ pub fn http_response(data: &[u8]) {
     assert_eq!(whole, parts, "split at {split}");
     let _ = http::hec_ack_id(data);
     let _ = http::hec_acks(data, |_, _| {});
+}
+
+/// Any bytes as an HTTP input's request stream: the head parser never panics and never claims
+/// more than it was given; a refusal that keeps the connection skips exactly one framed
+/// request; the body (the rest, gunzipped when it says so) splits into non-empty records that
+/// are pieces of the body, and LF-split records hold no LF.
+pub fn http_request(data: &[u8]) {
+    let limits = Limits {
+        max_head: 512,
+        max_body: 4096,
+        max_decoded: 8192,
+    };
+    let expect = Expect {
+        path: "/nss",
+        auth: Some(("x-key", b"k")),
+    };
+    let (body, gzip) = match http_batch::parse_head(data, &expect, &limits) {
+        Ok(Some(h)) => {
+            assert!(h.len <= data.len() && h.body_len <= limits.max_body);
+            (&data[h.len..data.len().min(h.len + h.body_len)], h.gzip)
+        }
+        Ok(None) => (data, false),
+        Err(r) => {
+            assert!((400..600).contains(&r.status));
+            assert!(
+                r.close || r.skip > 0,
+                "a kept connection must skip the request"
+            );
+            (data, false)
+        }
+    };
+    let mut decoded = Vec::new();
+    let body = if gzip && http_batch::gunzip(body, limits.max_decoded, &mut decoded).is_ok() {
+        assert!(decoded.len() <= limits.max_decoded);
+        &decoded[..]
+    } else {
+        body
+    };
+    let range = body.as_ptr_range();
+    let array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let mut total = 0;
+    http_batch::split_records(body, &mut |r| {
+        assert!(!r.is_empty());
+        assert!(range.contains(&r.as_ptr()) && r.len() <= body.len());
+        if !array {
+            assert!(!r.contains(&b'\n'));
+        }
+        total += r.len();
+    });
+    assert!(total <= body.len());
 }

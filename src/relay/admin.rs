@@ -463,6 +463,14 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         }
     }
 
+    let name = "ringrelay_http_responses_total";
+    m.head(name, "counter", "HTTP input responses, by status code.");
+    for f in feeds.iter().filter(|f| f.cfg.input.http.is_some()) {
+        for (code, v) in super::http_in::STATUSES.iter().zip(f.stats.http_responses) {
+            m.sample(name, &format!("code=\"{code}\",feed=\"{}\"", f.cfg.name), v);
+        }
+    }
+
     type OutValue = fn(&Feed, &super::Output, u64) -> String;
     let out_families: [(&str, &str, &str, OutValue); 11] = [
         (

@@ -12,27 +12,31 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
+use super::http_in::HttpConn;
 use super::{Relay, CONN_BASE, READS_PER_TURN};
 use crate::clock;
-use crate::config::SyncPolicy;
+use crate::config::{InputKind, SyncPolicy};
 use crate::framing::Framer;
 use crate::log::Level;
 use crate::ring::AppendError;
 
 /// One sender's connection.
 pub struct Conn {
-    stream: TcpStream,
+    pub(super) stream: TcpStream,
     /// Index of its feed.
     pub feed: usize,
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
     framer: Framer,
-    /// Bytes read but not yet framed (a partial record, or records the ring refused).
-    pending: Vec<u8>,
-    last_active: Instant,
+    /// Bytes read but not yet framed (a partial record, or records the ring refused); on an
+    /// HTTP connection, the request being read.
+    pub(super) pending: Vec<u8>,
+    pub(super) last_active: Instant,
     /// The ring refused a record (`block`): reading stops until outputs free room.
     pub paused: bool,
     /// The sender closed its side; `pending` still holds refused records.
-    eof: bool,
+    pub(super) eof: bool,
+    /// The HTTP state of a connection to an `http` input.
+    pub(super) http: Option<Box<HttpConn>>,
 }
 
 /// What happened to a connection in one service call.
@@ -83,11 +87,18 @@ impl Relay {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(CONN_BASE + id),
-                Interest::READABLE,
-            ) {
+            let http = feed.cfg.input.kind == InputKind::Http;
+            // An HTTP connection writes responses: it waits for writable when its socket is full.
+            let interest = if http {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut stream, Token(CONN_BASE + id), interest)
+            {
                 crate::log!(
                     Level::Error,
                     "register_failed",
@@ -118,6 +129,7 @@ impl Relay {
                 last_active: now,
                 paused: false,
                 eof: false,
+                http: http.then(Box::default),
             });
         }
     }
@@ -125,6 +137,14 @@ impl Relay {
     /// Reads and frames what connection `id` has, up to the turn's budget (all of it when
     /// `drain`, at shutdown).
     pub(super) fn service_conn(&mut self, id: usize, now: Instant, drain: bool) {
+        if self
+            .conns
+            .get(id)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.http.is_some())
+        {
+            return self.service_http(id, now, drain);
+        }
         let Relay {
             conns,
             feeds,

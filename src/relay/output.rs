@@ -311,6 +311,31 @@ impl Output {
         })
     }
 
+    /// Sets `rate_limit_eps` (0: unlimited) from a reload; the bucket starts full.
+    pub fn set_rate_limit(&mut self, eps: u64, now: Instant) {
+        if let Some(b) = self.bucket.as_mut() {
+            if let Some(since) = b.empty_since.take() {
+                self.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
+            }
+        }
+        self.bucket = (eps > 0).then(|| Bucket::new(eps, now));
+    }
+
+    /// Points a `tcp` output at a new address from a reload: a live connection is closed and the
+    /// output reconnects there (with its replay window, as after any reconnect).
+    pub fn set_address(&mut self, registry: &Registry, address: &str, now: Instant) {
+        let Sink::Tcp { address: a, .. } = &mut self.sink else {
+            return;
+        };
+        address.clone_into(a);
+        if !matches!(self.state, State::Backoff { .. }) {
+            self.fail(registry, "address changed by a configuration reload", now);
+        }
+        // Reconnect at once rather than after a backoff.
+        self.attempt = 0;
+        self.state = State::Backoff { until: now };
+    }
+
     /// The ring cursor this output commits.
     pub fn cursor(&self) -> usize {
         self.cursor

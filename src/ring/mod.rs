@@ -668,6 +668,33 @@ impl Ring {
             .unwrap_or(u64::MAX)
     }
 
+    /// Whether records taking `bytes` of the ring (their strides, plus room for one wrap) can
+    /// be appended now without [`AppendError::Full`]: always under `drop_oldest`, under `block`
+    /// when the free space and the records every cursor has passed add up to it. Lets a caller
+    /// refuse a whole batch instead of taking part of it.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        if bytes > self.capacity {
+            return false;
+        }
+        if self.when_full == WhenFull::DropOldest {
+            return true;
+        }
+        let slowest = self
+            .meta
+            .cursors
+            .iter()
+            .filter(|c| c.in_use())
+            .map(|c| c.pos)
+            .min_by_key(|p| p.seq);
+        let reclaimable = match slowest {
+            None => self.view().used(),
+            Some(p) if p.seq <= self.meta.tail.seq => 0,
+            Some(p) if p.seq >= self.meta.head.seq => self.view().used(),
+            Some(p) => self.view().lin(p.off),
+        };
+        self.free() + reclaimable >= bytes
+    }
+
     fn make_room(&mut self, need: u64) -> Result<(), AppendError> {
         while self.free() < need {
             if self.when_full == WhenFull::Block && self.min_cursor_seq() <= self.meta.tail.seq {
@@ -808,6 +835,20 @@ impl Ring {
     /// Sets the fencing epoch (persisted at the next checkpoint).
     pub fn set_epoch(&mut self, epoch: u64) {
         self.meta.epoch = epoch;
+    }
+
+    /// The highest fencing epoch in the valid metadata slots as the file holds them now (not
+    /// this process's copy): a checkpoint by another writer shows here (`buffer-spec.md` §4).
+    pub fn stored_epoch(&self) -> u64 {
+        SLOT_OFFSETS
+            .iter()
+            .filter_map(|&at| {
+                let at = at as usize;
+                Meta::parse(&self.map[at..at + META_LEN], self.capacity)
+            })
+            .map(|m| m.epoch)
+            .max()
+            .unwrap_or(0)
     }
 
     fn write_meta(&mut self, now_ns: u64) -> usize {

@@ -126,7 +126,7 @@ impl<'a> View<'a> {
     }
 
     /// Distance of data offset `off` from the tail, in ring order.
-    fn lin(&self, off: u64) -> u64 {
+    pub(crate) fn lin(&self, off: u64) -> u64 {
         (off % self.cap() + self.cap() - self.tail.off % self.cap()) % self.cap()
     }
 

@@ -71,9 +71,18 @@ pub struct RelayProc {
 impl RelayProc {
     /// Starts the relay on `config` and waits until `feeds` listeners are bound.
     pub fn start(config: &Path, feeds: usize) -> RelayProc {
+        let p = RelayProc::spawn(config, &[]);
+        let ok = wait_until(Duration::from_secs(20), || p.listen_addrs().len() >= feeds);
+        assert!(ok, "relay did not start listening; log:\n{}", p.log_text());
+        p
+    }
+
+    /// Starts the relay on `config` with `env` added to its environment; waits for nothing.
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> RelayProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -82,22 +91,52 @@ impl RelayProc {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
+        let tag = child.id();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("RINGRELAY_TEST_LOG").is_some() {
-                    eprintln!("relay: {line}");
+                    eprintln!("relay {tag}: {line}");
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let p = RelayProc {
+        RelayProc {
             child,
             log,
             config: config.to_path_buf(),
-        };
-        let ok = wait_until(Duration::from_secs(20), || p.listen_addrs().len() >= feeds);
-        assert!(ok, "relay did not start listening; log:\n{}", p.log_text());
-        p
+        }
+    }
+
+    /// Waits until a log line contains `needle`; returns whether one did within `limit`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || self.log_has(needle))
+    }
+
+    /// Sends `sig` to the relay.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+
+    /// Waits up to `limit` for the relay to exit; its exit code (`Some(-signal)` if killed).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.code().unwrap_or_else(|| {
+                    -std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)
+                }));
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the relay is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// `feed name → address` from the `event=listening` lines.

@@ -1,0 +1,380 @@
+//! HTTP inputs: Cloud NSS-style batches posted over HTTP/1.1, on the same loop and the same
+//! connection table as the TCP inputs.
+//!
+//! A connection handles one request at a time: it reads until the head and the whole body are
+//! in its buffer (at most the head limit plus `max_body_bytes`, plus one read), splits the body
+//! into records, appends them all to the ring, and only then answers 200: a 200 means every
+//! record is in the ring's mapping, where a crash of the relay cannot take it (and on disk, with
+//! `sync = "always"`). A `block` ring without room for the whole batch answers 503 with
+//! `Retry-After` before taking any of it, so a retry brings no duplicates. While a response is
+//! being written nothing more is read: a client that does not read its responses stalls only
+//! itself. See `crate::http_batch` for the status codes.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::{Feed, Relay, READS_PER_TURN};
+use crate::clock;
+use crate::config::SyncPolicy;
+use crate::framing::Oversize;
+use crate::http_batch::{self, Expect, Head, Limits, Refusal};
+use crate::log::Level;
+use crate::ring::WhenFull;
+use crate::ring::{record_stride, AppendError};
+
+/// Request line and headers, at most.
+const MAX_HEAD: usize = 16 << 10;
+/// Bytes per read.
+const READ_CHUNK: usize = 64 << 10;
+/// Seconds a sender is asked to wait before retrying a refused batch.
+const RETRY_AFTER_S: u32 = 5;
+/// After a response that closes the connection, how long and how much of what the sender
+/// still sends is read and discarded, so that it can read the response before the close
+/// (closing with unread data would reset the connection and lose the response).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: u64 = 16 << 20;
+
+/// The statuses counted per feed, in `FeedStats::http_responses` order.
+pub const STATUSES: [u16; 12] = [200, 400, 401, 404, 405, 408, 411, 413, 415, 431, 500, 503];
+
+/// The HTTP state of an input connection.
+#[derive(Debug, Default)]
+pub struct HttpConn {
+    /// Response bytes not yet written.
+    out: Vec<u8>,
+    /// Close once `out` is written.
+    close_after: bool,
+    /// When the first byte of the request being read arrived.
+    started: Option<Instant>,
+    /// Closing: our side is shut down since then, and this much has been discarded since.
+    lingering: Option<(Instant, u64)>,
+}
+
+/// What the buffered bytes allowed.
+enum Step {
+    /// A request was answered; its bytes are consumed.
+    Answered(usize),
+    /// More bytes are needed.
+    More,
+}
+
+impl Relay {
+    /// Serves HTTP connection `id`: writes what is owed, answers complete requests, reads more
+    /// up to the turn's budget (everything, when `drain`).
+    pub(super) fn service_http(&mut self, id: usize, now: Instant, drain: bool) {
+        let Relay {
+            conns,
+            feeds,
+            ready,
+            bytes_in,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let feed = &mut feeds[conn.feed];
+        let Some(http) = conn.http.as_deref_mut() else {
+            return;
+        };
+        let mut reads = 0;
+        let closing: Option<(&'static str, Option<io::Error>)> = loop {
+            if !http.out.is_empty() {
+                match conn.stream.write(&http.out) {
+                    Ok(n) => {
+                        http.out.drain(..n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Some(("write error", Some(e))),
+                }
+            }
+            if http.close_after && http.lingering.is_none() {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                http.lingering = Some((now, 0));
+            }
+            if let Some((since, discarded)) = http.lingering.as_mut() {
+                let mut sink = [0u8; 16 << 10];
+                match conn.stream.read(&mut sink) {
+                    Ok(0) => break Some(("response sent; connection: close", None)),
+                    Ok(n) => *discarded += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Some(("read error", Some(e))),
+                }
+                if *discarded > LINGER_BYTES || now.duration_since(*since) > LINGER {
+                    break Some(("response sent; sender kept sending", None));
+                }
+                continue;
+            }
+            match answer(http, feed, &conn.pending, conn.peer) {
+                Step::Answered(n) => {
+                    conn.pending.drain(..n);
+                    conn.last_active = now;
+                    continue;
+                }
+                Step::More if conn.eof => {
+                    break Some(if conn.pending.is_empty() {
+                        ("sender closed", None)
+                    } else {
+                        ("sender closed mid-request", None)
+                    });
+                }
+                Step::More => {}
+            }
+            if !drain && reads >= READS_PER_TURN {
+                ready.push(id);
+                break None;
+            }
+            let old = conn.pending.len();
+            conn.pending.resize(old + READ_CHUNK, 0);
+            let res = conn.stream.read(&mut conn.pending[old..]);
+            conn.pending.truncate(old + *res.as_ref().unwrap_or(&0));
+            match res {
+                Ok(0) => conn.eof = true,
+                Ok(n) => {
+                    reads += 1;
+                    *bytes_in += n as u64;
+                    conn.last_active = now;
+                    http.started.get_or_insert(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(("read error", Some(e))),
+            }
+        };
+        if let Some((why, err)) = closing {
+            self.close_conn(id, why, err, now);
+        }
+    }
+
+    /// Answers requests that have taken longer than their feed's `request_timeout` with 408
+    /// and closes their connections.
+    pub(super) fn expire_requests(&mut self, now: Instant) {
+        for id in 0..self.conns.len() {
+            let Some(conn) = self.conns[id].as_mut() else {
+                continue;
+            };
+            let feed = &mut self.feeds[conn.feed];
+            let Some((http, cfg)) = conn.http.as_deref_mut().zip(feed.cfg.input.http.as_ref())
+            else {
+                continue;
+            };
+            if http
+                .lingering
+                .is_some_and(|(since, _)| now.duration_since(since) > LINGER)
+            {
+                self.close_conn(
+                    id,
+                    "response sent; sender kept the connection open",
+                    None,
+                    now,
+                );
+                continue;
+            }
+            if http
+                .started
+                .is_some_and(|s| now.duration_since(s) > cfg.request_timeout)
+            {
+                let refusal = Refusal {
+                    status: 408,
+                    reason: "request not complete within request_timeout",
+                    close: true,
+                    skip: 0,
+                };
+                respond(http, feed, conn.peer, &refusal, None);
+                self.service_http(id, now, false);
+            }
+        }
+    }
+}
+
+/// Answers the request at the start of `pending`, if it is complete.
+fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr) -> Step {
+    let Some(cfg) = feed.cfg.input.http.as_ref() else {
+        return Step::More;
+    };
+    let expect = Expect {
+        path: &cfg.path,
+        auth: cfg.auth.as_ref().map(|(h, s)| (h.as_str(), s.as_bytes())),
+    };
+    let limits = Limits {
+        max_head: MAX_HEAD,
+        max_body: cfg.max_body_bytes,
+        max_decoded: cfg.max_decoded_bytes,
+    };
+    if pending.is_empty() {
+        return Step::More;
+    }
+    let head = match http_batch::parse_head(pending, &expect, &limits) {
+        Ok(None) => return Step::More,
+        Ok(Some(head)) => head,
+        Err(r) if r.close => {
+            respond(http, feed, peer, &r, None);
+            return Step::Answered(pending.len());
+        }
+        // Refused, but framed: skip the whole request once it is here.
+        Err(r) if pending.len() >= r.skip => {
+            respond(http, feed, peer, &r, None);
+            return Step::Answered(r.skip);
+        }
+        Err(_) => return Step::More,
+    };
+    let Head {
+        len,
+        body_len,
+        gzip,
+        keep_alive,
+    } = head;
+    if pending.len() < len + body_len {
+        return Step::More;
+    }
+    let body = &pending[len..len + body_len];
+    let mut decoded = Vec::new();
+    let body = if gzip {
+        if let Err(r) = http_batch::gunzip(body, limits.max_decoded, &mut decoded) {
+            let r = Refusal {
+                close: !keep_alive,
+                ..r
+            };
+            respond(http, feed, peer, &r, None);
+            return Step::Answered(len + body_len);
+        }
+        &decoded[..]
+    } else {
+        body
+    };
+    match take_batch(feed, body) {
+        Ok(records) => {
+            let text = format!("{{\"status\":200,\"records\":{records}}}");
+            let r = http_batch::response(200, &text, keep_alive, None);
+            http.out.extend_from_slice(&r);
+            http.close_after |= !keep_alive;
+            http.started = None;
+            feed.stats.http_responses[0] += 1;
+        }
+        Err(r) => {
+            let r = Refusal {
+                close: !keep_alive,
+                ..r
+            };
+            let retry = (r.status == 503).then_some(RETRY_AFTER_S);
+            respond(http, feed, peer, &r, retry);
+        }
+    }
+    Step::Answered(len + body_len)
+}
+
+/// Appends every record of `body` to the feed's ring, or none of them.
+fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
+    let max = feed.framer.max_record;
+    let drop_oversize = feed.framer.oversize == Oversize::Drop;
+    let shape = http_batch::shape(body);
+    // A record of one byte and its separator take 2 body bytes and a 56-byte stride: a ring
+    // that overwrites and holds 64 times the body takes it without counting.
+    let roomy = feed.cfg.when_full == WhenFull::DropOldest
+        && (body.len() as u64 + 1).saturating_mul(64) <= feed.ring.capacity();
+    let mut need = 0u64;
+    if !roomy {
+        http_batch::split(body, shape, &mut |r| {
+            if r.len() <= max || !drop_oversize {
+                need += record_stride(r.len().min(max) as u64);
+            }
+        });
+    }
+    // Room for every record and one wrap.
+    if !roomy && !feed.ring.has_room(need + record_stride(max as u64)) {
+        feed.stats.blocked += 1;
+        return Err(Refusal {
+            status: 503,
+            reason: "ring full (when_full = block); retry later",
+            close: false,
+            skip: 0,
+        });
+    }
+    let ts = clock::wall_ns();
+    let (ring, stats) = (&mut feed.ring, &mut feed.stats);
+    let mut taken = 0u64;
+    let mut full = false;
+    http_batch::split(body, shape, &mut |r| {
+        if full {
+            return;
+        }
+        let truncated = r.len() > max;
+        if truncated && drop_oversize {
+            stats.dropped_oversize += 1;
+            return;
+        }
+        let r = &r[..r.len().min(max)];
+        match ring.append(r, ts, truncated) {
+            Ok(_) => {
+                taken += 1;
+                stats.records += 1;
+                stats.bytes += r.len() as u64;
+                stats.truncated += u64::from(truncated);
+            }
+            Err(AppendError::Full | AppendError::TooLarge) => full = true,
+        }
+    });
+    if taken > 0 {
+        feed.dirty = true;
+    }
+    if full {
+        // has_room said yes: only a damaged ring gets here. What was taken stays (a retry
+        // duplicates it); the sender is told to retry.
+        return Err(Refusal {
+            status: 503,
+            reason: "ring refused part of the batch; retry later",
+            close: false,
+            skip: 0,
+        });
+    }
+    if feed.cfg.sync == SyncPolicy::Always {
+        if let Err(e) = feed.ring.checkpoint(ts, true) {
+            crate::log!(
+                Level::Error,
+                "ring_sync_failed",
+                feed = feed.cfg.name,
+                path = feed.ring.path().display(),
+                error = e
+            );
+            return Err(Refusal {
+                status: 503,
+                reason: "ring sync failed",
+                close: false,
+                skip: 0,
+            });
+        }
+    }
+    Ok(taken)
+}
+
+/// Queues a refusal, counts it and logs it (rate-limited).
+fn respond(
+    http: &mut HttpConn,
+    feed: &mut Feed,
+    peer: SocketAddr,
+    r: &Refusal,
+    retry: Option<u32>,
+) {
+    let body = format!("{{\"status\":{},\"error\":\"{}\"}}", r.status, r.reason);
+    http.out
+        .extend_from_slice(&http_batch::response(r.status, &body, !r.close, retry));
+    http.close_after |= r.close;
+    http.started = None;
+    if let Some(i) = STATUSES.iter().position(|&s| s == r.status) {
+        feed.stats.http_responses[i] += 1;
+    }
+    if let Some(suppressed) = feed.refuse_log.allow(clock::now()) {
+        crate::log!(
+            Level::Warn,
+            "http_request_refused",
+            feed = feed.cfg.name,
+            peer = peer,
+            status = r.status,
+            reason = r.reason,
+            suppressed = suppressed
+        );
+    }
+}
