@@ -15,6 +15,8 @@ use toml::Spanned;
 
 use crate::framing::{Framing, Oversize};
 use crate::ring::{record_stride, WhenFull, MIN_CAPACITY};
+use crate::syslog::{Format, SyslogConfig, APP_NAME_MAX, FACILITIES, SEVERITIES};
+use crate::tls::{ClientFiles, ServerFiles};
 
 /// The relay's whole configuration.
 #[derive(Clone, Debug)]
@@ -112,15 +114,39 @@ pub struct HttpInputConfig {
     pub max_decoded_bytes: usize,
     /// Time a request may take from its first byte to its last.
     pub request_timeout: Duration,
+    /// HTTPS: `cert` and `key` (and `client_ca`) are set.
+    pub tls: Option<TlsInput>,
+}
+
+impl InputConfig {
+    /// The TLS settings of a `tls` input or of an `http` input served over HTTPS.
+    pub fn tls(&self) -> Option<&TlsInput> {
+        match &self.kind {
+            InputKind::Tls(t) => Some(t),
+            InputKind::Http => self.http.as_ref()?.tls.as_ref(),
+            InputKind::Tcp => None,
+        }
+    }
 }
 
 /// Input protocols.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InputKind {
     /// Plain TCP.
     Tcp,
     /// HTTP/1.1 batches (`POST`).
     Http,
+    /// TLS over TCP.
+    Tls(TlsInput),
+}
+
+/// A TLS input's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInput {
+    /// Certificate, key and client CA files.
+    pub files: ServerFiles,
+    /// A connection still handshaking after this long is closed.
+    pub handshake_timeout: Duration,
 }
 
 /// `[[feed.output]]`.
@@ -136,6 +162,8 @@ pub struct OutputConfig {
     pub rate_limit_eps: u64,
     /// Down for longer than this raises an alert (`None`: never).
     pub alert_after: Option<Duration>,
+    /// Syslog header added to each record.
+    pub syslog: SyslogConfig,
 }
 
 /// Output kinds.
@@ -143,6 +171,8 @@ pub struct OutputConfig {
 pub enum OutputKind {
     /// A TCP receiver (syslog over TCP).
     Tcp(TcpOutput),
+    /// A TLS receiver (syslog over TLS, RFC 5425).
+    Tls(TlsOutput),
     /// A local file.
     File(FileOutput),
     /// An HTTP receiver (Splunk HEC, Panther, Sekoia, any HTTP endpoint), in batches.
@@ -318,6 +348,19 @@ pub struct TcpOutput {
     pub address: String,
     /// Frame format.
     pub framing: OutFraming,
+}
+
+/// A TLS output.
+#[derive(Clone, Debug)]
+pub struct TlsOutput {
+    /// `host:port`, resolved at each connect.
+    pub address: String,
+    /// Frame format (default octet counting, RFC 5425).
+    pub framing: OutFraming,
+    /// Name for SNI and certificate verification (default: the host of `address`).
+    pub server_name: String,
+    /// CA, client certificate and verification policy.
+    pub files: ClientFiles,
 }
 
 /// Output frame formats.
@@ -1073,6 +1116,7 @@ fn buffer_capacity(
 
 fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
     let common = ["kind", "listen", "max_connections", "idle_timeout"];
+    let tls_keys = ["cert", "key", "client_ca", "handshake_timeout"];
     let http_keys = [
         "path",
         "auth_header",
@@ -1081,23 +1125,23 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
         "max_decoded_bytes",
         "request_timeout",
     ];
-    let kind = match t.req_str("kind", "\"tcp\" or \"http\"", cx) {
+    let kind = match t.req_str("kind", "\"tcp\", \"tls\" or \"http\"", cx) {
         Some(("tcp", _)) => {
             t.check_keys(&common, cx);
             Some(InputKind::Tcp)
         }
         Some(("http", _)) => {
-            t.check_keys(&[&common[..], &http_keys[..]].concat(), cx);
+            t.check_keys(&[&common[..], &http_keys[..], &tls_keys[..]].concat(), cx);
             Some(InputKind::Http)
         }
-        Some((k @ "tls", span)) => {
-            cx.err(span, format!("input kind {k:?} is not supported by this version of ringrelay (supported: tcp, http)"));
-            None
+        Some(("tls", _)) => {
+            t.check_keys(&[&common[..], &tls_keys[..]].concat(), cx);
+            tls_input(t, cx).map(InputKind::Tls)
         }
         Some((k, span)) => {
             cx.err(
                 span,
-                format!("input kind {k:?} is unknown (supported: tcp, http)"),
+                format!("input kind {k:?} is unknown (supported: tcp, tls, http)"),
             );
             None
         }
@@ -1172,6 +1216,11 @@ fn http_input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpInputConfi
     let request_timeout = t
         .duration("request_timeout", cx)
         .unwrap_or(Duration::from_secs(30));
+    // HTTPS when a certificate is configured (Cloud NSS requires it).
+    let https = ["cert", "key", "client_ca"]
+        .iter()
+        .any(|k| t.get(k).is_some());
+    let tls = if https { Some(tls_input(t, cx)?) } else { None };
     if request_timeout.is_zero() {
         let span = t
             .get("request_timeout")
@@ -1184,11 +1233,12 @@ fn http_input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpInputConfi
         max_body_bytes,
         max_decoded_bytes,
         request_timeout,
+        tls,
     })
 }
 
 fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
-    let (kind, kind_span) = t.req_str("kind", "\"tcp\", \"file\" or \"http\"", cx)?;
+    let (kind, kind_span) = t.req_str("kind", "\"tcp\", \"tls\", \"file\" or \"http\"", cx)?;
     let common = [
         "name",
         "kind",
@@ -1196,6 +1246,12 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
         "framing",
         "rate_limit_eps",
         "alert_after",
+        "syslog",
+        "app_name",
+        "hostname",
+        "facility",
+        "severity",
+        "syslog_sd",
     ];
     let framing_choices = [
         ("newline", OutFraming::Newline),
@@ -1214,23 +1270,38 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
                 None
             }
         });
-    let framing = t
-        .choice("framing", &framing_choices, cx)
-        .unwrap_or(OutFraming::Newline);
+    let framing = t.choice("framing", &framing_choices, cx);
+    let syslog = syslog_config(t, cx);
     let (kind, default_replay) = match kind {
         "tcp" => {
             t.check_keys(&[&common[..], &["address"]].concat(), cx);
-            let address = t.req_str("address", "\"host:port\"", cx).and_then(|(s, span)| {
-                let port_ok = s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-                if port_ok {
-                    Some(s.to_string())
-                } else {
-                    cx.err(span, format!("address = {s:?}: expected \"host:port\" with a port from 1 to 65535"));
-                    None
-                }
-            });
+            let address = host_port(t, cx);
+            let framing = framing.unwrap_or(OutFraming::Newline);
             (
                 address.map(|address| OutputKind::Tcp(TcpOutput { address, framing })),
+                Duration::from_secs(900),
+            )
+        }
+        "tls" => {
+            t.check_keys(
+                &[
+                    &common[..],
+                    &[
+                        "address",
+                        "ca",
+                        "client_cert",
+                        "client_key",
+                        "server_name",
+                        "insecure_skip_verify",
+                    ],
+                ]
+                .concat(),
+                cx,
+            );
+            let address = host_port(t, cx);
+            let framing = framing.unwrap_or(OutFraming::Octet);
+            (
+                address.and_then(|address| tls_output(t, address, framing, cx)),
                 Duration::from_secs(900),
             )
         }
@@ -1244,6 +1315,7 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
                 .map(|(s, _)| cx.resolve(s));
             let rotate_bytes = t.size("rotate_bytes", 0..=u64::MAX, cx).unwrap_or(1 << 30);
             let rotate_keep = t.count("rotate_keep", 1..=1000, cx).unwrap_or(5) as u32;
+            let framing = framing.unwrap_or(OutFraming::Newline);
             let kind = path.map(|path| {
                 OutputKind::File(FileOutput {
                     path,
@@ -1255,22 +1327,18 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
             (kind, Duration::ZERO)
         }
         "http" => {
-            let common_http: Vec<&str> =
-                common.iter().copied().filter(|k| *k != "framing").collect();
+            // No framing and no syslog header: records go into request bodies as they are.
+            let common_http = ["name", "kind", "replay", "rate_limit_eps", "alert_after"];
             t.check_keys(&[&common_http[..], HTTP_KEYS].concat(), cx);
             (
                 http_output(t, cx).map(|h| OutputKind::Http(Box::new(h))),
                 Duration::ZERO,
             )
         }
-        k @ "tls" => {
-            cx.err(kind_span, format!("output kind {k:?} is not supported by this version of ringrelay (supported: tcp, file, http)"));
-            return None;
-        }
         k => {
             cx.err(
                 kind_span,
-                format!("output kind {k:?} is unknown (supported: tcp, file, http)"),
+                format!("output kind {k:?} is unknown (supported: tcp, tls, file, http)"),
             );
             return None;
         }
@@ -1289,6 +1357,7 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
         kind: kind?,
         replay,
         rate_limit_eps,
+        syslog: syslog?,
     })
 }
 
@@ -1582,6 +1651,231 @@ fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutput> {
     })
 }
 
+fn host_port(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<String> {
+    t.req_str("address", "\"host:port\"", cx)
+        .and_then(|(s, span)| {
+            let port_ok = s
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if port_ok {
+                Some(s.to_string())
+            } else {
+                cx.err(
+                    span,
+                    format!("address = {s:?}: expected \"host:port\" with a port from 1 to 65535"),
+                );
+                None
+            }
+        })
+}
+
+/// A TLS file key: resolved path, and its span for errors.
+fn tls_file(t: &Tbl<'_, '_>, key: &str, cx: &mut Ctx<'_>) -> Option<(PathBuf, Range<usize>)> {
+    t.str(key, "a PEM file path", cx)
+        .map(|(s, span)| (cx.resolve(s), span))
+}
+
+/// Reports a [`crate::tls::FileError`] at the key that named the file.
+fn tls_error(t: &Tbl<'_, '_>, e: crate::tls::FileError, cx: &mut Ctx<'_>) {
+    let span = t.get(e.key).map_or(t.span.clone(), Spanned::span);
+    cx.err(span, format!("{}: {}", e.key, e.msg));
+}
+
+fn tls_input(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<TlsInput> {
+    for k in ["cert", "key"] {
+        if t.get(k).is_none() {
+            t.missing(k, cx);
+        }
+    }
+    let cert = tls_file(t, "cert", cx);
+    let key = tls_file(t, "key", cx);
+    let client_ca = tls_file(t, "client_ca", cx).map(|(p, _)| p);
+    let handshake_timeout = t
+        .duration("handshake_timeout", cx)
+        .unwrap_or(Duration::from_secs(10));
+    if handshake_timeout.is_zero() {
+        let span = t
+            .get("handshake_timeout")
+            .map_or(t.span.clone(), Spanned::span);
+        cx.err(span, "handshake_timeout must be more than 0");
+    }
+    let files = ServerFiles {
+        cert: cert?.0,
+        key: key?.0,
+        client_ca,
+    };
+    // Load the files now, so `check` reports them; the relay loads them again at start.
+    if let Err(e) = crate::tls::server_config(&files) {
+        tls_error(t, e, cx);
+        return None;
+    }
+    Some(TlsInput {
+        files,
+        handshake_timeout,
+    })
+}
+
+fn tls_output(
+    t: &Tbl<'_, '_>,
+    address: String,
+    framing: OutFraming,
+    cx: &mut Ctx<'_>,
+) -> Option<OutputKind> {
+    let ca = tls_file(t, "ca", cx).map(|(p, _)| p);
+    let client_cert = tls_file(t, "client_cert", cx);
+    let client_key = tls_file(t, "client_key", cx);
+    let client_cert = match (client_cert, client_key) {
+        (Some((c, _)), Some((k, _))) => Some((c, k)),
+        (None, None) => None,
+        (Some((_, span)), None) | (None, Some((_, span))) => {
+            cx.err(
+                span,
+                "client_cert and client_key go together: set both or neither",
+            );
+            return None;
+        }
+    };
+    let insecure_skip_verify = match t.get("insecure_skip_verify").map(|v| (v, v.get_ref())) {
+        None => false,
+        Some((_, DeValue::Boolean(b))) => *b,
+        Some((v, other)) => {
+            cx.err(
+                v.span(),
+                format!(
+                    "insecure_skip_verify: expected true or false, found {}",
+                    type_name(other)
+                ),
+            );
+            false
+        }
+    };
+    let host = address
+        .rsplit_once(':')
+        .map_or(address.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = match t.str("server_name", "a DNS name or IP address", cx) {
+        Some((s, span)) => {
+            if rustls::pki_types::ServerName::try_from(s).is_err() {
+                cx.err(
+                    span,
+                    format!("server_name = {s:?} is not a DNS name or IP address"),
+                );
+                return None;
+            }
+            s.to_string()
+        }
+        None => {
+            if rustls::pki_types::ServerName::try_from(host).is_err() {
+                let span = t.get("address").map_or(t.span.clone(), Spanned::span);
+                cx.err(span, format!("the host of address {address:?} is not a valid TLS server name: set server_name"));
+                return None;
+            }
+            host.to_string()
+        }
+    };
+    let files = ClientFiles {
+        ca,
+        client_cert,
+        insecure_skip_verify,
+    };
+    if let Err(e) = crate::tls::client_config(&files) {
+        tls_error(t, e, cx);
+        return None;
+    }
+    Some(OutputKind::Tls(TlsOutput {
+        address,
+        framing,
+        server_name,
+        files,
+    }))
+}
+
+/// A facility or severity: a name from `names` or its number.
+fn syslog_code(t: &Tbl<'_, '_>, key: &str, names: &[&str], cx: &mut Ctx<'_>) -> Option<u8> {
+    let v = t.get(key)?;
+    let code = match v.get_ref() {
+        DeValue::String(s) => names.iter().position(|n| *n == s.as_ref()),
+        DeValue::Integer(i) => u8::from_str_radix(i.as_str(), i.radix())
+            .ok()
+            .filter(|n| usize::from(*n) < names.len())
+            .map(usize::from),
+        _ => None,
+    };
+    if code.is_none() {
+        cx.err(
+            v.span(),
+            format!(
+                "{key}: expected 0..={} or one of {}",
+                names.len() - 1,
+                names.join(" | ")
+            ),
+        );
+    }
+    code.and_then(|c| u8::try_from(c).ok())
+}
+
+fn syslog_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<SyslogConfig> {
+    let format = t
+        .choice(
+            "syslog",
+            &[
+                ("none", Format::None),
+                ("rfc5424", Format::Rfc5424),
+                ("rfc3164", Format::Rfc3164),
+            ],
+            cx,
+        )
+        .unwrap_or(Format::None);
+    let mut c = SyslogConfig {
+        format,
+        ..SyslogConfig::default()
+    };
+    let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    if let Some((s, span)) = t.str("app_name", "a name", cx) {
+        if printable(s) && s.len() <= APP_NAME_MAX {
+            c.app_name = s.to_string();
+        } else {
+            cx.err(span, format!("app_name = {s:?}: use 1 to {APP_NAME_MAX} printable ASCII characters without spaces"));
+        }
+    }
+    if let Some((s, span)) = t.str("hostname", "a host name", cx) {
+        if printable(s) && s.len() <= 255 {
+            c.hostname = Some(s.to_string());
+        } else {
+            cx.err(
+                span,
+                format!("hostname = {s:?}: use 1 to 255 printable ASCII characters without spaces"),
+            );
+        }
+    }
+    if let Some(f) = syslog_code(t, "facility", &FACILITIES, cx) {
+        c.facility = f;
+    }
+    if let Some(s) = syslog_code(t, "severity", &SEVERITIES, cx) {
+        c.severity = s;
+    }
+    match t.get("syslog_sd").map(|v| (v, v.get_ref())) {
+        None => {}
+        Some((_, DeValue::Boolean(b))) => c.sd = *b,
+        Some((v, other)) => cx.err(
+            v.span(),
+            format!(
+                "syslog_sd: expected true or false, found {}",
+                type_name(other)
+            ),
+        ),
+    }
+    if c.sd && c.format != Format::Rfc5424 {
+        let span = t.get("syslog_sd").map_or(t.span.clone(), Spanned::span);
+        cx.err(
+            span,
+            "syslog_sd needs syslog = \"rfc5424\" (RFC 3164 has no structured data)",
+        );
+    }
+    Some(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1694,7 +1988,7 @@ path = "out/zpa.log"
         let text = GOOD
             .replace("name = \"zpa\"", "name = \"zia-web\"")
             .replace("0.0.0.0:9515", "0.0.0.0:9514")
-            .replace("kind = \"file\"", "kind = \"tls\"");
+            .replace("kind = \"file\"", "kind = \"kafka\"");
         let msgs: Vec<String> = parse(&text)
             .expect_err("invalid")
             .iter()
@@ -1709,10 +2003,40 @@ path = "out/zpa.log"
             "{msgs:#?}"
         );
         assert!(
-            msgs.iter()
-                .any(|m| m.contains("not supported by this version")),
+            msgs.iter().any(|m| m
+                .contains("output kind \"kafka\" is unknown (supported: tcp, tls, file, http)")),
             "{msgs:#?}"
         );
+    }
+
+    #[test]
+    fn syslog_keys_take_names_or_numbers_and_bad_ones_are_pointed_at() {
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nsyslog = \"rfc5424\"\nsyslog_sd = true\nfacility = \"local4\"\nseverity = 5\napp_name = \"zia\"",
+        );
+        let c = parse(&text).expect("valid");
+        let s = &c.feeds[0].outputs[0].syslog;
+        assert_eq!(
+            (s.format, s.facility, s.severity, s.sd, s.app_name.as_str()),
+            (Format::Rfc5424, 20, 5, true, "zia")
+        );
+        assert_eq!(s.hostname, None);
+        assert_eq!(c.feeds[1].outputs[0].syslog, SyslogConfig::default());
+        let bad = GOOD.replace(
+            "framing = \"octet\"",
+            "syslog = \"rfc3164\"\nsyslog_sd = true\nfacility = \"local9\"\nseverity = 8\napp_name = \"a b\"",
+        );
+        let msgs: Vec<String> = parse(&bad)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        assert!(msgs.iter().any(|m| m.contains(":17:13: syslog_sd needs")));
+        assert!(msgs.iter().any(|m| m.contains(":18:12: facility")));
+        assert!(msgs.iter().any(|m| m.contains(":19:12: severity")));
+        assert!(msgs.iter().any(|m| m.contains(":20:12: app_name")));
     }
 
     #[test]

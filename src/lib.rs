@@ -10,3 +10,5 @@ pub mod relay;
 pub mod ring;
 pub mod selftest;
 pub mod size;
+pub mod syslog;
+pub mod tls;

@@ -3,6 +3,8 @@
 //! codes that decide whether the sender drops, retries or is done with a batch.
 
 mod common;
+#[path = "common/tls.rs"]
+mod tlskit;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -57,7 +59,7 @@ impl Response {
 }
 
 /// Reads one response (Content-Length framed) from `s`.
-fn read_response(s: &mut TcpStream) -> Response {
+fn read_response(s: &mut impl Read) -> Response {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -99,7 +101,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// POSTs `body` on `s` with `headers` (each "Name: value") and reads the response.
-fn post(s: &mut TcpStream, path: &str, headers: &[&str], body: &[u8]) -> Response {
+fn post(s: &mut (impl Read + Write), path: &str, headers: &[&str], body: &[u8]) -> Response {
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: relay\r\nContent-Length: {}\r\n",
         body.len()
@@ -399,4 +401,78 @@ fn a_slow_or_silent_client_costs_one_connection_and_times_out() {
     assert!(wait_until(Duration::from_secs(10), || received(&siem)
         .len()
         >= 100));
+}
+
+#[test]
+fn https_batches_with_a_client_certificate_are_taken_and_a_client_without_one_is_refused() {
+    let dir = TempDir::new("https-in");
+    let pki = tlskit::Pki::new(dir.path());
+    let siem = Sink::new(free_port(), true);
+    let tls = format!(
+        ", cert = \"{}\", key = \"{}\", client_ca = \"{}\"",
+        pki.path("server.pem").display(),
+        pki.path("server.key").display(),
+        pki.path("ca.pem").display()
+    );
+    let relay = RelayProc::start(&config(&dir, siem.addr, &tls, ""), 1);
+    let admin = admin_addr(&relay);
+    let addr = relay.addr("h");
+    // Keep-alive over TLS, a gzip batch among them.
+    let mut s = tlskit::connect(addr, pki.client_config(Some("client"))).expect("TLS connect");
+    let r = post(&mut s, "/nss", &[&auth()], &json_array(0..500));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(
+        &mut s,
+        "/nss",
+        &[&auth(), "Content-Encoding: gzip"],
+        &gzip(&lines(500..1000)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Closing after Connection: close: the response arrives before the close_notify.
+    let r = post(
+        &mut s,
+        "/nss",
+        &[&auth(), "Connection: close"],
+        &json_array(1000..1010),
+    );
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    // Without a client certificate the handshake fails; plain HTTP on the port gets nothing.
+    let refused = tlskit::connect(addr, pki.client_config(None)).and_then(|mut s| {
+        s.write_all(b"POST /nss HTTP/1.1\r\nContent-Length: 0\r\n\r\n")?;
+        let mut b = [0u8; 16];
+        s.read(&mut b)
+    });
+    assert!(
+        refused.is_err() || refused.as_ref().is_ok_and(|n| *n == 0),
+        "{refused:?}"
+    );
+    let mut plain = connect(addr);
+    plain
+        .write_all(b"POST /nss HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let mut b = Vec::new();
+    let _ = plain.read_to_end(&mut b);
+    assert!(
+        !b.starts_with(b"HTTP/"),
+        "plain HTTP got an HTTP answer on the HTTPS port"
+    );
+    let ok = wait_until(Duration::from_secs(20), || received(&siem).len() >= 1010);
+    assert!(ok, "received {}", received(&siem).len());
+    assert_eq!(received(&siem), (0..1010).collect::<Vec<_>>());
+    let m = metrics(admin);
+    assert_eq!(
+        m["ringrelay_http_responses_total{code=\"200\",feed=\"h\"}"],
+        3.0
+    );
+    assert_eq!(m["ringrelay_tls_handshakes_total{feed=\"h\"}"], 1.0);
+    let failed = |reason: &str| {
+        m[&format!("ringrelay_tls_handshake_failures_total{{feed=\"h\",reason=\"{reason}\"}}")]
+    };
+    assert_eq!(
+        (failed("no_client_certificate"), failed("not_tls")),
+        (1.0, 1.0)
+    );
 }

@@ -470,9 +470,34 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             m.sample(name, &format!("code=\"{code}\",feed=\"{}\"", f.cfg.name), v);
         }
     }
+    let tls_feeds = || feeds.iter().filter(|f| f.cfg.input.tls().is_some());
+    let name = "ringrelay_tls_handshakes_total";
+    m.head(name, "counter", "TLS input handshakes completed.");
+    for f in tls_feeds() {
+        m.sample(
+            name,
+            &format!("feed=\"{}\"", f.cfg.name),
+            f.stats.tls_handshakes,
+        );
+    }
+    let name = "ringrelay_tls_handshake_failures_total";
+    m.head(
+        name,
+        "counter",
+        "TLS input handshakes failed, by reason (unknown_ca, expired, no_client_certificate, not_tls, timeout, ...).",
+    );
+    for f in tls_feeds() {
+        for (reason, v) in crate::tls::FAILURE_REASONS.iter().zip(f.stats.tls_failures) {
+            m.sample(
+                name,
+                &format!("feed=\"{}\",reason=\"{reason}\"", f.cfg.name),
+                v,
+            );
+        }
+    }
 
     type OutValue = fn(&Feed, &super::Output, u64) -> String;
-    let out_families: [(&str, &str, &str, OutValue); 11] = [
+    let out_families: [(&str, &str, &str, OutValue); 12] = [
         (
             "ringrelay_output_records_delivered_total",
             "counter",
@@ -542,6 +567,12 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "gauge",
             "1 while the output has been down for longer than its alert_after.",
             |_, o, _| u8::from(o.down_alerted).to_string(),
+        ),
+        (
+            "ringrelay_output_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes with the receiver that failed (0 for other kinds).",
+            |_, o, _| o.stats.tls_failures.to_string(),
         ),
     ];
     for (name, kind, help, value) in out_families {

@@ -10,8 +10,8 @@
 //! being written nothing more is read: a client that does not read its responses stalls only
 //! itself. See `crate::http_batch` for the status codes.
 
-use std::io::{self, Read as _, Write as _};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{Feed, Relay, READS_PER_TURN};
@@ -68,19 +68,21 @@ impl Relay {
             feeds,
             ready,
             bytes_in,
+            conn_log,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
         let feed = &mut feeds[conn.feed];
-        let Some(http) = conn.http.as_deref_mut() else {
+        // Out of the connection while it is served, so both can be borrowed.
+        let Some(mut http) = conn.http.take() else {
             return;
         };
         let mut reads = 0;
         let closing: Option<(&'static str, Option<io::Error>)> = loop {
             if !http.out.is_empty() {
-                match conn.stream.write(&http.out) {
+                match conn.write_plain(&http.out) {
                     Ok(n) => {
                         http.out.drain(..n);
                         continue;
@@ -91,12 +93,15 @@ impl Relay {
                 }
             }
             if http.close_after && http.lingering.is_none() {
-                let _ = conn.stream.shutdown(Shutdown::Write);
-                http.lingering = Some((now, 0));
+                match conn.close_write() {
+                    Ok(true) => http.lingering = Some((now, 0)),
+                    Ok(false) => break None,
+                    Err(e) => break Some(("write error", Some(e))),
+                }
             }
             if let Some((since, discarded)) = http.lingering.as_mut() {
                 let mut sink = [0u8; 16 << 10];
-                match conn.stream.read(&mut sink) {
+                match conn.read_plain(&mut sink, feed, conn_log, now) {
                     Ok(0) => break Some(("response sent; connection: close", None)),
                     Ok(n) => *discarded += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
@@ -108,7 +113,7 @@ impl Relay {
                 }
                 continue;
             }
-            match answer(http, feed, &conn.pending, conn.peer) {
+            match answer(&mut http, feed, &conn.pending, conn.peer) {
                 Step::Answered(n) => {
                     conn.pending.drain(..n);
                     conn.last_active = now;
@@ -129,7 +134,9 @@ impl Relay {
             }
             let old = conn.pending.len();
             conn.pending.resize(old + READ_CHUNK, 0);
-            let res = conn.stream.read(&mut conn.pending[old..]);
+            let mut buf = std::mem::take(&mut conn.pending);
+            let res = conn.read_plain(&mut buf[old..], feed, conn_log, now);
+            conn.pending = buf;
             conn.pending.truncate(old + *res.as_ref().unwrap_or(&0));
             match res {
                 Ok(0) => conn.eof = true,
@@ -144,6 +151,7 @@ impl Relay {
                 Err(e) => break Some(("read error", Some(e))),
             }
         };
+        conn.http = Some(http);
         if let Some((why, err)) = closing {
             self.close_conn(id, why, err, now);
         }

@@ -1,28 +1,130 @@
-//! TCP inputs: accept, read, frame, append to the feed's ring.
+//! TCP and TLS inputs: accept, read (decrypt), frame, append to the feed's ring.
+//!
+//! A TLS connection is the same connection with a rustls `ServerConnection` between the socket
+//! and the framer, driven from the loop's readiness events: `read_tls` → `process_new_packets`
+//! → `reader` (plaintext into the scratch buffer) → `write_tls` (handshake replies, alerts).
+//! rustls holds at most one TLS record of input and [`crate::tls::BUFFER_LIMIT`] of output per
+//! connection. A handshake that fails is logged (rate-limited) with the peer and the reason,
+//! counted per reason, and closes only its own connection.
 //!
 //! Reads go into the relay's one scratch buffer; complete records are copied from it into the
 //! ring (the only copy), and a partial record at the end of a read is kept on the connection,
 //! at most `max_record_bytes` + a frame header, until the rest arrives. So a connection costs its
 //! partial record plus a few hundred bytes, whatever it sends.
 
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
+use rustls::ServerConnection;
 
 use super::http_in::HttpConn;
-use super::{Relay, CONN_BASE, READS_PER_TURN};
+use super::{Feed, Relay, CONN_BASE, READS_PER_TURN};
 use crate::clock;
 use crate::config::{InputKind, SyncPolicy};
 use crate::framing::Framer;
-use crate::log::Level;
+use crate::log::{Level, Limiter};
 use crate::ring::AppendError;
+use crate::tls;
+
+/// What carries a connection's bytes.
+enum Transport {
+    Plain,
+    Tls(Box<TlsIn>),
+}
+
+/// A TLS connection's state.
+enum TlsState {
+    Handshaking,
+    Established,
+}
+
+struct TlsIn {
+    conn: ServerConnection,
+    state: TlsState,
+    /// rustls reported this error (the alert was sent): the connection closes.
+    error: Option<rustls::Error>,
+    /// The socket reached EOF.
+    sock_eof: bool,
+    /// Our `close_notify` is queued.
+    closing: bool,
+}
+
+/// Sends what rustls has queued (handshake messages, alerts); `WouldBlock` leaves the rest for
+/// the next writable event.
+fn flush(conn: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl TlsIn {
+    /// Reads plaintext into `buf`: as `Read::read` (0 = the sender closed, `WouldBlock` = no
+    /// plaintext yet), decrypting as many TLS records as fit.
+    fn read(&mut self, stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        let failed = |e: &rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e.clone());
+        if let Some(e) = &self.error {
+            return Err(failed(e));
+        }
+        match flush(&mut self.conn, stream) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+        let mut n = 0;
+        loop {
+            if n == buf.len() {
+                return Ok(n);
+            }
+            match self.conn.reader().read(&mut buf[n..]) {
+                // close_notify: the sender closed cleanly.
+                Ok(0) => return Ok(n),
+                Ok(k) => {
+                    n += k;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket closed without close_notify: EOF all the same for a log sender.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(n),
+                Err(e) => return Err(e),
+            }
+            if self.sock_eof {
+                return Ok(n);
+            }
+            match self.conn.read_tls(stream) {
+                Ok(0) => self.sock_eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Deliver what was decrypted; the error comes back on the next call.
+                Err(_) if n > 0 => return Ok(n),
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                // Send the alert, best effort.
+                let _ = self.conn.write_tls(stream);
+                let err = failed(&e);
+                self.error = Some(e);
+                return if n > 0 { Ok(n) } else { Err(err) };
+            }
+            match flush(&mut self.conn, stream) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+    }
+}
 
 /// One sender's connection.
 pub struct Conn {
     pub(super) stream: TcpStream,
+    transport: Transport,
+    opened: Instant,
     /// Index of its feed.
     pub feed: usize,
     pub(super) peer: SocketAddr,
@@ -43,6 +145,89 @@ pub struct Conn {
 enum Outcome {
     Open,
     Close(&'static str, Option<io::Error>),
+}
+
+impl Conn {
+    /// Reads plaintext, as `Read::read`: from the socket, or through TLS (counting and logging
+    /// a handshake that completed).
+    pub(super) fn read_plain(
+        &mut self,
+        buf: &mut [u8],
+        feed: &mut Feed,
+        conn_log: &mut Limiter,
+        now: Instant,
+    ) -> io::Result<usize> {
+        let t = match &mut self.transport {
+            Transport::Plain => return self.stream.read(buf),
+            Transport::Tls(t) => t,
+        };
+        let r = t.read(&mut self.stream, buf);
+        if matches!(t.state, TlsState::Handshaking) && !t.conn.is_handshaking() {
+            t.state = TlsState::Established;
+            feed.stats.tls_handshakes += 1;
+            if let Some(suppressed) = conn_log.allow(now) {
+                let info = t
+                    .conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| tls::cert_info(c));
+                crate::log!(
+                    Level::Info,
+                    "tls_established",
+                    feed = feed.cfg.name,
+                    peer = self.peer,
+                    subject = info.map_or("-".to_string(), |i| i.subject),
+                    version = t
+                        .conn
+                        .protocol_version()
+                        .map_or("?".to_string(), |v| format!("{v:?}")),
+                    cipher = t
+                        .conn
+                        .negotiated_cipher_suite()
+                        .map_or("?".to_string(), |c| format!("{:?}", c.suite())),
+                    suppressed = suppressed
+                );
+            }
+        }
+        r
+    }
+
+    /// Writes plaintext, as `Write::write`. Through TLS, what rustls takes (up to its buffer
+    /// limit) is encrypted and sent as far as the socket allows; the rest goes out with the
+    /// next read or `close_write`.
+    pub(super) fn write_plain(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = match &mut self.transport {
+            Transport::Plain => return self.stream.write(buf),
+            Transport::Tls(t) => t,
+        };
+        let n = t.conn.writer().write(buf)?;
+        match flush(&mut t.conn, &mut self.stream) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    /// Ends our side of the connection once everything written is sent (TLS: after a
+    /// `close_notify`). `Ok(false)`: the socket is full, call again when writable.
+    pub(super) fn close_write(&mut self) -> io::Result<bool> {
+        if let Transport::Tls(t) = &mut self.transport {
+            if !t.closing {
+                t.conn.send_close_notify();
+                t.closing = true;
+            }
+            match flush(&mut t.conn, &mut self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        Ok(true)
+    }
 }
 
 impl Relay {
@@ -83,16 +268,45 @@ impl Relay {
                 drop(stream);
                 continue;
             }
+            let transport = match &feed.tls {
+                None => Transport::Plain,
+                Some(cfg) => match ServerConnection::new(cfg.clone()) {
+                    Ok(mut conn) => {
+                        conn.set_buffer_limit(Some(tls::BUFFER_LIMIT));
+                        Transport::Tls(Box::new(TlsIn {
+                            conn,
+                            state: TlsState::Handshaking,
+                            error: None,
+                            sock_eof: false,
+                            closing: false,
+                        }))
+                    }
+                    Err(e) => {
+                        crate::log!(
+                            Level::Error,
+                            "tls_session_failed",
+                            feed = feed.cfg.name,
+                            peer = peer,
+                            error = e
+                        );
+                        continue;
+                    }
+                },
+            };
+            // A TLS connection also writes (handshake replies): it wants writable events.
+            let interest = match transport {
+                Transport::Plain => Interest::READABLE,
+                Transport::Tls(_) => Interest::READABLE | Interest::WRITABLE,
+            };
             let id = self.free_slots.pop().unwrap_or_else(|| {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
-            let http = feed.cfg.input.kind == InputKind::Http;
             // An HTTP connection writes responses: it waits for writable when its socket is full.
-            let interest = if http {
-                Interest::READABLE | Interest::WRITABLE
+            let interest = if feed.cfg.input.kind == InputKind::Http {
+                interest | Interest::WRITABLE
             } else {
-                Interest::READABLE
+                interest
             };
             if let Err(e) =
                 self.poll
@@ -122,6 +336,8 @@ impl Relay {
             }
             self.conns[id] = Some(Conn {
                 stream,
+                transport,
+                opened: now,
                 feed: fi,
                 peer,
                 framer: Framer::new(feed.framer),
@@ -129,7 +345,7 @@ impl Relay {
                 last_active: now,
                 paused: false,
                 eof: false,
-                http: http.then(Box::default),
+                http: (feed.cfg.input.kind == InputKind::Http).then(Box::default),
             });
         }
     }
@@ -151,6 +367,7 @@ impl Relay {
             scratch,
             ready,
             bytes_in,
+            conn_log,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
@@ -179,7 +396,7 @@ impl Relay {
             let p = conn.pending.len();
             scratch[..p].copy_from_slice(&conn.pending);
             conn.pending.clear();
-            let res = conn.stream.read(&mut scratch[p..]);
+            let res = conn.read_plain(&mut scratch[p..], feed, conn_log, now);
             let n = match res {
                 Ok(0) => {
                     conn.eof = true;
@@ -225,6 +442,34 @@ impl Relay {
         self.free_slots.push(id);
         let feed = &mut self.feeds[conn.feed];
         feed.conns -= 1;
+        if let Transport::Tls(t) = &conn.transport {
+            let reason = match (&t.state, &t.error, why) {
+                (TlsState::Established, ..) => None,
+                (TlsState::Handshaking, Some(e), _) => Some(tls::failure_reason(e)),
+                (TlsState::Handshaking, None, "handshake_timeout") => Some("timeout"),
+                (TlsState::Handshaking, None, _) => Some("closed"),
+            };
+            if let Some(reason) = reason {
+                feed.stats.tls_failures[tls::reason_index(reason)] += 1;
+                if let Some(suppressed) = feed.tls_log.allow(now) {
+                    let error = match (&t.error, &err) {
+                        (Some(e), _) => e.to_string(),
+                        (None, Some(e)) => e.to_string(),
+                        (None, None) => why.to_string(),
+                    };
+                    crate::log!(
+                        Level::Warn,
+                        "tls_handshake_failed",
+                        feed = feed.cfg.name,
+                        peer = conn.peer,
+                        reason = reason,
+                        error = error,
+                        suppressed = suppressed
+                    );
+                }
+                return;
+            }
+        }
         let st = conn.framer.stats();
         feed.stats.incomplete_at_eof += st.incomplete_at_eof;
         if let Some(suppressed) = self.conn_log.allow(now) {
@@ -245,9 +490,23 @@ impl Relay {
         }
     }
 
-    /// Closes connections idle for longer than their feed's `idle_timeout`.
+    /// Closes connections idle for longer than their feed's `idle_timeout`, and TLS
+    /// connections still handshaking after `handshake_timeout`.
     pub(super) fn close_idle(&mut self, now: Instant) {
         for id in 0..self.conns.len() {
+            let slow = self.conns[id].as_ref().is_some_and(|c| {
+                let handshaking = matches!(&c.transport, Transport::Tls(t) if matches!(t.state, TlsState::Handshaking));
+                handshaking
+                    && self.feeds[c.feed]
+                        .cfg
+                        .input
+                        .tls()
+                        .is_some_and(|t| now.duration_since(c.opened) > t.handshake_timeout)
+            });
+            if slow {
+                self.close_conn(id, "handshake_timeout", None, now);
+                continue;
+            }
             let idle = self.conns[id].as_ref().is_some_and(|c| {
                 self.feeds[c.feed]
                     .cfg

@@ -42,6 +42,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -51,7 +52,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::clock;
-use crate::config::{Config, FeedConfig, SyncPolicy};
+use crate::config::{Config, FeedConfig, InputKind, SyncPolicy};
 use crate::framing::FramerConfig;
 use crate::log::{Level, Limiter};
 use crate::ring::{AppendError, Ring, RingOptions};
@@ -145,6 +146,10 @@ pub struct FeedStats {
     pub blocked: u64,
     /// HTTP responses, by status (`http_in::STATUSES`).
     pub http_responses: [u64; http_in::STATUSES.len()],
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed, by [`crate::tls::FAILURE_REASONS`].
+    pub tls_failures: [u64; crate::tls::FAILURE_REASONS.len()],
 }
 
 /// One feed: its ring, listener, outputs.
@@ -154,6 +159,9 @@ pub struct Feed {
     /// Its ring.
     pub ring: Ring,
     listener: Option<TcpListener>,
+    /// TLS input: the configuration new handshakes use (replaced by a reload).
+    tls: Option<Arc<rustls::ServerConfig>>,
+    tls_log: Limiter,
     /// The address the listener is bound to.
     pub local_addr: SocketAddr,
     /// Its outputs.
@@ -299,6 +307,32 @@ pub struct Relay {
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
+            // Expired certificates are warnings, not errors (the relay still starts).
+            for f in &cfg.feeds {
+                let mut expired = Vec::new();
+                if let InputKind::Tls(t) = &f.input.kind {
+                    if let Ok((_, e)) = crate::tls::server_config(&t.files) {
+                        expired.extend(e);
+                    }
+                }
+                for o in &f.outputs {
+                    if let crate::config::OutputKind::Tls(t) = &o.kind {
+                        if let Ok((_, e)) = crate::tls::client_config(&t.files) {
+                            expired.extend(e);
+                        }
+                    }
+                }
+                for e in expired {
+                    println!(
+                        "{}: warning: feed {}: {}: certificate {:?} expired at {}",
+                        path.display(),
+                        f.name,
+                        e.path.display(),
+                        e.subject,
+                        e.not_after
+                    );
+                }
+            }
             let outputs: usize = cfg.feeds.iter().map(|f| f.outputs.len()).sum();
             println!(
                 "{}: ok: {} feed(s), {} output(s), data_dir {}",
@@ -365,6 +399,21 @@ fn blocked_signals() -> SigSet {
         set.add(s);
     }
     set
+}
+
+/// Logs each already-expired certificate (a warning: the relay still starts).
+fn log_expired(feed: &str, side: &str, expired: &[crate::tls::Expired]) {
+    for e in expired {
+        crate::log!(
+            Level::Warn,
+            "certificate_expired",
+            feed = feed,
+            side = side,
+            file = e.path.display(),
+            subject = e.subject,
+            not_after = e.not_after
+        );
+    }
 }
 
 impl Relay {
@@ -553,6 +602,7 @@ impl Relay {
                 &self.cfg.relay.data_dir,
                 i,
                 fc,
+                &self.cfg.relay.instance,
                 now,
             )?);
         }
@@ -687,6 +737,7 @@ impl Relay {
         data_dir: &Path,
         i: usize,
         fc: &FeedConfig,
+        instance: &str,
         now: Instant,
     ) -> Result<Feed, String> {
         let path = data_dir.join(format!("{}.ring", fc.name));
@@ -726,9 +777,25 @@ impl Relay {
         } else {
             rec.last_checkpoint_ns
         };
+        let tls = match fc.input.tls() {
+            None => None,
+            Some(t) => {
+                let (cfg, expired) = crate::tls::server_config(&t.files)
+                    .map_err(|e| format!("feed {}: input {}: {}", fc.name, e.key, e.msg))?;
+                log_expired(&fc.name, "input", &expired);
+                Some(cfg)
+            }
+        };
         let mut outputs = Vec::with_capacity(fc.outputs.len());
         for oc in &fc.outputs {
-            outputs.push(Output::new(&fc.name, oc, &mut ring, last_checkpoint, now)?);
+            outputs.push(Output::new(
+                &fc.name,
+                instance,
+                oc,
+                &mut ring,
+                last_checkpoint,
+                now,
+            )?);
         }
         let mut listener = TcpListener::bind(fc.input.listen).map_err(|e| {
             format!(
@@ -752,6 +819,8 @@ impl Relay {
             cfg: fc.clone(),
             ring,
             listener: Some(listener),
+            tls,
+            tls_log: Limiter::new(10, Duration::from_secs(60)),
             local_addr,
             outputs,
             stats: FeedStats::default(),
@@ -906,7 +975,10 @@ impl Relay {
         while let Ok(Some(info)) = self.signals.read_signal() {
             let sig = Signal::try_from(info.ssi_signo as i32).map_or("?", |s| s.as_str());
             match info.ssi_signo as i32 {
-                x if x == Signal::SIGHUP as i32 => self.reload(now),
+                x if x == Signal::SIGHUP as i32 => {
+                    self.reload(now);
+                    self.reload_tls();
+                }
                 _ => {
                     crate::log!(
                         Level::Info,
@@ -921,6 +993,66 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// SIGHUP: re-reads every TLS input's and output's certificate, key and CA files. New
+    /// handshakes use the new files; established connections keep theirs. A file that does not
+    /// load is logged and the old configuration stays in use. (The rest of the configuration is
+    /// not reloaded here.)
+    fn reload_tls(&mut self) {
+        let (mut reloaded, mut failed) = (0, 0);
+        for feed in &mut self.feeds {
+            if let Some(t) = feed.cfg.input.tls() {
+                match crate::tls::server_config(&t.files) {
+                    Ok((cfg, expired)) => {
+                        log_expired(&feed.cfg.name, "input", &expired);
+                        feed.tls = Some(cfg);
+                        reloaded += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        crate::log!(
+                            Level::Error,
+                            "tls_reload_failed",
+                            feed = feed.cfg.name,
+                            side = "input",
+                            key = e.key,
+                            error = e.msg,
+                            keeping = "the certificates loaded before"
+                        );
+                    }
+                }
+            }
+            for out in &mut feed.outputs {
+                match out.reload_tls() {
+                    None => {}
+                    Some(Ok(expired)) => {
+                        log_expired(&feed.cfg.name, &out.name, &expired);
+                        reloaded += 1;
+                    }
+                    Some(Err(e)) => {
+                        failed += 1;
+                        crate::log!(
+                            Level::Error,
+                            "tls_reload_failed",
+                            feed = feed.cfg.name,
+                            output = out.name,
+                            key = e.key,
+                            error = e.msg,
+                            keeping = "the certificates loaded before"
+                        );
+                    }
+                }
+            }
+        }
+        crate::log!(
+            Level::Info,
+            "tls_reloaded",
+            signal = "SIGHUP",
+            reloaded = reloaded,
+            failed = failed,
+            note = "only TLS files are reloaded; restart to apply other configuration changes"
+        );
     }
 
     fn timers(&mut self, now: Instant) -> Result<(), String> {

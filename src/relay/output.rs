@@ -1,12 +1,27 @@
-//! Outputs: deliver a feed's ring to a SIEM over TCP, or to a file, from a durable cursor.
+//! Outputs: deliver a feed's ring to a SIEM over TCP or TLS, or to a file, from a durable
+//! cursor.
 //!
 //! Each output walks the ring from its own position and writes frames straight from the mapping
 //! with `writev` (no copy into a send buffer). Its cursor advances only past records whose
 //! frames the socket (or file) accepted completely.
 //!
-//! ## States (TCP)
-//! `Backoff { until }` → (deadline) → `Connecting` → (writable, no error) → `Connected`
-//! → (error, EOF, reset) → `Backoff`. A file output is always `Connected`.
+//! ## What "accepted" means with TLS
+//! A frame is accepted when rustls has taken its plaintext AND every TLS byte rustls made of it
+//! has been written to the socket. Plaintext is only handed to rustls while its send buffer is
+//! empty; the bytes it took are `held` until the flush completes, and only then do the frames
+//! count as written (and the cursor moves). A connection lost with TLS bytes still queued
+//! resends those frames after the reconnect. Like plain TCP, this says nothing about what the
+//! receiver read: the replay window covers that.
+//!
+//! ## Syslog
+//! With `syslog` set, each frame is `[LEN SP] HEADER record [LF]`, the header written per
+//! record from its receive time and sequence number into a buffer the output keeps.
+//!
+//! ## States (TCP, TLS)
+//! `Backoff { until }` → (deadline) → `Connecting` → (writable, no error) → [TLS:
+//! `Handshaking` → (handshake done)] → `Connected` → (error, EOF, reset) → `Backoff`. A failed
+//! handshake (unknown CA, wrong name, ...) is a failed connect: logged with the reason, retried
+//! with backoff. A file output is always `Connected`.
 //!
 //! An HTTP output (`http_delivery.rs`) batches records into requests instead, and commits only
 //! on success; see that module.
@@ -20,15 +35,20 @@ use std::io::{self, IoSlice, Read as _, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 use crate::clock;
 use crate::config::{OutFraming, OutputConfig, OutputKind};
 use crate::log::{Level, Limiter};
 use crate::ring::{Pos, Read, Ring};
+use crate::syslog::{Header, HEADER_MAX};
+use crate::tls::{self, ClientFiles};
 
 use super::alert::{Alert, AlertKind, Value};
 
@@ -57,6 +77,11 @@ pub enum State {
         /// Give up at.
         deadline: Instant,
     },
+    /// The TLS handshake is under way.
+    Handshaking {
+        /// Give up at.
+        deadline: Instant,
+    },
     /// Delivering.
     Connected,
 }
@@ -66,6 +91,7 @@ impl State {
         match self {
             State::Backoff { .. } => "backoff",
             State::Connecting { .. } => "connecting",
+            State::Handshaking { .. } => "handshaking",
             State::Connected => "connected",
         }
     }
@@ -88,6 +114,8 @@ pub struct OutputStats {
     pub corrupt_skipped: u64,
     /// Time spent waiting for the rate limiter, ns.
     pub rate_limited_ns: u64,
+    /// TLS handshakes that failed.
+    pub tls_failures: u64,
 }
 
 /// A token bucket for `rate_limit_eps`, refilled from the loop's clock. Records wait in the ring
@@ -151,11 +179,61 @@ struct Episode {
     before_ns: u64,
 }
 
+/// The TLS side of a TLS output.
+struct TlsOut {
+    files: ClientFiles,
+    /// The configuration new connections use (replaced by a reload).
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    conn: Option<ClientConnection>,
+    /// Plaintext bytes rustls took whose TLS bytes are not all on the socket yet.
+    held: usize,
+}
+
+impl TlsOut {
+    /// Writes what rustls has queued; `Ok` when all of it is on the socket.
+    fn flush(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        while conn.wants_write() {
+            match conn.write_tls(stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands `iov` to rustls (unless bytes are still held) and flushes; returns the plaintext
+    /// bytes now accepted (see the module doc).
+    ///
+    /// `iov` starts where the held bytes start (the output's send position does not move while
+    /// bytes are held) and covers at least as many bytes: the pass that collects it has a fresh
+    /// byte budget and at least the rate limiter's earlier allowance.
+    fn write(&mut self, stream: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        debug_assert!(iov.iter().map(|b| b.len()).sum::<usize>() >= self.held);
+        self.flush(stream)?;
+        if self.held == 0 {
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(io::ErrorKind::NotConnected.into());
+            };
+            self.held = conn.writer().write_vectored(iov)?;
+            self.flush(stream)?;
+        }
+        Ok(std::mem::take(&mut self.held))
+    }
+}
+
 enum Sink {
     Tcp {
         address: String,
         stream: Option<TcpStream>,
         peer: Option<SocketAddr>,
+        /// Set for a TLS output.
+        tls: Option<Box<TlsOut>>,
     },
     File {
         path: PathBuf,
@@ -174,6 +252,9 @@ pub struct Output {
     feed: String,
     sink: Sink,
     framing: OutFraming,
+    syslog: Header,
+    /// Frame prefixes (octet count, syslog header) of one write pass.
+    prefix_buf: Vec<u8>,
     replay: Duration,
     cursor: usize,
     /// The next record to send.
@@ -241,6 +322,7 @@ impl Output {
     /// (a restart counts as a reconnect for the replay window), 0 for a new ring.
     pub fn new(
         feed: &str,
+        instance: &str,
         cfg: &OutputConfig,
         ring: &mut Ring,
         last_checkpoint_ns: u64,
@@ -255,9 +337,47 @@ impl Output {
                     address: t.address.clone(),
                     stream: None,
                     peer: None,
+                    tls: None,
                 },
                 t.framing,
             ),
+            OutputKind::Tls(t) => {
+                let (config, expired) = tls::client_config(&t.files).map_err(|e| {
+                    format!("feed {feed} output {}: {}: {}", cfg.name, e.key, e.msg)
+                })?;
+                for e in &expired {
+                    crate::log!(
+                        Level::Warn,
+                        "certificate_expired",
+                        feed = feed,
+                        output = cfg.name,
+                        file = e.path.display(),
+                        subject = e.subject,
+                        not_after = e.not_after
+                    );
+                }
+                let server_name = ServerName::try_from(t.server_name.clone()).map_err(|e| {
+                    format!(
+                        "feed {feed} output {}: server_name {:?}: {e}",
+                        cfg.name, t.server_name
+                    )
+                })?;
+                (
+                    Sink::Tcp {
+                        address: t.address.clone(),
+                        stream: None,
+                        peer: None,
+                        tls: Some(Box::new(TlsOut {
+                            files: t.files.clone(),
+                            config,
+                            server_name,
+                            conn: None,
+                            held: 0,
+                        })),
+                    },
+                    t.framing,
+                )
+            }
             OutputKind::File(f) => (
                 Sink::File {
                     path: f.path.clone(),
@@ -284,6 +404,8 @@ impl Output {
             feed: feed.to_string(),
             sink,
             framing,
+            syslog: Header::new(&cfg.syslog, instance),
+            prefix_buf: Vec::new(),
             replay: cfg.replay,
             cursor,
             send,
@@ -345,7 +467,7 @@ impl Output {
     pub fn deadline(&self) -> Option<Instant> {
         let state = match self.state {
             State::Backoff { until } => Some(until),
-            State::Connecting { deadline } => Some(deadline),
+            State::Connecting { deadline } | State::Handshaking { deadline } => Some(deadline),
             State::Connected => {
                 let bucket = self
                     .bucket
@@ -445,6 +567,10 @@ impl Output {
             State::Connecting { deadline } if deadline <= now => {
                 self.fail(registry, "connect timed out", now);
             }
+            State::Handshaking { deadline } if deadline <= now => {
+                self.stats.tls_failures += 1;
+                self.fail(registry, "TLS handshake timed out (reason=timeout)", now);
+            }
             State::Connected => {
                 if matches!(self.sink, Sink::Http(_)) {
                     self.http_on_timer(registry, now);
@@ -479,6 +605,7 @@ impl Output {
                 address,
                 stream,
                 peer,
+                ..
             } => {
                 // Names are resolved at each connect, as NSS does; a literal address costs no
                 // lookup. (A hostname's lookup blocks the loop for as long as the resolver takes.)
@@ -581,12 +708,115 @@ impl Output {
         }
     }
 
+    /// Starts the TLS handshake on a connected socket.
+    fn start_tls(&mut self, registry: &Registry, ring: &mut Ring, now: Instant) {
+        let insecure =
+            matches!(&self.sink, Sink::Tcp { tls: Some(t), .. } if t.files.insecure_skip_verify);
+        if insecure {
+            crate::log!(
+                Level::Warn,
+                "tls_verification_disabled",
+                feed = self.feed,
+                output = self.name,
+                peer = self.peer_name(),
+                reason =
+                    "insecure_skip_verify = true: the receiver is not authenticated (labs only)"
+            );
+        }
+        let Sink::Tcp { tls: Some(t), .. } = &mut self.sink else {
+            return;
+        };
+        match ClientConnection::new(t.config.clone(), t.server_name.clone()) {
+            Ok(mut c) => {
+                c.set_buffer_limit(Some(tls::BUFFER_LIMIT));
+                t.conn = Some(c);
+                t.held = 0;
+                self.state = State::Handshaking {
+                    deadline: now + CONNECT_TIMEOUT,
+                };
+                self.handshake(registry, ring, now);
+            }
+            Err(e) => {
+                let why = format!("TLS session: {e}");
+                self.fail(registry, &why, now);
+            }
+        }
+    }
+
+    /// Drives the TLS handshake as far as the socket allows.
+    fn handshake(&mut self, registry: &Registry, ring: &mut Ring, now: Instant) {
+        let Sink::Tcp {
+            stream: Some(s),
+            tls: Some(t),
+            ..
+        } = &mut self.sink
+        else {
+            return;
+        };
+        let failure = loop {
+            match t.flush(s) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => break format!("TLS handshake: write: {e}"),
+            }
+            let Some(c) = t.conn.as_mut() else {
+                return;
+            };
+            if !c.is_handshaking() {
+                let version = c
+                    .protocol_version()
+                    .map_or("?".to_string(), |v| format!("{v:?}"));
+                crate::log!(
+                    Level::Info,
+                    "tls_established",
+                    feed = self.feed,
+                    output = self.name,
+                    server_name = t.server_name.to_str(),
+                    version = version
+                );
+                return self.on_connected(ring, now);
+            }
+            match c.read_tls(s) {
+                Ok(0) => break "TLS handshake: the receiver closed the connection".to_string(),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break format!("TLS handshake: read: {e}"),
+            }
+            if let Err(e) = c.process_new_packets() {
+                let _ = c.write_tls(s); // the alert, best effort
+                break format!(
+                    "TLS handshake failed (reason={}): {e}",
+                    tls::failure_reason(&e)
+                );
+            }
+        };
+        self.stats.tls_failures += 1;
+        self.fail(registry, &failure, now);
+    }
+
+    /// SIGHUP: re-reads a TLS output's CA and client certificate files. `None` for other
+    /// kinds; on error the old configuration stays.
+    pub fn reload_tls(&mut self) -> Option<Result<Vec<tls::Expired>, tls::FileError>> {
+        let Sink::Tcp { tls: Some(t), .. } = &mut self.sink else {
+            return None;
+        };
+        Some(tls::client_config(&t.files).map(|(config, expired)| {
+            t.config = config;
+            expired
+        }))
+    }
+
     /// Closes the connection and schedules a retry with capped exponential backoff and jitter.
     fn fail(&mut self, registry: &Registry, why: &str, now: Instant) {
         let was_connected = matches!(self.state, State::Connected);
-        if let Sink::Tcp { stream, .. } = &mut self.sink {
+        if let Sink::Tcp { stream, tls, .. } = &mut self.sink {
             if let Some(mut s) = stream.take() {
                 let _ = registry.deregister(&mut s);
+            }
+            if let Some(t) = tls {
+                t.conn = None;
+                t.held = 0;
             }
         }
         if let Sink::File { file, .. } = &mut self.sink {
@@ -653,7 +883,9 @@ impl Output {
                 },
                 _ => return,
             };
+            let is_tls = matches!(&self.sink, Sink::Tcp { tls: Some(_), .. });
             match (s.take_error(), s.peer_addr()) {
+                (Ok(None), Ok(_)) if is_tls => return self.start_tls(registry, ring, now),
                 (Ok(None), Ok(_)) => self.on_connected(ring, now),
                 (Ok(Some(e)) | Err(e), _) | (_, Err(e)) => {
                     if e.kind() == io::ErrorKind::NotConnected {
@@ -664,24 +896,38 @@ impl Output {
                 }
             }
         }
+        if let State::Handshaking { .. } = self.state {
+            return self.handshake(registry, ring, now);
+        }
         if !matches!(self.state, State::Connected) {
             return;
         }
-        if writable {
-            self.write_blocked = false;
-        }
         if matches!(self.sink, Sink::Http(_)) {
+            if writable {
+                self.write_blocked = false;
+            }
             if readable {
                 self.http_on_readable(registry, ring, now);
             }
             return;
         }
         if readable {
-            // SIEMs do not talk back on syslog connections: read to notice EOF and resets.
             if let Sink::Tcp {
+                stream: Some(s),
+                tls: Some(t),
+                ..
+            } = &mut self.sink
+            {
+                // Session tickets, key updates, close_notify, alerts: processed, plaintext
+                // discarded.
+                if let Some(why) = tls_read(t, s) {
+                    return self.fail(registry, &why, now);
+                }
+            } else if let Sink::Tcp {
                 stream: Some(s), ..
             } = &mut self.sink
             {
+                // SIEMs do not talk back on syslog connections: read to notice EOF and resets.
                 let mut buf = [0u8; 512];
                 loop {
                     match s.read(&mut buf) {
@@ -723,8 +969,10 @@ impl Output {
                 }
                 None => FRAMES_PER_WRITE,
             };
-            let mut prefixes = [[0u8; 12]; FRAMES_PER_WRITE];
-            let mut plens = [0usize; FRAMES_PER_WRITE];
+            // (start, len) of each frame's prefix in prefix_buf.
+            let mut prefixes = [(0usize, 0usize); FRAMES_PER_WRITE];
+            let mut header = [0u8; HEADER_MAX];
+            self.prefix_buf.clear();
             let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
             // (record position, frame bytes, next position) of each frame.
             let mut frames = [(Pos::default(), 0usize, Pos::default()); FRAMES_PER_WRITE];
@@ -736,13 +984,15 @@ impl Output {
             while n < allowed && total < budget {
                 match ring.read(pos) {
                     Read::Record(r) => {
+                        let hlen = self.syslog.write(r.ts, r.pos.seq, &mut header);
+                        let start = self.prefix_buf.len();
                         if self.framing == OutFraming::Octet {
-                            let mut w = &mut prefixes[n][..];
-                            let _ = write!(w, "{} ", r.payload.len());
-                            plens[n] = 12 - w.len();
+                            let _ = write!(self.prefix_buf, "{} ", hlen + r.payload.len());
                         }
+                        self.prefix_buf.extend_from_slice(&header[..hlen]);
+                        prefixes[n] = (start, self.prefix_buf.len() - start);
                         let suffix = usize::from(self.framing == OutFraming::Newline);
-                        let frame = plens[n] + r.payload.len() + suffix;
+                        let frame = prefixes[n].1 + r.payload.len() + suffix;
                         payloads[n] = r.payload;
                         stamps[n] = r.ts;
                         frames[n] = (r.pos, frame, r.next);
@@ -804,7 +1054,8 @@ impl Output {
                 b""
             };
             for i in 0..n {
-                for part in [&prefixes[i][..plens[i]], payloads[i], newline] {
+                let (ps, pl) = prefixes[i];
+                for part in [&self.prefix_buf[ps..ps + pl], payloads[i], newline] {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -814,6 +1065,11 @@ impl Output {
                 }
             }
             let res = match &mut self.sink {
+                Sink::Tcp {
+                    stream: Some(s),
+                    tls: Some(t),
+                    ..
+                } => t.write(s, &iov),
                 Sink::Tcp {
                     stream: Some(s), ..
                 } => s.write_vectored(&iov),
@@ -1010,6 +1266,33 @@ impl Output {
     pub fn state_name(&self) -> &'static str {
         self.state.name()
     }
+}
+
+/// Reads what a TLS receiver sent after the handshake; `Some(why)` when the connection is over.
+fn tls_read(t: &mut TlsOut, s: &mut TcpStream) -> Option<String> {
+    let c = t.conn.as_mut()?;
+    let mut buf = [0u8; 512];
+    loop {
+        match c.read_tls(s) {
+            Ok(0) => return Some("peer closed the connection".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Some(format!("read: {e}")),
+        }
+        if let Err(e) = c.process_new_packets() {
+            let _ = c.write_tls(s);
+            return Some(format!("TLS: {e}"));
+        }
+        loop {
+            match c.reader().read(&mut buf) {
+                Ok(0) => return Some("peer closed the connection (close_notify)".into()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    None
 }
 
 /// Opens a file output for appending, creating it and its directory (mode 0750) if needed.
