@@ -266,7 +266,7 @@ pub fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
         r
     } else if s.starts_with("https://") {
         return Err(format!(
-            "url = {s:?}: https outputs need TLS support, not in this build (use http:// behind a TLS-terminating proxy meanwhile)"
+            "url = {s:?}: https is not supported by http outputs yet (TLS is built for tcp-style outputs only); use http:// to a TLS-terminating proxy on loopback meanwhile"
         ));
     } else {
         return Err(format!("url = {s:?}: expected http://host[:port]/path"));
@@ -2151,7 +2151,12 @@ path = "out/zpa.log"
         };
         let m = msgs("url = \"https://splunk:8088\"\npreset = \"splunk_hec\"\ntoken = \"T\"");
         assert_eq!(m.len(), 1, "{m:?}");
-        assert!(m[0].contains(":27:7: url = \"https://splunk:8088\": https outputs need TLS support, not in this build"), "{m:?}");
+        assert!(
+            m[0].contains(
+                ":27:7: url = \"https://splunk:8088\": https is not supported by http outputs yet"
+            ),
+            "{m:?}"
+        );
         let m = msgs("url = \"http://splunk\"\npreset = \"splunk_hec\"\nchannel = \"abc\"");
         assert!(m.iter().any(|e| e.contains("needs token")), "{m:?}");
         assert!(
