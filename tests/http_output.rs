@@ -864,3 +864,52 @@ fn rate_limit_eps_paces_http_batches() {
     assert!(data.iter().all(|s| s.records().len() as u64 <= EPS / 10));
     assert_eq!(count(), N as usize, "a record was sent twice");
 }
+
+/// A `block` feed pauses its senders when the ring is full; an HTTP output frees room only when
+/// a response arrives (not while writing, as a TCP output does). The paused senders must be
+/// woken then: without that, a full ring with everything sent stalled the feed for good.
+#[test]
+fn a_block_feed_resumes_when_http_responses_free_the_ring() {
+    const N: u64 = 30_000;
+    const LEN_BIG: usize = 300;
+    let siem = HttpSiem::start(Box::new(|_req: &Seen| {
+        let mut r = Reply::new(200, "ok");
+        r.delay = Duration::from_millis(5);
+        r
+    }));
+    let dir = TempDir::new("http-block");
+    let text = format!(
+        r#"[relay]
+data_dir = "{data}"
+admin_listen = "off"
+
+[[feed]]
+name = "f"
+input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
+buffer = {{ size = "1MiB" }}
+max_record_bytes = "4KiB"
+when_full = "block"
+
+[[feed.output]]
+name = "h"
+kind = "http"
+url = "http://{addr}/"
+max_batch_bytes = "64KiB"
+max_batch_age = "10ms"
+"#,
+        data = dir.path().join("data").display(),
+        addr = siem.addr
+    );
+    let cfg = dir.path().join("ringrelay.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let addr = relay.addr("f");
+    let sender = thread::spawn(move || send_records(addr, 0..N, LEN_BIG));
+    let count = || siem.data().iter().map(|s| s.records().len()).sum::<usize>();
+    let ok = wait_until(Duration::from_secs(60), || count() >= N as usize);
+    assert!(ok, "{} of {N} records; log:\n{}", count(), relay.log_text());
+    sender.join().unwrap();
+    let mut all: Vec<u64> = siem.data().iter().flat_map(Seen::records).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..N).collect::<Vec<_>>());
+}
