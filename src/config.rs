@@ -175,6 +175,170 @@ pub enum OutputKind {
     Tls(TlsOutput),
     /// A local file.
     File(FileOutput),
+    /// An HTTP receiver (Splunk HEC, Panther, Sekoia, any HTTP endpoint), in batches.
+    Http(Box<HttpOutput>),
+}
+
+/// HTTP output presets: endpoint paths, headers and semantics of known receivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// Splunk HTTP Event Collector (`/services/collector/raw` or `/event`).
+    SplunkHec,
+    /// Panther HTTP source (shared-secret header).
+    Panther,
+    /// Sekoia HTTPS intake (`/plain/batch`).
+    Sekoia,
+    /// Nothing implied.
+    Generic,
+}
+
+impl Preset {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::SplunkHec => "splunk_hec",
+            Preset::Panther => "panther",
+            Preset::Sekoia => "sekoia",
+            Preset::Generic => "generic",
+        }
+    }
+}
+
+/// How records are put in a request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One record per line, each followed by LF.
+    Ndjson,
+    /// `[rec,rec,...]`: each record as-is (records must be JSON values for the body to be valid).
+    JsonArray,
+    /// Splunk HEC `/services/collector/event`: `{"event":"<record as a JSON string>"}` per line.
+    HecEvent,
+}
+
+/// An HTTP output.
+#[derive(Clone, Debug)]
+pub struct HttpOutput {
+    /// Host name or IP, as written in the URL.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Path and query of the data requests.
+    pub path: String,
+    /// The preset.
+    pub preset: Preset,
+    /// Every header line of a data request but `Content-Length` (and `Content-Encoding`),
+    /// each `Name: value`.
+    pub headers: Vec<(String, String)>,
+    /// Body format.
+    pub body: BodyFormat,
+    /// Gzip the body.
+    pub gzip: bool,
+    /// Largest body before compression (a single longer record goes alone).
+    pub max_batch_bytes: usize,
+    /// A batch below `max_batch_bytes` waits until its oldest record is this old.
+    pub max_batch_age: Duration,
+    /// Request sent to response read, at most.
+    pub request_timeout: Duration,
+    /// Splunk HEC indexer acknowledgement.
+    pub ack: bool,
+    /// A batch not acknowledged within this is sent again.
+    pub ack_timeout: Duration,
+    /// How often pending acknowledgements are polled.
+    pub ack_poll: Duration,
+    /// HEC channel GUID (filled in from instance, feed and output when not configured).
+    pub channel: String,
+}
+
+/// The parts of an `http://` URL the HTTP output needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Host name or IP (IPv6 without brackets).
+    pub host: String,
+    /// Port (default 80).
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+/// Parses `http://host[:port][/path][?query]`. `https://` is refused until TLS is in the build.
+pub fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
+    let rest = if let Some(r) = s.strip_prefix("http://") {
+        r
+    } else if s.starts_with("https://") {
+        return Err(format!(
+            "url = {s:?}: https is not supported by http outputs yet (TLS is built for tcp-style outputs only); use http:// to a TLS-terminating proxy on loopback meanwhile"
+        ));
+    } else {
+        return Err(format!("url = {s:?}: expected http://host[:port]/path"));
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "url = {s:?}: user:password in the URL is not supported (use headers)"
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("url = {s:?}: unclosed [ in the host"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '#') {
+        return Err(format!("url = {s:?}: no valid host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("url = {s:?}: port must be 1 to 65535")),
+        },
+    };
+    if path.contains(|c: char| c.is_whitespace() || c.is_control() || c == '#') {
+        return Err(format!(
+            "url = {s:?}: the path may not contain spaces, control characters or a #fragment"
+        ));
+    }
+    Ok(HttpUrl {
+        host: host.to_string(),
+        port,
+        path,
+    })
+}
+
+/// A stable HEC channel GUID for an output: the same instance, feed and output give the same
+/// channel after every restart (Splunk keeps acknowledgement state per channel).
+pub fn default_channel(instance: &str, feed: &str, output: &str) -> String {
+    let mut words = [0u32; 4];
+    for (i, w) in words.iter_mut().enumerate() {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[i as u8]);
+        for part in [instance, feed, output] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        *w = h.finalize();
+    }
+    // RFC 9562 version 8 (custom) UUID, variant 10.
+    words[1] = (words[1] & 0xffff_0fff) | 0x0000_8000;
+    words[2] = (words[2] & 0x3fff_ffff) | 0x8000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:04x}{:08x}",
+        words[0],
+        words[1] >> 16,
+        words[1] & 0xffff,
+        words[2] >> 16,
+        words[2] & 0xffff,
+        words[3]
+    )
 }
 
 /// A TCP output.
@@ -492,6 +656,20 @@ impl<'a, 'i> Tbl<'a, 'i> {
         )
     }
 
+    fn bool(&self, key: &str, cx: &mut Ctx<'_>) -> Option<bool> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                cx.err(
+                    v.span(),
+                    format!("{key}: expected true or false, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
     fn duration(&self, key: &str, cx: &mut Ctx<'_>) -> Option<Duration> {
         let (s, span) = self.str(key, "a duration string like \"15m\"", cx)?;
         match parse_duration(s) {
@@ -680,9 +858,19 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
             );
         }
     }
+    let relay = relay?;
+    for feed in &mut feeds {
+        for out in &mut feed.outputs {
+            if let OutputKind::Http(h) = &mut out.kind {
+                if h.channel.is_empty() {
+                    h.channel = default_channel(&relay.instance, &feed.name, &out.name);
+                }
+            }
+        }
+    }
     Some(Config {
         path: cx.path.clone(),
-        relay: relay?,
+        relay,
         feeds,
     })
 }
@@ -1050,7 +1238,7 @@ fn http_input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpInputConfi
 }
 
 fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
-    let (kind, kind_span) = t.req_str("kind", "\"tcp\", \"tls\" or \"file\"", cx)?;
+    let (kind, kind_span) = t.req_str("kind", "\"tcp\", \"tls\", \"file\" or \"http\"", cx)?;
     let common = [
         "name",
         "kind",
@@ -1138,14 +1326,19 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
             });
             (kind, Duration::ZERO)
         }
-        k @ "http" => {
-            cx.err(kind_span, format!("output kind {k:?} is not supported by this version of ringrelay (supported: tcp, tls, file)"));
-            return None;
+        "http" => {
+            // No framing and no syslog header: records go into request bodies as they are.
+            let common_http = ["name", "kind", "replay", "rate_limit_eps", "alert_after"];
+            t.check_keys(&[&common_http[..], HTTP_KEYS].concat(), cx);
+            (
+                http_output(t, cx).map(|h| OutputKind::Http(Box::new(h))),
+                Duration::ZERO,
+            )
         }
         k => {
             cx.err(
                 kind_span,
-                format!("output kind {k:?} is unknown (supported: tcp, tls, file)"),
+                format!("output kind {k:?} is unknown (supported: tcp, tls, file, http)"),
             );
             return None;
         }
@@ -1165,6 +1358,296 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
         replay,
         rate_limit_eps,
         syslog: syslog?,
+    })
+}
+
+/// Keys of an http output besides the common ones.
+const HTTP_KEYS: &[&str] = &[
+    "url",
+    "preset",
+    "token",
+    "secret",
+    "auth_header",
+    "headers",
+    "body",
+    "gzip",
+    "max_batch_bytes",
+    "max_batch_age",
+    "request_timeout",
+    "ack",
+    "ack_timeout",
+    "ack_poll",
+    "channel",
+];
+
+/// `8-4-4-4-12` hex digits, as Splunk wants a HEC channel.
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A header name is an RFC 9110 token.
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header value has no CR, LF or other control character but TAB.
+fn valid_header_value(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() && c != '\t')
+}
+
+fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutput> {
+    let url = t
+        .req_str(
+            "url",
+            "a URL like \"http://siem:8088/services/collector/raw\"",
+            cx,
+        )
+        .and_then(|(s, span)| match parse_http_url(s) {
+            Ok(u) => Some((u, span)),
+            Err(e) => {
+                cx.err(span, e);
+                None
+            }
+        });
+    let preset = t
+        .choice(
+            "preset",
+            &[
+                ("splunk_hec", Preset::SplunkHec),
+                ("panther", Preset::Panther),
+                ("sekoia", Preset::Sekoia),
+                ("generic", Preset::Generic),
+            ],
+            cx,
+        )
+        .unwrap_or(Preset::Generic);
+    let body_choice = t.choice(
+        "body",
+        &[
+            ("ndjson", BodyFormat::Ndjson),
+            ("json_array", BodyFormat::JsonArray),
+        ],
+        cx,
+    );
+    let gzip = t.bool("gzip", cx).unwrap_or(false);
+    let max_batch_bytes = t
+        .size("max_batch_bytes", 1024..=64 << 20, cx)
+        .unwrap_or(512 << 10) as usize;
+    let max_batch_age = t
+        .duration("max_batch_age", cx)
+        .unwrap_or(Duration::from_secs(1));
+    let request_timeout = match t.duration("request_timeout", cx) {
+        Some(d) if d.is_zero() => {
+            let span = t
+                .get("request_timeout")
+                .map_or(t.span.clone(), Spanned::span);
+            cx.err(span, "request_timeout must be more than 0");
+            None
+        }
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(30)),
+    };
+    let ack = t.bool("ack", cx).unwrap_or(false);
+    let ack_timeout = t
+        .duration("ack_timeout", cx)
+        .unwrap_or(Duration::from_secs(300));
+    let ack_poll = t
+        .duration("ack_poll", cx)
+        .unwrap_or(Duration::from_secs(10));
+    let channel = t.str("channel", "a GUID", cx).map(|(s, span)| {
+        if is_guid(s) {
+            s.to_string()
+        } else {
+            cx.err(
+                span,
+                format!("channel = {s:?}: expected a GUID like \"0d1c2b3a-....\""),
+            );
+            String::new()
+        }
+    });
+    let token = t.str("token", "a string", cx);
+    let secret = t.str("secret", "a string", cx);
+    let auth_header = t.str("auth_header", "a header name", cx);
+    for (k, v) in [("token", &token), ("secret", &secret)] {
+        if let Some((s, span)) = v.clone() {
+            if s.is_empty() || !valid_header_value(s) {
+                cx.err(
+                    span,
+                    format!("{k} may not be empty or hold control characters"),
+                );
+            }
+        }
+    }
+    if let Some((s, span)) = auth_header.clone() {
+        if !valid_header_name(s) {
+            cx.err(
+                span,
+                format!("auth_header = {s:?} is not a valid header name"),
+            );
+        }
+    }
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let preset_span = t.get("preset").map_or(t.span.clone(), Spanned::span);
+    let refuse = |key: &str, v: &Option<(&str, Range<usize>)>, cx: &mut Ctx<'_>| {
+        if let Some((_, span)) = v.clone() {
+            cx.err(
+                span,
+                format!("{key} is not used by preset {:?}", preset.name()),
+            );
+        }
+    };
+    let (url, url_span) = url?;
+    let mut path = url.path.clone();
+    let mut body = body_choice.unwrap_or(BodyFormat::Ndjson);
+    match preset {
+        Preset::SplunkHec => {
+            refuse("secret", &secret, cx);
+            refuse("auth_header", &auth_header, cx);
+            match token {
+                Some((tok, _)) => headers.push(("Authorization".into(), format!("Splunk {tok}"))),
+                None => cx.err(
+                    preset_span.clone(),
+                    "preset \"splunk_hec\" needs token (the HEC token)",
+                ),
+            }
+            if path == "/" {
+                path = "/services/collector/raw".into();
+            }
+            let endpoint = path.split('?').next().unwrap_or("");
+            if endpoint == "/services/collector/event"
+                || endpoint == "/services/collector"
+                || endpoint == "/services/collector/event/1.0"
+            {
+                if let Some((_, span)) = t.str("body", "", cx).filter(|_| body_choice.is_some()) {
+                    cx.err(span, "body: the HEC /event endpoint takes {\"event\": ...} envelopes, which the output builds itself; remove body");
+                }
+                body = BodyFormat::HecEvent;
+            } else if !endpoint.starts_with("/services/collector/raw") {
+                cx.err(url_span.clone(), format!("url: preset \"splunk_hec\" posts to /services/collector/raw or /services/collector/event, not {endpoint:?}"));
+            }
+        }
+        Preset::Panther => {
+            refuse("token", &token, cx);
+            match secret {
+                Some((sec, _)) => {
+                    let name = auth_header.map_or("x-panther-zscaler", |(n, _)| n);
+                    headers.push((name.to_string(), sec.to_string()));
+                }
+                None => cx.err(
+                    preset_span.clone(),
+                    "preset \"panther\" needs secret (the HTTP source's shared secret)",
+                ),
+            }
+        }
+        Preset::Sekoia => {
+            refuse("secret", &secret, cx);
+            refuse("auth_header", &auth_header, cx);
+            match token {
+                Some((tok, _)) => headers.push(("X-SEKOIAIO-INTAKE-KEY".into(), tok.to_string())),
+                None => cx.err(
+                    preset_span.clone(),
+                    "preset \"sekoia\" needs token (the intake key)",
+                ),
+            }
+            if path == "/" {
+                path = "/plain/batch".into();
+            }
+            if body == BodyFormat::JsonArray {
+                let span = t.get("body").map_or(t.span.clone(), Spanned::span);
+                cx.err(span, "preset \"sekoia\" posts to /plain/batch, which takes LF-separated events: use body = \"ndjson\"");
+            }
+        }
+        Preset::Generic => {
+            refuse("token", &token, cx);
+            match (secret, auth_header) {
+                (Some((sec, _)), Some((name, _))) => {
+                    headers.push((name.to_string(), sec.to_string()))
+                }
+                (None, None) => {}
+                (Some((_, span)), None) | (None, Some((_, span))) => {
+                    cx.err(
+                        span,
+                        "secret and auth_header go together (the header that carries the secret)",
+                    );
+                }
+            }
+        }
+    }
+    if ack && preset != Preset::SplunkHec {
+        let span = t.get("ack").map_or(t.span.clone(), Spanned::span);
+        cx.err(
+            span,
+            "ack = true is Splunk HEC indexer acknowledgement: only with preset = \"splunk_hec\"",
+        );
+    }
+    if let Some(v) = t.get("headers") {
+        if let Some(h) = Tbl::new(v, "headers".into(), cx) {
+            for (k, v) in h.t.iter() {
+                let name = k.get_ref().as_ref();
+                let lower = name.to_ascii_lowercase();
+                if !valid_header_name(name) {
+                    cx.err(
+                        k.span(),
+                        format!("headers: {name:?} is not a valid header name"),
+                    );
+                    continue;
+                }
+                if [
+                    "host",
+                    "content-length",
+                    "content-encoding",
+                    "transfer-encoding",
+                    "connection",
+                ]
+                .contains(&lower.as_str())
+                {
+                    cx.err(
+                        k.span(),
+                        format!("headers: {name} is set by the output itself"),
+                    );
+                    continue;
+                }
+                match v.get_ref() {
+                    DeValue::String(s) if valid_header_value(s) => {
+                        headers.push((name.to_string(), s.to_string()))
+                    }
+                    DeValue::String(_) => cx.err(
+                        v.span(),
+                        format!("headers: the value of {name} holds a control character"),
+                    ),
+                    other => cx.err(
+                        v.span(),
+                        format!(
+                            "headers: the value of {name} must be a string, found {}",
+                            type_name(other)
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    Some(HttpOutput {
+        host: url.host,
+        port: url.port,
+        path,
+        preset,
+        headers,
+        body,
+        gzip,
+        max_batch_bytes,
+        max_batch_age,
+        request_timeout: request_timeout?,
+        ack,
+        ack_timeout,
+        ack_poll,
+        channel: channel.unwrap_or_default(),
     })
 }
 
@@ -1505,7 +1988,7 @@ path = "out/zpa.log"
         let text = GOOD
             .replace("name = \"zpa\"", "name = \"zia-web\"")
             .replace("0.0.0.0:9515", "0.0.0.0:9514")
-            .replace("kind = \"file\"", "kind = \"http\"");
+            .replace("kind = \"file\"", "kind = \"kafka\"");
         let msgs: Vec<String> = parse(&text)
             .expect_err("invalid")
             .iter()
@@ -1520,8 +2003,8 @@ path = "out/zpa.log"
             "{msgs:#?}"
         );
         assert!(
-            msgs.iter()
-                .any(|m| m.contains("not supported by this version")),
+            msgs.iter().any(|m| m
+                .contains("output kind \"kafka\" is unknown (supported: tcp, tls, file, http)")),
             "{msgs:#?}"
         );
     }
@@ -1587,6 +2070,142 @@ path = "out/zpa.log"
         assert!(errs[0]
             .msg
             .contains("\"nope\" names no feed (feeds: zia-web, zpa)"));
+    }
+
+    fn http_output_of(extra: &str) -> Result<Config, Vec<ConfigError>> {
+        let text = GOOD.replace(
+            "[[feed.output]]\nname = \"archive\"",
+            &format!("[[feed.output]]\nname = \"hec\"\nkind = \"http\"\n{extra}\n\n[[feed.output]]\nname = \"archive\""),
+        );
+        parse(&text)
+    }
+
+    #[test]
+    fn http_outputs_take_their_preset_defaults() {
+        let c = http_output_of(
+            "preset = \"splunk_hec\"\nurl = \"http://splunk:8088\"\ntoken = \"T\"\nack = true",
+        )
+        .unwrap();
+        let o = &c.feeds[1].outputs[0];
+        assert_eq!(o.replay, Duration::ZERO);
+        let OutputKind::Http(h) = &o.kind else {
+            panic!("http")
+        };
+        assert_eq!((h.host.as_str(), h.port), ("splunk", 8088));
+        assert_eq!(h.path, "/services/collector/raw");
+        assert_eq!(h.body, BodyFormat::Ndjson);
+        assert_eq!(h.max_batch_bytes, 512 << 10);
+        assert_eq!(h.max_batch_age, Duration::from_secs(1));
+        assert_eq!(h.ack_poll, Duration::from_secs(10));
+        assert_eq!(h.ack_timeout, Duration::from_secs(300));
+        assert!(h.ack);
+        assert_eq!(
+            h.headers,
+            [("Authorization".to_string(), "Splunk T".to_string())]
+        );
+        assert_eq!(h.channel, default_channel("ringrelay", "zpa", "hec"));
+        assert!(is_guid(&h.channel), "{}", h.channel);
+        assert_ne!(h.channel, default_channel("ringrelay", "zpa", "hec2"));
+
+        let c = http_output_of("preset = \"splunk_hec\"\nurl = \"http://s/services/collector/event?index=x\"\ntoken = \"T\"").unwrap();
+        let OutputKind::Http(h) = &c.feeds[1].outputs[0].kind else {
+            panic!("http")
+        };
+        assert_eq!(h.body, BodyFormat::HecEvent);
+        assert_eq!(
+            (h.port, h.path.as_str()),
+            (80, "/services/collector/event?index=x")
+        );
+
+        let c = http_output_of("preset = \"sekoia\"\nurl = \"http://intake\"\ntoken = \"K\"\nheaders = { \"X-Foo\" = \"bar\" }").unwrap();
+        let OutputKind::Http(h) = &c.feeds[1].outputs[0].kind else {
+            panic!("http")
+        };
+        assert_eq!(h.path, "/plain/batch");
+        assert_eq!(
+            h.headers,
+            [
+                ("X-SEKOIAIO-INTAKE-KEY".to_string(), "K".to_string()),
+                ("X-Foo".to_string(), "bar".to_string())
+            ]
+        );
+        let c = http_output_of("preset = \"panther\"\nurl = \"http://p/in\"\nsecret = \"S\"\nbody = \"json_array\"\ngzip = true").unwrap();
+        let OutputKind::Http(h) = &c.feeds[1].outputs[0].kind else {
+            panic!("http")
+        };
+        assert_eq!(
+            h.headers,
+            [("x-panther-zscaler".to_string(), "S".to_string())]
+        );
+        assert_eq!((h.body, h.gzip), (BodyFormat::JsonArray, true));
+    }
+
+    #[test]
+    fn http_output_mistakes_are_named_with_their_position() {
+        let msgs = |extra: &str| -> Vec<String> {
+            http_output_of(extra)
+                .expect_err("invalid")
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let m = msgs("url = \"https://splunk:8088\"\npreset = \"splunk_hec\"\ntoken = \"T\"");
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].contains(
+                ":27:7: url = \"https://splunk:8088\": https is not supported by http outputs yet"
+            ),
+            "{m:?}"
+        );
+        let m = msgs("url = \"http://splunk\"\npreset = \"splunk_hec\"\nchannel = \"abc\"");
+        assert!(m.iter().any(|e| e.contains("needs token")), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|e| e.contains("channel = \"abc\": expected a GUID")),
+            "{m:?}"
+        );
+        let m = msgs(
+            "url = \"http://x:0/\"\nack = true\nheaders = { Host = \"y\" }\nframing = \"octet\"",
+        );
+        assert!(
+            m.iter().any(|e| e.contains("port must be 1 to 65535")),
+            "{m:?}"
+        );
+        let m = msgs(
+            "url = \"http://x/\"\nack = true\nheaders = { Host = \"y\" }\nframing = \"octet\"",
+        );
+        assert!(
+            m.iter()
+                .any(|e| e.contains("only with preset = \"splunk_hec\"")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|e| e.contains("Host is set by the output itself")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter().any(|e| e.contains("unknown key \"framing\"")),
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn http_urls_parse_minimally() {
+        let u = parse_http_url("http://[::1]:9000/a/b?c=d").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9000, "/a/b?c=d")
+        );
+        let u = parse_http_url("http://h?x=1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("h", 80, "/?x=1")
+        );
+        assert!(parse_http_url("ftp://h/").is_err());
+        assert!(parse_http_url("http://u:p@h/").is_err());
+        assert!(parse_http_url("http:///x").is_err());
+        assert!(parse_http_url("http://h/a b").is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The fuzz targets' bodies (`fuzz/fuzz_targets/bodies.rs`) on a few thousand generated inputs,
 //! so they run in every `cargo test` (cargo-fuzz needs nightly): arbitrary bytes in each mode,
 //! valid rings with random bytes flipped, syslog-like streams for the framer, and HTTP-like
-//! requests for the HTTP input.
+//! requests for the HTTP input and HTTP-like response streams for the HTTP output's response
+//! reader.
 
 #[path = "../fuzz/fuzz_targets/bodies.rs"]
 mod bodies;
@@ -140,6 +141,28 @@ proptest! {
     }
 }
 
+/// Bytes that look like HTTP/1.1 responses: status lines, the headers the reader acts on,
+/// chunk sizes, CRLFs and bodies.
+fn http_responseish() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"HTTP/1.1 200 OK\r\n".to_vec()),
+        Just(b"HTTP/1.0 503 Busy\r\n".to_vec()),
+        Just(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+        Just(b"HTTP/1.1 204 No Content\r\n".to_vec()),
+        Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+        Just(b"Connection: close\r\n".to_vec()),
+        Just(b"Retry-After: 3\r\n".to_vec()),
+        (0u32..40).prop_map(|n| format!("Content-Length: {n}\r\n").into_bytes()),
+        (0u32..40).prop_map(|n| format!("{n:x}\r\n").into_bytes()),
+        Just(b"\r\n".to_vec()),
+        Just(b"{\"acks\":{\"0\":true,\"1\":false}}".to_vec()),
+        Just(b"{\"text\":\"Success\",\"code\":0,\"ackId\":7}".to_vec()),
+        "[a-z0-9 :;=,]{0,20}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..8),
+    ];
+    prop::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+}
+
 /// Bytes that look like HTTP requests to the input: heads, headers, bodies of lines and arrays.
 fn httpish() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
@@ -164,6 +187,20 @@ fn httpish() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     #![proptest_config(config(1500))]
+
+    #[test]
+    fn http_response_body_holds_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..600)) {
+        watchdog();
+        bodies::http_response(&data);
+    }
+
+    #[test]
+    fn http_response_body_holds_on_response_like_streams(split in any::<u8>(), stream in http_responseish()) {
+        watchdog();
+        let mut data = vec![split];
+        data.extend_from_slice(&stream);
+        bodies::http_response(&data);
+    }
 
     #[test]
     fn http_request_body_holds_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..600)) {

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use ringrelay::framing::{Framer, FramerConfig, Framing, Oversize};
 use ringrelay::http_batch::{self, Expect, Limits};
+use ringrelay::relay::http::{self, Response, ResponseReader, MAX_RESPONSE_BODY};
 use ringrelay::ring::view::scan_forward;
 use ringrelay::ring::{Pos, Read, Ring, RingOptions, RingReader, View, WhenFull};
 
@@ -334,6 +335,48 @@ pub fn framing(data: &[u8]) {
         let refused = feed(cfg, &[&stream[..split], &stream[split..]], true);
         assert_eq!(whole, refused, "{framing:?}: refusals change the records");
     }
+}
+
+/// Reads `chunks` as one response stream, to the end: the responses, then how it ended.
+fn read_responses(chunks: &[&[u8]]) -> (Vec<Response>, String) {
+    let mut r = ResponseReader::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        let mut data = *chunk;
+        loop {
+            match r.push(data) {
+                Ok(Some(resp)) => {
+                    assert!(resp.body.len() <= MAX_RESPONSE_BODY);
+                    assert!(resp.body_len >= resp.body.len() as u64);
+                    out.push(resp);
+                    data = b"";
+                }
+                Ok(None) => break,
+                Err(e) => return (out, format!("error {:?}", std::mem::discriminant(&e))),
+            }
+        }
+    }
+    let end = match r.eof() {
+        Ok(resp) => {
+            assert!(resp.body.len() <= MAX_RESPONSE_BODY);
+            out.push(resp);
+            "eof".to_string()
+        }
+        Err(e) => format!("eof error {:?}", std::mem::discriminant(&e)),
+    };
+    (out, end)
+}
+
+/// Any bytes as the HTTP output's response stream, split in two at a position taken from the
+/// first byte: the reader never panics, keeps at most `MAX_RESPONSE_BODY` of a body, and reads
+/// the same responses however the stream is split; the HEC acknowledgement readers never panic.
+pub fn http_response(data: &[u8]) {
+    let split = data.first().map_or(0, |&b| usize::from(b)) % (data.len() + 1);
+    let whole = read_responses(&[data]);
+    let parts = read_responses(&[&data[..split], &data[split..]]);
+    assert_eq!(whole, parts, "split at {split}");
+    let _ = http::hec_ack_id(data);
+    let _ = http::hec_acks(data, |_, _| {});
 }
 
 /// Any bytes as an HTTP input's request stream: the head parser never panics and never claims

@@ -584,6 +584,64 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             }
         }
     }
+    // HTTP outputs only.
+    let name = "ringrelay_output_http_requests_total";
+    m.head(
+        name,
+        "counter",
+        "HTTP output requests by response status class; class=\"none\": no response (connection error, timeout, malformed response).",
+    );
+    for f in feeds {
+        for o in &f.outputs {
+            if let Some(h) = o.http_stats() {
+                for (i, class) in ["none", "1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .iter()
+                    .enumerate()
+                {
+                    m.sample(
+                        name,
+                        &format!(
+                            "feed=\"{}\",output=\"{}\",class=\"{class}\"",
+                            f.cfg.name, o.name
+                        ),
+                        h.requests[i],
+                    );
+                }
+            }
+        }
+    }
+    type HttpValue = fn(&super::Output) -> Option<u64>;
+    let http_families: [(&str, &str, &str, HttpValue); 3] = [
+        (
+            "ringrelay_output_records_dead_lettered_total",
+            "counter",
+            "Records an HTTP receiver refused alone with a 4xx, written to the dead-letter file and skipped.",
+            |o| o.http_stats().map(|h| h.dead_lettered),
+        ),
+        (
+            "ringrelay_output_batches_retried_total",
+            "counter",
+            "HTTP batches sent again: after 429/5xx, a timeout or connection error, a split (413 or other 4xx), or an ack timeout.",
+            |o| o.http_stats().map(|h| h.batches_retried),
+        ),
+        (
+            "ringrelay_output_acks_pending",
+            "gauge",
+            "Batches answered 200 and waiting for their Splunk HEC indexer acknowledgement.",
+            |o| o.acks_pending().map(|n| n as u64),
+        ),
+    ];
+    for (name, kind, help, value) in http_families {
+        m.head(name, kind, help);
+        for f in feeds {
+            for o in &f.outputs {
+                if let Some(v) = value(o) {
+                    let labels = format!("feed=\"{}\",output=\"{}\"", f.cfg.name, o.name);
+                    m.sample(name, &labels, v);
+                }
+            }
+        }
+    }
     let name = "ringrelay_alerts_total";
     m.head(name, "counter", "Alerts raised (transitions), by kind.");
     for kind in super::AlertKind::ALL {

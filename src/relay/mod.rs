@@ -30,6 +30,7 @@
 
 mod admin;
 pub mod alert;
+pub mod http;
 mod http_in;
 mod input;
 pub mod lock;
@@ -957,7 +958,14 @@ impl Relay {
                 let registry = self.poll.registry();
                 if let Some(feed) = self.feeds.get_mut(fi) {
                     if let Some(out) = feed.outputs.get_mut(oi) {
+                        let committed = feed.ring.cursor_pos(out.cursor()).seq;
                         out.on_event(registry, &mut feed.ring, readable, writable, now);
+                        // An HTTP output commits when a response (or an ack) arrives, here and
+                        // not in `write_outputs`: a `block` feed paused on a full ring may take
+                        // records again.
+                        if feed.paused && feed.ring.cursor_pos(out.cursor()).seq != committed {
+                            feed.dirty = true;
+                        }
                         if out.can_write() {
                             self.more.push((fi, oi));
                         }

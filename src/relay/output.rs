@@ -23,6 +23,9 @@
 //! handshake (unknown CA, wrong name, ...) is a failed connect: logged with the reason, retried
 //! with backoff. A file output is always `Connected`.
 //!
+//! An HTTP output (`http_delivery.rs`) batches records into requests instead, and commits only
+//! on success; see that module.
+//!
 //! ## Replay
 //! On every (re)connect the output resumes at `min(cursor, first record received at or after
 //! disconnect_time - replay)`: plain TCP gives no proof of what the SIEM kept.
@@ -48,6 +51,10 @@ use crate::syslog::{Header, HEADER_MAX};
 use crate::tls::{self, ClientFiles};
 
 use super::alert::{Alert, AlertKind, Value};
+
+mod http_delivery;
+use http_delivery::HttpSink;
+pub use http_delivery::HttpStats;
 
 /// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
 const FRAMES_PER_WRITE: usize = 256;
@@ -235,6 +242,7 @@ enum Sink {
         rotate_bytes: u64,
         rotate_keep: u32,
     },
+    Http(Box<HttpSink>),
 }
 
 /// One output of a feed.
@@ -286,6 +294,8 @@ pub struct Output {
     last_error: String,
     /// Alerts raised and not yet taken by the relay.
     pub alerts: Vec<Alert>,
+    /// The server's `Retry-After`, for the next backoff.
+    retry_after: Option<Duration>,
 }
 
 /// What stopped collecting frames, without the borrow of the ring.
@@ -378,6 +388,14 @@ impl Output {
                 },
                 f.framing,
             ),
+            OutputKind::Http(h) => {
+                let dir = ring.path().parent().unwrap_or(std::path::Path::new("."));
+                let dead = dir.join(format!("{feed}.{}.deadletter", cfg.name));
+                (
+                    Sink::Http(Box::new(HttpSink::new(h, dead))),
+                    OutFraming::Newline,
+                )
+            }
         };
         let send = ring.cursor_pos(cursor);
         let lost_seen = ring.cursor_lost(cursor);
@@ -411,6 +429,7 @@ impl Output {
             down_alerted: false,
             last_error: "not connected yet".to_string(),
             alerts: Vec::new(),
+            retry_after: None,
         })
     }
 
@@ -449,10 +468,20 @@ impl Output {
         let state = match self.state {
             State::Backoff { until } => Some(until),
             State::Connecting { deadline } | State::Handshaking { deadline } => Some(deadline),
-            State::Connected => self
-                .bucket
-                .as_ref()
-                .and_then(|b| b.empty_since.map(|_| b.wake)),
+            State::Connected => {
+                let bucket = self
+                    .bucket
+                    .as_ref()
+                    .and_then(|b| b.empty_since.map(|_| b.wake));
+                let http = match &self.sink {
+                    Sink::Http(h) => h.deadline(bucket.is_none()),
+                    _ => None,
+                };
+                match (bucket, http) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         };
         match (state, self.alert_due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -506,6 +535,23 @@ impl Output {
         matches!(self.state, State::Connected)
             && !self.write_blocked
             && self.bucket.as_ref().is_none_or(|b| b.empty_since.is_none())
+            && !matches!(&self.sink, Sink::Http(h) if h.receiving())
+    }
+
+    /// An HTTP output's counters (`None` for other kinds).
+    pub fn http_stats(&self) -> Option<HttpStats> {
+        match &self.sink {
+            Sink::Http(h) => Some(h.stats),
+            _ => None,
+        }
+    }
+
+    /// Batches of an HTTP output waiting for their Splunk HEC acknowledgement.
+    pub fn acks_pending(&self) -> Option<usize> {
+        match &self.sink {
+            Sink::Http(h) => Some(h.acks_pending()),
+            _ => None,
+        }
     }
 
     /// Whether the output is connected.
@@ -526,6 +572,9 @@ impl Output {
                 self.fail(registry, "TLS handshake timed out (reason=timeout)", now);
             }
             State::Connected => {
+                if matches!(self.sink, Sink::Http(_)) {
+                    self.http_on_timer(registry, now);
+                }
                 if let Some(b) = self.bucket.as_mut().filter(|b| b.wake <= now) {
                     if let Some(since) = b.empty_since.take() {
                         self.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
@@ -538,6 +587,7 @@ impl Output {
 
     fn connect(&mut self, registry: &Registry, token: Token, ring: &Ring, now: Instant) {
         match &mut self.sink {
+            Sink::Http(_) => self.http_connect(registry, token, now),
             Sink::File {
                 path, file, size, ..
             } => match open_append(path) {
@@ -628,6 +678,9 @@ impl Output {
         }
         self.note_overrun(ring);
         self.send = start;
+        if matches!(self.sink, Sink::Http(_)) {
+            self.http_on_connected();
+        }
         self.partial = 0;
         self.replay_until = cursor.seq;
         self.write_blocked = false;
@@ -651,6 +704,7 @@ impl Output {
             Sink::Tcp { peer: Some(p), .. } => p.to_string(),
             Sink::Tcp { address, .. } => address.clone(),
             Sink::File { path, .. } => path.display().to_string(),
+            Sink::Http(h) => h.peer_name(),
         }
     }
 
@@ -768,6 +822,9 @@ impl Output {
         if let Sink::File { file, .. } = &mut self.sink {
             *file = None;
         }
+        if matches!(self.sink, Sink::Http(_)) {
+            self.http_close(registry, was_connected);
+        }
         if was_connected {
             self.disconnect_ns = clock::wall_ns();
             self.down_since = Some(now);
@@ -782,7 +839,11 @@ impl Output {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let jitter = 0.8 + (self.rng % 1000) as f64 / 2500.0;
-        let delay = base.mul_f64(jitter).min(BACKOFF_MAX);
+        let delay = match self.retry_after.take() {
+            // The server said when: that, not our guess (but never a busy loop on "0").
+            Some(after) => after.max(BACKOFF_MIN),
+            None => base.mul_f64(jitter).min(BACKOFF_MAX),
+        };
         self.attempt = self.attempt.saturating_add(1);
         self.state = State::Backoff { until: now + delay };
         if let Some(suppressed) = self.down_log.allow(now) {
@@ -812,11 +873,15 @@ impl Output {
             if !writable {
                 return;
             }
-            let Sink::Tcp {
-                stream: Some(s), ..
-            } = &self.sink
-            else {
-                return;
+            let s = match &self.sink {
+                Sink::Tcp {
+                    stream: Some(s), ..
+                } => s,
+                Sink::Http(h) => match h.stream() {
+                    Some(s) => s,
+                    None => return,
+                },
+                _ => return,
             };
             let is_tls = matches!(&self.sink, Sink::Tcp { tls: Some(_), .. });
             match (s.take_error(), s.peer_addr()) {
@@ -835,6 +900,15 @@ impl Output {
             return self.handshake(registry, ring, now);
         }
         if !matches!(self.state, State::Connected) {
+            return;
+        }
+        if matches!(self.sink, Sink::Http(_)) {
+            if writable {
+                self.write_blocked = false;
+            }
+            if readable {
+                self.http_on_readable(registry, ring, now);
+            }
             return;
         }
         if readable {
@@ -878,6 +952,9 @@ impl Output {
     pub fn write(&mut self, registry: &Registry, ring: &mut Ring, now: Instant) -> Pass {
         if !self.can_write() {
             return Pass::Blocked;
+        }
+        if matches!(self.sink, Sink::Http(_)) {
+            return self.write_http(registry, ring, now);
         }
         let mut budget = WRITE_BUDGET;
         loop {

@@ -1,0 +1,848 @@
+//! The HTTP output's protocol pieces, sans I/O: request heads and batch bodies, an incremental
+//! HTTP/1.1 response reader, `Retry-After`, Splunk HEC acknowledgement JSON, dead-letter lines.
+//! Nothing here touches a socket or a clock; `output.rs` does the I/O through [`Transport`], the
+//! one place where the HTTP output's bytes meet the network (a TLS session can replace the plain
+//! stream there).
+
+use std::io::{self, IoSlice, Read as _, Write as _};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+
+use crate::config::{BodyFormat, HttpOutput, Preset};
+
+/// Response bytes kept of a body; the rest is read and discarded.
+pub const MAX_RESPONSE_BODY: usize = 64 << 10;
+/// A response head longer than this is refused (the connection is then closed).
+pub const MAX_RESPONSE_HEAD: usize = 16 << 10;
+/// A chunk size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 1024;
+/// `Retry-After` is honoured up to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The HTTP output's connection: all its byte I/O goes through here.
+pub struct Transport {
+    stream: TcpStream,
+}
+
+impl Transport {
+    /// Wraps a connected (or connecting) stream.
+    pub fn new(stream: TcpStream) -> Transport {
+        Transport { stream }
+    }
+
+    /// The stream, for registration and connect checks.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The stream, for error checks.
+    pub fn stream_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes what the socket takes of `bufs`.
+    pub fn write(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    /// Reads what the socket has.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+/// Appends `s` as the inside of a JSON string (no quotes): `"`, `\` and control characters
+/// escaped; bytes that are not UTF-8 become U+FFFD.
+pub fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
+    for chunk in s.utf8_chunks() {
+        let valid = chunk.valid().as_bytes();
+        let mut start = 0;
+        for (i, &b) in valid.iter().enumerate() {
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            out.extend_from_slice(&valid[start..i]);
+            if esc.is_empty() {
+                let hex = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(hex[usize::from(b >> 4)]);
+                out.push(hex[usize::from(b & 15)]);
+            } else {
+                out.extend_from_slice(esc);
+            }
+            start = i + 1;
+        }
+        out.extend_from_slice(&valid[start..]);
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{fffd}".as_bytes());
+        }
+    }
+}
+
+/// Bytes a record adds to a body of `format` (an upper bound for `HecEvent`, exact otherwise),
+/// after `records_before` records.
+pub fn record_cost(format: BodyFormat, record: &[u8], records_before: u32) -> usize {
+    match format {
+        BodyFormat::Ndjson => record.len() + 1,
+        // `[` + records joined by `,` + `]`: the first record also pays for both brackets.
+        BodyFormat::JsonArray => record.len() + if records_before == 0 { 2 } else { 1 },
+        // `{"event":"` + escaped + `"}\n`; escaping grows a byte to at most 6.
+        BodyFormat::HecEvent => 13 + record.len() + escape_growth(record),
+    }
+}
+
+fn escape_growth(s: &[u8]) -> usize {
+    s.iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 1,
+            0..=0x1f => 5,
+            0x80.. => 2,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Appends one record to a body of `format`.
+pub fn push_record(body: &mut Vec<u8>, format: BodyFormat, record: &[u8]) {
+    match format {
+        BodyFormat::Ndjson => {
+            body.extend_from_slice(record);
+            body.push(b'\n');
+        }
+        BodyFormat::JsonArray => {
+            body.push(if body.is_empty() { b'[' } else { b',' });
+            body.extend_from_slice(record);
+        }
+        BodyFormat::HecEvent => {
+            body.extend_from_slice(b"{\"event\":\"");
+            json_escape(body, record);
+            body.extend_from_slice(b"\"}\n");
+        }
+    }
+}
+
+/// Closes a body of `format` once every record is in.
+pub fn finish_body(body: &mut Vec<u8>, format: BodyFormat) {
+    if format == BodyFormat::JsonArray {
+        if body.is_empty() {
+            body.push(b'[');
+        }
+        body.push(b']');
+    }
+}
+
+/// Gzips `body` into `out` (cleared first).
+pub fn gzip_into(body: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    let mut enc = flate2::write::GzEncoder::new(std::mem::take(out), flate2::Compression::fast());
+    enc.write_all(body)?;
+    *out = enc.finish()?;
+    Ok(())
+}
+
+/// The request head of a data request: method, path, Host, the configured and preset headers,
+/// Content-Length (and Content-Encoding), ending with the blank line.
+pub fn data_head(out: &mut Vec<u8>, cfg: &HttpOutput, body_len: usize, gzip: bool) {
+    out.clear();
+    head_common(out, cfg, &cfg.path);
+    let ctype: &[u8] = match cfg.body {
+        BodyFormat::JsonArray => b"application/json",
+        BodyFormat::Ndjson if matches!(cfg.preset, Preset::Panther | Preset::Generic) => {
+            b"application/x-ndjson"
+        }
+        _ => b"text/plain",
+    };
+    if !cfg
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(ctype);
+        out.extend_from_slice(b"\r\n");
+    }
+    if gzip {
+        out.extend_from_slice(b"Content-Encoding: gzip\r\n");
+    }
+    let _ = write!(out, "Content-Length: {body_len}\r\n\r\n");
+}
+
+/// The request of a HEC acknowledgement poll for `ids`: head and body in one buffer.
+pub fn ack_request(out: &mut Vec<u8>, cfg: &HttpOutput, ids: impl Iterator<Item = u64>) {
+    let mut body = Vec::with_capacity(64);
+    body.extend_from_slice(b"{\"acks\":[");
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let _ = write!(body, "{id}");
+    }
+    body.extend_from_slice(b"]}");
+    out.clear();
+    head_common(out, cfg, "/services/collector/ack");
+    let _ = write!(
+        out,
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(&body);
+}
+
+fn head_common(out: &mut Vec<u8>, cfg: &HttpOutput, path: &str) {
+    let _ = write!(out, "POST {path} HTTP/1.1\r\nHost: ");
+    if cfg.host.contains(':') {
+        let _ = write!(out, "[{}]", cfg.host);
+    } else {
+        out.extend_from_slice(cfg.host.as_bytes());
+    }
+    if cfg.port != 80 {
+        let _ = write!(out, ":{}", cfg.port);
+    }
+    out.extend_from_slice(b"\r\nUser-Agent: ringrelay/");
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in &cfg.headers {
+        let _ = write!(out, "{k}: {v}\r\n");
+    }
+    if cfg.preset == Preset::SplunkHec {
+        let _ = write!(out, "X-Splunk-Request-Channel: {}\r\n", cfg.channel);
+    }
+}
+
+/// A complete response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// The first [`MAX_RESPONSE_BODY`] bytes of the body.
+    pub body: Vec<u8>,
+    /// The body's whole length.
+    pub body_len: u64,
+    /// `Retry-After` in its seconds form.
+    pub retry_after: Option<Duration>,
+    /// The server closes the connection after this response.
+    pub close: bool,
+}
+
+/// Why a response could not be read. The connection is closed after any of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseError {
+    /// Not HTTP/1.x, or a malformed head (the peer is probably not an HTTP server).
+    BadHead(String),
+    /// The head is longer than [`MAX_RESPONSE_HEAD`].
+    HeadTooLong,
+    /// A malformed chunk size line.
+    BadChunk,
+    /// The connection closed before the response was complete.
+    Truncated,
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseError::BadHead(e) => write!(f, "malformed response head: {e}"),
+            ResponseError::HeadTooLong => {
+                write!(f, "response head longer than {MAX_RESPONSE_HEAD} bytes")
+            }
+            ResponseError::BadChunk => f.write_str("malformed chunk in a chunked response"),
+            ResponseError::Truncated => f.write_str("connection closed before the response ended"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyState {
+    /// Reading the head.
+    Head,
+    /// `left` bytes of a Content-Length body to go.
+    Length { left: u64 },
+    /// Expecting a chunk size line.
+    ChunkSize,
+    /// `left` bytes of chunk data, then its CRLF.
+    ChunkData { left: u64 },
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    /// The body runs until the connection closes.
+    UntilClose,
+}
+
+/// Reads one response at a time from bytes pushed in any split; bounded memory: unparsed bytes
+/// stay below one read's worth plus a head, and only [`MAX_RESPONSE_BODY`] of a body is kept.
+#[derive(Debug)]
+pub struct ResponseReader {
+    buf: Vec<u8>,
+    state: BodyState,
+    status: u16,
+    retry_after: Option<Duration>,
+    close: bool,
+    body: Vec<u8>,
+    body_len: u64,
+}
+
+impl Default for ResponseReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResponseReader {
+    /// A reader expecting a response head.
+    pub fn new() -> ResponseReader {
+        ResponseReader {
+            buf: Vec::new(),
+            state: BodyState::Head,
+            status: 0,
+            retry_after: None,
+            close: false,
+            body: Vec::new(),
+            body_len: 0,
+        }
+    }
+
+    /// Forgets everything (a new connection).
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.body.clear();
+        self.start_head();
+    }
+
+    fn start_head(&mut self) {
+        self.state = BodyState::Head;
+        self.status = 0;
+        self.retry_after = None;
+        self.close = false;
+        self.body.clear();
+        self.body_len = 0;
+    }
+
+    /// Whether a response has started arriving.
+    pub fn started(&self) -> bool {
+        !self.buf.is_empty() || self.state != BodyState::Head
+    }
+
+    /// Takes received bytes; returns a response once one is complete. Bytes after it stay for
+    /// the next call (a server may not send them; we never pipeline).
+    pub fn push(&mut self, data: &[u8]) -> Result<Option<Response>, ResponseError> {
+        self.buf.extend_from_slice(data);
+        self.advance()
+    }
+
+    /// The connection closed: completes a close-delimited body, or fails.
+    pub fn eof(&mut self) -> Result<Response, ResponseError> {
+        if let Some(r) = self.advance()? {
+            return Ok(r);
+        }
+        match self.state {
+            BodyState::UntilClose => Ok(self.complete()),
+            _ => Err(ResponseError::Truncated),
+        }
+    }
+
+    fn keep(&mut self, n: usize) {
+        let room = MAX_RESPONSE_BODY.saturating_sub(self.body.len());
+        self.body.extend_from_slice(&self.buf[..n.min(room)]);
+        self.body_len += n as u64;
+        self.buf.drain(..n);
+    }
+
+    fn complete(&mut self) -> Response {
+        let r = Response {
+            status: self.status,
+            body: std::mem::take(&mut self.body),
+            body_len: self.body_len,
+            retry_after: self.retry_after,
+            close: self.close,
+        };
+        self.start_head();
+        r
+    }
+
+    fn advance(&mut self) -> Result<Option<Response>, ResponseError> {
+        loop {
+            match self.state {
+                BodyState::Head => {
+                    let mut headers = [httparse::EMPTY_HEADER; 48];
+                    let mut resp = httparse::Response::new(&mut headers);
+                    let n = match resp.parse(&self.buf) {
+                        Ok(httparse::Status::Complete(n)) => n,
+                        Ok(httparse::Status::Partial) => {
+                            if self.buf.len() > MAX_RESPONSE_HEAD {
+                                return Err(ResponseError::HeadTooLong);
+                            }
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(ResponseError::BadHead(e.to_string())),
+                    };
+                    if n > MAX_RESPONSE_HEAD {
+                        return Err(ResponseError::HeadTooLong);
+                    }
+                    let status = resp.code.unwrap_or(0);
+                    let mut length = None;
+                    let mut chunked = false;
+                    let mut close = resp.version == Some(0);
+                    let mut retry_after = None;
+                    for h in resp.headers.iter() {
+                        let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            match v.parse::<u64>() {
+                                Ok(l) => length = Some(l),
+                                Err(_) => {
+                                    return Err(ResponseError::BadHead(format!(
+                                        "Content-Length {v:?}"
+                                    )))
+                                }
+                            }
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            chunked = v
+                                .rsplit(',')
+                                .next()
+                                .is_some_and(|l| l.trim().eq_ignore_ascii_case("chunked"));
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            for t in v.split(',') {
+                                if t.trim().eq_ignore_ascii_case("close") {
+                                    close = true;
+                                } else if t.trim().eq_ignore_ascii_case("keep-alive") {
+                                    close = false;
+                                }
+                            }
+                        } else if h.name.eq_ignore_ascii_case("retry-after") {
+                            retry_after = parse_retry_after(v);
+                        }
+                    }
+                    self.buf.drain(..n);
+                    if (100..200).contains(&status) {
+                        // An interim response (100 Continue): the real one follows.
+                        continue;
+                    }
+                    self.status = status;
+                    self.close = close;
+                    self.retry_after = retry_after;
+                    self.state = if status == 204 || status == 304 {
+                        BodyState::Length { left: 0 }
+                    } else if chunked {
+                        BodyState::ChunkSize
+                    } else if let Some(left) = length {
+                        BodyState::Length { left }
+                    } else {
+                        self.close = true;
+                        BodyState::UntilClose
+                    };
+                }
+                BodyState::Length { left } => {
+                    let n = (left.min(self.buf.len() as u64)) as usize;
+                    self.keep(n);
+                    let left = left - n as u64;
+                    if left > 0 {
+                        self.state = BodyState::Length { left };
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.complete()));
+                }
+                BodyState::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((n, _))) if n > MAX_CHUNK_LINE => {
+                        return Err(ResponseError::BadChunk);
+                    }
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        self.buf.drain(..n);
+                        self.state = if size == 0 {
+                            BodyState::Trailers
+                        } else {
+                            BodyState::ChunkData { left: size }
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.buf.len() > MAX_CHUNK_LINE {
+                            return Err(ResponseError::BadChunk);
+                        }
+                        return Ok(None);
+                    }
+                    Err(_) => return Err(ResponseError::BadChunk),
+                },
+                BodyState::ChunkData { left } => {
+                    let n = (left.min(self.buf.len() as u64)) as usize;
+                    self.keep(n);
+                    let left = left - n as u64;
+                    if left > 0 {
+                        self.state = BodyState::ChunkData { left };
+                        return Ok(None);
+                    }
+                    self.state = BodyState::ChunkEnd;
+                }
+                BodyState::ChunkEnd => {
+                    if self.buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err(ResponseError::BadChunk);
+                    }
+                    self.buf.drain(..2);
+                    self.state = BodyState::ChunkSize;
+                }
+                BodyState::Trailers => {
+                    let Some(i) = memchr::memchr(b'\n', &self.buf) else {
+                        if self.buf.len() > MAX_RESPONSE_HEAD {
+                            return Err(ResponseError::HeadTooLong);
+                        }
+                        return Ok(None);
+                    };
+                    if i >= MAX_RESPONSE_HEAD {
+                        return Err(ResponseError::HeadTooLong);
+                    }
+                    let empty = self.buf[..i] == *b"" || self.buf[..i] == *b"\r";
+                    self.buf.drain(..=i);
+                    if empty {
+                        return Ok(Some(self.complete()));
+                    }
+                }
+                BodyState::UntilClose => {
+                    let n = self.buf.len();
+                    self.keep(n);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not honoured: it needs a trusted wall clock
+/// agreement with the server; the normal backoff applies then).
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: u64 = v.parse().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// Skips JSON whitespace.
+fn ws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// Index just after the value of top-level-ish key `"key"` starts (after the colon and
+/// whitespace), found by a plain search: enough for HEC's fixed, flat answers.
+fn after_key(s: &[u8], key: &str) -> Option<usize> {
+    let pat = format!("\"{key}\"");
+    let at = memchr::memmem::find(s, pat.as_bytes())?;
+    let i = ws(s, at + pat.len());
+    (s.get(i) == Some(&b':')).then(|| ws(s, i + 1))
+}
+
+fn digits(s: &[u8], i: usize) -> Option<(u64, usize)> {
+    let end = s[i..]
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(s.len(), |p| i + p);
+    if end == i || end - i > 19 {
+        return None;
+    }
+    let n = std::str::from_utf8(&s[i..end]).ok()?.parse().ok()?;
+    Some((n, end))
+}
+
+/// The `ackId` of a HEC answer `{"text":"Success","code":0,"ackId":7}`.
+pub fn hec_ack_id(body: &[u8]) -> Option<u64> {
+    let i = after_key(body, "ackId")?;
+    digits(body, i).map(|(n, _)| n)
+}
+
+/// The answer to an acknowledgement poll, `{"acks":{"0":true,"1":false}}`: calls `f(id, acked)`
+/// for each entry. Returns `None` for a body of another shape.
+pub fn hec_acks(body: &[u8], mut f: impl FnMut(u64, bool)) -> Option<()> {
+    let mut i = after_key(body, "acks")?;
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(body, i + 1);
+    if body.get(i) == Some(&b'}') {
+        return Some(());
+    }
+    loop {
+        if body.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (id, end) = digits(body, i + 1)?;
+        if body.get(end) != Some(&b'"') {
+            return None;
+        }
+        i = ws(body, end + 1);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws(body, i + 1);
+        let acked = if body[i..].starts_with(b"true") {
+            i += 4;
+            true
+        } else if body[i..].starts_with(b"false") {
+            i += 5;
+            false
+        } else {
+            return None;
+        };
+        f(id, acked);
+        i = ws(body, i);
+        match body.get(i) {
+            Some(b',') => i = ws(body, i + 1),
+            Some(b'}') => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// One dead-letter line (JSON, LF-terminated): when, which output, the status and (truncated)
+/// response body, and the record with its sequence number.
+pub fn dead_letter_line(
+    time: &str,
+    feed: &str,
+    output: &str,
+    status: u16,
+    response: &[u8],
+    seq: u64,
+    record: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.len() + 256);
+    out.extend_from_slice(b"{\"time\":\"");
+    json_escape(&mut out, time.as_bytes());
+    out.extend_from_slice(b"\",\"feed\":\"");
+    json_escape(&mut out, feed.as_bytes());
+    out.extend_from_slice(b"\",\"output\":\"");
+    json_escape(&mut out, output.as_bytes());
+    let _ = write!(out, "\",\"status\":{status},\"response\":\"");
+    json_escape(&mut out, &response[..response.len().min(1024)]);
+    let _ = write!(out, "\",\"seq\":{seq},\"record\":\"");
+    json_escape(&mut out, record);
+    out.extend_from_slice(b"\"}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(preset: Preset, body: BodyFormat, path: &str) -> HttpOutput {
+        HttpOutput {
+            host: "siem.example.net".into(),
+            port: 8088,
+            path: path.into(),
+            preset,
+            headers: vec![("Authorization".into(), "Splunk T0K".into())],
+            body,
+            gzip: false,
+            max_batch_bytes: 1 << 20,
+            max_batch_age: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            ack: false,
+            ack_timeout: Duration::from_secs(300),
+            ack_poll: Duration::from_secs(10),
+            channel: "11111111-2222-8333-9444-555555555555".into(),
+        }
+    }
+
+    fn body_of(format: BodyFormat, recs: &[&[u8]]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (i, r) in recs.iter().enumerate() {
+            let before = b.len();
+            push_record(&mut b, format, r);
+            let cost = record_cost(format, r, i as u32);
+            let added = b.len() - before + usize::from(format == BodyFormat::JsonArray && i == 0);
+            assert!(added <= cost, "cost {cost} < {added} for {r:?}");
+        }
+        finish_body(&mut b, format);
+        b
+    }
+
+    #[test]
+    fn a_small_ndjson_hec_raw_request_is_exactly_these_bytes() {
+        let c = cfg(
+            Preset::SplunkHec,
+            BodyFormat::Ndjson,
+            "/services/collector/raw",
+        );
+        let body = body_of(BodyFormat::Ndjson, &[b"{\"a\":1}", b"line two"]);
+        assert_eq!(body, b"{\"a\":1}\nline two\n");
+        let mut head = Vec::new();
+        data_head(&mut head, &c, body.len(), false);
+        let want = format!(
+            "POST /services/collector/raw HTTP/1.1\r\nHost: siem.example.net:8088\r\nUser-Agent: ringrelay/{}\r\nAuthorization: Splunk T0K\r\nX-Splunk-Request-Channel: 11111111-2222-8333-9444-555555555555\r\nContent-Type: text/plain\r\nContent-Length: 17\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(String::from_utf8(head).unwrap(), want);
+    }
+
+    #[test]
+    fn json_array_and_hec_event_bodies_are_valid_json_shapes() {
+        assert_eq!(
+            body_of(BodyFormat::JsonArray, &[b"{\"a\":1}", b"{\"b\":2}"]),
+            b"[{\"a\":1},{\"b\":2}]"
+        );
+        assert_eq!(body_of(BodyFormat::JsonArray, &[]), b"[]");
+        assert_eq!(
+            body_of(BodyFormat::HecEvent, &[b"say \"hi\"\\\t\x01", b"\xff ok"]),
+            "{\"event\":\"say \\\"hi\\\"\\\\\\t\\u0001\"}\n{\"event\":\"\u{fffd} ok\"}\n"
+                .as_bytes()
+        );
+        let mut c = cfg(Preset::Generic, BodyFormat::JsonArray, "/in?x=1");
+        c.port = 80;
+        c.headers.clear();
+        let mut head = Vec::new();
+        data_head(&mut head, &c, 2, true);
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("POST /in?x=1 HTTP/1.1\r\nHost: siem.example.net\r\n"));
+        assert!(head.ends_with(
+            "Content-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn gzip_round_trips_through_flate2() {
+        let body = body_of(
+            BodyFormat::Ndjson,
+            &[b"rec 1 aaaaaaaaaaaaaaaaaaaa", b"rec 2 bbbbbbbbbbbbbbbbbbbb"],
+        );
+        let mut gz = vec![1, 2, 3];
+        gzip_into(&body, &mut gz).unwrap();
+        assert_eq!(&gz[..2], &[0x1f, 0x8b]);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, body);
+    }
+
+    #[test]
+    fn ack_poll_request_lists_the_ids() {
+        let c = cfg(
+            Preset::SplunkHec,
+            BodyFormat::Ndjson,
+            "/services/collector/raw",
+        );
+        let mut req = Vec::new();
+        ack_request(&mut req, &c, [3u64, 4, 9].into_iter());
+        let s = String::from_utf8(req).unwrap();
+        assert!(s.starts_with("POST /services/collector/ack HTTP/1.1\r\n"));
+        assert!(s.contains("X-Splunk-Request-Channel: 11111111-2222-8333-9444-555555555555\r\n"));
+        assert!(s.ends_with("Content-Length: 16\r\n\r\n{\"acks\":[3,4,9]}"));
+    }
+
+    /// Feeds `bytes` in pieces of `step`, returns every response.
+    fn read_all(bytes: &[u8], step: usize) -> Result<Vec<Response>, ResponseError> {
+        let mut r = ResponseReader::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(step.max(1)) {
+            let mut data = piece;
+            while let Some(resp) = r.push(data)? {
+                out.push(resp);
+                data = b"";
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn responses_parse_in_any_split_with_length_and_chunked_bodies() {
+        let stream = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-T: 1\r\n\r\nHTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
+        for step in [1, 2, 3, 7, 64, stream.len()] {
+            let rs = read_all(stream, step).unwrap();
+            assert_eq!(rs.len(), 3, "step {step}");
+            assert_eq!((rs[0].status, &rs[0].body[..]), (200, &b"hello"[..]));
+            assert!(!rs[0].close);
+            assert_eq!((rs[1].status, &rs[1].body[..]), (429, &b"abcde"[..]));
+            assert_eq!(rs[1].retry_after, Some(Duration::from_secs(7)));
+            assert_eq!((rs[2].status, rs[2].body_len, rs[2].close), (204, 0, true));
+        }
+    }
+
+    #[test]
+    fn a_close_delimited_body_ends_at_eof_and_a_cut_one_is_an_error() {
+        let mut r = ResponseReader::new();
+        assert_eq!(r.push(b"HTTP/1.0 503 Busy\r\n\r\nbusy now").unwrap(), None);
+        let resp = r.eof().unwrap();
+        assert_eq!(
+            (resp.status, &resp.body[..], resp.close),
+            (503, &b"busy now"[..], true)
+        );
+        let mut r = ResponseReader::new();
+        assert_eq!(
+            r.push(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
+                .unwrap(),
+            None
+        );
+        assert_eq!(r.eof(), Err(ResponseError::Truncated));
+        assert!(matches!(
+            ResponseReader::new().push(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            Err(ResponseError::BadHead(_))
+        ));
+    }
+
+    #[test]
+    fn a_long_body_is_kept_up_to_the_cap_and_counted_whole() {
+        let n = MAX_RESPONSE_BODY + 1000;
+        let mut bytes = format!("HTTP/1.1 400 Bad\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+        bytes.extend(std::iter::repeat_n(b'x', n));
+        let rs = read_all(&bytes, 4096).unwrap();
+        assert_eq!(rs[0].body.len(), MAX_RESPONSE_BODY);
+        assert_eq!(rs[0].body_len, n as u64);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_only() {
+        assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn hec_ack_json_is_read() {
+        assert_eq!(
+            hec_ack_id(b"{\"text\":\"Success\",\"code\":0,\"ackId\":42}"),
+            Some(42)
+        );
+        assert_eq!(hec_ack_id(b"{ \"ackId\" : 7 }"), Some(7));
+        assert_eq!(hec_ack_id(b"{\"text\":\"Success\",\"code\":0}"), None);
+        let mut seen = Vec::new();
+        let ok = hec_acks(
+            b"{\"acks\": {\"0\":true, \"1\" : false,\"12\":true}}",
+            |i, a| seen.push((i, a)),
+        );
+        assert_eq!(ok, Some(()));
+        assert_eq!(seen, [(0, true), (1, false), (12, true)]);
+        assert_eq!(hec_acks(b"{\"acks\":{}}", |_, _| panic!()), Some(()));
+        assert_eq!(hec_acks(b"{\"acks\":[1]}", |_, _| {}), None);
+        assert_eq!(hec_acks(b"{\"acks\":{\"x\":true}}", |_, _| {}), None);
+        assert_eq!(hec_acks(b"{\"acks\":{\"1\":tru", |_, _| {}), None);
+    }
+
+    #[test]
+    fn a_dead_letter_line_is_one_json_line() {
+        let l = dead_letter_line(
+            "2026-01-01T00:00:00.000Z",
+            "f",
+            "o",
+            400,
+            b"{\"error\":\"bad\"}",
+            777,
+            b"rec 777 \"x\"\n",
+        );
+        assert_eq!(
+            String::from_utf8(l).unwrap(),
+            "{\"time\":\"2026-01-01T00:00:00.000Z\",\"feed\":\"f\",\"output\":\"o\",\"status\":400,\"response\":\"{\\\"error\\\":\\\"bad\\\"}\",\"seq\":777,\"record\":\"rec 777 \\\"x\\\"\\n\"}\n"
+        );
+    }
+}
