@@ -247,6 +247,17 @@ pub struct HttpOutput {
     pub ack_poll: Duration,
     /// HEC channel GUID (filled in from instance, feed and output when not configured).
     pub channel: String,
+    /// HTTPS (`https://` URL): the name to verify and the TLS files.
+    pub tls: Option<TlsClient>,
+}
+
+/// The client side of a TLS connection: what `tls` and `https` outputs verify and present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsClient {
+    /// Name for SNI and certificate verification.
+    pub server_name: String,
+    /// CA, client certificate and verification policy.
+    pub files: ClientFiles,
 }
 
 /// The parts of an `http://` URL the HTTP output needs.
@@ -258,18 +269,18 @@ pub struct HttpUrl {
     pub port: u16,
     /// Path and query, starting with `/`.
     pub path: String,
+    /// `https://`.
+    pub https: bool,
 }
 
-/// Parses `http://host[:port][/path][?query]`. `https://` is refused until TLS is in the build.
+/// Parses `http[s]://host[:port][/path][?query]`.
 pub fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
-    let rest = if let Some(r) = s.strip_prefix("http://") {
-        r
-    } else if s.starts_with("https://") {
-        return Err(format!(
-            "url = {s:?}: https is not supported by http outputs yet (TLS is built for tcp-style outputs only); use http:// to a TLS-terminating proxy on loopback meanwhile"
-        ));
+    let (rest, https) = if let Some(r) = s.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (r, true)
     } else {
-        return Err(format!("url = {s:?}: expected http://host[:port]/path"));
+        return Err(format!("url = {s:?}: expected http[s]://host[:port]/path"));
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -296,6 +307,7 @@ pub fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
         return Err(format!("url = {s:?}: no valid host"));
     }
     let port = match port {
+        None if https => 443,
         None => 80,
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p > 0 => p,
@@ -311,6 +323,7 @@ pub fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
         host: host.to_string(),
         port,
         path,
+        https,
     })
 }
 
@@ -1378,6 +1391,12 @@ const HTTP_KEYS: &[&str] = &[
     "ack_timeout",
     "ack_poll",
     "channel",
+    // https:// only.
+    "ca",
+    "client_cert",
+    "client_key",
+    "server_name",
+    "insecure_skip_verify",
 ];
 
 /// `8-4-4-4-12` hex digits, as Splunk wants a HEC channel.
@@ -1633,7 +1652,28 @@ fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutput> {
             }
         }
     }
+    let tls = match url.https {
+        true => Some(tls_client(t, &url.host, "url", cx)?),
+        false => {
+            for k in [
+                "ca",
+                "client_cert",
+                "client_key",
+                "server_name",
+                "insecure_skip_verify",
+            ] {
+                if let Some(v) = t.get(k) {
+                    cx.err(
+                        v.span(),
+                        format!("{k} is for https:// URLs; this url is http://"),
+                    );
+                }
+            }
+            None
+        }
+    };
     Some(HttpOutput {
+        tls,
         host: url.host,
         port: url.port,
         path,
@@ -1721,6 +1761,24 @@ fn tls_output(
     framing: OutFraming,
     cx: &mut Ctx<'_>,
 ) -> Option<OutputKind> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let TlsClient { server_name, files } = tls_client(t, host, "address", cx)?;
+    Some(OutputKind::Tls(TlsOutput {
+        address,
+        framing,
+        server_name,
+        files,
+    }))
+}
+
+/// The client TLS keys of an output (`ca`, `client_cert`, `client_key`, `server_name`,
+/// `insecure_skip_verify`), checked by loading them; `host` (from the key `host_key`) is the
+/// default server name.
+fn tls_client(t: &Tbl<'_, '_>, host: &str, host_key: &str, cx: &mut Ctx<'_>) -> Option<TlsClient> {
     let ca = tls_file(t, "ca", cx).map(|(p, _)| p);
     let client_cert = tls_file(t, "client_cert", cx);
     let client_key = tls_file(t, "client_key", cx);
@@ -1749,11 +1807,6 @@ fn tls_output(
             false
         }
     };
-    let host = address
-        .rsplit_once(':')
-        .map_or(address.as_str(), |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
     let server_name = match t.str("server_name", "a DNS name or IP address", cx) {
         Some((s, span)) => {
             if rustls::pki_types::ServerName::try_from(s).is_err() {
@@ -1767,8 +1820,8 @@ fn tls_output(
         }
         None => {
             if rustls::pki_types::ServerName::try_from(host).is_err() {
-                let span = t.get("address").map_or(t.span.clone(), Spanned::span);
-                cx.err(span, format!("the host of address {address:?} is not a valid TLS server name: set server_name"));
+                let span = t.get(host_key).map_or(t.span.clone(), Spanned::span);
+                cx.err(span, format!("the host {host:?} of {host_key} is not a valid TLS server name: set server_name"));
                 return None;
             }
             host.to_string()
@@ -1783,12 +1836,7 @@ fn tls_output(
         tls_error(t, e, cx);
         return None;
     }
-    Some(OutputKind::Tls(TlsOutput {
-        address,
-        framing,
-        server_name,
-        files,
-    }))
+    Some(TlsClient { server_name, files })
 }
 
 /// A facility or severity: a name from `names` or its number.
@@ -2149,12 +2197,10 @@ path = "out/zpa.log"
                 .map(ToString::to_string)
                 .collect()
         };
-        let m = msgs("url = \"https://splunk:8088\"\npreset = \"splunk_hec\"\ntoken = \"T\"");
+        let m = msgs("url = \"http://splunk:8088\"\npreset = \"splunk_hec\"\ntoken = \"T\"\nca = \"/ca.pem\"");
         assert_eq!(m.len(), 1, "{m:?}");
         assert!(
-            m[0].contains(
-                ":27:7: url = \"https://splunk:8088\": https is not supported by http outputs yet"
-            ),
+            m[0].contains(":30:6: ca is for https:// URLs; this url is http://"),
             "{m:?}"
         );
         let m = msgs("url = \"http://splunk\"\npreset = \"splunk_hec\"\nchannel = \"abc\"");
@@ -2202,6 +2248,9 @@ path = "out/zpa.log"
             (u.host.as_str(), u.port, u.path.as_str()),
             ("h", 80, "/?x=1")
         );
+        let u = parse_http_url("https://splunk.example.net/services/collector").unwrap();
+        assert_eq!((u.port, u.https), (443, true));
+        assert!(!parse_http_url("http://h/").unwrap().https);
         assert!(parse_http_url("ftp://h/").is_err());
         assert!(parse_http_url("http://u:p@h/").is_err());
         assert!(parse_http_url("http:///x").is_err());

@@ -1,13 +1,13 @@
 //! The HTTP output's protocol pieces, sans I/O: request heads and batch bodies, an incremental
 //! HTTP/1.1 response reader, `Retry-After`, Splunk HEC acknowledgement JSON, dead-letter lines.
-//! Nothing here touches a socket or a clock; `output.rs` does the I/O through [`Transport`], the
-//! one place where the HTTP output's bytes meet the network (a TLS session can replace the plain
-//! stream there).
+//! Nothing here touches a socket or a clock but [`Transport`], the one place where the HTTP
+//! output's bytes meet the network, plain or through TLS (`https://`).
 
 use std::io::{self, IoSlice, Read as _, Write as _};
 use std::time::Duration;
 
 use mio::net::TcpStream;
+use rustls::ClientConnection;
 
 use crate::config::{BodyFormat, HttpOutput, Preset};
 
@@ -21,14 +21,57 @@ const MAX_CHUNK_LINE: usize = 1024;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The HTTP output's connection: all its byte I/O goes through here.
+///
+/// With TLS the handshake runs inside `read` and `write`: `write` takes no request bytes until
+/// the handshake is done (it sends what the handshake needs and says `WouldBlock`), and `read`
+/// drives the handshake on; the caller retries its write after a read (`handshaking` tells it
+/// when that is worth it).
 pub struct Transport {
     stream: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+    /// The TLS session failed (a handshake error or an alert); `read` said why.
+    tls_failed: bool,
+}
+
+/// Sends what rustls has queued.
+fn flush_tls(conn: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `WouldBlock` is no error here: the rest goes out on a later call.
+fn soft(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        r => r,
+    }
 }
 
 impl Transport {
     /// Wraps a connected (or connecting) stream.
-    pub fn new(stream: TcpStream) -> Transport {
-        Transport { stream }
+    pub fn new(stream: TcpStream, tls: Option<ClientConnection>) -> Transport {
+        Transport {
+            stream,
+            tls: tls.map(Box::new),
+            tls_failed: false,
+        }
+    }
+
+    /// A TLS handshake is under way.
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|c| c.is_handshaking())
+    }
+
+    /// The TLS session failed (counted as a handshake failure when it was handshaking).
+    pub fn tls_failed(&self) -> bool {
+        self.tls_failed
     }
 
     /// The stream, for registration and connect checks.
@@ -41,14 +84,55 @@ impl Transport {
         &self.stream
     }
 
-    /// Writes what the socket takes of `bufs`.
+    /// Writes what the socket (or rustls, up to its buffer limit) takes of `bufs`.
     pub fn write(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
+        let Some(conn) = self.tls.as_deref_mut() else {
+            return self.stream.write_vectored(bufs);
+        };
+        flush_tls(conn, &mut self.stream)?;
+        if conn.is_handshaking() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = conn.writer().write_vectored(bufs)?;
+        soft(flush_tls(conn, &mut self.stream))?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     }
 
-    /// Reads what the socket has.
+    /// Reads what the socket has (through TLS: the plaintext; 0 at the end of the stream).
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
+        let Some(conn) = self.tls.as_deref_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The server closed without close_notify: the end all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            soft(flush_tls(conn, &mut self.stream))?;
+            match conn.read_tls(&mut self.stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = conn.process_new_packets() {
+                let _ = conn.write_tls(&mut self.stream); // the alert, best effort
+                self.tls_failed = true;
+                let stage = if conn.is_handshaking() {
+                    "TLS handshake failed"
+                } else {
+                    "TLS error"
+                };
+                let why = format!("{stage} (reason={}): {e}", crate::tls::failure_reason(&e));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+            }
+            soft(flush_tls(conn, &mut self.stream))?;
+        }
     }
 }
 
@@ -648,6 +732,7 @@ mod tests {
             ack_timeout: Duration::from_secs(300),
             ack_poll: Duration::from_secs(10),
             channel: "11111111-2222-8333-9444-555555555555".into(),
+            tls: None,
         }
     }
 

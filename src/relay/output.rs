@@ -342,26 +342,7 @@ impl Output {
                 t.framing,
             ),
             OutputKind::Tls(t) => {
-                let (config, expired) = tls::client_config(&t.files).map_err(|e| {
-                    format!("feed {feed} output {}: {}: {}", cfg.name, e.key, e.msg)
-                })?;
-                for e in &expired {
-                    crate::log!(
-                        Level::Warn,
-                        "certificate_expired",
-                        feed = feed,
-                        output = cfg.name,
-                        file = e.path.display(),
-                        subject = e.subject,
-                        not_after = e.not_after
-                    );
-                }
-                let server_name = ServerName::try_from(t.server_name.clone()).map_err(|e| {
-                    format!(
-                        "feed {feed} output {}: server_name {:?}: {e}",
-                        cfg.name, t.server_name
-                    )
-                })?;
+                let (config, server_name) = client_tls(feed, &cfg.name, &t.server_name, &t.files)?;
                 (
                     Sink::Tcp {
                         address: t.address.clone(),
@@ -391,8 +372,12 @@ impl Output {
             OutputKind::Http(h) => {
                 let dir = ring.path().parent().unwrap_or(std::path::Path::new("."));
                 let dead = dir.join(format!("{feed}.{}.deadletter", cfg.name));
+                let tls = match &h.tls {
+                    Some(t) => Some(client_tls(feed, &cfg.name, &t.server_name, &t.files)?),
+                    None => None,
+                };
                 (
-                    Sink::Http(Box::new(HttpSink::new(h, dead))),
+                    Sink::Http(Box::new(HttpSink::new(h, dead, tls))),
                     OutFraming::Newline,
                 )
             }
@@ -798,6 +783,9 @@ impl Output {
     /// SIGHUP: re-reads a TLS output's CA and client certificate files. `None` for other
     /// kinds; on error the old configuration stays.
     pub fn reload_tls(&mut self) -> Option<Result<Vec<tls::Expired>, tls::FileError>> {
+        if let Sink::Http(h) = &mut self.sink {
+            return h.reload_tls();
+        }
         let Sink::Tcp { tls: Some(t), .. } = &mut self.sink else {
             return None;
         };
@@ -1293,6 +1281,32 @@ fn tls_read(t: &mut TlsOut, s: &mut TcpStream) -> Option<String> {
         }
     }
     None
+}
+
+/// Loads a TLS output's (or an https output's) client configuration; warns about expired
+/// certificates.
+fn client_tls(
+    feed: &str,
+    output: &str,
+    server_name: &str,
+    files: &ClientFiles,
+) -> Result<(Arc<ClientConfig>, ServerName<'static>), String> {
+    let (config, expired) = tls::client_config(files)
+        .map_err(|e| format!("feed {feed} output {output}: {}: {}", e.key, e.msg))?;
+    for e in &expired {
+        crate::log!(
+            Level::Warn,
+            "certificate_expired",
+            feed = feed,
+            output = output,
+            file = e.path.display(),
+            subject = e.subject,
+            not_after = e.not_after
+        );
+    }
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|e| format!("feed {feed} output {output}: server_name {server_name:?}: {e}"))?;
+    Ok((config, name))
 }
 
 /// Opens a file output for appending, creating it and its directory (mode 0750) if needed.

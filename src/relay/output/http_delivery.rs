@@ -25,10 +25,13 @@ use std::fs::OpenOptions;
 use std::io::{self, IoSlice, Write as _};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 use crate::clock;
 use crate::config::HttpOutput;
@@ -130,11 +133,18 @@ pub(super) struct HttpSink {
     dead_path: PathBuf,
     dead_log: Limiter,
     status_log: Limiter,
+    /// `https://`: the client configuration (replaced by a reload) and the name to verify.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 impl HttpSink {
-    pub(super) fn new(cfg: &HttpOutput, dead_path: PathBuf) -> HttpSink {
+    pub(super) fn new(
+        cfg: &HttpOutput,
+        dead_path: PathBuf,
+        tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    ) -> HttpSink {
         HttpSink {
+            tls,
             cfg: cfg.clone(),
             conn: None,
             peer: None,
@@ -156,6 +166,19 @@ impl HttpSink {
             dead_log: Limiter::new(10, Duration::from_secs(60)),
             status_log: Limiter::new(10, Duration::from_secs(60)),
         }
+    }
+
+    /// SIGHUP: re-reads an https output's CA and client certificate files (`None` for http).
+    pub(super) fn reload_tls(
+        &mut self,
+    ) -> Option<Result<Vec<crate::tls::Expired>, crate::tls::FileError>> {
+        let files = &self.cfg.tls.as_ref()?.files;
+        let (_, name) = self.tls.as_ref()?;
+        let name = name.clone();
+        Some(crate::tls::client_config(files).map(|(config, expired)| {
+            self.tls = Some((config, name));
+            expired
+        }))
     }
 
     pub(super) fn stream(&self) -> Option<&TcpStream> {
@@ -261,7 +284,37 @@ impl Output {
                     return self.fail(registry, &why, now);
                 }
                 let h = self.http();
-                h.conn = Some(Transport::new(s));
+                let session = match &h.tls {
+                    None => None,
+                    Some((config, name)) => {
+                        match ClientConnection::new(config.clone(), name.clone()) {
+                            Ok(mut c) => {
+                                c.set_buffer_limit(Some(crate::tls::BUFFER_LIMIT));
+                                Some(c)
+                            }
+                            Err(e) => {
+                                let why = format!("TLS session: {e}");
+                                return self.fail(registry, &why, now);
+                            }
+                        }
+                    }
+                };
+                if h.cfg
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.files.insecure_skip_verify)
+                {
+                    crate::log!(
+                        Level::Warn,
+                        "tls_verification_disabled",
+                        feed = self.feed,
+                        output = self.name,
+                        peer = addr,
+                        reason = "insecure_skip_verify = true: the receiver is not authenticated (labs only)"
+                    );
+                }
+                let h = self.http();
+                h.conn = Some(Transport::new(s, session));
                 h.peer = Some(addr);
                 h.reader.reset();
                 self.state = State::Connecting {
@@ -362,7 +415,27 @@ impl Output {
             // server; send the same request again on a new connection at once (a new
             // connection that does the same fails as usual).
             let stale = in_flight && h.served > 0 && !h.reader.started();
-            let n = match conn.read(&mut buf) {
+            let handshaking = conn.handshaking();
+            let res = conn.read(&mut buf);
+            let (established, tls_failed) = (
+                handshaking && !conn.handshaking(),
+                handshaking && conn.tls_failed(),
+            );
+            if established {
+                // The request waited for the handshake: it may go now.
+                self.write_blocked = false;
+                crate::log!(
+                    Level::Info,
+                    "tls_established",
+                    feed = self.feed,
+                    output = self.name,
+                    peer = self.peer_name()
+                );
+            }
+            if tls_failed {
+                self.stats.tls_failures += 1;
+            }
+            let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -378,6 +451,7 @@ impl Output {
                 return self.http_stale(registry, now);
             }
             if n == 0 {
+                let h = self.http();
                 if !in_flight && !h.reader.started() {
                     // An idle keep-alive connection closed by the server: normal.
                     return self.http_reconnect_now(registry, now);
