@@ -433,3 +433,58 @@ fn file_output_creates_its_directory_and_rotates_without_losing_a_record() {
         assert_eq!(record_number(l), Some(i as u64), "line {i} of the archive");
     }
 }
+
+/// A `block` ring that fills while the SIEM reads slowly: the output drains it on writable
+/// events alone (no new records arrive while the senders are paused), and every such drain must
+/// wake the paused senders. Before the fix a TCP output that finished its backlog on a writable
+/// event left the feed paused for good: the tail of a block ring does not move on commit, and
+/// nothing else was dirty.
+#[test]
+fn a_full_block_ring_drained_by_a_slow_siem_wakes_its_paused_senders() {
+    use std::io::Read as _;
+    let dir = TempDir::new("block-slow");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let siem = listener.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let g = got.clone();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 32 << 10];
+        // About 6 MiB/s: the output's socket fills again and again.
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            g.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let cfg = one_feed_config(
+        dir.path(),
+        siem,
+        "when_full = \"block\"\nmax_record_bytes = \"4KiB\"",
+        "replay = \"0\"",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("size = \"128MiB\"", "size = \"1MiB\"");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let n = 20_000u64; // 4 MiB of records through a 1 MiB ring
+    let addr = relay.addr("f");
+    let sender = std::thread::spawn(move || send_records(addr, 0..n, 200));
+    let want = n * 201;
+    let ok = wait_until(Duration::from_secs(60), || {
+        got.load(std::sync::atomic::Ordering::Relaxed) >= want
+    });
+    assert!(
+        ok,
+        "the SIEM got {} of {want} bytes; relay log:\n{}",
+        got.load(std::sync::atomic::Ordering::Relaxed),
+        relay.log_text()
+    );
+    sender.join().unwrap();
+    drop(relay);
+    let _ = reader.join();
+}

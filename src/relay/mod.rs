@@ -1158,17 +1158,20 @@ impl Relay {
         let more = std::mem::take(&mut self.more);
         for (fi, feed) in self.feeds.iter_mut().enumerate() {
             let dirty = std::mem::take(&mut feed.dirty);
-            let before = feed.ring.tail();
+            let mut wrote = false;
             for (oi, out) in feed.outputs.iter_mut().enumerate() {
                 if !(dirty || more.contains(&(fi, oi))) || !out.can_write() {
                     continue;
                 }
+                wrote = true;
                 if out.write(registry, &mut feed.ring, now) == Pass::More {
                     self.more.push((fi, oi));
                 }
             }
-            // A `block` feed whose outputs moved on may take records again.
-            if feed.paused && (feed.ring.tail() != before || !self.more.is_empty() || dirty) {
+            // A `block` feed whose outputs may have moved on may take records again (a block
+            // ring's tail moves only when an append needs the room, so a commit alone does not
+            // show there); a ring still full pauses its senders again.
+            if feed.paused && (wrote || dirty) {
                 feed.paused = false;
                 for (id, c) in self.conns.iter().enumerate() {
                     if c.as_ref().is_some_and(|c| c.feed == fi && c.paused) {
