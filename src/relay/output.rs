@@ -1012,17 +1012,7 @@ impl Output {
                         self.send = tail;
                     }
                     Some(Stop::Corrupt(at, damage, next)) => {
-                        self.stats.corrupt_skipped += next.seq - at.seq;
-                        crate::log!(
-                            Level::Error,
-                            "ring_damage_skipped",
-                            feed = self.feed,
-                            output = self.name,
-                            offset = at.off,
-                            seq = at.seq,
-                            records = next.seq - at.seq,
-                            damage = damage
-                        );
+                        self.note_damage(at, damage, next);
                         self.send = next;
                         self.partial = 0;
                         self.commit_upto(ring, next);
@@ -1136,6 +1126,21 @@ impl Output {
             _ => None,
         };
         (records, ts)
+    }
+
+    /// Counts and logs damaged ring records this output skips, from `at` to `next`.
+    fn note_damage(&mut self, at: Pos, damage: crate::ring::Damage, next: Pos) {
+        self.stats.corrupt_skipped += next.seq - at.seq;
+        crate::log!(
+            Level::Error,
+            "ring_damage_skipped",
+            feed = self.feed,
+            output = self.name,
+            offset = at.off,
+            seq = at.seq,
+            records = next.seq - at.seq,
+            damage = damage
+        );
     }
 
     /// Counts what the ring overwrote under this output's cursor since the last look.

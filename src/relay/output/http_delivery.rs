@@ -955,17 +955,7 @@ impl Output {
                     scan.to = tail;
                 }
                 Read::Corrupt { at, damage, next } if scan.records == 0 => {
-                    self.stats.corrupt_skipped += next.seq - at.seq;
-                    crate::log!(
-                        Level::Error,
-                        "ring_damage_skipped",
-                        feed = self.feed,
-                        output = self.name,
-                        offset = at.off,
-                        seq = at.seq,
-                        records = next.seq - at.seq,
-                        damage = damage
-                    );
+                    self.note_damage(at, damage, next);
                     self.send = next;
                     self.settle_skipped(ring, at, next, now);
                     scan.from = next;
