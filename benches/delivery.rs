@@ -25,20 +25,8 @@ const LEN: usize = 1024;
 
 fn send(addr: SocketAddr, records: u64) {
     let mut s = TcpStream::connect(addr).expect("connect");
-    let per_batch = (1 << 20) / LEN;
-    let mut batch = Vec::with_capacity(per_batch * LEN);
-    for i in 0..per_batch {
-        let mut r = format!("<13>Nov 24 09:13:00 zscaler-nss: rec {i} ").into_bytes();
-        r.resize(LEN - 1, b'x');
-        r.push(b'\n');
-        batch.extend_from_slice(&r);
-    }
-    let mut left = records;
-    while left > 0 {
-        let k = left.min(per_batch as u64) as usize;
-        s.write_all(&batch[..k * LEN]).expect("send");
-        left -= k as u64;
-    }
+    let (batch, per_batch) = syslog_batch(LEN);
+    send_batches(&mut s, &batch, per_batch, LEN, records);
 }
 
 /// One fan-out run; returns (seconds until every up output had everything, peak RssAnon KiB).

@@ -17,26 +17,14 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, rss_anon_kib};
+use common::{batch_of, free_port, rss_anon_kib, send_batches};
 
 const LEN: usize = 1024;
 
 fn send(addr: SocketAddr, records: u64) {
     let mut s = TcpStream::connect(addr).expect("connect");
-    let per_batch = (1 << 20) / LEN;
-    let mut batch = Vec::with_capacity(per_batch * LEN);
-    for i in 0..per_batch {
-        let mut r = format!("{{\"rec\":{i},\"pad\":\"").into_bytes();
-        r.resize(LEN - 3, b'x');
-        r.extend_from_slice(b"\"}\n");
-        batch.extend_from_slice(&r);
-    }
-    let mut left = records;
-    while left > 0 {
-        let k = left.min(per_batch as u64) as usize;
-        s.write_all(&batch[..k * LEN]).expect("send");
-        left -= k as u64;
-    }
+    let (batch, per_batch) = batch_of(LEN, |i| format!("{{\"rec\":{i},\"pad\":\"").into_bytes());
+    send_batches(&mut s, &batch, per_batch, LEN, records);
 }
 
 /// Counts LF-terminated records arriving on plain TCP connections.

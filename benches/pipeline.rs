@@ -40,21 +40,9 @@ fn sink(listener: TcpListener, want: u64, got: Arc<AtomicU64>) -> thread::JoinHa
 /// Sends `records` records of `len` bytes (LF included) as fast as the socket takes them.
 fn send(addr: SocketAddr, records: u64, len: usize) -> Instant {
     let mut s = TcpStream::connect(addr).expect("connect");
-    let per_batch = (1 << 20) / len;
-    let mut batch = Vec::with_capacity(per_batch * len);
-    for i in 0..per_batch {
-        let mut r = format!("<13>Nov 24 09:13:00 zscaler-nss: rec {i} ").into_bytes();
-        r.resize(len - 1, b'x');
-        r.push(b'\n');
-        batch.extend_from_slice(&r);
-    }
+    let (batch, per_batch) = common::syslog_batch(len);
     let start = Instant::now();
-    let mut left = records;
-    while left > 0 {
-        let k = left.min(per_batch as u64) as usize;
-        s.write_all(&batch[..k * len]).expect("send");
-        left -= k as u64;
-    }
+    common::send_batches(&mut s, &batch, per_batch, len, records);
     start
 }
 

@@ -7,6 +7,8 @@
 //! `cargo bench --bench tls` (env `TLS_BENCH_RECORDS`, default 500000 records of 1 KiB;
 //! `TLS_BENCH_IDLE`, default 500 idle connections).
 
+#[path = "common/mod.rs"]
+mod benchkit;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/common/tls.rs"]
@@ -53,27 +55,9 @@ fn sink(
     })
 }
 
-fn batch(len: usize) -> (Vec<u8>, usize) {
-    let per_batch = (1 << 20) / len;
-    let mut batch = Vec::with_capacity(per_batch * len);
-    for i in 0..per_batch {
-        let mut r = format!("<13>Nov 24 09:13:00 zscaler-nss: rec {i} ").into_bytes();
-        r.resize(len - 1, b'x');
-        r.push(b'\n');
-        batch.extend_from_slice(&r);
-    }
-    (batch, per_batch)
-}
-
 fn send(w: &mut dyn Write, records: u64, len: usize) {
-    let (batch, per_batch) = batch(len);
-    let mut left = records;
-    while left > 0 {
-        let k = left.min(per_batch as u64) as usize;
-        w.write_all(&batch[..k * len]).expect("send");
-        left -= k as u64;
-    }
-    w.flush().unwrap();
+    let (batch, per_batch) = benchkit::syslog_batch(len);
+    benchkit::send_batches(w, &batch, per_batch, len, records);
 }
 
 fn config(dir: &Path, pki: &Pki, tls: bool, siem: SocketAddr) -> std::path::PathBuf {

@@ -2,7 +2,7 @@
 //! counting sinks, the relay's anonymous memory.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -95,4 +95,43 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// About 1 MiB of NSS-like syslog lines of `len` bytes each (LF included); returns the bytes and
+/// how many records they hold.
+pub fn syslog_batch(len: usize) -> (Vec<u8>, usize) {
+    batch_of(len, |i| {
+        format!("<13>Nov 24 09:13:00 zscaler-nss: rec {i} ").into_bytes()
+    })
+}
+
+/// About 1 MiB of records of `len` bytes each (LF included): `prefix(i)` padded with `x`. A
+/// prefix that opens a JSON string (ends in `":"`) gets it and its object closed (`"}`).
+pub fn batch_of(len: usize, prefix: impl Fn(usize) -> Vec<u8>) -> (Vec<u8>, usize) {
+    let per_batch = (1 << 20) / len;
+    let mut batch = Vec::with_capacity(per_batch * len);
+    for i in 0..per_batch {
+        let mut r = prefix(i);
+        let close: &[u8] = if r.ends_with(b"\":\"") {
+            b"\"}\n"
+        } else {
+            b"\n"
+        };
+        r.resize(len - close.len(), b'x');
+        r.extend_from_slice(close);
+        batch.extend_from_slice(&r);
+    }
+    (batch, per_batch)
+}
+
+/// Writes `records` records from `batch` (`per_batch` records of `len` bytes) to `w`, as fast as
+/// it takes them.
+pub fn send_batches(w: &mut dyn Write, batch: &[u8], per_batch: usize, len: usize, records: u64) {
+    let mut left = records;
+    while left > 0 {
+        let k = left.min(per_batch as u64) as usize;
+        w.write_all(&batch[..k * len]).expect("send");
+        left -= k as u64;
+    }
+    w.flush().expect("flush");
 }
