@@ -53,7 +53,8 @@ fn eight_feeds_deliver_everything_to_their_up_outputs_while_one_output_of_each_i
     const N: u64 = 20_000;
     let dir = TempDir::new("fanout");
     let ups: Vec<Sink> = (0..FEEDS).map(|_| Sink::new(free_port(), true)).collect();
-    let downs: Vec<SocketAddr> = (0..FEEDS).map(|_| free_port()).collect();
+    let dead: Vec<DeadPort> = (0..FEEDS).map(|_| DeadPort::new()).collect();
+    let downs: Vec<SocketAddr> = dead.iter().map(|d| d.addr).collect();
     let up_addrs: Vec<SocketAddr> = ups.iter().map(|s| s.addr).collect();
     let cfg = fanout_config(&dir, &up_addrs, &downs);
     let mut relay = RelayProc::start(&cfg, FEEDS);

@@ -61,6 +61,39 @@ pub fn free_port() -> SocketAddr {
         .expect("ephemeral port")
 }
 
+/// A loopback address where no SIEM will ever answer: the port stays bound, without
+/// listening, for as long as this lives. A port merely released (`free_port`) can be taken by a
+/// receiver of another test running at the same time, or become the relay's own source port
+/// (a TCP self-connect that swallows writes); a bound one cannot.
+pub struct DeadPort {
+    _socket: std::os::fd::OwnedFd,
+    pub addr: SocketAddr,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        use nix::sys::socket::{
+            bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        use std::net::SocketAddrV4;
+        use std::os::fd::AsRawFd;
+        let socket = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let any = SockaddrIn::from(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0));
+        bind(socket.as_raw_fd(), &any).expect("bind");
+        let bound: SockaddrIn = getsockname(socket.as_raw_fd()).expect("getsockname");
+        DeadPort {
+            _socket: socket,
+            addr: SocketAddr::V4(SocketAddrV4::new(bound.ip(), bound.port())),
+        }
+    }
+}
+
 /// The relay binary running `run --config`, with its stderr collected.
 pub struct RelayProc {
     pub child: Child,
