@@ -342,6 +342,8 @@ enum Action {
     Checkpoint {
         sync: bool,
     },
+    /// Start the disk writes of what was appended (changes nothing a reader sees).
+    Writeback,
     SeekSeq {
         at: u16,
     },
@@ -359,6 +361,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(cursor, at, stale)| Action::Commit { cursor, at, stale }),
         1 => Just(Action::Reopen),
         1 => any::<bool>().prop_map(|sync| Action::Checkpoint { sync }),
+        2 => Just(Action::Writeback),
         2 => (0u16..=1000).prop_map(|at| Action::SeekSeq { at }),
         2 => (0u16..=1000).prop_map(|at| Action::SeekTime { at }),
     ]
@@ -525,6 +528,7 @@ fn run_actions(when_full: WhenFull, actions: &[Action]) {
                 ring.checkpoint(clock, sync).unwrap();
                 m.write_meta();
             }
+            Action::Writeback => ring.start_writeback().unwrap(),
             Action::SeekSeq { at } => {
                 let tail = m.tail();
                 let span = m.head.seq - tail.seq + 6;

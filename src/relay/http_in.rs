@@ -325,9 +325,7 @@ fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
             Err(AppendError::Full | AppendError::TooLarge) => full = true,
         }
     });
-    if taken > 0 {
-        feed.dirty = true;
-    }
+    let stored = if taken > 0 { feed.appended(ts) } else { Ok(()) };
     if full {
         // has_room said yes: only a damaged ring gets here. What was taken stays (a retry
         // duplicates it); the sender is told to retry.
@@ -338,22 +336,13 @@ fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
             skip: 0,
         });
     }
-    if feed.cfg.sync == SyncPolicy::Always {
-        if let Err(e) = feed.ring.checkpoint(ts, true) {
-            crate::log!(
-                Level::Error,
-                "ring_sync_failed",
-                feed = feed.cfg.name,
-                path = feed.ring.path().display(),
-                error = e
-            );
-            return Err(Refusal {
-                status: 503,
-                reason: "ring sync failed",
-                close: false,
-                skip: 0,
-            });
-        }
+    if stored.is_err() && feed.cfg.sync == SyncPolicy::Always {
+        return Err(Refusal {
+            status: 503,
+            reason: "ring sync failed",
+            close: false,
+            skip: 0,
+        });
     }
     Ok(taken)
 }

@@ -23,7 +23,7 @@ use rustls::ServerConnection;
 use super::http_in::HttpConn;
 use super::{Feed, Relay, CONN_BASE, READS_PER_TURN};
 use crate::clock;
-use crate::config::{InputKind, SyncPolicy};
+use crate::config::InputKind;
 use crate::framing::Framer;
 use crate::log::{Level, Limiter};
 use crate::ring::AppendError;
@@ -556,27 +556,17 @@ fn frame(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool) -> usi
     stats.truncated += after.truncated - before.truncated;
     stats.dropped_oversize += after.dropped_oversize - before.dropped_oversize;
     stats.bad_frames += after.bad_frames - before.bad_frames;
-    if after.records > before.records {
-        feed.dirty = true;
-        if feed.cfg.sync == SyncPolicy::Always {
-            // Records are on disk before more is read from this sender.
-            if let Err(e) = feed.ring.checkpoint(ts, true) {
-                crate::log!(
-                    Level::Error,
-                    "ring_sync_failed",
-                    feed = feed.cfg.name,
-                    path = feed.ring.path().display(),
-                    error = e
-                );
-            }
-        }
-    }
     if full {
         conn.paused = true;
         if !feed.paused {
             feed.paused = true;
             stats.blocked += 1;
         }
+    }
+    if after.records > before.records {
+        // Under `sync = "always"` the records are on disk before more is read from this
+        // sender. A failure is logged; the records stay in the ring, in memory.
+        let _ = feed.appended(ts);
     }
     consumed
 }

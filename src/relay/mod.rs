@@ -194,6 +194,28 @@ const RECORD_OVERHEAD: u64 = crate::ring::RECORD_HEADER + 4;
 const RATE_SMOOTHING_SECS: f64 = 30.0;
 
 impl Feed {
+    /// After records were appended at `ts`: the outputs have work; under `sync = "always"`
+    /// the records are forced to disk now, under `interval` their disk writes are started
+    /// (the periodic sync then waits only for what is left). A failure is logged and returned.
+    fn appended(&mut self, ts: u64) -> std::io::Result<()> {
+        self.dirty = true;
+        let res = match self.cfg.sync {
+            SyncPolicy::Always => self.ring.checkpoint(ts, true),
+            SyncPolicy::Interval(_) => self.ring.start_writeback(),
+            SyncPolicy::Never => Ok(()),
+        };
+        if let Err(e) = &res {
+            crate::log!(
+                Level::Error,
+                "ring_sync_failed",
+                feed = self.cfg.name,
+                path = self.ring.path().display(),
+                error = e
+            );
+        }
+        res
+    }
+
     /// Seconds of input the ring holds at the current input rate; `None` while idle.
     pub fn coverage_secs(&self) -> Option<f64> {
         self.rate

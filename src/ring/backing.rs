@@ -1,4 +1,4 @@
-//! The ring file's mapping: the only code in ringrelay that is `unsafe`.
+//! The ring file's mapping and its writeback: the only code in ringrelay that is `unsafe`.
 //!
 //! # The contract
 //! A memory map hands out `&[u8]` / `&mut [u8]` over bytes the kernel shares with the file.
@@ -22,6 +22,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
@@ -43,4 +44,24 @@ pub fn map_ro(file: &File, len: u64) -> io::Result<Mmap> {
     // a concurrent writer (a live relay) changes bytes we read, which the CRC checks report as
     // damage, and never shrinks the file (see the module docs).
     unsafe { MmapOptions::new().len(len).map(file) }
+}
+
+/// Starts writing the dirty pages of `file` in `offset..offset + len` to disk and returns
+/// without waiting for them (`sync_file_range(2)` with `SYNC_FILE_RANGE_WRITE`). This makes
+/// nothing durable by itself: a later `msync` waits for these writes, writes what is left and
+/// flushes the disk's cache; it only finds less to do.
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: sync_file_range(2) takes a file descriptor and three integers and touches no
+    // memory of ours; the descriptor is valid for the call because `file` is borrowed.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -37,6 +37,11 @@ use format::{
 };
 pub use view::{Damage, Read, Record, View};
 
+/// How many bytes [`Ring::start_writeback`] lets the head move before it starts more disk
+/// writes (an eighth of the ring if that is less): large enough that the syscall is rare,
+/// small enough that the writes follow the head closely.
+pub const WRITEBACK_STEP: u64 = 8 << 20;
+
 /// What `append` does when the ring has no room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenFull {
@@ -258,8 +263,8 @@ impl Stats {
 pub struct Ring {
     path: PathBuf,
     map: MmapMut,
-    // Keeps the file, and so its exclusive flock, alive for as long as the map.
-    _lock: Flock<File>,
+    // The file, held (and so its exclusive flock) for as long as the map.
+    file: Flock<File>,
     capacity: u64,
     /// Largest payload `append` accepts (the configured limit).
     max_record: u32,
@@ -268,8 +273,18 @@ pub struct Ring {
     when_full: WhenFull,
     meta: Meta,
     since_meta: u64,
+    /// Where the records not yet synced begin, and how many bytes of ring they take.
     dirty_from: u64,
     dirty_bytes: u64,
+    /// How many of those bytes have been handed to the disk already ([`Ring::start_writeback`]).
+    writeback_started: u64,
+    /// Where the head was (bytes from `dirty_from`, sequence number) when writeback last
+    /// started: the next writeback goes up to there.
+    writeback_mark: (u64, u64),
+    /// Records from this sequence number on were appended by this process after it last
+    /// synced, checkpointed or started writeback of their pages: their payload CRC is not
+    /// computed again when read (see [`Ring::read`]).
+    fresh_from: u64,
     recovery: Recovery,
 }
 
@@ -445,10 +460,11 @@ impl Ring {
                 .map_err(io_err(path, "sync superblock"))?;
         }
         let (meta, recovery) = recover(&map, &sb, path)?;
+        let head_seq = meta.head.seq;
         let mut ring = Ring {
             path: path.into(),
             map,
-            _lock: file,
+            file,
             capacity: sb.capacity,
             max_record: opts.max_record.min(sb.max_record),
             read_max: sb.max_record,
@@ -457,6 +473,9 @@ impl Ring {
             since_meta: 0,
             dirty_from: 0,
             dirty_bytes: 0,
+            writeback_started: 0,
+            writeback_mark: (0, head_seq),
+            fresh_from: head_seq,
             recovery,
         };
         ring.fix_cursors();
@@ -563,9 +582,14 @@ impl Ring {
         self.meta.head
     }
 
-    /// Reads the record at `pos`.
+    /// Reads the record at `pos`, as [`View::read`], except that the payload CRC of a
+    /// *fresh* record is not computed again: one this process appended since it last synced,
+    /// checkpointed (at least once a second in the relay) or started the writeback of its pages.
+    /// Its CRC was computed from the bytes it copied in; its pages have not been written out
+    /// and read back since, so they hold those bytes (`buffer-spec.md` §7). Its header is
+    /// checked as any other.
     pub fn read(&self, pos: Pos) -> Read<'_> {
-        self.view().read(pos)
+        self.view().read_with(pos, pos.seq < self.fresh_from)
     }
 
     /// The record with sequence number `seq` (clamped to tail and head). O(log n).
@@ -880,6 +904,43 @@ impl Ring {
             }
         }
         self.dirty_bytes = 0;
+        self.writeback_started = 0;
+        self.writeback_mark = (0, self.meta.head.seq);
+        self.fresh_from = self.meta.head.seq;
+        Ok(())
+    }
+
+    /// Starts the disk writes of records appended since the last sync, without waiting for
+    /// them, once [`WRITEBACK_STEP`] more bytes were appended since the last call that did: of
+    /// the whole pages up to where the head was at that call. The next [`Ring::sync_data`] then
+    /// finds most pages written and waits only for the rest, so the disk writes while the relay
+    /// works. Nothing is durable before that sync.
+    ///
+    /// The step between the head and what is handed to the disk keeps the newest records
+    /// *fresh* (see [`Ring::read`]): the pages an output is about to send from are still the
+    /// ones this process wrote, never written out and read back.
+    pub fn start_writeback(&mut self) -> io::Result<()> {
+        let head = self.dirty_bytes;
+        if head < self.writeback_mark.0 + WRITEBACK_STEP.min(self.capacity / 8) {
+            return Ok(());
+        }
+        // Linear positions count bytes from `dirty_from`; whole pages only.
+        let to = ((self.dirty_from + self.writeback_mark.0) & !(PAGE - 1))
+            .saturating_sub(self.dirty_from);
+        let from = self.writeback_started;
+        if to > from {
+            let len = (to - from).min(self.capacity);
+            let start = (self.dirty_from + from) % self.capacity;
+            let first = len.min(self.capacity - start);
+            let file: &File = &self.file;
+            backing::start_writeback(file, DATA_OFFSET + start, first)?;
+            if len > first {
+                backing::start_writeback(file, DATA_OFFSET, len - first)?;
+            }
+            self.writeback_started = to;
+        }
+        self.fresh_from = self.writeback_mark.1;
+        self.writeback_mark = (head, self.meta.head.seq);
         Ok(())
     }
 
@@ -893,6 +954,8 @@ impl Ring {
         }
         self.meta.tail = pos;
         self.meta.head = pos;
+        self.writeback_mark.1 = pos.seq;
+        self.fresh_from = pos.seq;
         for c in self.meta.cursors.iter_mut().filter(|c| c.in_use()) {
             c.pos = pos;
         }
@@ -903,6 +966,9 @@ impl Ring {
     /// first forces the records to disk, then the slot: after a power loss the slot never
     /// points past records that are not on disk.
     pub fn checkpoint(&mut self, now_ns: u64, sync: bool) -> io::Result<()> {
+        // Whatever the sync policy, nothing stays fresh longer than a checkpoint interval:
+        // the kernel may write pages out on its own.
+        self.fresh_from = self.meta.head.seq;
         if sync {
             self.sync_data()?;
         }

@@ -152,6 +152,11 @@ impl<'a> View<'a> {
 
     /// Reads the record at `pos`.
     pub fn read(&self, pos: Pos) -> Read<'a> {
+        self.read_with(pos, true)
+    }
+
+    /// Reads the record at `pos`; checks its payload CRC only with `check_payload`.
+    pub(super) fn read_with(&self, pos: Pos, check_payload: bool) -> Read<'a> {
         if pos.seq >= self.head.seq {
             return Read::End;
         }
@@ -182,7 +187,11 @@ impl<'a> View<'a> {
                         off: self.norm(off + h.stride()),
                         seq: pos.seq + 1,
                     };
-                    let computed = crc32fast::hash(payload);
+                    let computed = if check_payload {
+                        crc32fast::hash(payload)
+                    } else {
+                        h.pcrc
+                    };
                     if computed != h.pcrc {
                         let damage = Damage::Payload {
                             stored: h.pcrc,
