@@ -1,7 +1,15 @@
 //! End to end on loopback: a sender → ringrelay → a receiving sink, and in the same run the
 //! sender → the sink directly, as the ceiling. Prints events/s, MiB/s, the ratio to the
-//! ceiling, beside a plain copying proxy, and the relay's peak anonymous memory (RssAnon).
-//! The ring is in `block` mode, so nothing is overwritten and the sink must get every byte.
+//! ceiling, beside a plain copying proxy, and the relay's peak anonymous memory (RssAnon) and
+//! CPU time per GiB beside the proxy's: on a loaded 2-core machine the rates vary from run to
+//! run, the CPU cost of a byte much less. The ring is in `block` mode, so nothing is overwritten and the sink must get every
+//! byte.
+//!
+//! With `sync = "interval"` (the default) every second's records reach the disk within the
+//! next second, so the relay cannot go faster than the disk writes; the run also prints that
+//! ceiling: the same bytes written into a file of the ring's size with an `fdatasync` every
+//! second. `sync = "never"` (records survive a crash of the relay, not of the machine) shows
+//! the relay's own cost.
 //!
 //! `cargo bench --bench pipeline` (env `PIPELINE_RECORDS` to change the record count).
 
@@ -55,8 +63,9 @@ fn direct(records: u64, len: usize) -> Duration {
 }
 
 /// sender → a plain copying proxy (read into a 1 MiB buffer, write it out) → sink: what any
-/// relay without a ring, framing or checksums would cost on this machine.
-fn proxied(records: u64, len: usize) -> Duration {
+/// relay without a ring, framing or checksums would cost on this machine. Returns the time and
+/// the proxy's CPU time.
+fn proxied(records: u64, len: usize) -> (Duration, Duration) {
     let sink_l = TcpListener::bind("127.0.0.1:0").unwrap();
     let siem = sink_l.local_addr().unwrap();
     let proxy_l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -66,21 +75,84 @@ fn proxied(records: u64, len: usize) -> Duration {
         let (mut from, _) = proxy_l.accept().expect("accept");
         let mut to = TcpStream::connect(siem).expect("connect sink");
         let mut buf = vec![0u8; 1 << 20];
+        let cpu_before = thread_cpu_time();
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(k) => to.write_all(&buf[..k]).expect("proxy write"),
             }
         }
+        thread_cpu_time() - cpu_before
     });
     let start = send(addr, records, len);
     let end = done.join().unwrap();
-    proxy.join().unwrap();
-    end - start
+    let cpu = proxy.join().unwrap();
+    (end - start, cpu)
 }
 
-/// One relay run over the ring in `dir` (created on the first run, reused warm on the next).
-fn relayed(dir: &Path, records: u64, len: usize, ring: &str) -> (Duration, u64) {
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu_time() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
+}
+
+/// The same bytes written into a file of the ring's size (wrapping at its end) in 1 MiB
+/// writes, with an `fdatasync` every second and at the end: what this disk takes under
+/// `sync = "interval"`.
+fn disk(dir: &Path, bytes: u64, ring: u64) -> Duration {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("disk.bin");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(ring).unwrap();
+    // Written once, as a relay's warm ring is, then timed.
+    let chunk = vec![b'x'; 1 << 20];
+    let pass = |n: u64| {
+        let (mut off, mut done, mut last) = (0u64, 0u64, Instant::now());
+        while done < n {
+            f.write_all_at(&chunk, off).unwrap();
+            done += chunk.len() as u64;
+            off = (off + chunk.len() as u64) % ring;
+            if last.elapsed() >= Duration::from_secs(1) {
+                f.sync_data().unwrap();
+                last = Instant::now();
+            }
+        }
+        f.sync_data().unwrap();
+    };
+    pass(ring);
+    let start = Instant::now();
+    pass(bytes);
+    let took = start.elapsed();
+    let _ = std::fs::remove_file(&path);
+    took
+}
+
+/// The relay's CPU time (user + system) so far, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on every Linux we ship for.
+    Duration::from_millis(ticks * 10)
+}
+
+/// One relay run over the ring in `dir` (created on the first run, reused warm on the next):
+/// the time from the first byte sent to the last received, the peak RssAnon and the relay's
+/// CPU time over the run.
+fn relayed(
+    dir: &Path,
+    records: u64,
+    len: usize,
+    ring: &str,
+    sync: &str,
+) -> (Duration, u64, Duration) {
     std::fs::create_dir_all(dir).unwrap();
     let sink_l = TcpListener::bind("127.0.0.1:0").unwrap();
     let siem = sink_l.local_addr().unwrap();
@@ -92,7 +164,7 @@ fn relayed(dir: &Path, records: u64, len: usize, ring: &str) -> (Duration, u64) 
     std::fs::write(
         &cfg,
         format!(
-            "[relay]\ndata_dir = \"{}\"\nadmin_listen = \"off\"\n[[feed]]\nname = \"bench\"\ninput = {{ kind = \"tcp\", listen = \"{port}\" }}\nframing = \"newline\"\nbuffer = {{ size = \"{ring}\" }}\nwhen_full = \"block\"\n[[feed.output]]\nname = \"sink\"\nkind = \"tcp\"\naddress = \"{siem}\"\nreplay = \"0s\"\n",
+            "[relay]\ndata_dir = \"{}\"\nadmin_listen = \"off\"\n[[feed]]\nname = \"bench\"\ninput = {{ kind = \"tcp\", listen = \"{port}\" }}\nframing = \"newline\"\nbuffer = {{ size = \"{ring}\" }}\nwhen_full = \"block\"\nsync = \"{sync}\"\n[[feed.output]]\nname = \"sink\"\nkind = \"tcp\"\naddress = \"{siem}\"\nreplay = \"0s\"\n",
             dir.join("data").display()
         ),
     )
@@ -119,6 +191,7 @@ fn relayed(dir: &Path, records: u64, len: usize, ring: &str) -> (Duration, u64) 
         thread::sleep(Duration::from_millis(20));
     }
     let pid = child.id();
+    let cpu_before = cpu_time(pid);
     let sender = thread::spawn(move || send(port, records, len));
     let mut peak = 0;
     let t1 = Instant::now();
@@ -133,6 +206,7 @@ fn relayed(dir: &Path, records: u64, len: usize, ring: &str) -> (Duration, u64) 
     let start = sender.join().unwrap();
     let end = done.join().unwrap();
     peak = peak.max(rss_anon_kib(pid));
+    let cpu = cpu_time(pid) - cpu_before;
     // SIGTERM: the relay checkpoints its cursor, so the warm run starts with nothing to resend.
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -149,7 +223,7 @@ fn relayed(dir: &Path, records: u64, len: usize, ring: &str) -> (Duration, u64) 
         records * len as u64,
         "sink did not get everything; relay log:\n{log}"
     );
-    (end - start, peak)
+    (end - start, peak, cpu)
 }
 
 fn main() {
@@ -157,36 +231,53 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000_000);
-    let rate = |n: u64, len: usize, d: Duration| {
-        let mib = (n * len as u64) as f64 / (1u64 << 20) as f64;
-        format!(
-            "{:>9.0} ev/s {:>6.0} MiB/s",
-            n as f64 / d.as_secs_f64(),
-            mib / d.as_secs_f64()
-        )
-    };
-    for (len, ring) in [(1024usize, "1GiB"), (256, "1GiB"), (1024, "8GiB")] {
+    let mib_s = |bytes: u64, d: Duration| bytes as f64 / (1u64 << 20) as f64 / d.as_secs_f64();
+    let dir = std::env::temp_dir().join(format!("ringrelay-bench-{}", std::process::id()));
+    for (len, ring, ring_bytes) in [
+        (1024usize, "1GiB", 1u64 << 30),
+        (256, "1GiB", 1 << 30),
+        (1024, "8GiB", 8 << 30),
+    ] {
         let n = records * 1024 / len as u64;
+        let bytes = n * len as u64;
         let direct = direct(n, len);
-        let proxy = proxied(n, len);
-        let dir = std::env::temp_dir().join(format!("ringrelay-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        // A new ring's first lap faults in fresh pages; a restarted relay's ring is resident
-        // where the last run wrote it (all of a 1 GiB ring, a quarter of an 8 GiB one).
-        let laps: &[&str] = if ring == "1GiB" {
-            &["new ring", "warm ring"]
+        let (proxy, proxy_cpu) = proxied(n, len);
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        let disk = disk(&dir, bytes, ring_bytes);
+        println!(
+            "pipeline {len:>4} B x {n}, {ring:>4}: direct {:.0} ev/s {:.0} MiB/s | plain proxy {:.0} MiB/s, {:.2} CPU s/GiB | disk, fdatasync every 1 s: {:.0} MiB/s",
+            n as f64 / direct.as_secs_f64(),
+            mib_s(bytes, direct),
+            mib_s(bytes, proxy),
+            proxy_cpu.as_secs_f64() / gib,
+            mib_s(bytes, disk),
+        );
+        // A new ring's first lap writes blocks the file system has only reserved; a restarted
+        // relay's ring is resident where the last run wrote it (all of a 1 GiB ring, a quarter
+        // of an 8 GiB one).
+        let runs: &[(&str, &str)] = if ring == "1GiB" && len == 1024 {
+            &[
+                ("new ring", "interval"),
+                ("warm ring", "interval"),
+                ("warm ring", "never"),
+            ]
+        } else if ring == "1GiB" {
+            &[("new ring", "interval"), ("warm ring", "interval")]
         } else {
-            &["new ring"]
+            &[("new ring", "interval")]
         };
-        for lap in laps {
-            let (relay, peak) = relayed(&dir, n, len, ring);
+        let _ = std::fs::remove_dir_all(&dir);
+        for (lap, sync) in runs {
+            let (relay, peak, cpu) = relayed(&dir, n, len, ring, sync);
             println!(
-                "pipeline {len:>4} B x {n}, {ring:>4} {lap:<9}: direct {} | plain proxy {} | ringrelay {} | vs direct {:.2}, vs proxy {:.2} | relay peak RssAnon {peak} KiB",
-                rate(n, len, direct),
-                rate(n, len, proxy),
-                rate(n, len, relay),
+                "  ringrelay {lap:<9} sync={sync:<8}: {:>8.0} ev/s {:>5.0} MiB/s | vs direct {:.2}, vs proxy {:.2}, vs disk {:.2} | relay {:.2} CPU s/GiB, busy {:.0}% of the run | peak RssAnon {peak} KiB",
+                n as f64 / relay.as_secs_f64(),
+                mib_s(bytes, relay),
                 direct.as_secs_f64() / relay.as_secs_f64(),
                 proxy.as_secs_f64() / relay.as_secs_f64(),
+                disk.as_secs_f64() / relay.as_secs_f64(),
+                cpu.as_secs_f64() / gib,
+                100.0 * cpu.as_secs_f64() / relay.as_secs_f64(),
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
