@@ -31,6 +31,25 @@ pub const BUFFER_LIMIT: usize = 64 << 10;
 static VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// Writes what rustls has queued (handshake messages, alerts, records) to `sock` until nothing
+/// is left. `WouldBlock` and other errors come back with the rest still queued; a socket that
+/// takes nothing is `WriteZero`.
+pub fn flush<D>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    while conn.wants_write() {
+        match conn.write_tls(sock) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The crypto provider (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

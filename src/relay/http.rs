@@ -33,19 +33,6 @@ pub struct Transport {
     tls_failed: bool,
 }
 
-/// Sends what rustls has queued.
-fn flush_tls(conn: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
-    while conn.wants_write() {
-        match conn.write_tls(stream) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// `WouldBlock` is no error here: the rest goes out on a later call.
 fn soft(r: io::Result<()>) -> io::Result<()> {
     match r {
@@ -89,12 +76,12 @@ impl Transport {
         let Some(conn) = self.tls.as_deref_mut() else {
             return self.stream.write_vectored(bufs);
         };
-        flush_tls(conn, &mut self.stream)?;
+        crate::tls::flush(conn, &mut self.stream)?;
         if conn.is_handshaking() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = conn.writer().write_vectored(bufs)?;
-        soft(flush_tls(conn, &mut self.stream))?;
+        soft(crate::tls::flush(conn, &mut self.stream))?;
         if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -114,7 +101,7 @@ impl Transport {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            soft(flush_tls(conn, &mut self.stream))?;
+            soft(crate::tls::flush(conn, &mut self.stream))?;
             match conn.read_tls(&mut self.stream) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -131,7 +118,7 @@ impl Transport {
                 let why = format!("{stage} (reason={}): {e}", crate::tls::failure_reason(&e));
                 return Err(io::Error::new(io::ErrorKind::InvalidData, why));
             }
-            soft(flush_tls(conn, &mut self.stream))?;
+            soft(crate::tls::flush(conn, &mut self.stream))?;
         }
     }
 }

@@ -52,19 +52,6 @@ struct TlsIn {
     closing: bool,
 }
 
-/// Sends what rustls has queued (handshake messages, alerts); `WouldBlock` leaves the rest for
-/// the next writable event.
-fn flush(conn: &mut ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
-    while conn.wants_write() {
-        match conn.write_tls(stream) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 impl TlsIn {
     /// Reads plaintext into `buf`: as `Read::read` (0 = the sender closed, `WouldBlock` = no
     /// plaintext yet), decrypting as many TLS records as fit.
@@ -73,7 +60,7 @@ impl TlsIn {
         if let Some(e) = &self.error {
             return Err(failed(e));
         }
-        match flush(&mut self.conn, stream) {
+        match tls::flush(&mut self.conn, stream) {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
             _ => {}
         }
@@ -112,7 +99,7 @@ impl TlsIn {
                 self.error = Some(e);
                 return if n > 0 { Ok(n) } else { Err(err) };
             }
-            match flush(&mut self.conn, stream) {
+            match tls::flush(&mut self.conn, stream) {
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
                 _ => {}
             }
@@ -201,7 +188,7 @@ impl Conn {
             Transport::Tls(t) => t,
         };
         let n = t.conn.writer().write(buf)?;
-        match flush(&mut t.conn, &mut self.stream) {
+        match tls::flush(&mut t.conn, &mut self.stream) {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
             _ => {}
         }
@@ -219,7 +206,7 @@ impl Conn {
                 t.conn.send_close_notify();
                 t.closing = true;
             }
-            match flush(&mut t.conn, &mut self.stream) {
+            match tls::flush(&mut t.conn, &mut self.stream) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
                 Ok(()) => {}
@@ -494,30 +481,18 @@ impl Relay {
     /// connections still handshaking after `handshake_timeout`.
     pub(super) fn close_idle(&mut self, now: Instant) {
         for id in 0..self.conns.len() {
-            let slow = self.conns[id].as_ref().is_some_and(|c| {
-                let handshaking = matches!(&c.transport, Transport::Tls(t) if matches!(t.state, TlsState::Handshaking));
-                handshaking
-                    && self.feeds[c.feed]
-                        .cfg
-                        .input
-                        .tls()
-                        .is_some_and(|t| now.duration_since(c.opened) > t.handshake_timeout)
-            });
-            if slow {
-                self.close_conn(id, "handshake_timeout", None, now);
+            let Some(c) = self.conns[id].as_ref() else {
                 continue;
-            }
-            let idle = self.conns[id].as_ref().is_some_and(|c| {
-                self.feeds[c.feed]
-                    .cfg
-                    .input
-                    .idle_timeout
-                    .is_some_and(|t| now.duration_since(c.last_active) > t)
-            });
-            if idle {
-                if let Some(c) = self.conns[id].as_ref() {
-                    self.feeds[c.feed].stats.idle_closed += 1;
-                }
+            };
+            let input = &self.feeds[c.feed].cfg.input;
+            let handshaking = matches!(&c.transport, Transport::Tls(t) if matches!(t.state, TlsState::Handshaking));
+            let past = |since: Instant, limit: Option<std::time::Duration>| {
+                limit.is_some_and(|t| now.duration_since(since) > t)
+            };
+            if handshaking && past(c.opened, input.tls().map(|t| t.handshake_timeout)) {
+                self.close_conn(id, "handshake_timeout", None, now);
+            } else if past(c.last_active, input.idle_timeout) {
+                self.feeds[c.feed].stats.idle_closed += 1;
                 self.close_conn(id, "idle_timeout", None, now);
             }
         }

@@ -193,18 +193,10 @@ struct TlsOut {
 impl TlsOut {
     /// Writes what rustls has queued; `Ok` when all of it is on the socket.
     fn flush(&mut self, stream: &mut TcpStream) -> io::Result<()> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(());
-        };
-        while conn.wants_write() {
-            match conn.write_tls(stream) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        match self.conn.as_mut() {
+            Some(conn) => tls::flush(conn, stream),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Hands `iov` to rustls (unless bytes are still held) and flushes; returns the plaintext
