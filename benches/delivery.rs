@@ -54,7 +54,7 @@ fn fanout(dir: &Path, records: u64, one_down: bool) -> (f64, u64) {
                 addr // nobody listens here
             } else {
                 let got = Arc::new(AtomicU64::new(0));
-                counting_sink(l, got.clone());
+                counting_sink(l, got.clone(), bytes);
                 counters.push(got);
                 addr
             };

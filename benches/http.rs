@@ -9,7 +9,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{batch_of, free_port, rss_anon_kib, send_batches};
+use common::{batch_of, counting_sink, free_port, lines, rss_anon_kib, send_batches, Relay};
 
 const LEN: usize = 1024;
 
@@ -25,26 +24,6 @@ fn send(addr: SocketAddr, records: u64) {
     let mut s = TcpStream::connect(addr).expect("connect");
     let (batch, per_batch) = batch_of(LEN, |i| format!("{{\"rec\":{i},\"pad\":\"").into_bytes());
     send_batches(&mut s, &batch, per_batch, LEN, records);
-}
-
-/// Counts LF-terminated records arriving on plain TCP connections.
-fn tcp_sink(l: TcpListener, records: Arc<AtomicU64>) {
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            let records = records.clone();
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 20];
-                while let Ok(k) = s.read(&mut buf) {
-                    if k == 0 {
-                        break;
-                    }
-                    let n = buf[..k].iter().filter(|&&b| b == b'\n').count();
-                    records.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            });
-        }
-    });
 }
 
 /// Answers every request 200 at once; counts the records (LF) of each body, inflated if gzipped.
@@ -104,15 +83,6 @@ fn http_sink(l: TcpListener, records: Arc<AtomicU64>, requests: Arc<AtomicU64>) 
     });
 }
 
-struct Relay(Child);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One run; returns (seconds until the sink had every record, peak RssAnon KiB, requests).
 fn run(dir: &Path, records: u64, output: &str) -> (f64, u64, u64) {
     let _ = std::fs::remove_dir_all(dir);
@@ -122,7 +92,7 @@ fn run(dir: &Path, records: u64, output: &str) -> (f64, u64, u64) {
     let got = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(AtomicU64::new(0));
     let output = if output == "tcp" {
-        tcp_sink(l, got.clone());
+        counting_sink(l, got.clone(), lines);
         format!("kind = \"tcp\"\naddress = \"{sink}\"")
     } else {
         http_sink(l, got.clone(), requests.clone());
@@ -133,24 +103,8 @@ fn run(dir: &Path, records: u64, output: &str) -> (f64, u64, u64) {
         "[relay]\ndata_dir = \"{}\"\nadmin_listen = \"off\"\n[[feed]]\nname = \"f\"\ninput = {{ kind = \"tcp\", listen = \"{input}\" }}\nframing = \"newline\"\nbuffer = {{ size = \"256MiB\" }}\nwhen_full = \"block\"\n[[feed.output]]\nname = \"out\"\n{output}\n",
         dir.join("data").display()
     );
-    let cfg = dir.join("bench.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
-        .spawn()
-        .expect("spawn ringrelay");
-    let relay = Relay(child);
-    let pid = relay.0.id();
-    let t0 = Instant::now();
-    while TcpStream::connect(input).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "relay did not listen"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let relay = Relay::start(dir, &config, &[input]);
+    let pid = relay.child.id();
     let start = Instant::now();
     let sender = thread::spawn(move || send(input, records));
     let mut peak = 0;
@@ -159,7 +113,7 @@ fn run(dir: &Path, records: u64, output: &str) -> (f64, u64, u64) {
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "run did not finish: {}",
-            std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default()
+            relay.log()
         );
         thread::sleep(Duration::from_millis(5));
     }

@@ -109,7 +109,7 @@ fn run(input: &str, records: u64) -> (f64, u64) {
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();
     let siem = sink.local_addr().unwrap();
     let got = Arc::new(AtomicU64::new(0));
-    counting_sink(sink, got.clone());
+    counting_sink(sink, got.clone(), bytes);
     let input_cfg = if input == "tcp" {
         format!("{{ kind = \"tcp\", listen = \"{listen}\" }}\nframing = \"newline\"")
     } else {

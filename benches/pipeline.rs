@@ -16,7 +16,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::rss_anon_kib;
+use common::{rss_anon_kib, Relay};
 
 /// A sink that counts bytes until it has `want`; returns when it got them.
 fn sink(listener: TcpListener, want: u64, got: Arc<AtomicU64>) -> thread::JoinHandle<Instant> {
@@ -156,41 +155,15 @@ fn relayed(
     std::fs::create_dir_all(dir).unwrap();
     let sink_l = TcpListener::bind("127.0.0.1:0").unwrap();
     let siem = sink_l.local_addr().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let cfg = dir.join("bench.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[relay]\ndata_dir = \"{}\"\nadmin_listen = \"off\"\n[[feed]]\nname = \"bench\"\ninput = {{ kind = \"tcp\", listen = \"{port}\" }}\nframing = \"newline\"\nbuffer = {{ size = \"{ring}\" }}\nwhen_full = \"block\"\nsync = \"{sync}\"\n[[feed.output]]\nname = \"sink\"\nkind = \"tcp\"\naddress = \"{siem}\"\nreplay = \"0s\"\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
-        .spawn()
-        .expect("spawn ringrelay");
+    let port = common::free_port();
+    let config = format!(
+        "[relay]\ndata_dir = \"{}\"\nadmin_listen = \"off\"\n[[feed]]\nname = \"bench\"\ninput = {{ kind = \"tcp\", listen = \"{port}\" }}\nframing = \"newline\"\nbuffer = {{ size = \"{ring}\" }}\nwhen_full = \"block\"\nsync = \"{sync}\"\n[[feed.output]]\nname = \"sink\"\nkind = \"tcp\"\naddress = \"{siem}\"\nreplay = \"0s\"\n",
+        dir.join("data").display()
+    );
     let got = Arc::new(AtomicU64::new(0));
     let done = sink(sink_l, records * len as u64, got.clone());
-    // Wait for the listener.
-    let t0 = Instant::now();
-    while TcpStream::connect(port).is_err() {
-        let log = || std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default();
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("ringrelay exited ({status}) before listening:\n{}", log());
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("ringrelay did not listen within 10 s:\n{}", log());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let pid = child.id();
+    let mut relay = Relay::start(dir, &config, &[port]);
+    let pid = relay.child.id();
     let cpu_before = cpu_time(pid);
     let sender = thread::spawn(move || send(port, records, len));
     let mut peak = 0;
@@ -199,7 +172,7 @@ fn relayed(
         peak = peak.max(rss_anon_kib(pid));
         if t1.elapsed() > Duration::from_secs(300) {
             // Killing the relay closes the sink's connection, which ends the sink.
-            let _ = child.kill();
+            let _ = relay.child.kill();
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -207,17 +180,9 @@ fn relayed(
     let end = done.join().unwrap();
     peak = peak.max(rss_anon_kib(pid));
     let cpu = cpu_time(pid) - cpu_before;
+    let log = relay.log();
     // SIGTERM: the relay checkpoints its cursor, so the warm run starts with nothing to resend.
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let t2 = Instant::now();
-    while child.try_wait().ok().flatten().is_none() && t2.elapsed() < Duration::from_secs(10) {
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default();
+    drop(relay);
     assert_eq!(
         got.load(Ordering::Relaxed),
         records * len as u64,

@@ -17,8 +17,9 @@ pub fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// Accepts connections on `l` and counts the bytes they bring into `got`.
-pub fn counting_sink(l: TcpListener, got: Arc<AtomicU64>) {
+/// Accepts connections on `l` and adds `count` of everything they bring to `got`
+/// ([`bytes`] or [`lines`]).
+pub fn counting_sink(l: TcpListener, got: Arc<AtomicU64>, count: fn(&[u8]) -> u64) {
     thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { break };
@@ -29,11 +30,20 @@ pub fn counting_sink(l: TcpListener, got: Arc<AtomicU64>) {
                     if k == 0 {
                         break;
                     }
-                    got.fetch_add(k as u64, Ordering::Relaxed);
+                    got.fetch_add(count(&buf[..k]), Ordering::Relaxed);
                 }
             });
         }
     });
+}
+
+pub fn bytes(b: &[u8]) -> u64 {
+    b.len() as u64
+}
+
+/// LF-terminated records.
+pub fn lines(b: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', b).count() as u64
 }
 
 pub fn rss_anon_kib(pid: u32) -> u64 {
