@@ -24,7 +24,7 @@ fn config(dir: &TempDir, siem: SocketAddr, feed: &str, output: &str) -> std::pat
 #[test]
 fn metrics_health_and_ready_tell_what_happened() {
     let dir = TempDir::new("admin-metrics");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = config(
         &dir,
         siem.addr,
@@ -111,7 +111,7 @@ fn metrics_health_and_ready_tell_what_happened() {
 #[test]
 fn overrun_counts_exactly_what_the_output_never_received() {
     let dir = TempDir::new("admin-overrun");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let cfg = config(&dir, siem.addr, "max_record_bytes = \"4KiB\"", "");
     // The smallest ring the config allows, 1 MiB: ~4,000 records of 200 B.
     let text = std::fs::read_to_string(&cfg)
@@ -149,7 +149,7 @@ fn overrun_counts_exactly_what_the_output_never_received() {
 #[test]
 fn rate_limited_output_delivers_within_five_percent_of_its_rate() {
     let dir = TempDir::new("admin-rate");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = config(&dir, siem.addr, "", "rate_limit_eps = 2000");
     let relay = RelayProc::start(&cfg, 1);
     let admin = admin_addr(&relay);

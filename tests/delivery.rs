@@ -52,7 +52,7 @@ fn eight_feeds_deliver_everything_to_their_up_outputs_while_one_output_of_each_i
     const FEEDS: usize = 8;
     const N: u64 = 20_000;
     let dir = TempDir::new("fanout");
-    let ups: Vec<Sink> = (0..FEEDS).map(|_| Sink::new(free_port(), true)).collect();
+    let ups: Vec<Sink> = (0..FEEDS).map(|_| Sink::new(true)).collect();
     let dead: Vec<DeadPort> = (0..FEEDS).map(|_| DeadPort::new()).collect();
     let downs: Vec<SocketAddr> = dead.iter().map(|d| d.addr).collect();
     let up_addrs: Vec<SocketAddr> = ups.iter().map(|s| s.addr).collect();
@@ -139,7 +139,7 @@ fn eight_feeds_deliver_everything_to_their_up_outputs_while_one_output_of_each_i
 #[test]
 fn a_cut_siem_receives_exactly_the_replay_window_again_and_everything_after() {
     let dir = TempDir::new("replay-window");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let mut p = one_feed_config(dir.path(), siem.addr, "", "replay = \"2s\"");
     let text = std::fs::read_to_string(&p)
         .unwrap()
@@ -203,7 +203,7 @@ fn a_cut_siem_receives_exactly_the_replay_window_again_and_everything_after() {
 #[test]
 fn two_outages_in_a_row_before_the_backlog_drains_lose_nothing() {
     let dir = TempDir::new("two-outages");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     // Slow enough that the backlog is still draining when the second outage starts.
     let cfg = one_feed_config(dir.path(), siem.addr, "", "rate_limit_eps = 10000");
     let relay = RelayProc::start(&cfg, 1);
@@ -237,7 +237,7 @@ fn two_outages_in_a_row_before_the_backlog_drains_lose_nothing() {
 #[test]
 fn alerts_are_logged_once_counted_and_written_into_the_alert_feed() {
     let dir = TempDir::new("alerts");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let alerts_log = dir.path().join("alerts.log");
     let text = format!(
         r#"[relay]

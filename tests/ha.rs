@@ -133,7 +133,7 @@ fn send_confirmed(addr: SocketAddr, range: std::ops::Range<u64>) -> bool {
 #[test]
 fn only_one_of_two_instances_binds_and_the_standby_takes_over_within_2s_of_a_sigkill() {
     let dir = TempDir::new("ha-kill");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let listen = free_port();
     // The default standby_poll (500 ms).
     let cfg = pair_config(dir.path(), "pair.toml", listen, siem.addr, "", "");
@@ -185,7 +185,7 @@ fn only_one_of_two_instances_binds_and_the_standby_takes_over_within_2s_of_a_sig
 #[test]
 fn a_sigstopped_active_keeps_the_lock_and_carries_on_after_sigcont() {
     let dir = TempDir::new("ha-stop");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let listen = free_port();
     let cfg = pair_config(
         dir.path(),
@@ -230,7 +230,7 @@ fn a_sigstopped_active_keeps_the_lock_and_carries_on_after_sigcont() {
 #[test]
 fn an_active_that_finds_a_higher_epoch_in_the_lock_file_stops_delivering_and_exits_3() {
     let dir = TempDir::new("ha-fence");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let listen = free_port();
     let cfg = pair_config(dir.path(), "one.toml", listen, siem.addr, "", "");
     let mut a = start_as(&cfg, "active");
@@ -312,7 +312,7 @@ fn an_active_that_finds_a_higher_epoch_in_the_lock_file_stops_delivering_and_exi
 #[test]
 fn rolling_upgrade_a_to_b_and_back_loses_no_confirmed_record() {
     let dir = TempDir::new("ha-rolling");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let listen = free_port();
     let cfg = pair_config(
         dir.path(),
@@ -424,7 +424,7 @@ fn collect(
 #[test]
 fn sd_notify_ready_status_watchdog_in_order_then_stopping_on_sigterm() {
     let dir = TempDir::new("ha-notify");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let cfg = pair_config(dir.path(), "one.toml", free_port(), siem.addr, "", "");
@@ -473,7 +473,7 @@ fn sd_notify_ready_status_watchdog_in_order_then_stopping_on_sigterm() {
 fn sd_notify_to_an_abstract_socket_reports_standby_then_promotion() {
     use std::os::linux::net::SocketAddrExt;
     let dir = TempDir::new("ha-notify-abstract");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let listen = free_port();
     let cfg = pair_config(
         dir.path(),
@@ -508,8 +508,8 @@ fn sd_notify_to_an_abstract_socket_reports_standby_then_promotion() {
 #[test]
 fn sighup_applies_rate_limit_and_address_live_and_names_what_needs_a_restart() {
     let dir = TempDir::new("ha-hup");
-    let siem1 = Sink::new(free_port(), true);
-    let siem2 = Sink::new(free_port(), true);
+    let siem1 = Sink::new(true);
+    let siem2 = Sink::new(true);
     let listen = free_port();
     let cfg = pair_config(dir.path(), "one.toml", listen, siem1.addr, "", "");
     let relay = start_as(&cfg, "active");
@@ -571,7 +571,7 @@ fn sighup_applies_rate_limit_and_address_live_and_names_what_needs_a_restart() {
 #[test]
 fn a_lock_file_that_belongs_to_something_else_or_cannot_be_created_is_refused_plainly() {
     let dir = TempDir::new("ha-lock-errors");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     // Someone else's file (a pid file, say) at the lock path.
     let cfg = pair_config(dir.path(), "one.toml", free_port(), siem.addr, "", "");
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
@@ -642,7 +642,7 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn a_standby_answers_health_with_its_role_and_ready_with_503_until_it_takes_over() {
     let dir = TempDir::new("ha-admin");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let listen = free_port();
     let (admin_a, admin_b) = (free_port(), free_port());
     let cfg_a = pair_config(
@@ -719,7 +719,7 @@ fn write_slot_with_epoch(ring: &Path, epoch: u64) {
 #[test]
 fn an_active_that_finds_a_higher_epoch_in_a_ring_exits_3_without_writing_to_it_again() {
     let dir = TempDir::new("ha-fence-ring");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let listen = free_port();
     // Checkpoints far apart, so the relay's own next slot write cannot hide the other one.
     let cfg = pair_config(

@@ -185,7 +185,7 @@ fn gzip(b: &[u8]) -> Vec<u8> {
 #[test]
 fn cloud_nss_batches_are_split_per_record_and_refusals_take_nothing() {
     let dir = TempDir::new("http-in");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let relay = RelayProc::start(&config(&dir, siem.addr, "", ""), 1);
     let admin = admin_addr(&relay);
     let addr = relay.addr("h");
@@ -281,7 +281,7 @@ fn cloud_nss_batches_are_split_per_record_and_refusals_take_nothing() {
 #[test]
 fn a_200_means_the_records_survive_a_sigkill_right_after_it() {
     let dir = TempDir::new("http-kill");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let cfg = config(&dir, siem.addr, "", "");
     let mut relay = RelayProc::start(&cfg, 1);
     let mut s = connect(relay.addr("h"));
@@ -309,7 +309,7 @@ fn a_200_means_the_records_survive_a_sigkill_right_after_it() {
 #[test]
 fn a_full_block_ring_answers_503_with_retry_after_and_takes_the_batch_once_there_is_room() {
     let dir = TempDir::new("http-block");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let cfg = config(
         &dir,
         siem.addr,
@@ -368,7 +368,7 @@ fn a_full_block_ring_answers_503_with_retry_after_and_takes_the_batch_once_there
 #[test]
 fn a_slow_or_silent_client_costs_one_connection_and_times_out() {
     let dir = TempDir::new("http-slow");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = config(&dir, siem.addr, ", request_timeout = \"1s\"", "");
     let relay = RelayProc::start(&cfg, 1);
     let addr = relay.addr("h");
@@ -407,7 +407,7 @@ fn a_slow_or_silent_client_costs_one_connection_and_times_out() {
 fn https_batches_with_a_client_certificate_are_taken_and_a_client_without_one_is_refused() {
     let dir = TempDir::new("https-in");
     let pki = tlskit::Pki::new(dir.path());
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let tls = format!(
         ", cert = \"{}\", key = \"{}\", client_ca = \"{}\"",
         pki.path("server.pem").display(),

@@ -34,7 +34,7 @@ fn assert_all_arrived(sink: &Sink, n: u64, dups_allowed: bool) {
 #[test]
 fn two_hundred_thousand_records_arrive_exactly_once_and_in_order() {
     let dir = TempDir::new("e2e-200k");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = one_feed_config(dir.path(), siem.addr, "", "");
     let relay = RelayProc::start(&cfg, 1);
     let n = 200_000;
@@ -60,7 +60,7 @@ fn two_hundred_thousand_records_arrive_exactly_once_and_in_order() {
 #[test]
 fn records_sent_while_the_siem_is_down_all_arrive_when_it_returns() {
     let dir = TempDir::new("e2e-down");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let cfg = one_feed_config(dir.path(), siem.addr, "", "");
     let relay = RelayProc::start(&cfg, 1);
     let n = 100_000;
@@ -82,7 +82,7 @@ fn records_sent_while_the_siem_is_down_all_arrive_when_it_returns() {
 #[test]
 fn siem_down_relay_killed_and_restarted_still_delivers_everything() {
     let dir = TempDir::new("e2e-kill-down");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let cfg = one_feed_config(dir.path(), siem.addr, "", "");
     let mut relay = RelayProc::start(&cfg, 1);
     let n = 100_000;
@@ -112,7 +112,7 @@ type Spans = Arc<Mutex<Vec<(u64, u64)>>>;
 #[test]
 fn relay_killed_twenty_times_mid_stream_loses_only_what_was_in_socket_buffers() {
     let dir = TempDir::new("e2e-kill-loop");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = one_feed_config(dir.path(), siem.addr, "", "");
     let mut relay = RelayProc::start(&cfg, 1);
     let addr = Arc::new(Mutex::new(relay.addr("f")));
@@ -206,7 +206,7 @@ fn relay_killed_twenty_times_mid_stream_loses_only_what_was_in_socket_buffers() 
 #[test]
 fn bad_inputs_cost_bounded_memory_and_do_not_stop_a_good_sender() {
     let dir = TempDir::new("e2e-bad-input");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = one_feed_config(
         dir.path(),
         siem.addr,
@@ -290,7 +290,7 @@ fn bad_inputs_cost_bounded_memory_and_do_not_stop_a_good_sender() {
 #[test]
 fn connections_over_the_limit_are_refused_and_counted() {
     let dir = TempDir::new("e2e-maxconn");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = dir.path().join("c.toml");
     let base = std::fs::read_to_string(one_feed_config(dir.path(), siem.addr, "", "")).unwrap();
     std::fs::write(
@@ -317,7 +317,7 @@ fn connections_over_the_limit_are_refused_and_counted() {
 #[test]
 fn sigterm_reads_what_was_sent_checkpoints_and_exits_zero() {
     let dir = TempDir::new("e2e-sigterm");
-    let siem = Sink::new(free_port(), false);
+    let siem = Sink::new(false);
     let cfg = one_feed_config(dir.path(), siem.addr, "", "");
     let mut relay = RelayProc::start(&cfg, 1);
     let mut s = TcpStream::connect(relay.addr("f")).unwrap();
@@ -385,7 +385,7 @@ fn octet_counted_output_frames_records_that_contain_newlines() {
 #[test]
 fn file_output_creates_its_directory_and_rotates_without_losing_a_record() {
     let dir = TempDir::new("e2e-file");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let out = dir.path().join("archive/deep/f.log");
     let extra = format!(
         "\n[[feed.output]]\nname = \"archive\"\nkind = \"file\"\npath = \"{}\"\nrotate_bytes = \"64KiB\"\nrotate_keep = 100\n",

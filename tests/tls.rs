@@ -105,7 +105,7 @@ fn rejected(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) {
 fn mutual_tls_accepts_the_good_client_and_counts_every_rejection_by_reason() {
     let dir = TempDir::new("tls-mtls");
     let pki = Pki::new(dir.path());
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = config(dir.path(), &tls_input(&pki, true), &tcp_output(siem.addr));
     let relay = RelayProc::start(&cfg, 1);
     let addr = relay.addr("f");
@@ -221,7 +221,7 @@ fn mutual_tls_accepts_the_good_client_and_counts_every_rejection_by_reason() {
 fn a_tls_sender_that_closes_without_reading_loses_nothing() {
     let dir = TempDir::new("tls-abrupt");
     let pki = Pki::new(dir.path());
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = config(dir.path(), &tls_input(&pki, true), &tcp_output(siem.addr));
     let relay = RelayProc::start(&cfg, 1);
     let n = 100_000;
@@ -242,7 +242,7 @@ fn a_tls_sender_that_closes_without_reading_loses_nothing() {
 fn a_silent_client_is_dropped_at_the_handshake_timeout() {
     let dir = TempDir::new("tls-timeout");
     let pki = Pki::new(dir.path());
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let input = tls_input(&pki, true) + r#", handshake_timeout = "300ms""#;
     let cfg = config(dir.path(), &input, &tcp_output(siem.addr));
     let relay = RelayProc::start(&cfg, 1);
@@ -419,7 +419,7 @@ fn peer_cn(s: &TlsStream) -> String {
 fn sighup_rotates_the_server_certificate_for_new_connections_and_keeps_old_ones() {
     let dir = TempDir::new("tls-hup");
     let pki = Pki::new(dir.path());
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let cfg = config(dir.path(), &tls_input(&pki, true), &tcp_output(siem.addr));
     let relay = RelayProc::start(&cfg, 1);
     let addr = relay.addr("f");
@@ -510,7 +510,7 @@ fn sighup_reloads_a_tls_output_ca_so_the_next_connect_trusts_the_receiver() {
 #[test]
 fn rfc5424_headers_carry_the_instance_and_the_ring_sequence_number() {
     let dir = TempDir::new("tls-syslog");
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let output = format!(
         "{}\nsyslog = \"rfc5424\"\nsyslog_sd = true\nhostname = \"relay-host\"\nfacility = \"local4\"\nseverity = \"notice\"",
         tcp_output(siem.addr)
@@ -602,7 +602,7 @@ fn check_names_the_tls_file_that_fails_with_its_line_and_column() {
 fn an_expired_server_certificate_is_a_warning_with_its_date() {
     let dir = TempDir::new("tls-expired");
     let pki = Pki::new(dir.path());
-    let siem = Sink::new(free_port(), true);
+    let siem = Sink::new(true);
     let input = tls_input(&pki, true)
         .replace("server.pem", "client-expired.pem")
         .replace("server.key", "client-expired.key");

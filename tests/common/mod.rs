@@ -61,10 +61,31 @@ pub fn free_port() -> SocketAddr {
         .expect("ephemeral port")
 }
 
-/// A loopback address where no SIEM will ever answer: the port stays bound, without
-/// listening, for as long as this lives. A port merely released (`free_port`) can be taken by a
-/// receiver of another test running at the same time, or become the relay's own source port
-/// (a TCP self-connect that swallows writes); a bound one cannot.
+/// Holds `addr` (a 127.0.0.1 address; port 0 for any) bound without listening: a connection
+/// to it is refused, and nothing else can take the port. A port merely released (`free_port`)
+/// can be taken by a receiver of another test running at the same time, or become the relay's
+/// own source port (a TCP self-connect that swallows writes); a held one cannot.
+fn hold_port(addr: SocketAddr) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("tests use 127.0.0.1 only, not {addr}");
+    };
+    let socket = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // As TcpListener::bind does: connections of an earlier listener may be in TIME_WAIT.
+    setsockopt(&socket, sockopt::ReuseAddr, &true)?;
+    bind(socket.as_raw_fd(), &SockaddrIn::from(v4))?;
+    Ok(socket)
+}
+
+/// A loopback address where no SIEM will ever answer, for as long as this lives.
 pub struct DeadPort {
     _socket: std::os::fd::OwnedFd,
     pub addr: SocketAddr,
@@ -72,26 +93,21 @@ pub struct DeadPort {
 
 impl DeadPort {
     pub fn new() -> DeadPort {
-        use nix::sys::socket::{
-            bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
-        };
-        use std::net::SocketAddrV4;
-        use std::os::fd::AsRawFd;
-        let socket = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        let any = SockaddrIn::from(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0));
-        bind(socket.as_raw_fd(), &any).expect("bind");
-        let bound: SockaddrIn = getsockname(socket.as_raw_fd()).expect("getsockname");
+        let (socket, addr) = hold_any_port();
         DeadPort {
             _socket: socket,
-            addr: SocketAddr::V4(SocketAddrV4::new(bound.ip(), bound.port())),
+            addr,
         }
     }
+}
+
+/// A port of 127.0.0.1 chosen by the kernel, held (`hold_port`), and its address.
+fn hold_any_port() -> (std::os::fd::OwnedFd, SocketAddr) {
+    use nix::sys::socket::{getsockname, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let socket = hold_port(SocketAddr::from(([127, 0, 0, 1], 0))).expect("hold a port");
+    let bound: SockaddrIn = getsockname(socket.as_raw_fd()).expect("getsockname");
+    (socket, SocketAddr::from((bound.ip(), bound.port())))
 }
 
 /// The relay binary running `run --config`, with its stderr collected.
@@ -266,8 +282,11 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// A sink on `addr`, up or down at first.
-    pub fn new(addr: SocketAddr, up: bool) -> Sink {
+    /// A sink on a port of its own, up or down at first. The port is held from the start, also
+    /// while the sink is down (`hold_port`).
+    pub fn new(up: bool) -> Sink {
+        let (socket, addr) = hold_any_port();
+        let mut held = Some(socket);
         let mut s = Sink {
             addr,
             lines: Arc::default(),
@@ -287,15 +306,18 @@ impl Sink {
             while !stop.load(Ordering::Relaxed) {
                 let want = upf.load(Ordering::Relaxed);
                 if want && listener.is_none() {
-                    listener = TcpListener::bind(addr).ok();
-                    if let Some(l) = &listener {
-                        l.set_nonblocking(true).unwrap();
-                    }
+                    let socket = held.take().expect("a down sink holds its port");
+                    nix::sys::socket::listen(&socket, nix::sys::socket::Backlog::MAXCONN)
+                        .expect("listen");
+                    let l = TcpListener::from(socket);
+                    l.set_nonblocking(true).unwrap();
+                    listener = Some(l);
                 } else if !want && listener.is_some() {
                     listener = None;
                     for c in conns.lock().unwrap().drain(..) {
                         let _ = c.shutdown(Shutdown::Both);
                     }
+                    held = Some(hold_port(addr).unwrap_or_else(|e| panic!("hold {addr}: {e}")));
                 }
                 if let Some(l) = &listener {
                     if let Ok((s, _)) = l.accept() {
