@@ -488,3 +488,45 @@ fn a_full_block_ring_drained_by_a_slow_siem_wakes_its_paused_senders() {
     drop(relay);
     let _ = reader.join();
 }
+
+/// A connection that always has more to read gets one budget of reads a turn (4), however long
+/// it keeps the relay busy: its events wait for its turn on the ready list. A relay that served
+/// it once more each turn (a copy on the list per event) let one fast sender hold the loop for
+/// seconds, and outputs, timers and other connections waited.
+#[test]
+fn a_sender_that_never_pauses_gets_one_budget_of_reads_a_turn() {
+    let dir = TempDir::new("e2e-fair-turns");
+    let siem = Sink::new(true);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    // Built before connecting, so that only the kernel paces the sender.
+    let n = 400_000u64;
+    let mut all = Vec::with_capacity(n as usize * (LEN + 1));
+    for i in 0..n {
+        all.extend_from_slice(&record(i, LEN));
+        all.push(b'\n');
+    }
+    let mut s = TcpStream::connect(relay.addr("f")).unwrap();
+    s.write_all(&all).unwrap();
+    drop(s);
+    let ok = wait_until(Duration::from_secs(60), || siem.count() as u64 >= n);
+    assert!(ok, "{} of {n} arrived:\n{}", siem.count(), relay.log_text());
+    let m = metrics(admin);
+    let inst = "{instance_name=\"ringrelay\"}";
+    let reads = m[&format!("ringrelay_input_reads_total{inst}")];
+    let turns = m[&format!("ringrelay_loop_turns_total{inst}")];
+    assert!(
+        reads >= (n * (LEN as u64 + 1)) as f64 / (256 << 10) as f64,
+        "{reads} reads for {n} records"
+    );
+    assert!(
+        reads <= 4.0 * turns,
+        "{reads} input reads in {turns} turns: more than 4 a turn for one connection"
+    );
+    assert_all_arrived(&siem, n, false);
+}

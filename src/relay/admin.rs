@@ -54,6 +54,7 @@ pub struct Summary<'a> {
     pub role: &'a str,
     pub started_ns: u64,
     pub alerts: &'a super::AlertStats,
+    pub event_loop: &'a super::LoopStats,
 }
 
 impl Admin {
@@ -662,10 +663,31 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "Alert records the alert feed's ring refused.",
             summary.alerts.refused,
         ),
+        (
+            "ringrelay_loop_turns_total",
+            "Event-loop turns (one poll and the work it woke).",
+            summary.event_loop.turns,
+        ),
+        (
+            "ringrelay_input_reads_total",
+            "Reads of input connections that returned data (at most 4 a connection a turn).",
+            summary.event_loop.input_reads,
+        ),
     ] {
         m.head(name, "counter", help);
         m.sample(name, &inst, v);
     }
+    let name = "ringrelay_loop_turn_seconds_max";
+    m.head(
+        name,
+        "gauge",
+        "Longest event-loop turn since the start: how long every socket, timer and signal waited.",
+    );
+    m.sample(
+        name,
+        &inst,
+        format!("{:.6}", summary.event_loop.turn_max.as_secs_f64()),
+    );
     out
 }
 

@@ -68,6 +68,7 @@ impl Relay {
             feeds,
             ready,
             bytes_in,
+            loop_stats,
             conn_log,
             ..
         } = self;
@@ -129,7 +130,7 @@ impl Relay {
                 Step::More => {}
             }
             if !drain && reads >= READS_PER_TURN {
-                ready.push(id);
+                conn.queue(ready, id);
                 break None;
             }
             let old = conn.pending.len();
@@ -142,6 +143,7 @@ impl Relay {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {
                     reads += 1;
+                    loop_stats.input_reads += 1;
                     *bytes_in += n as u64;
                     conn.last_active = now;
                     http.started.get_or_insert(now);

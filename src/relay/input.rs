@@ -21,7 +21,7 @@ use mio::{Interest, Token};
 use rustls::ServerConnection;
 
 use super::http_in::HttpConn;
-use super::{Feed, Relay, CONN_BASE, READS_PER_TURN};
+use super::{Feed, Relay, CONN_BASE, READS_PER_TURN, READ_CHUNK};
 use crate::clock;
 use crate::config::InputKind;
 use crate::framing::Framer;
@@ -126,6 +126,19 @@ pub struct Conn {
     pub(super) eof: bool,
     /// The HTTP state of a connection to an `http` input.
     pub(super) http: Option<Box<HttpConn>>,
+    /// On the relay's ready list: served from it, once, next turn, and not by its events
+    /// meanwhile, so a busy connection gets one budget of reads per turn.
+    pub(super) queued: bool,
+}
+
+impl Conn {
+    /// Puts connection `id` (this one) on the ready list unless it is there already.
+    pub(super) fn queue(&mut self, ready: &mut Vec<usize>, id: usize) {
+        if !self.queued {
+            self.queued = true;
+            ready.push(id);
+        }
+    }
 }
 
 /// What happened to a connection in one service call.
@@ -333,6 +346,7 @@ impl Relay {
                 paused: false,
                 eof: false,
                 http: (feed.cfg.input.kind == InputKind::Http).then(Box::default),
+                queued: false,
             });
         }
     }
@@ -340,12 +354,14 @@ impl Relay {
     /// Reads and frames what connection `id` has, up to the turn's budget (all of it when
     /// `drain`, at shutdown).
     pub(super) fn service_conn(&mut self, id: usize, now: Instant, drain: bool) {
-        if self
-            .conns
-            .get(id)
-            .and_then(Option::as_ref)
-            .is_some_and(|c| c.http.is_some())
-        {
+        let Some(c) = self.conns.get(id).and_then(Option::as_ref) else {
+            return;
+        };
+        if c.queued && !drain {
+            // Its turn comes from the ready list.
+            return;
+        }
+        if c.http.is_some() {
             return self.service_http(id, now, drain);
         }
         let Relay {
@@ -354,6 +370,7 @@ impl Relay {
             scratch,
             ready,
             bytes_in,
+            loop_stats,
             conn_log,
             ..
         } = self;
@@ -377,13 +394,13 @@ impl Relay {
                 }
             }
             if !drain && reads >= READS_PER_TURN {
-                ready.push(id);
+                conn.queue(ready, id);
                 break Outcome::Open;
             }
             let p = conn.pending.len();
             scratch[..p].copy_from_slice(&conn.pending);
             conn.pending.clear();
-            let res = conn.read_plain(&mut scratch[p..], feed, conn_log, now);
+            let res = conn.read_plain(&mut scratch[p..p + READ_CHUNK], feed, conn_log, now);
             let n = match res {
                 Ok(0) => {
                     conn.eof = true;
@@ -401,6 +418,7 @@ impl Relay {
                 }
             };
             reads += 1;
+            loop_stats.input_reads += 1;
             *bytes_in += n as u64;
             conn.last_active = now;
             let data = &scratch[..p + n];

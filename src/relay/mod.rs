@@ -287,6 +287,16 @@ impl Feed {
     }
 }
 
+/// What the event loop did, for `/metrics`: a turn is one poll and the work it woke.
+#[derive(Default)]
+pub struct LoopStats {
+    pub turns: u64,
+    /// The longest turn: how long every other socket, timer and signal had to wait.
+    pub turn_max: Duration,
+    /// Reads of input connections that returned data.
+    pub input_reads: u64,
+}
+
 /// The running relay.
 pub struct Relay {
     poll: Poll,
@@ -313,6 +323,7 @@ pub struct Relay {
     pending_alerts: Vec<Alert>,
     /// Alert counters.
     pub alert_stats: AlertStats,
+    pub loop_stats: LoopStats,
     /// The configuration in force (what a reload compares against).
     cfg: Config,
     lock: LockFile,
@@ -481,6 +492,7 @@ impl Relay {
         let mut relay = Relay {
             pending_alerts: Vec::new(),
             alert_stats: AlertStats::default(),
+            loop_stats: LoopStats::default(),
             admin,
             bytes_in: 0,
             instance: cfg.relay.instance.clone(),
@@ -893,6 +905,12 @@ impl Relay {
             if matches!(self.role, Role::Fenced { .. }) {
                 continue;
             }
+            // The connections whose budget ran out last turn are served once each, after the
+            // events, which skip them (`Conn::queued`). The id of one closed meanwhile can
+            // reach the next list twice through the connection that took its slot: deduplicated.
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.sort_unstable();
+            ready.dedup();
             for ev in events.iter() {
                 self.dispatch(
                     ev.token(),
@@ -901,13 +919,17 @@ impl Relay {
                     now,
                 );
             }
-            let ready = std::mem::take(&mut self.ready);
             for id in ready {
+                if let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) {
+                    c.queued = false;
+                }
                 self.service_conn(id, now, false);
             }
             self.timers(now)?;
             self.write_outputs(now);
             self.raise_alerts();
+            self.loop_stats.turns += 1;
+            self.loop_stats.turn_max = self.loop_stats.turn_max.max(now.elapsed());
         }
     }
 
@@ -963,6 +985,7 @@ impl Relay {
                         role: self.role.name(),
                         started_ns: self.started_ns,
                         alerts: &self.alert_stats,
+                        event_loop: &self.loop_stats,
                     };
                     a.on_event(
                         self.poll.registry(),
@@ -1195,9 +1218,9 @@ impl Relay {
             // show there); a ring still full pauses its senders again.
             if feed.paused && (wrote || dirty) {
                 feed.paused = false;
-                for (id, c) in self.conns.iter().enumerate() {
-                    if c.as_ref().is_some_and(|c| c.feed == fi && c.paused) {
-                        self.ready.push(id);
+                for (id, c) in self.conns.iter_mut().enumerate() {
+                    if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
+                        c.queue(&mut self.ready, id);
                     }
                 }
             }
