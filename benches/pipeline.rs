@@ -11,7 +11,8 @@
 //! second. `sync = "never"` (records survive a crash of the relay, not of the machine) shows
 //! the relay's own cost.
 //!
-//! `cargo bench --bench pipeline` (env `PIPELINE_RECORDS` to change the record count).
+//! `cargo bench --bench pipeline` (env `PIPELINE_RECORDS` to change the record count,
+//! `PIPELINE_CASES=1` for the 1 KiB case alone, `RINGRELAY_BIN` to measure another build).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -198,11 +199,19 @@ fn main() {
         .unwrap_or(2_000_000);
     let mib_s = |bytes: u64, d: Duration| bytes as f64 / (1u64 << 20) as f64 / d.as_secs_f64();
     let dir = std::env::temp_dir().join(format!("ringrelay-bench-{}", std::process::id()));
+    // PIPELINE_CASES=1 runs the first case only (1 KiB records, 1 GiB ring).
+    let cases: usize = std::env::var("PIPELINE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     for (len, ring, ring_bytes) in [
         (1024usize, "1GiB", 1u64 << 30),
         (256, "1GiB", 1 << 30),
         (1024, "8GiB", 8 << 30),
-    ] {
+    ]
+    .into_iter()
+    .take(cases)
+    {
         let n = records * 1024 / len as u64;
         let bytes = n * len as u64;
         let direct = direct(n, len);

@@ -64,7 +64,12 @@ impl Relay {
     pub fn start(dir: &Path, config: &str, listen: &[SocketAddr]) -> Relay {
         let cfg = dir.join("bench.toml");
         std::fs::write(&cfg, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        // RINGRELAY_BIN runs another build (an A/B of two commits) through the same bench.
+        let bin = std::env::var_os("RINGRELAY_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_ringrelay")),
+            PathBuf::from,
+        );
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&cfg)
             .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
