@@ -42,6 +42,10 @@ pub use view::{Damage, Read, Record, View};
 /// small enough that the writes follow the head closely.
 pub const WRITEBACK_STEP: u64 = 8 << 20;
 
+/// How far ahead of the head the pages are made writable in one go ([`Ring::append`]): one
+/// `madvise` per step instead of a write fault on each page.
+const PREFAULT_STEP: u64 = 2 << 20;
+
 /// What `append` does when the ring has no room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenFull {
@@ -285,6 +289,9 @@ pub struct Ring {
     /// synced, checkpointed or started writeback of their pages: their payload CRC is not
     /// computed again when read (see [`Ring::read`]).
     fresh_from: u64,
+    /// The [`PREFAULT_STEP`] the head is in; `u64::MAX` once `MADV_POPULATE_WRITE` failed
+    /// (a kernel before 5.14): pages then fault one by one.
+    prefault_step: u64,
     recovery: Recovery,
 }
 
@@ -476,6 +483,7 @@ impl Ring {
             writeback_started: 0,
             writeback_mark: (0, head_seq),
             fresh_from: head_seq,
+            prefault_step: 0,
             recovery,
         };
         ring.fix_cursors();
@@ -663,6 +671,7 @@ impl Ring {
             seq: head.seq + 1,
         };
         self.meta.last_ts = ts;
+        self.prefault(next_off);
         if self.dirty_bytes == 0 {
             self.dirty_from = head.off;
         }
@@ -676,6 +685,31 @@ impl Ring {
             off: rec_off,
             seq: head.seq,
         })
+    }
+
+    /// When the head at `head_off` enters another [`PREFAULT_STEP`], makes the pages of the
+    /// next step (from 0 past the end) writable with `MADV_POPULATE_WRITE`: the work of the
+    /// write faults an append would take there (after every sync, which write-protects
+    /// them), without a trap per page. Changes no byte.
+    fn prefault(&mut self, head_off: u64) {
+        let step = head_off / PREFAULT_STEP;
+        if step == self.prefault_step || self.prefault_step == u64::MAX {
+            return;
+        }
+        self.prefault_step = step;
+        let start = match (step + 1) * PREFAULT_STEP {
+            s if s >= self.capacity => 0,
+            s => s,
+        };
+        let len = PREFAULT_STEP.min(self.capacity - start);
+        let at = (DATA_OFFSET + start) as usize;
+        if self
+            .map
+            .advise_range(memmap2::Advice::PopulateWrite, at, len as usize)
+            .is_err()
+        {
+            self.prefault_step = u64::MAX;
+        }
     }
 
     fn free(&self) -> u64 {
