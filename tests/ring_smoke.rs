@@ -132,15 +132,20 @@ fn has_room_admits_exactly_what_block_mode_can_take() {
 /// Flips one byte of the payload of the record at `pos`, through the file rather than the
 /// map: the page cache the ring's map shares, as a storage fault read back would.
 fn flip_payload_byte(path: &std::path::Path, pos: Pos) {
+    // The payload comes after the record's 48-byte header.
+    flip_record_byte(path, pos, 48 + 5);
+}
+
+/// Flips the byte `at` bytes into the record at `pos` (its header first), through the file.
+fn flip_record_byte(path: &std::path::Path, pos: Pos, at: u64) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .unwrap();
-    // The data area starts after the superblock and two metadata pages; the payload after
-    // the record's 48-byte header.
-    let at = 3 * 4096 + pos.off + 48 + 5;
+    // The data area starts after the superblock and two metadata pages.
+    let at = 3 * 4096 + pos.off + at;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
@@ -188,11 +193,23 @@ fn a_record_damaged_in_a_live_ring_is_reported_once_it_is_no_longer_fresh() {
         "{:?}",
         ring.read(fresh)
     );
-    // The newest records are still fresh, and a checkpoint ends that too.
+    // The newest records are still fresh, header included (a flipped bit of its receive time,
+    // byte 16), and a checkpoint ends that too.
     flip_payload_byte(&path, last);
+    flip_record_byte(&path, last, 16);
     assert!(matches!(ring.read(last), Read::Record(_)));
     ring.checkpoint(4, false).unwrap();
-    assert!(matches!(ring.read(last), Read::Corrupt { .. }));
+    assert!(
+        matches!(
+            ring.read(last),
+            Read::Corrupt {
+                damage: Damage::Header,
+                ..
+            }
+        ),
+        "{:?}",
+        ring.read(last)
+    );
     // A process that did not write a record always checks it.
     drop(ring);
     let ring = Ring::open(&path, &opts(WhenFull::DropOldest)).unwrap();

@@ -385,8 +385,14 @@ impl RecordHeader {
     /// Decodes a header (at least [`RECORD_HEADER`] bytes); `None` if its CRC does not match or
     /// its kind is unknown. Whether it fits the ring is the caller's check.
     pub fn parse(b: &[u8]) -> Option<RecordHeader> {
+        RecordHeader::parse_with(b, true)
+    }
+
+    /// [`RecordHeader::parse`], with the CRC checked only with `check_crc` (a fresh record,
+    /// `buffer-spec.md` §7).
+    pub fn parse_with(b: &[u8], check_crc: bool) -> Option<RecordHeader> {
         let b = &b[..RECORD_HEADER as usize];
-        if crc32fast::hash(&b[..rec::HCRC]) != u32_at(b, rec::HCRC) {
+        if check_crc && crc32fast::hash(&b[..rec::HCRC]) != u32_at(b, rec::HCRC) {
             return None;
         }
         let h = RecordHeader {

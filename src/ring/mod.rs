@@ -590,12 +590,12 @@ impl Ring {
         self.meta.head
     }
 
-    /// Reads the record at `pos`, as [`View::read`], except that the payload CRC of a
-    /// *fresh* record is not computed again: one this process appended since it last synced,
-    /// checkpointed (at least once a second in the relay) or started the writeback of its pages.
-    /// Its CRC was computed from the bytes it copied in; its pages have not been written out
-    /// and read back since, so they hold those bytes (`buffer-spec.md` §7). Its header is
-    /// checked as any other.
+    /// Reads the record at `pos`, as [`View::read`], except that the CRCs of a *fresh* record
+    /// are not computed again: one this process appended since it last synced, checkpointed
+    /// (at least once a second in the relay) or started the writeback of its pages. They were
+    /// computed from the bytes it wrote; its pages have not been written out and read back
+    /// since, so they hold those bytes (`buffer-spec.md` §7). Its header's fields are checked
+    /// as any other's (kind, length, sequence number, run).
     pub fn read(&self, pos: Pos) -> Read<'_> {
         self.view().read_with(pos, pos.seq < self.fresh_from)
     }

@@ -136,10 +136,16 @@ impl<'a> View<'a> {
 
     /// The header at `off` if its CRC matches and it fits this ring (length, bounds, run).
     pub fn header_at(&self, off: u64) -> Option<RecordHeader> {
+        self.header_with(off, true)
+    }
+
+    /// [`View::header_at`], with the header CRC checked only with `check_crc`.
+    fn header_with(&self, off: u64, check_crc: bool) -> Option<RecordHeader> {
         if off % ALIGN != 0 || off.checked_add(RECORD_HEADER)? > self.cap() {
             return None;
         }
-        let h = RecordHeader::parse(&self.data[off as usize..(off + RECORD_HEADER) as usize])?;
+        let bytes = &self.data[off as usize..(off + RECORD_HEADER) as usize];
+        let h = RecordHeader::parse_with(bytes, check_crc)?;
         let fits =
             h.kind == KIND_WRAP || (h.len <= self.max_record && off + h.stride() <= self.cap());
         (fits && h.run <= self.run).then_some(h)
@@ -155,8 +161,8 @@ impl<'a> View<'a> {
         self.read_with(pos, true)
     }
 
-    /// Reads the record at `pos`; checks its payload CRC only with `check_payload`.
-    pub(super) fn read_with(&self, pos: Pos, check_payload: bool) -> Read<'a> {
+    /// Reads the record at `pos`; checks its CRCs (header and payload) only with `check_crc`.
+    pub(super) fn read_with(&self, pos: Pos, check_crc: bool) -> Read<'a> {
         if pos.seq >= self.head.seq {
             return Read::End;
         }
@@ -174,7 +180,7 @@ impl<'a> View<'a> {
         };
         // At most one wrap marker precedes a record.
         for _ in 0..2 {
-            let damage = match self.header_at(off) {
+            let damage = match self.header_with(off, check_crc) {
                 Some(h) if h.seq != pos.seq => Damage::Sequence { found: h.seq },
                 Some(h) if h.kind == KIND_WRAP => {
                     off = 0;
@@ -187,7 +193,7 @@ impl<'a> View<'a> {
                         off: self.norm(off + h.stride()),
                         seq: pos.seq + 1,
                     };
-                    let computed = if check_payload {
+                    let computed = if check_crc {
                         crc32fast::hash(payload)
                     } else {
                         h.pcrc
