@@ -159,11 +159,12 @@ impl Header {
     pub fn write(&self, ts_ns: u64, seq: u64, out: &mut [u8; HEADER_MAX]) -> usize {
         let total = out.len();
         let mut w = &mut out[..];
-        let secs = ts_ns / 1_000_000_000;
-        let (year, month, day, h, m, s) = crate::clock::civil(secs);
+        // The calendar fields only for a format that has them: this runs for every record sent.
+        let civil = || crate::clock::civil(ts_ns / 1_000_000_000);
         let res = match self.format {
             Format::None => return 0,
             Format::Rfc5424 => {
+                let (year, month, day, h, m, s) = civil();
                 let us = (ts_ns / 1000) % 1_000_000;
                 let r = write!(
                     w,
@@ -177,6 +178,7 @@ impl Header {
                 }
             }
             Format::Rfc3164 => {
+                let (_, month, day, h, m, s) = civil();
                 const MONTHS: [&str; 12] = [
                     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
                     "Dec",
