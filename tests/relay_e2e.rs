@@ -530,3 +530,50 @@ fn a_sender_that_never_pauses_gets_one_budget_of_reads_a_turn() {
     );
     assert_all_arrived(&siem, n, false);
 }
+
+/// Records of every length modulo 8 (so with and without padding for the ring's LF) through a
+/// SIEM with a small, slowly read socket buffer, so that writes end mid-frame: each arrives
+/// once, whole, in order.
+#[test]
+fn records_of_every_length_arrive_whole_through_partial_writes() {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    use std::io::Read as _;
+    let dir = TempDir::new("e2e-lengths");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Inherited by the accepted connection (the kernel rounds it up to its minimum).
+    setsockopt(&listener, RcvBuf, &4096).unwrap();
+    let siem = listener.local_addr().unwrap();
+    // About 8 MB: more than the relay's socket buffer takes while the SIEM reads slowly.
+    let n = 200_000u64;
+    let len = |i: u64| 12 + (i % 57) as usize;
+    let want: u64 = (0..n).map(|i| len(i) as u64 + 1).sum();
+    let reader = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 3001];
+        while (got.len() as u64) < want {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+            if got.len() < 6_000_000 {
+                thread::sleep(Duration::from_micros(100));
+            }
+        }
+        got
+    });
+    let cfg = one_feed_config(dir.path(), siem, "", "replay = \"0\"");
+    let relay = RelayProc::start(&cfg, 1);
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend_from_slice(&record(i, len(i)));
+        all.push(b'\n');
+    }
+    let mut s = TcpStream::connect(relay.addr("f")).unwrap();
+    s.write_all(&all).unwrap();
+    drop(s);
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), all.len(), "log:\n{}", relay.log_text());
+    assert!(got == all, "the SIEM's bytes differ from what was sent");
+}

@@ -243,3 +243,48 @@ fn writeback_in_steps_across_many_laps_keeps_every_record_readable() {
     assert_eq!(collect(&ring, ring.tail()), got);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The writer puts an LF in the first padding byte (buffer-spec.md §5): a record with padding
+/// reads with `line` = payload + LF, one without (48 + len a multiple of 8) with none; and
+/// since padding is unspecified, a reader takes the LF only when it is there.
+#[test]
+fn a_padded_record_carries_its_lf_and_a_reader_checks_it_is_one() {
+    let dir = tmpdir("line");
+    let path = dir.join("f.ring");
+    let mut ring = Ring::open(&path, &opts(WhenFull::DropOldest)).unwrap();
+    let positions: Vec<Pos> = (0..16usize)
+        .map(|len| {
+            ring.append(&vec![b'a' + len as u8; len + 1], 1, false)
+                .unwrap()
+        })
+        .collect();
+    for (len, &pos) in (1..=16usize).zip(&positions) {
+        let Read::Record(r) = ring.read(pos) else {
+            panic!("record {len} unreadable");
+        };
+        if (48 + len) % 8 == 0 {
+            assert_eq!(r.line, None, "{len} bytes: no padding, no LF");
+        } else {
+            let mut want = r.payload.to_vec();
+            want.push(b'\n');
+            assert_eq!(r.line, Some(&want[..]), "{len} bytes");
+        }
+    }
+    // Padding overwritten with something else (an older writer, a reused file): no line, the
+    // record itself intact, since the CRCs do not cover padding.
+    let pos = positions[0];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"x", 3 * 4096 + pos.off + 48 + 1).unwrap();
+    }
+    ring.checkpoint(2, false).unwrap();
+    match ring.read(pos) {
+        Read::Record(r) => {
+            assert_eq!(r.payload, b"a");
+            assert_eq!(r.line, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -953,7 +953,10 @@ impl Output {
             let mut prefixes = [(0usize, 0usize); FRAMES_PER_WRITE];
             let mut header = [0u8; HEADER_MAX];
             self.prefix_buf.clear();
+            // Each frame's payload (with its LF when the ring has it after the payload), and
+            // whether an LF of its own follows.
             let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
+            let mut lfs = [false; FRAMES_PER_WRITE];
             // (record position, frame bytes, next position) of each frame.
             let mut frames = [(Pos::default(), 0usize, Pos::default()); FRAMES_PER_WRITE];
             let mut stamps = [0u64; FRAMES_PER_WRITE];
@@ -971,9 +974,14 @@ impl Output {
                         }
                         self.prefix_buf.extend_from_slice(&header[..hlen]);
                         prefixes[n] = (start, self.prefix_buf.len() - start);
-                        let suffix = usize::from(self.framing == OutFraming::Newline);
-                        let frame = prefixes[n].1 + r.payload.len() + suffix;
-                        payloads[n] = r.payload;
+                        let newline = self.framing == OutFraming::Newline;
+                        let (body, lf) = match r.line {
+                            Some(line) if newline => (line, false),
+                            _ => (r.payload, newline),
+                        };
+                        let frame = prefixes[n].1 + body.len() + usize::from(lf);
+                        payloads[n] = body;
+                        lfs[n] = lf;
                         stamps[n] = r.ts;
                         frames[n] = (r.pos, frame, r.next);
                         total += frame;
@@ -1018,14 +1026,10 @@ impl Output {
             }
             let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(n * 3);
             let mut skip = self.partial;
-            let newline: &[u8] = if self.framing == OutFraming::Newline {
-                b"\n"
-            } else {
-                b""
-            };
             for i in 0..n {
                 let (ps, pl) = prefixes[i];
-                for part in [&self.prefix_buf[ps..ps + pl], payloads[i], newline] {
+                let lf: &[u8] = if lfs[i] { b"\n" } else { b"" };
+                for part in [&self.prefix_buf[ps..ps + pl], payloads[i], lf] {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;

@@ -653,6 +653,10 @@ impl Ring {
         let at = rec_off as usize;
         let body = at + RECORD_HEADER as usize;
         data[body..body + payload.len()].copy_from_slice(payload);
+        if RECORD_HEADER + (payload.len() as u64) < stride {
+            // An LF in the padding lets a newline-framed output send payload and LF as one.
+            data[body + payload.len()] = b'\n';
+        }
         // The header goes last: until it is complete, the record is not valid.
         RecordHeader {
             len: payload.len() as u32,

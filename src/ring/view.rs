@@ -54,6 +54,9 @@ pub struct Record<'a> {
     pub truncated: bool,
     /// The record's bytes.
     pub payload: &'a [u8],
+    /// The payload and the LF after it, when its padding starts with one (the writer puts it
+    /// there, `buffer-spec.md` §5): what a newline-framed output sends as one slice.
+    pub line: Option<&'a [u8]>,
     /// Where the next record is.
     pub next: Pos,
 }
@@ -205,11 +208,17 @@ impl<'a> View<'a> {
                         };
                         return Read::Corrupt { at, damage, next };
                     }
+                    // Padding bytes are unspecified: the LF counts only if it is there.
+                    let end = (off + RECORD_HEADER) as usize + payload.len();
+                    let line = (u64::from(h.len) + RECORD_HEADER < h.stride()
+                        && self.data[end] == b'\n')
+                        .then(|| &self.data[end - payload.len()..=end]);
                     return Read::Record(Record {
                         pos: at,
                         ts: h.ts,
                         truncated: h.flags & super::format::FLAG_TRUNCATED != 0,
                         payload,
+                        line,
                         next,
                     });
                 }
