@@ -67,7 +67,7 @@ const LISTENER_BASE: usize = 1;
 const OUTPUT_BASE: usize = 1_000;
 const CONN_BASE: usize = 10_000;
 /// Bytes read per `read` call, on top of room for one partial record.
-const READ_CHUNK: usize = 256 << 10;
+const READ_CHUNK: usize = 64 << 10;
 /// Reads one connection may do per turn.
 const READS_PER_TURN: usize = 4;
 /// How long a shutdown may spend reading what is already in socket buffers.
