@@ -120,11 +120,14 @@ impl<'a> View<'a> {
         if self.tail.seq == self.head.seq {
             return 0;
         }
-        let d = (self.head.off + self.cap() - self.tail.off % self.cap()) % self.cap();
-        if d == 0 {
-            self.cap()
+        // Both offsets are below the capacity (valid slots and normalised positions), so no
+        // division: the writer asks this before every append.
+        let (head, tail, cap) = (self.head.off, self.tail.off, self.cap());
+        debug_assert!(head < cap && tail < cap, "head {head} tail {tail} capacity {cap}");
+        if head > tail {
+            head - tail
         } else {
-            d
+            head + cap - tail
         }
     }
 
