@@ -11,6 +11,9 @@
 //! second. `sync = "never"` (records survive a crash of the relay, not of the machine) shows
 //! the relay's own cost.
 //!
+//! Every measurement runs `PIPELINE_RUNS` times (default 3) and the median is reported, with the
+//! range of the relay's rates: on this VM two runs of the same thing differ by up to 2x.
+//!
 //! `cargo bench --bench pipeline` (env `PIPELINE_RECORDS` to change the record count,
 //! `PIPELINE_CASES=1` for the 1 KiB case alone, `RINGRELAY_BIN` to measure another build).
 
@@ -192,11 +195,22 @@ fn relayed(
     (end - start, peak, cpu)
 }
 
+/// The middle value (the upper one of the two middle ones).
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
 fn main() {
     let records: u64 = std::env::var("PIPELINE_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000_000);
+    let runs: usize = std::env::var("PIPELINE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let mib_s = |bytes: u64, d: Duration| bytes as f64 / (1u64 << 20) as f64 / d.as_secs_f64();
     let dir = std::env::temp_dir().join(format!("ringrelay-bench-{}", std::process::id()));
     // PIPELINE_CASES=1 runs the first case only (1 KiB records, 1 GiB ring).
@@ -214,8 +228,10 @@ fn main() {
     {
         let n = records * 1024 / len as u64;
         let bytes = n * len as u64;
-        let direct = direct(n, len);
-        let (proxy, proxy_cpu) = proxied(n, len);
+        let direct = median((0..runs).map(|_| direct(n, len)).collect());
+        let proxies: Vec<(Duration, Duration)> = (0..runs).map(|_| proxied(n, len)).collect();
+        let proxy = median(proxies.iter().map(|p| p.0).collect());
+        let proxy_cpu = median(proxies.iter().map(|p| p.1).collect());
         let gib = bytes as f64 / (1u64 << 30) as f64;
         let disk = disk(&dir, bytes, ring_bytes);
         println!(
@@ -229,7 +245,7 @@ fn main() {
         // A new ring's first lap writes blocks the file system has only reserved; a restarted
         // relay's ring is resident where the last run wrote it (all of a 1 GiB ring, a quarter
         // of an 8 GiB one).
-        let runs: &[(&str, &str)] = if ring == "1GiB" && len == 1024 {
+        let relay_cases: &[(&str, &str)] = if ring == "1GiB" && len == 1024 {
             &[
                 ("new ring", "interval"),
                 ("warm ring", "interval"),
@@ -241,12 +257,26 @@ fn main() {
             &[("new ring", "interval")]
         };
         let _ = std::fs::remove_dir_all(&dir);
-        for (lap, sync) in runs {
-            let (relay, peak, cpu) = relayed(&dir, n, len, ring, sync);
+        for (lap, sync) in relay_cases {
+            let results: Vec<(Duration, u64, Duration)> = (0..runs)
+                .map(|_| {
+                    if *lap == "new ring" {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    relayed(&dir, n, len, ring, sync)
+                })
+                .collect();
+            let relay = median(results.iter().map(|r| r.0).collect());
+            let cpu = median(results.iter().map(|r| r.2).collect());
+            let peak = results.iter().map(|r| r.1).max().unwrap_or(0);
+            let fastest = results.iter().map(|r| r.0).min().unwrap_or(relay);
+            let slowest = results.iter().map(|r| r.0).max().unwrap_or(relay);
             println!(
-                "  ringrelay {lap:<9} sync={sync:<8}: {:>8.0} ev/s {:>5.0} MiB/s | vs direct {:.2}, vs proxy {:.2}, vs disk {:.2} | relay {:.2} CPU s/GiB, busy {:.0}% of the run | peak RssAnon {peak} KiB",
+                "  ringrelay {lap:<9} sync={sync:<8}: {:>8.0} ev/s {:>5.0} MiB/s ({:.0}-{:.0}) | vs direct {:.2}, vs proxy {:.2}, vs disk {:.2} | relay {:.2} CPU s/GiB, busy {:.0}% of the run | peak RssAnon {peak} KiB",
                 n as f64 / relay.as_secs_f64(),
                 mib_s(bytes, relay),
+                mib_s(bytes, slowest),
+                mib_s(bytes, fastest),
                 direct.as_secs_f64() / relay.as_secs_f64(),
                 proxy.as_secs_f64() / relay.as_secs_f64(),
                 disk.as_secs_f64() / relay.as_secs_f64(),

@@ -123,7 +123,10 @@ impl<'a> View<'a> {
         // Both offsets are below the capacity (valid slots and normalised positions), so no
         // division: the writer asks this before every append.
         let (head, tail, cap) = (self.head.off, self.tail.off, self.cap());
-        debug_assert!(head < cap && tail < cap, "head {head} tail {tail} capacity {cap}");
+        debug_assert!(
+            head < cap && tail < cap,
+            "head {head} tail {tail} capacity {cap}"
+        );
         if head > tail {
             head - tail
         } else {
