@@ -238,6 +238,29 @@ fn a_tls_sender_that_closes_without_reading_loses_nothing() {
     assert_all(&siem.counts(), n, false);
 }
 
+/// A connection the relay closes (here at its idle timeout) ends with a close_notify: the
+/// sender's TLS stack reads a clean end of stream, not a truncation.
+#[test]
+fn an_idle_tls_sender_is_closed_with_a_close_notify() {
+    let dir = TempDir::new("tls-idle-close");
+    let pki = Pki::new(dir.path());
+    let siem = Sink::new(true);
+    let input = tls_input(&pki, true) + r#", idle_timeout = "1s""#;
+    let cfg = config(dir.path(), &input, &tcp_output(siem.addr));
+    let relay = RelayProc::start(&cfg, 1);
+    let mut s = connect(relay.addr("f"), pki.client_config(Some("client"))).unwrap();
+    send_records_tls(&mut s, 0..10, LEN);
+    let mut buf = [0u8; 64];
+    // rustls reports a close without close_notify as UnexpectedEof.
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!("expected a clean close, got {other:?}; log:\n{}", relay.log_text()),
+    }
+    assert!(relay.log_has("reason=idle_timeout"), "{}", relay.log_text());
+    wait_until(Duration::from_secs(10), || siem.counts().len() >= 10);
+    assert_all(&siem.counts(), 10, false);
+}
+
 #[test]
 fn a_silent_client_is_dropped_at_the_handshake_timeout() {
     let dir = TempDir::new("tls-timeout");
