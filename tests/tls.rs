@@ -254,9 +254,16 @@ fn an_idle_tls_sender_is_closed_with_a_close_notify() {
     // rustls reports a close without close_notify as UnexpectedEof.
     match s.read(&mut buf) {
         Ok(0) => {}
-        other => panic!("expected a clean close, got {other:?}; log:\n{}", relay.log_text()),
+        other => panic!(
+            "expected a clean close, got {other:?}; log:\n{}",
+            relay.log_text()
+        ),
     }
-    assert!(relay.log_has("reason=idle_timeout"), "{}", relay.log_text());
+    let m = metrics(admin_addr(&relay));
+    assert_eq!(
+        metric(&m, "ringrelay_feed_connections_idle_closed_total{feed=\"f\"}"),
+        1
+    );
     wait_until(Duration::from_secs(10), || siem.counts().len() >= 10);
     assert_all(&siem.counts(), 10, false);
 }

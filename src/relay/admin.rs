@@ -360,7 +360,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     );
 
     type FeedValue = fn(&Feed) -> String;
-    let feed_families: [(&str, &str, &str, FeedValue); 13] = [
+    let feed_families: [(&str, &str, &str, FeedValue); 14] = [
         (
             "ringrelay_feed_records_received_total",
             "counter",
@@ -402,6 +402,12 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "counter",
             "Input connections refused at max_connections.",
             |f| f.stats.refused.to_string(),
+        ),
+        (
+            "ringrelay_feed_connections_idle_closed_total",
+            "counter",
+            "Input connections closed after idle_timeout of silence.",
+            |f| f.stats.idle_closed.to_string(),
         ),
         (
             "ringrelay_ring_capacity_bytes",
