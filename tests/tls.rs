@@ -261,7 +261,10 @@ fn an_idle_tls_sender_is_closed_with_a_close_notify() {
     }
     let m = metrics(admin_addr(&relay));
     assert_eq!(
-        metric(&m, "ringrelay_feed_connections_idle_closed_total{feed=\"f\"}"),
+        metric(
+            &m,
+            "ringrelay_feed_connections_idle_closed_total{feed=\"f\"}"
+        ),
         1
     );
     wait_until(Duration::from_secs(10), || siem.counts().len() >= 10);
