@@ -3,30 +3,19 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const LEN: usize = 200;
 
-/// A config with feed `f` (extra feed keys), one tcp output `siem` (extra output keys) and the
-/// admin endpoint on an ephemeral port.
-fn config(dir: &TempDir, siem: SocketAddr, feed: &str, output: &str) -> std::path::PathBuf {
-    let p = one_feed_config(dir.path(), siem, feed, output);
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 #[test]
 fn metrics_health_and_ready_tell_what_happened() {
     let dir = TempDir::new("admin-metrics");
     let siem = Sink::new(true);
-    let cfg = config(
-        &dir,
+    let cfg = one_feed_config_with_admin(
+        dir.path(),
         siem.addr,
         "max_record_bytes = \"1KiB\"\noversize = \"drop\"",
         "",
@@ -112,7 +101,7 @@ fn metrics_health_and_ready_tell_what_happened() {
 fn overrun_counts_exactly_what_the_output_never_received() {
     let dir = TempDir::new("admin-overrun");
     let siem = Sink::new(false);
-    let cfg = config(&dir, siem.addr, "max_record_bytes = \"4KiB\"", "");
+    let cfg = one_feed_config_with_admin(dir.path(), siem.addr, "max_record_bytes = \"4KiB\"", "");
     // The smallest ring the config allows, 1 MiB: ~4,000 records of 200 B.
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -150,7 +139,7 @@ fn overrun_counts_exactly_what_the_output_never_received() {
 fn rate_limited_output_delivers_within_five_percent_of_its_rate() {
     let dir = TempDir::new("admin-rate");
     let siem = Sink::new(true);
-    let cfg = config(&dir, siem.addr, "", "rate_limit_eps = 2000");
+    let cfg = one_feed_config_with_admin(dir.path(), siem.addr, "", "rate_limit_eps = 2000");
     let relay = RelayProc::start(&cfg, 1);
     let admin = admin_addr(&relay);
     send_records(relay.addr("f"), 0..20_000, LEN);

@@ -140,12 +140,7 @@ fn eight_feeds_deliver_everything_to_their_up_outputs_while_one_output_of_each_i
 fn a_cut_siem_receives_exactly_the_replay_window_again_and_everything_after() {
     let dir = TempDir::new("replay-window");
     let siem = Sink::new(true);
-    let mut p = one_feed_config(dir.path(), siem.addr, "", "replay = \"2s\"");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
-    p = dir.path().join("replay.toml");
-    std::fs::write(&p, text).unwrap();
+    let p = one_feed_config_with_admin(dir.path(), siem.addr, "", "replay = \"2s\"");
     let relay = RelayProc::start(&p, 1);
     let admin = admin_addr(&relay);
     // A: older than the window when the cut comes.

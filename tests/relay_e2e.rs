@@ -207,16 +207,12 @@ fn relay_killed_twenty_times_mid_stream_loses_only_what_was_in_socket_buffers() 
 fn bad_inputs_cost_bounded_memory_and_do_not_stop_a_good_sender() {
     let dir = TempDir::new("e2e-bad-input");
     let siem = Sink::new(true);
-    let cfg = one_feed_config(
+    let cfg = one_feed_config_with_admin(
         dir.path(),
         siem.addr,
         "max_record_bytes = \"4KiB\"\nframing = \"newline\"",
         "",
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
-    std::fs::write(&cfg, text).unwrap();
     let relay = RelayProc::start(&cfg, 1);
     let admin = admin_addr(&relay);
     let addr = relay.addr("f");
@@ -493,11 +489,7 @@ fn a_full_block_ring_drained_by_a_slow_siem_wakes_its_paused_senders() {
 fn a_sender_that_never_pauses_gets_one_budget_of_reads_a_turn() {
     let dir = TempDir::new("e2e-fair-turns");
     let siem = Sink::new(true);
-    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = one_feed_config_with_admin(dir.path(), siem.addr, "", "");
     let relay = RelayProc::start(&cfg, 1);
     let admin = admin_addr(&relay);
     // Built before connecting, so that only the kernel paces the sender.

@@ -445,6 +445,21 @@ address = "{siem}"
     p
 }
 
+/// [`one_feed_config`] with the admin endpoint on an ephemeral port ([`admin_addr`]).
+pub fn one_feed_config_with_admin(
+    dir: &Path,
+    siem: SocketAddr,
+    extra_feed: &str,
+    extra_output: &str,
+) -> PathBuf {
+    let p = one_feed_config(dir, siem, extra_feed, extra_output);
+    let text = std::fs::read_to_string(&p)
+        .expect("read config")
+        .replace("admin_listen = \"off\"", "admin_listen = \"127.0.0.1:0\"");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
 /// Records in the ring(s) under `data`, per `ringrelay inspect`.
 pub fn ring_records(data: &Path) -> u64 {
     let out = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
