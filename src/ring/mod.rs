@@ -286,8 +286,8 @@ pub struct Ring {
     /// started: the next writeback goes up to there.
     writeback_mark: (u64, u64),
     /// Records from this sequence number on were appended by this process after it last
-    /// synced, checkpointed or started writeback of their pages: their payload CRC is not
-    /// computed again when read (see [`Ring::read`]).
+    /// synced, checkpointed or started writeback of their pages: their CRCs are not computed
+    /// again when read (see [`Ring::read`]).
     fresh_from: u64,
     /// The [`PREFAULT_STEP`] the head is in; `u64::MAX` once `MADV_POPULATE_WRITE` failed
     /// (a kernel before 5.14): pages then fault one by one.
