@@ -443,13 +443,11 @@ impl Relay {
         let Some(mut conn) = self.conns.get_mut(id).and_then(Option::take) else {
             return;
         };
-        if let Transport::Tls(t) = &mut conn.transport {
-            if matches!(t.state, TlsState::Established) && !t.closing {
-                // Best effort, without waiting: the sender's TLS stack then sees a deliberate
-                // close (idle timeout, shutdown), not a truncation attack.
-                t.conn.send_close_notify();
-                let _ = tls::flush(&mut t.conn, &mut conn.stream);
-            }
+        if matches!(&conn.transport, Transport::Tls(t) if matches!(t.state, TlsState::Established))
+        {
+            // Best effort, without waiting: the sender's TLS stack then sees a deliberate
+            // close (idle timeout, shutdown), not a truncation attack.
+            let _ = conn.close_write();
         }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.free_slots.push(id);
