@@ -360,7 +360,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     );
 
     type FeedValue = fn(&Feed) -> String;
-    let feed_families: [(&str, &str, &str, FeedValue); 14] = [
+    let feed_families: [(&str, &str, &str, FeedValue); 15] = [
         (
             "ringrelay_feed_records_received_total",
             "counter",
@@ -420,6 +420,12 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "gauge",
             "Bytes of the ring holding records.",
             |f| f.ring.stats().used.to_string(),
+        ),
+        (
+            "ringrelay_ring_syncs_behind_total",
+            "counter",
+            "Periodic syncs skipped because the previous one had not finished: the disk is slower than the sync period.",
+            |f| f.ring.syncs_behind().to_string(),
         ),
         (
             "ringrelay_ring_records",

@@ -55,7 +55,7 @@ use crate::clock;
 use crate::config::{Config, FeedConfig, InputKind, SyncPolicy};
 use crate::framing::FramerConfig;
 use crate::log::{Level, Limiter};
-use crate::ring::{AppendError, Ring, RingOptions};
+use crate::ring::{AppendError, BackgroundCheckpoint, Ring, RingOptions};
 use alert::{Alert, AlertKind, AlertStats, Value};
 use input::Conn;
 use lock::{LockFile, LockRecord};
@@ -1185,15 +1185,36 @@ impl Relay {
                     }
                 }
             }
-            feed.ring
-                .checkpoint(wall, sync && !matches!(feed.cfg.sync, SyncPolicy::Never))
-                .map_err(|e| {
-                    format!(
-                        "feed {}: checkpoint {}: {e}",
-                        feed.cfg.name,
-                        feed.ring.path().display()
-                    )
-                })?;
+            let sync = sync && !matches!(feed.cfg.sync, SyncPolicy::Never);
+            let res = if sync && !force_sync && matches!(feed.cfg.sync, SyncPolicy::Interval(_)) {
+                // The disk works while the loop goes on; `always` and shutdown wait for it.
+                match feed.ring.checkpoint_in_background(wall) {
+                    Ok(BackgroundCheckpoint::Unavailable(why)) => {
+                        if let Some(e) = why {
+                            crate::log!(
+                                Level::Warn,
+                                "ring_sync_in_loop",
+                                feed = feed.cfg.name,
+                                path = feed.ring.path().display(),
+                                error = e,
+                                reason = "the kernel refuses background syncs; each sync holds the event loop"
+                            );
+                        }
+                        feed.ring.checkpoint(wall, true)
+                    }
+                    Ok(BackgroundCheckpoint::Started | BackgroundCheckpoint::Busy) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                feed.ring.checkpoint(wall, sync)
+            };
+            res.map_err(|e| {
+                format!(
+                    "feed {}: checkpoint {}: {e}",
+                    feed.cfg.name,
+                    feed.ring.path().display()
+                )
+            })?;
         }
         Ok(())
     }

@@ -204,6 +204,27 @@ pub enum AppendError {
     TooLarge,
 }
 
+/// What [`Ring::checkpoint_in_background`] did.
+#[derive(Debug)]
+pub enum BackgroundCheckpoint {
+    /// The slot is written and a sync of the file (records and slot) is running in the kernel.
+    Started,
+    /// The previous sync has not finished: the slot is written, the next sync waits for the
+    /// next checkpoint. Counted in [`Ring::syncs_behind`].
+    Busy,
+    /// The kernel refuses background syncs (no AIO, a seccomp filter, a file system without
+    /// fsync for AIO): nothing was done; the caller syncs with [`Ring::checkpoint`]. Carries
+    /// the error the first time only.
+    Unavailable(Option<io::Error>),
+}
+
+/// The ring's background sync, set up on first use.
+enum Background {
+    Untried,
+    Ready(backing::BackgroundSync),
+    Refused,
+}
+
 /// Why a cursor could not be opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CursorError {
@@ -292,6 +313,9 @@ pub struct Ring {
     /// The [`PREFAULT_STEP`] the head is in; `u64::MAX` once `MADV_POPULATE_WRITE` failed
     /// (a kernel before 5.14): pages then fault one by one.
     prefault_step: u64,
+    background: Background,
+    /// Background checkpoints that found the previous sync still running.
+    syncs_behind: u64,
     recovery: Recovery,
 }
 
@@ -484,6 +508,8 @@ impl Ring {
             writeback_mark: (0, head_seq),
             fresh_from: head_seq,
             prefault_step: 0,
+            background: Background::Untried,
+            syncs_behind: 0,
             recovery,
         };
         ring.fix_cursors();
@@ -924,8 +950,12 @@ impl Ring {
         slot
     }
 
-    /// Forces the records appended since the last sync to disk (`msync`).
+    /// Forces the records appended since the last sync to disk (`msync`), after waiting for a
+    /// background sync in flight, which has the records appended before it.
     pub fn sync_data(&mut self) -> io::Result<()> {
+        if let Background::Ready(b) = &mut self.background {
+            b.finished(true)?;
+        }
         if self.dirty_bytes == 0 {
             return Ok(());
         }
@@ -957,7 +987,14 @@ impl Ring {
     /// The step between the head and what is handed to the disk keeps the newest records
     /// *fresh* (see [`Ring::read`]): the pages an output is about to send from are still the
     /// ones this process wrote, never written out and read back.
+    ///
+    /// Does nothing once the ring syncs in the background ([`Ring::checkpoint_in_background`]).
     pub fn start_writeback(&mut self) -> io::Result<()> {
+        if let Background::Ready(_) = self.background {
+            // The background sync writes them without holding the loop, where
+            // `sync_file_range` blocks once the disk's queue is full.
+            return Ok(());
+        }
         let head = self.dirty_bytes;
         if head < self.writeback_mark.0 + WRITEBACK_STEP.min(self.capacity / 8) {
             return Ok(());
@@ -1016,6 +1053,57 @@ impl Ring {
                 .flush_range(SLOT_OFFSETS[slot] as usize, PAGE as usize)?;
         }
         Ok(())
+    }
+
+    /// `sync = "interval"` without holding the event loop: writes the older metadata slot, then
+    /// starts an `fdatasync` of the file in the kernel's background (`buffer-spec.md` §10) and
+    /// returns. Once it finishes, the records appended before this call and the slot are on
+    /// disk. If the previous one has not finished (the disk is slower than the period), writes
+    /// the slot only and returns [`BackgroundCheckpoint::Busy`].
+    pub fn checkpoint_in_background(&mut self, now_ns: u64) -> io::Result<BackgroundCheckpoint> {
+        if let Background::Untried = self.background {
+            match backing::BackgroundSync::new() {
+                Ok(b) => self.background = Background::Ready(b),
+                Err(e) => {
+                    self.background = Background::Refused;
+                    return Ok(BackgroundCheckpoint::Unavailable(Some(e)));
+                }
+            }
+        }
+        let finished = match &mut self.background {
+            Background::Ready(b) => b.finished(false)?,
+            _ => return Ok(BackgroundCheckpoint::Unavailable(None)),
+        };
+        // As in `checkpoint`: nothing stays fresh longer than a checkpoint interval.
+        self.fresh_from = self.meta.head.seq;
+        self.write_meta(now_ns);
+        if !finished {
+            self.syncs_behind += 1;
+            return Ok(BackgroundCheckpoint::Busy);
+        }
+        let started = match &mut self.background {
+            Background::Ready(b) => b.start(&self.file),
+            _ => return Ok(BackgroundCheckpoint::Unavailable(None)),
+        };
+        if let Err(e) = started {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+            // The file system has no fsync for AIO: sync in the loop from now on.
+            self.background = Background::Refused;
+            return Ok(BackgroundCheckpoint::Unavailable(Some(e)));
+        }
+        // Everything appended so far is in that sync.
+        self.dirty_bytes = 0;
+        self.writeback_started = 0;
+        self.writeback_mark = (0, self.meta.head.seq);
+        Ok(BackgroundCheckpoint::Started)
+    }
+
+    /// Background checkpoints that found the previous sync still running since the ring was
+    /// opened: a disk slower than the sync period.
+    pub fn syncs_behind(&self) -> u64 {
+        self.syncs_behind
     }
 
     /// Numbers about the ring.
