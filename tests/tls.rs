@@ -632,14 +632,21 @@ fn check_names_the_tls_file_that_fails_with_its_line_and_column() {
 }
 
 #[test]
-fn an_expired_server_certificate_is_a_warning_with_its_date() {
+fn an_expired_certificate_is_a_warning_naming_its_side_and_date() {
     let dir = TempDir::new("tls-expired");
     let pki = Pki::new(dir.path());
     let siem = Sink::new(true);
     let input = tls_input(&pki, true)
         .replace("server.pem", "client-expired.pem")
         .replace("server.key", "client-expired.key");
-    let cfg = config(dir.path(), &input, &tcp_output(siem.addr));
+    // The output presents an expired client certificate too.
+    let output = format!(
+        "{}\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        tls_output(&pki, siem.addr),
+        pki.path("client-expired.pem").display(),
+        pki.path("client-expired.key").display()
+    );
+    let cfg = config(dir.path(), &input, &output);
     let out = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
         .args(["check", "--config"])
         .arg(&cfg)
@@ -657,7 +664,18 @@ fn an_expired_server_certificate_is_a_warning_with_its_date() {
             .log_text()
             .lines()
             .any(|l| l.contains("event=certificate_expired")
+                && l.contains("side=input")
                 && l.contains("not_after=2020-01-01T00:00:00.000Z")
+                && l.contains("client-expired.pem")),
+        "{}",
+        relay.log_text()
+    );
+    assert!(
+        relay
+            .log_text()
+            .lines()
+            .any(|l| l.contains("event=certificate_expired")
+                && l.contains("side=output output=siem")
                 && l.contains("client-expired.pem")),
         "{}",
         relay.log_text()

@@ -434,18 +434,31 @@ fn blocked_signals() -> SigSet {
     set
 }
 
-/// Logs each already-expired certificate (a warning: the relay still starts).
-fn log_expired(feed: &str, side: &str, expired: &[crate::tls::Expired]) {
+/// Logs each already-expired certificate (a warning: the relay still starts): of the feed's
+/// input, or of its output named `output`.
+pub(super) fn log_expired(feed: &str, output: Option<&str>, expired: &[crate::tls::Expired]) {
     for e in expired {
-        crate::log!(
-            Level::Warn,
-            "certificate_expired",
-            feed = feed,
-            side = side,
-            file = e.path.display(),
-            subject = e.subject,
-            not_after = e.not_after
-        );
+        match output {
+            None => crate::log!(
+                Level::Warn,
+                "certificate_expired",
+                feed = feed,
+                side = "input",
+                file = e.path.display(),
+                subject = e.subject,
+                not_after = e.not_after
+            ),
+            Some(output) => crate::log!(
+                Level::Warn,
+                "certificate_expired",
+                feed = feed,
+                side = "output",
+                output = output,
+                file = e.path.display(),
+                subject = e.subject,
+                not_after = e.not_after
+            ),
+        }
     }
 }
 
@@ -816,7 +829,7 @@ impl Relay {
             Some(t) => {
                 let (cfg, expired) = crate::tls::server_config(&t.files)
                     .map_err(|e| format!("feed {}: input {}: {}", fc.name, e.key, e.msg))?;
-                log_expired(&fc.name, "input", &expired);
+                log_expired(&fc.name, None, &expired);
                 Some(cfg)
             }
         };
@@ -1057,7 +1070,7 @@ impl Relay {
             if let Some(t) = feed.cfg.input.tls() {
                 match crate::tls::server_config(&t.files) {
                     Ok((cfg, expired)) => {
-                        log_expired(&feed.cfg.name, "input", &expired);
+                        log_expired(&feed.cfg.name, None, &expired);
                         feed.tls = Some(cfg);
                         reloaded += 1;
                     }
@@ -1079,7 +1092,7 @@ impl Relay {
                 match out.reload_tls() {
                     None => {}
                     Some(Ok(expired)) => {
-                        log_expired(&feed.cfg.name, &out.name, &expired);
+                        log_expired(&feed.cfg.name, Some(&out.name), &expired);
                         reloaded += 1;
                     }
                     Some(Err(e)) => {

@@ -1294,17 +1294,7 @@ fn client_tls(
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>), String> {
     let (config, expired) = tls::client_config(files)
         .map_err(|e| format!("feed {feed} output {output}: {}: {}", e.key, e.msg))?;
-    for e in &expired {
-        crate::log!(
-            Level::Warn,
-            "certificate_expired",
-            feed = feed,
-            output = output,
-            file = e.path.display(),
-            subject = e.subject,
-            not_after = e.not_after
-        );
-    }
+    super::log_expired(feed, Some(output), &expired);
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("feed {feed} output {output}: server_name {server_name:?}: {e}"))?;
     Ok((config, name))
