@@ -176,6 +176,8 @@ pub struct Feed {
     paused: bool,
     next_sync: Instant,
     refuse_log: Limiter,
+    /// `ring_sync_behind` lines: a disk slower than the sync period.
+    sync_log: Limiter,
     rate: InputRate,
     /// Coverage is below `retention` (logged at the transition).
     coverage_low: bool,
@@ -876,6 +878,7 @@ impl Relay {
             paused: false,
             next_sync: now,
             refuse_log: Limiter::new(5, Duration::from_secs(60)),
+            sync_log: Limiter::new(3, Duration::from_secs(60)),
             rate: InputRate {
                 last_bytes: 0,
                 last_at: now,
@@ -1215,7 +1218,21 @@ impl Relay {
                         }
                         feed.ring.checkpoint(wall, true)
                     }
-                    Ok(BackgroundCheckpoint::Started | BackgroundCheckpoint::Busy) => Ok(()),
+                    Ok(BackgroundCheckpoint::Busy) => {
+                        if let Some(suppressed) = feed.sync_log.allow(now) {
+                            crate::log!(
+                                Level::Warn,
+                                "ring_sync_behind",
+                                feed = feed.cfg.name,
+                                path = feed.ring.path().display(),
+                                reason = "the previous sync has not finished: the disk is slower than sync_interval, and a power loss would lose more than one period",
+                                syncs_behind = feed.ring.syncs_behind(),
+                                suppressed = suppressed
+                            );
+                        }
+                        Ok(())
+                    }
+                    Ok(BackgroundCheckpoint::Started) => Ok(()),
                     Err(e) => Err(e),
                 }
             } else {
