@@ -86,18 +86,33 @@ fn direct(records: u64, len: usize) -> Duration {
     done.join().unwrap().0 - start
 }
 
-/// sender → a plain copying proxy (read into a 1 MiB buffer, write it out) → sink: what any
-/// relay without a ring, framing or checksums would cost on this machine. Returns the time and
-/// the proxy's CPU time.
-fn proxied(records: u64, len: usize) -> (Duration, Duration) {
+/// sender → `proxy(from, to)` in a thread of its own → sink: the time from the first byte sent
+/// to the last received, when that was, and what the proxy returned.
+fn through_proxy<T: Send + 'static>(
+    records: u64,
+    len: usize,
+    proxy: impl FnOnce(TcpStream, TcpStream) -> T + Send + 'static,
+) -> (Duration, Instant, T) {
     let sink_l = TcpListener::bind("127.0.0.1:0").unwrap();
     let siem = sink_l.local_addr().unwrap();
     let proxy_l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = proxy_l.local_addr().unwrap();
     let done = sink(sink_l, records * len as u64, Arc::default(), None);
     let proxy = thread::spawn(move || {
-        let (mut from, _) = proxy_l.accept().expect("accept");
-        let mut to = TcpStream::connect(siem).expect("connect sink");
+        let (from, _) = proxy_l.accept().expect("accept");
+        let to = TcpStream::connect(siem).expect("connect sink");
+        proxy(from, to)
+    });
+    let start = send(addr, records, len);
+    let end = done.join().unwrap().0;
+    (end - start, end, proxy.join().unwrap())
+}
+
+/// sender → a plain copying proxy (read into a 1 MiB buffer, write it out) → sink: what any
+/// relay without a ring, framing or checksums would cost on this machine. Returns the time and
+/// the proxy's CPU time.
+fn proxied(records: u64, len: usize) -> (Duration, Duration) {
+    let (took, _, cpu) = through_proxy(records, len, |mut from, mut to| {
         let mut buf = vec![0u8; 1 << 20];
         let cpu_before = thread_cpu_time();
         loop {
@@ -108,16 +123,14 @@ fn proxied(records: u64, len: usize) -> (Duration, Duration) {
         }
         thread_cpu_time() - cpu_before
     });
-    let start = send(addr, records, len);
-    let end = done.join().unwrap().0;
-    let cpu = proxy.join().unwrap();
-    (end - start, cpu)
+    (took, cpu)
 }
 
 /// sender → a proxy that reads straight into a shared mapping of a file of the ring's size
-/// (written once before, as a warm ring is; wrapping at its end), computes one CRC32 over each read and writes the output straight from
-/// the mapping: no framing, no record headers, no cursors. It is the floor of any CRC-checked
-/// mapped ring on this machine, whatever its record format.
+/// (written once before, as a warm ring is; wrapping at its end), computes one CRC32 over each
+/// read and writes the output straight from the mapping: no framing, no record headers, no
+/// cursors. It is the floor of any CRC-checked mapped ring on this machine, whatever its
+/// record format.
 /// Returns the time and its CPU time, and the same two after its first lap through the file.
 fn mapped_proxy(dir: &Path, records: u64, len: usize, ring: u64) -> (Duration, Duration, Lap) {
     std::fs::create_dir_all(dir).unwrap();
@@ -137,43 +150,34 @@ fn mapped_proxy(dir: &Path, records: u64, len: usize, ring: u64) -> (Duration, D
     // SAFETY: the file was created above, in this run's own directory, and nothing else maps
     // or resizes it while the proxy runs.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
-    let sink_l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let siem = sink_l.local_addr().unwrap();
-    let proxy_l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = proxy_l.local_addr().unwrap();
-    let done = sink(sink_l, records * len as u64, Arc::default(), None);
-    let proxy = thread::spawn(move || {
-        let (mut from, _) = proxy_l.accept().expect("accept");
-        let mut to = TcpStream::connect(siem).expect("connect sink");
-        let cpu_before = thread_cpu_time();
-        let (mut off, mut crc, mut total, mut lapped) = (0usize, 0u32, 0u64, None);
-        const CHUNK: usize = 64 << 10;
-        loop {
-            if off + CHUNK > map.len() {
-                off = 0;
-            }
-            match from.read(&mut map[off..off + CHUNK]) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => {
-                    crc ^= crc32fast::hash(&map[off..off + k]);
-                    to.write_all(&map[off..off + k]).expect("proxy write");
-                    off += k;
-                    total += k as u64;
-                    if lapped.is_none() && total >= ring {
-                        lapped = Some((Instant::now(), thread_cpu_time()));
+    let (took, end, (cpu_before, lapped, cpu_end)) =
+        through_proxy(records, len, move |mut from, mut to| {
+            let cpu_before = thread_cpu_time();
+            let (mut off, mut crc, mut total, mut lapped) = (0usize, 0u32, 0u64, None);
+            const CHUNK: usize = 64 << 10;
+            loop {
+                if off + CHUNK > map.len() {
+                    off = 0;
+                }
+                match from.read(&mut map[off..off + CHUNK]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        crc ^= crc32fast::hash(&map[off..off + k]);
+                        to.write_all(&map[off..off + k]).expect("proxy write");
+                        off += k;
+                        total += k as u64;
+                        if lapped.is_none() && total >= ring {
+                            lapped = Some((Instant::now(), thread_cpu_time()));
+                        }
                     }
                 }
             }
-        }
-        std::hint::black_box(crc);
-        (thread_cpu_time(), cpu_before, lapped)
-    });
-    let start = send(addr, records, len);
-    let end = done.join().unwrap().0;
-    let (cpu_end, cpu_before, lapped) = proxy.join().unwrap();
+            std::hint::black_box(crc);
+            (cpu_before, lapped, thread_cpu_time())
+        });
     let _ = std::fs::remove_file(&path);
     let after_lap = lapped.map(|(at, cpu)| (end - at, cpu_end - cpu));
-    (end - start, cpu_end - cpu_before, after_lap)
+    (took, cpu_end - cpu_before, after_lap)
 }
 
 /// CPU time (user + system) of the calling thread.
