@@ -129,8 +129,8 @@ impl BackgroundSync {
     }
 
     /// Starts `fdatasync(file)` and returns without waiting for it. Not while another is in
-    /// flight. An error (`EINVAL`: the file system has no fsync for AIO) means the sync did not
-    /// start.
+    /// flight. An error (`EINVAL`: the file system has no fsync for AIO; `EAGAIN`: no AIO
+    /// resources) means the sync did not start.
     pub fn start(&mut self, file: &File) -> io::Result<()> {
         debug_assert!(!self.in_flight, "one background sync at a time");
         let mut iocb = Iocb {

@@ -213,8 +213,8 @@ pub enum BackgroundCheckpoint {
     /// next checkpoint. Counted in [`Ring::syncs_behind`].
     Busy,
     /// The kernel refuses background syncs (no AIO, a seccomp filter, a file system without
-    /// fsync for AIO): nothing was done; the caller syncs with [`Ring::checkpoint`]. Carries
-    /// the error the first time only.
+    /// fsync for AIO, no AIO resources): no sync started, now or from now on; the caller syncs
+    /// with [`Ring::checkpoint`]. Carries the error the first time only.
     Unavailable(Option<io::Error>),
 }
 
@@ -1086,10 +1086,9 @@ impl Ring {
             _ => return Ok(BackgroundCheckpoint::Unavailable(None)),
         };
         if let Err(e) = started {
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
-            }
-            // The file system has no fsync for AIO: sync in the loop from now on.
+            // EINVAL: the file system has no fsync for AIO; EAGAIN: the kernel is out of AIO
+            // resources. Either way nothing started: sync in the loop from now on. (A sync that
+            // starts and fails, EIO, is an error of the next `finished`, as of an msync.)
             self.background = Background::Refused;
             return Ok(BackgroundCheckpoint::Unavailable(Some(e)));
         }
