@@ -28,6 +28,19 @@ pub fn ring_bytes(eps: u64, bytes: u64, retention: Duration) -> u64 {
     raw.div_ceil(PAGE).saturating_mul(PAGE)
 }
 
+/// The relay's CPU per record and per byte, TCP in and one TCP output, `sync = "interval"`:
+/// from `cargo bench --bench pipeline` on the 2-core development VM (256 B and 1 KiB records
+/// cost 2.3-2.45 and 1.29-1.43 CPU s/GiB; README, Performance), rounded up.
+const CPU_PER_RECORD_S: f64 = 0.35e-6;
+const CPU_PER_BYTE_S: f64 = 1.0e-9;
+
+/// The share of one core the relay's event loop needs for `feeds` feeds of `eps` events/s of
+/// `bytes` bytes each, from [`CPU_PER_RECORD_S`] and [`CPU_PER_BYTE_S`].
+pub fn cpu_share(eps: u64, bytes: u64, feeds: u64) -> f64 {
+    let records = eps.saturating_mul(feeds) as f64;
+    records * (CPU_PER_RECORD_S + bytes as f64 * CPU_PER_BYTE_S)
+}
+
 /// Appliance classes from the vendors' deployment guides (FIELD.md §1.1, §4.5).
 const CLASSES: [(&str, u64, &str); 2] = [
     (
@@ -82,6 +95,16 @@ pub fn run(s: Sizing) -> ExitCode {
         (write_rate * s.feeds) as f64 / 1e6
     );
     println!("  relay memory         < 64 MiB resident besides the page cache; rings need not fit in RAM");
+    let cpu = cpu_share(s.eps, s.bytes, s.feeds);
+    println!(
+        "  relay CPU            about {:.0}% of one core (TCP in, one TCP output; more with TLS, HTTP or more outputs){}",
+        (cpu * 100.0).max(1.0),
+        if cpu > 0.7 {
+            ": the event loop is one thread, so above one core it falls behind; split the feeds over more instances"
+        } else {
+            ""
+        }
+    );
     let mut fits_any = false;
     for (name, disk_bytes, short) in CLASSES {
         let fits = disk <= disk_bytes;
@@ -120,6 +143,16 @@ fn human_bytes_approx(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_share_adds_a_cost_per_record_and_per_byte() {
+        // 10,000 events/s of 1,500 bytes: 3.5 ms + 15 ms of CPU a second.
+        let share = cpu_share(10_000, 1500, 1);
+        assert!((share - 0.0185).abs() < 1e-9, "{share}");
+        // Twice the feeds, twice the CPU; nothing for an idle feed.
+        assert!((cpu_share(10_000, 1500, 2) - 2.0 * share).abs() < 1e-9);
+        assert_eq!(cpu_share(0, 1500, 4), 0.0);
+    }
 
     #[test]
     fn one_hour_of_1000_eps_at_1500_bytes_is_the_field_figure_plus_headers() {

@@ -634,3 +634,41 @@ fn under_interval_the_ring_reaches_the_disk_every_period() {
     );
     assert_all_arrived(&siem, n + 1, false);
 }
+
+/// `ringrelay size` says how much of a core the event loop needs, and warns when one thread
+/// cannot carry the feeds.
+#[test]
+fn size_prints_the_cpu_a_sizing_needs_and_warns_above_one_core() {
+    let size = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+            .arg("size")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let small = size(&["--eps", "10000", "--bytes", "1500", "--retention", "1h"]);
+    let line = small
+        .lines()
+        .find(|l| l.contains("relay CPU"))
+        .unwrap_or("");
+    assert!(line.contains("about 2% of one core"), "{small}");
+    assert!(!line.contains("falls behind"), "{small}");
+    // 8 feeds of 100,000 events/s of 1 KiB: 8 x 0.14 s of CPU a second.
+    let big = size(&[
+        "--eps",
+        "100000",
+        "--bytes",
+        "1024",
+        "--retention",
+        "1m",
+        "--feeds",
+        "8",
+    ]);
+    let line = big.lines().find(|l| l.contains("relay CPU")).unwrap_or("");
+    assert!(line.contains("about 110% of one core"), "{big}");
+    assert!(
+        line.contains("split the feeds over more instances"),
+        "{big}"
+    );
+}
