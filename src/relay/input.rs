@@ -361,6 +361,13 @@ impl Relay {
             // Its turn comes from the ready list.
             return;
         }
+        if self.feeds[c.feed].sync_wait && !drain {
+            // Until the ring's sync finishes; `resume_after_sync` queues it then.
+            if let Some(c) = self.conns[id].as_mut() {
+                c.paused = true;
+            }
+            return;
+        }
         if c.http.is_some() {
             return self.service_http(id, now, drain);
         }

@@ -74,6 +74,8 @@ const READS_PER_TURN: usize = 4;
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long every input must have been silent for the shutdown drain to end early.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// How often a feed whose inputs wait for its ring's background sync asks whether it finished.
+const SYNC_WAIT_POLL: Duration = Duration::from_millis(5);
 /// How often an active re-reads the lock file's and its rings' fencing epochs.
 pub const FENCE_CHECK: Duration = Duration::from_millis(500);
 /// Exit code of an active that found a higher epoch than its own (it was fenced off).
@@ -174,6 +176,9 @@ pub struct Feed {
     dirty: bool,
     /// Connections are paused because the ring is full (`block`).
     paused: bool,
+    /// Inputs are paused until the ring's background sync finishes: it had not when the next
+    /// was due, so the disk is slower than the input (`buffer-spec.md` §10).
+    sync_wait: bool,
     next_sync: Instant,
     refuse_log: Limiter,
     /// `ring_sync_behind` lines: a disk slower than the sync period.
@@ -876,6 +881,7 @@ impl Relay {
             conns: 0,
             dirty: true,
             paused: false,
+            sync_wait: false,
             next_sync: now,
             refuse_log: Limiter::new(5, Duration::from_secs(60)),
             sync_log: Limiter::new(3, Duration::from_secs(60)),
@@ -981,6 +987,9 @@ impl Relay {
                 if let Some(d) = o.deadline() {
                     next = next.min(d);
                 }
+            }
+            if f.sync_wait {
+                next = next.min(now + SYNC_WAIT_POLL);
             }
         }
         next
@@ -1160,6 +1169,7 @@ impl Relay {
         if let Some(a) = self.admin.as_mut() {
             a.expire(registry, now);
         }
+        self.resume_after_sync()?;
         if now >= self.next_checkpoint {
             self.next_checkpoint = now + self.checkpoint_every;
             for feed in &mut self.feeds {
@@ -1168,6 +1178,31 @@ impl Relay {
             self.close_idle(now);
             self.expire_requests(now);
             self.checkpoint_all(now, false)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes the inputs of feeds whose background sync has finished.
+    fn resume_after_sync(&mut self) -> Result<(), String> {
+        for (fi, feed) in self.feeds.iter_mut().enumerate() {
+            if !feed.sync_wait {
+                continue;
+            }
+            let done = feed.ring.background_sync_finished().map_err(|e| {
+                format!(
+                    "feed {}: sync {}: {e}",
+                    feed.cfg.name,
+                    feed.ring.path().display()
+                )
+            })?;
+            if done {
+                feed.sync_wait = false;
+                for (id, c) in self.conns.iter_mut().enumerate() {
+                    if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
+                        c.queue(&mut self.ready, id);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -1219,13 +1254,16 @@ impl Relay {
                         feed.ring.checkpoint(wall, true)
                     }
                     Ok(BackgroundCheckpoint::Busy) => {
+                        // What is not read waits in the senders' sockets, not in the page
+                        // cache: the power-loss window stays near one period.
+                        feed.sync_wait = true;
                         if let Some(suppressed) = feed.sync_log.allow(now) {
                             crate::log!(
                                 Level::Warn,
                                 "ring_sync_behind",
                                 feed = feed.cfg.name,
                                 path = feed.ring.path().display(),
-                                reason = "the previous sync has not finished: the disk is slower than sync_interval, and a power loss would lose more than one period",
+                                reason = "the previous sync has not finished: the disk is slower than the input; inputs wait for it",
                                 syncs_behind = feed.ring.syncs_behind(),
                                 suppressed = suppressed
                             );

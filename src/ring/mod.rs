@@ -1099,6 +1099,15 @@ impl Ring {
         Ok(BackgroundCheckpoint::Started)
     }
 
+    /// Whether the background sync started last has finished (true when there is none); its
+    /// error, if it failed.
+    pub fn background_sync_finished(&mut self) -> io::Result<bool> {
+        match &mut self.background {
+            Background::Ready(b) => b.finished(false),
+            _ => Ok(true),
+        }
+    }
+
     /// Background checkpoints that found the previous sync still running since the ring was
     /// opened: a disk slower than the sync period.
     pub fn syncs_behind(&self) -> u64 {
