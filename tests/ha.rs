@@ -163,7 +163,12 @@ fn only_one_of_two_instances_binds_and_the_standby_takes_over_within_2s_of_a_sig
         takeover < Duration::from_secs(2),
         "the standby took {takeover:?} to bind"
     );
-    assert!(b.log_has("role=\"standby=>active\""), "{}", b.log_text());
+    // Logged once every ring is checkpointed with the new epoch, just after the listener.
+    assert!(
+        b.wait_log("role=\"standby=>active\"", Duration::from_secs(2)),
+        "{}",
+        b.log_text()
+    );
     assert_eq!(lock_epoch(dir.path()), 2);
 
     // New records on the same port, now the new active's; then the SIEM comes up.
