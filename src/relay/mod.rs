@@ -201,6 +201,46 @@ const RECORD_OVERHEAD: u64 = crate::ring::RECORD_HEADER + 4;
 const RATE_SMOOTHING_SECS: f64 = 30.0;
 
 impl Feed {
+    /// A `sync = "interval"` checkpoint with the sync in the kernel's background
+    /// ([`Ring::checkpoint_in_background`]); in the loop where the kernel refuses that. A sync
+    /// still running from the last period pauses the inputs until it finishes.
+    fn checkpoint_in_background(&mut self, wall: u64, now: Instant) -> std::io::Result<()> {
+        match self.ring.checkpoint_in_background(wall)? {
+            BackgroundCheckpoint::Started => Ok(()),
+            BackgroundCheckpoint::Busy => {
+                // What is not read waits in the senders' sockets, not in unsynced pages: a
+                // power loss takes about two periods of records at most.
+                self.sync_wait = true;
+                if let Some(suppressed) = self.sync_log.allow(now) {
+                    crate::log!(
+                        Level::Warn,
+                        "ring_sync_behind",
+                        feed = self.cfg.name,
+                        path = self.ring.path().display(),
+                        reason = "the previous sync has not finished: the disk is slower than the input; inputs wait for it",
+                        syncs_behind = self.ring.syncs_behind(),
+                        suppressed = suppressed
+                    );
+                }
+                Ok(())
+            }
+            BackgroundCheckpoint::Unavailable(why) => {
+                if let Some(e) = why {
+                    crate::log!(
+                        Level::Warn,
+                        "ring_sync_in_loop",
+                        feed = self.cfg.name,
+                        path = self.ring.path().display(),
+                        error = e,
+                        reason =
+                            "the kernel refuses background syncs; each sync holds the event loop"
+                    );
+                }
+                self.ring.checkpoint(wall, true)
+            }
+        }
+    }
+
     /// After records were appended at `ts`: the outputs have work; under `sync = "always"`
     /// the records are forced to disk now, under `interval` their disk writes are started
     /// (the periodic sync then waits only for what is left). A failure is logged and returned.
@@ -1239,40 +1279,7 @@ impl Relay {
             let sync = sync && !matches!(feed.cfg.sync, SyncPolicy::Never);
             let res = if sync && !force_sync && matches!(feed.cfg.sync, SyncPolicy::Interval(_)) {
                 // The disk works while the loop goes on; `always` and shutdown wait for it.
-                match feed.ring.checkpoint_in_background(wall) {
-                    Ok(BackgroundCheckpoint::Unavailable(why)) => {
-                        if let Some(e) = why {
-                            crate::log!(
-                                Level::Warn,
-                                "ring_sync_in_loop",
-                                feed = feed.cfg.name,
-                                path = feed.ring.path().display(),
-                                error = e,
-                                reason = "the kernel refuses background syncs; each sync holds the event loop"
-                            );
-                        }
-                        feed.ring.checkpoint(wall, true)
-                    }
-                    Ok(BackgroundCheckpoint::Busy) => {
-                        // What is not read waits in the senders' sockets, not in the page
-                        // cache: the power-loss window stays near one period.
-                        feed.sync_wait = true;
-                        if let Some(suppressed) = feed.sync_log.allow(now) {
-                            crate::log!(
-                                Level::Warn,
-                                "ring_sync_behind",
-                                feed = feed.cfg.name,
-                                path = feed.ring.path().display(),
-                                reason = "the previous sync has not finished: the disk is slower than the input; inputs wait for it",
-                                syncs_behind = feed.ring.syncs_behind(),
-                                suppressed = suppressed
-                            );
-                        }
-                        Ok(())
-                    }
-                    Ok(BackgroundCheckpoint::Started) => Ok(()),
-                    Err(e) => Err(e),
-                }
+                feed.checkpoint_in_background(wall, now)
             } else {
                 feed.ring.checkpoint(wall, sync)
             };
