@@ -971,11 +971,17 @@ impl Ring {
                 self.map.flush_range(data, (end - self.capacity) as usize)?;
             }
         }
+        self.mark_synced();
+        Ok(())
+    }
+
+    /// After a sync (done, or started in the background) of everything appended so far:
+    /// nothing is dirty, no writeback is pending, nothing is fresh.
+    fn mark_synced(&mut self) {
         self.dirty_bytes = 0;
         self.writeback_started = 0;
         self.writeback_mark = (0, self.meta.head.seq);
         self.fresh_from = self.meta.head.seq;
-        Ok(())
     }
 
     /// Starts the disk writes of records appended since the last sync, without waiting for
@@ -1061,19 +1067,18 @@ impl Ring {
     /// disk. If the previous one has not finished (the disk is slower than the period), writes
     /// the slot only and returns [`BackgroundCheckpoint::Busy`].
     pub fn checkpoint_in_background(&mut self, now_ns: u64) -> io::Result<BackgroundCheckpoint> {
-        if let Background::Untried = self.background {
-            match backing::BackgroundSync::new() {
+        match self.background {
+            Background::Ready(_) => {}
+            Background::Refused => return Ok(BackgroundCheckpoint::Unavailable(None)),
+            Background::Untried => match backing::BackgroundSync::new() {
                 Ok(b) => self.background = Background::Ready(b),
                 Err(e) => {
                     self.background = Background::Refused;
                     return Ok(BackgroundCheckpoint::Unavailable(Some(e)));
                 }
-            }
+            },
         }
-        let finished = match &mut self.background {
-            Background::Ready(b) => b.finished(false)?,
-            _ => return Ok(BackgroundCheckpoint::Unavailable(None)),
-        };
+        let finished = self.background_sync_finished()?;
         // As in `checkpoint`: nothing stays fresh longer than a checkpoint interval.
         self.fresh_from = self.meta.head.seq;
         self.write_meta(now_ns);
@@ -1081,21 +1086,18 @@ impl Ring {
             self.syncs_behind += 1;
             return Ok(BackgroundCheckpoint::Busy);
         }
-        let started = match &mut self.background {
-            Background::Ready(b) => b.start(&self.file),
-            _ => return Ok(BackgroundCheckpoint::Unavailable(None)),
-        };
-        if let Err(e) = started {
-            // EINVAL: the file system has no fsync for AIO; EAGAIN: the kernel is out of AIO
-            // resources. Either way nothing started: sync in the loop from now on. (A sync that
-            // starts and fails, EIO, is an error of the next `finished`, as of an msync.)
-            self.background = Background::Refused;
-            return Ok(BackgroundCheckpoint::Unavailable(Some(e)));
+        if let Background::Ready(b) = &mut self.background {
+            if let Err(e) = b.start(&self.file) {
+                // EINVAL: the file system has no fsync for AIO; EAGAIN: the kernel is out of
+                // AIO resources. Either way nothing started: sync in the loop from now on. (A
+                // sync that starts and fails, EIO, is an error of the next `finished`, as of
+                // an msync.)
+                self.background = Background::Refused;
+                return Ok(BackgroundCheckpoint::Unavailable(Some(e)));
+            }
         }
         // Everything appended so far is in that sync.
-        self.dirty_bytes = 0;
-        self.writeback_started = 0;
-        self.writeback_mark = (0, self.meta.head.seq);
+        self.mark_synced();
         Ok(BackgroundCheckpoint::Started)
     }
 
