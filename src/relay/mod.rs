@@ -473,6 +473,16 @@ pub fn run(path: &Path) -> ExitCode {
     }
 }
 
+/// Puts feed `fi`'s paused connections on the ready list: what paused them (a full `block`
+/// ring, a sync behind) may be over; one still in force pauses them again.
+fn queue_paused(conns: &mut [Option<Conn>], ready: &mut Vec<usize>, fi: usize) {
+    for (id, c) in conns.iter_mut().enumerate() {
+        if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
+            c.queue(ready, id);
+        }
+    }
+}
+
 fn blocked_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -1237,11 +1247,7 @@ impl Relay {
             })?;
             if done {
                 feed.sync_wait = false;
-                for (id, c) in self.conns.iter_mut().enumerate() {
-                    if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
-                        c.queue(&mut self.ready, id);
-                    }
-                }
+                queue_paused(&mut self.conns, &mut self.ready, fi);
             }
         }
         Ok(())
@@ -1314,11 +1320,7 @@ impl Relay {
             // show there); a ring still full pauses its senders again.
             if feed.paused && (wrote || dirty) {
                 feed.paused = false;
-                for (id, c) in self.conns.iter_mut().enumerate() {
-                    if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
-                        c.queue(&mut self.ready, id);
-                    }
-                }
+                queue_paused(&mut self.conns, &mut self.ready, fi);
             }
         }
     }
