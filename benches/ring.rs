@@ -1,5 +1,7 @@
-//! The ring on its own: append throughput for 100 B, 1 KiB and 16 KiB records beside a plain
-//! memcpy of the same bytes into a mapping of the same size (the ceiling), read throughput, and,
+//! The ring on its own: append throughput for 100 B, 1 KiB and 16 KiB records, one record per
+//! plain entry and 256 KiB of them per lines entry (framed in place, as the relay's newline
+//! input does), beside a plain memcpy of the same bytes into a mapping of the same size (the
+//! ceiling), read throughput, and,
 //! timed once outside criterion's loop, the recovery (open) time of a full 1 GiB ring and the
 //! rate at which a backlog is read after a reopen, cold (page cache dropped with
 //! `posix_fadvise(DONTNEED)`, when the kernel honours it) and warm.
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use memmap2::MmapMut;
+use ringrelay::framing::{Framer, FramerConfig, Framing, Oversize};
 use ringrelay::ring::{record_stride, Read, Ring, RingOptions, RingReader, WhenFull};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -101,6 +104,40 @@ fn append(c: &mut Criterion) {
             })
         });
         drop(ring);
+        // The relay's newline path: a read's worth of lines (256 KiB) copied into room reserved
+        // at the head (where a socket read puts them), framed in place, committed as one
+        // lines entry. Per record.
+        let per_entry = (256 << 10) / (size + 1);
+        let mut body = Vec::with_capacity(per_entry * (size + 1));
+        for _ in 0..per_entry {
+            body.extend_from_slice(&p);
+            body.push(b'\n');
+        }
+        let mut ring = full_ring(&dir.file(&format!("lines-{size}.ring")), BENCH_CAP, size);
+        let mut framer = Framer::new(FramerConfig {
+            framing: Framing::Newline,
+            max_record: 64 << 10,
+            oversize: Oversize::Truncate,
+        });
+        g.throughput(Throughput::ElementsAndBytes {
+            elements: per_entry as u64,
+            bytes: (per_entry * size) as u64,
+        });
+        g.bench_function(BenchmarkId::new("lines", size), |b| {
+            b.iter(|| {
+                ts += 1;
+                ring.reserve(body.len(), body.len()).unwrap();
+                let room = &mut ring.reserved_mut()[..body.len()];
+                room.copy_from_slice(black_box(&body));
+                let framed = framer.lines_in_place(room).unwrap();
+                ring.commit_lines(framed.len, framed.records, ts).unwrap()
+            })
+        });
+        drop(ring);
+        g.throughput(Throughput::ElementsAndBytes {
+            elements: 1,
+            bytes: size as u64,
+        });
         // The ceiling: the same bytes copied into a shared mapping of a file of the same size,
         // at the same stride, wrapping at the end.
         let path = dir.file(&format!("memcpy-{size}"));

@@ -108,6 +108,18 @@ pub struct Framer {
     stats: FramerStats,
 }
 
+/// What [`Framer::lines_in_place`] made of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InPlace {
+    /// The buffer's first `len` bytes are now `records` records, each followed by an LF.
+    pub len: usize,
+    /// How many.
+    pub records: u32,
+    /// Bytes of the input they came from (with the CRs and empty lines removed): the rest of
+    /// the buffer, from here, is for [`Framer::decode`].
+    pub consumed: usize,
+}
+
 /// The longest octet-counting header: ten digits and a space.
 const MAX_HEADER: usize = 11;
 
@@ -205,6 +217,55 @@ impl Framer {
                 Step::Stop => return i,
             }
         }
+    }
+
+    /// Whether [`Framer::lines_in_place`] can frame this connection's next bytes: its framing
+    /// is newline (configured or detected) and no oversize record is being skipped.
+    pub fn in_lines(&self) -> bool {
+        self.detected == Detected::Newline && self.skip == Skip::No
+    }
+
+    /// Newline framing in place, for bytes read straight into the ring: frames the complete
+    /// lines at the start of `buf` as [`Framer::decode`] would, and moves them to the front of
+    /// `buf`, each followed by one LF, without the CR before it and without empty lines. Stops
+    /// before a record longer than `max_record` and before the partial record at the end: those
+    /// bytes (from `consumed` on) are left for `decode`, which gives the same records as if it
+    /// had had all of `buf`. `None` unless [`Framer::in_lines`].
+    pub fn lines_in_place(&mut self, buf: &mut [u8]) -> Option<InPlace> {
+        if !self.in_lines() {
+            return None;
+        }
+        let max = self.cfg.max_record;
+        let (mut read, mut len, mut records) = (0usize, 0usize, 0u32);
+        while let Some(j) = memchr::memchr(b'\n', &buf[read..]) {
+            let lf = read + j;
+            let end = if j > 0 && buf[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
+            };
+            let n = end - read;
+            if n > max || records == u32::MAX {
+                break;
+            }
+            if n == 0 {
+                self.stats.empty_lines += 1;
+            } else {
+                if len != read {
+                    buf.copy_within(read..end, len);
+                }
+                buf[len + n] = b'\n';
+                len += n + 1;
+                records += 1;
+            }
+            read = lf + 1;
+        }
+        self.stats.records += u64::from(records);
+        Some(InPlace {
+            len,
+            records,
+            consumed: read,
+        })
     }
 
     /// Auto-detection on the first bytes of the first frame; `None` while undecidable (or for
@@ -466,6 +527,32 @@ mod tests {
         let out = run(&mut f, &[b"<13>hello\n3 abc"]);
         assert_eq!(recs(&out), [&b"<13>hello"[..], b"abc"]);
         assert_eq!(f.stats().bad_frames, 1);
+    }
+
+    #[test]
+    fn lines_in_place_strips_cr_and_empty_lines_and_leaves_the_rest_to_decode() {
+        let mut f = framer(Framing::Newline, 8, Oversize::Truncate);
+        let mut buf = b"ab\r\n\ncd\n\r\nlonger than8\nef\ng".to_vec();
+        let got = f.lines_in_place(&mut buf).unwrap();
+        assert_eq!(
+            got,
+            InPlace {
+                len: 6,
+                records: 2,
+                consumed: 10
+            }
+        );
+        assert_eq!(&buf[..6], b"ab\ncd\n");
+        assert_eq!(f.stats().empty_lines, 2);
+        // The oversize record and what follows are decode's (the last chunk ends the stream).
+        let rest = buf[got.consumed..].to_vec();
+        let want = [(&b"longer t"[..], true), (b"ef", false), (b"g", false)];
+        let want: Vec<_> = want.iter().map(|(r, t)| (r.to_vec(), *t)).collect();
+        assert_eq!(run(&mut f, &[&rest]), want);
+        assert_eq!(f.stats().records, 5);
+        // Auto, before a frame decided it, is decode's too.
+        let mut auto = framer(Framing::Auto, 8, Oversize::Truncate);
+        assert_eq!(auto.lines_in_place(&mut b"12 ab".to_vec()), None);
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn print_ring(path: &Path, r: &RingReader, verify: bool) -> u8 {
     let ts = |t: Option<u64>| t.map_or("-".to_string(), rfc3339);
     println!("ring {}", path.display());
     println!("  feed            {}", sb.name);
-    println!("  format          version {}", crate::ring::format::VERSION);
+    println!("  format          version {}", sb.version);
     println!(
         "  capacity        {} ({} bytes)",
         human_bytes(s.capacity),

@@ -668,30 +668,58 @@ fn a_flipped_bit_in_the_superblock_refuses_the_file_and_never_rewrites_it() {
     Ring::open(&path, &opts()).expect("padding is ignored");
 }
 
+/// The build reads format versions 1 and 2 (`buffer-spec.md` §3, §12); any other is refused,
+/// by the writer as by `inspect`, naming the version found and the ones this build reads, and
+/// the file is left as it was (the writer upgrades only a version 1 superblock).
 #[test]
 fn a_ring_of_another_format_version_is_refused_with_the_version_in_the_message() {
     let dir = TempDir::new("version");
     let b = build(&dir, 10, 0);
-    let mut bytes = b.bytes.clone();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[..124]);
-    bytes[124..128].copy_from_slice(&crc.to_le_bytes());
-    let path = b.write_damaged(&dir, "v2.ring", &bytes);
-    let e = Ring::open(&path, &opts()).unwrap_err();
-    assert!(matches!(e, OpenError::Version { found: 2, .. }), "{e:?}");
-    let msg = e.to_string();
-    assert!(
-        msg.contains("version 2") && msg.contains("version 1"),
-        "{msg}"
+    let reads = format!(
+        "versions {} to {}",
+        ringrelay::ring::format::MIN_VERSION,
+        ringrelay::ring::format::VERSION
     );
-    let out = inspect(&path);
-    assert_eq!(out.code, Some(2));
-    assert!(out.stderr.contains("version 2"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains(&*path.to_string_lossy()),
-        "{}",
-        out.stderr
-    );
+    for version in [3u32, 0, u32::MAX] {
+        let mut bytes = b.bytes.clone();
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..124]);
+        bytes[124..128].copy_from_slice(&crc.to_le_bytes());
+        let path = b.write_damaged(&dir, "other.ring", &bytes);
+        let e = Ring::open(&path, &opts()).unwrap_err();
+        assert!(
+            matches!(e, OpenError::Version { found, .. } if found == version),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("version {version}")) && msg.contains(&reads),
+            "{msg}"
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == bytes,
+            "open rewrote a ring of version {version}"
+        );
+        let e = RingReader::open(&path)
+            .err()
+            .expect("the reader refuses it too");
+        assert!(
+            matches!(e, OpenError::Version { found, .. } if found == version),
+            "{e:?}"
+        );
+        let out = inspect(&path);
+        assert_eq!(out.code, Some(2));
+        assert!(
+            out.stderr.contains(&format!("version {version}")),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&*path.to_string_lossy()),
+            "{}",
+            out.stderr
+        );
+    }
 }
 
 #[test]

@@ -322,18 +322,9 @@ fn rings_started_near_the_top_of_seq_and_the_end_of_the_area_run_many_laps() {
     {
         let dir = TempDir::new("top");
         let mut life = Life::open(dir.ring(), opts(64 << 10));
-        life.reset_at(Pos {
-            off,
-            seq: start_seq,
-        });
+        life.reset_at(Pos::at(off, start_seq));
         life = life.reopen(false);
-        assert_eq!(
-            life.ring.head(),
-            Pos {
-                off,
-                seq: start_seq
-            }
-        );
+        assert_eq!(life.ring.head(), Pos::at(off, start_seq));
         for chunk in 0..8u64 {
             life.append(60_000, &len_of);
             check_ring(&life.ring, &len_of, life.first);
@@ -360,10 +351,10 @@ fn reset_empty_at_refuses_a_ring_with_records_and_impossible_positions() {
     let dir = TempDir::new("reset");
     let mut ring = Ring::open(&dir.ring(), &opts(4 << 10)).unwrap();
     for bad in [CAP - 40, CAP, 12, u64::MAX - 7] {
-        assert!(!ring.reset_empty_at(Pos { off: bad, seq: 5 }), "off {bad}");
+        assert!(!ring.reset_empty_at(Pos::at(bad, 5)), "off {bad}");
     }
     assert_eq!(ring.head(), Pos::default());
     ring.append(b"x", T0, false).unwrap();
-    assert!(!ring.reset_empty_at(Pos { off: 64, seq: 5 }));
+    assert!(!ring.reset_empty_at(Pos::at(64, 5)));
     assert_eq!(ring.head().seq, 1);
 }

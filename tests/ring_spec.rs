@@ -1,18 +1,25 @@
-//! `buffer-spec.md` against the code, both ways:
-//! - a ring written by the code is parsed by a reader written here from the spec's offsets and
-//!   constants only (no `ringrelay::ring::format`): superblock, both metadata slots, every record
-//!   from tail to head with its CRCs, sequence numbers and wrap markers, and the §8 recovery scan;
-//! - a ring written here from the spec is opened and read by the code.
+//! `buffer-spec.md` (format version 2) against the code, both ways:
+//! - a ring written by the code, plain entries (`Ring::append`) and lines entries
+//!   (`reserve` / `reserved_mut` / `commit_lines`) mixed, is parsed by a reader written here
+//!   from the spec's offsets and constants only (no `ringrelay::ring::format`): superblock, both
+//!   metadata slots, every entry from tail to head with its CRCs, sequence numbers and wrap
+//!   markers, the records inside lines entries, and the §8 recovery scan;
+//! - rings written here from the spec (version 2 with lines entries, version 1 with plain
+//!   entries only) are opened, read record for record and continued by the code;
+//! - entries §5 refuses, written here with valid CRCs, are reported damaged by the code and
+//!   their records never returned.
 //!
 //! Every number below is quoted from the spec; the only things taken from the crate are the
 //! writing/reading API and `crc32fast` (the spec names it as the CRC).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::Duration;
 
-use ringrelay::ring::{Pos, Read, Ring, RingOptions, RingReader, WhenFull};
+use ringrelay::ring::{Damage, Pos, Read, Ring, RingOptions, RingReader, WhenFull};
 
 // §2 file layout
 const SUPERBLOCK_AT: usize = 0;
@@ -20,6 +27,9 @@ const SLOT_AT: [usize; 2] = [4096, 8192];
 const DATA_AT: usize = 12288;
 // §3 superblock
 const MAGIC: [u8; 8] = [0x89, 0x52, 0x49, 0x4E, 0x47, 0x0D, 0x0A, 0x1A];
+/// §3 `version`: `2`; a version 1 file is read as version 2.
+const VERSION: u32 = 2;
+const VERSION_1: u32 = 1;
 const SB_CRC_AT: usize = 124;
 const SB_LEN: usize = 128;
 // §4 metadata slot
@@ -28,18 +38,42 @@ const SLOT_LEN: usize = 1156;
 const CURSORS_AT: usize = 128;
 const CURSOR_LEN: usize = 64;
 const MAX_CURSORS: usize = 16;
-// §5 records
+// §5 entries
 const HEADER: u64 = 48;
+/// §5: `count`, at offset 40 (reserved, and 0, in version 1).
+const COUNT_AT: usize = 40;
 const HCRC_AT: usize = 44;
 const KIND_DATA: u8 = 1;
 const KIND_WRAP: u8 = 2;
+/// §5 `flags` bit 0: the record was truncated (plain entries only).
+const TRUNCATED: u8 = 1 << 0;
+/// §5 `flags` bit 1: a lines entry.
+const LINES: u8 = 1 << 1;
+/// §5: a lines body may have up to `max(max_record, 1048576)` bytes.
+const LINES_MAX: u32 = 1_048_576;
+/// §5: every record of a lines entry is followed by one LF.
+const LF: u8 = 0x0A;
 
 const CAP: u64 = 1 << 20;
+
+/// Bounds the whole binary's time: a reader that loops forever fails the run instead of
+/// hanging it.
+fn watchdog() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(60));
+            eprintln!("ring_spec: still running after 60 s; something is wedged");
+            std::process::exit(3);
+        });
+    });
+}
 
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
+        watchdog();
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let d =
@@ -105,6 +139,7 @@ fn zero_padded(b: &[u8]) -> String {
 
 #[derive(Debug)]
 struct Superblock {
+    version: u32,
     capacity: u64,
     max_record: u32,
     created_ns: u64,
@@ -120,7 +155,11 @@ fn parse_superblock(file: &[u8]) -> Superblock {
         u32_at(b, SB_CRC_AT),
         "superblock CRC of bytes 0..124"
     );
-    assert_eq!(u32_at(b, 8), 1, "version");
+    let version = u32_at(b, 8);
+    assert!(
+        version == VERSION_1 || version == VERSION,
+        "version {version}"
+    );
     assert_eq!(u32_at(b, 12), 0, "flags");
     assert_eq!(u64_at(b, 16), 12288, "data_offset");
     let capacity = u64_at(b, 24);
@@ -141,6 +180,7 @@ fn parse_superblock(file: &[u8]) -> Superblock {
         "superblock page past the structure is zero"
     );
     Superblock {
+        version,
         capacity,
         max_record,
         created_ns: u64_at(b, 48),
@@ -237,19 +277,41 @@ fn current_slot(file: &[u8], cap: u64) -> (usize, Slot) {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+/// §5: an entry header, field by field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {
     len: u32,
     kind: u8,
     flags: u8,
+    reserved: u16,
     seq: u64,
     ts: u64,
     tail: u64,
     run: u32,
     pcrc: u32,
+    count: u32,
 }
 
-/// §5: the header at data offset `o` if it is acceptable.
+impl Header {
+    fn is_lines(&self) -> bool {
+        self.kind == KIND_DATA && self.flags & LINES != 0
+    }
+
+    /// §5: 1 record in a plain entry, `count` in a lines entry, 0 in a wrap marker.
+    fn records(&self) -> u64 {
+        match self.kind {
+            KIND_WRAP => 0,
+            _ if self.is_lines() => u64::from(self.count),
+            _ => 1,
+        }
+    }
+
+    fn stride(&self) -> u64 {
+        stride(u64::from(self.len))
+    }
+}
+
+/// §5: the header at data offset `o` if it is acceptable there.
 fn header_at(data: &[u8], o: u64, max_record: u32, run: u32) -> Option<Header> {
     let cap = data.len() as u64;
     if o % 8 != 0 || o + HEADER > cap {
@@ -263,103 +325,173 @@ fn header_at(data: &[u8], o: u64, max_record: u32, run: u32) -> Option<Header> {
         len: u32_at(b, 0),
         kind: b[4],
         flags: b[5],
+        reserved: u16_at(b, 6),
         seq: u64_at(b, 8),
         ts: u64_at(b, 16),
         tail: u64_at(b, 24),
         run: u32_at(b, 32),
         pcrc: u32_at(b, 36),
+        count: u32_at(b, COUNT_AT),
     };
+    let fits = o + h.stride() <= cap;
     let ok = match h.kind {
-        KIND_DATA => h.len <= max_record && o + stride(u64::from(h.len)) <= cap,
-        KIND_WRAP => h.len == 0 && o != 0,
+        // A plain entry: no count, a record of at most max_record.
+        KIND_DATA if h.flags & LINES == 0 => h.count == 0 && h.len <= max_record && fits,
+        // A lines entry: never truncated, 1 <= count <= len, a body up to max(max_record, 1 MiB).
+        KIND_DATA => {
+            h.flags & TRUNCATED == 0
+                && 1 <= h.count
+                && h.count <= h.len
+                && h.len <= max_record.max(LINES_MAX)
+                && fits
+        }
+        KIND_WRAP => h.len == 0 && h.count == 0 && o != 0,
         _ => false,
     };
-    if !ok || h.run > run {
-        return None;
-    }
-    assert_eq!(u16_at(b, 6), 0, "header reserved 6..8");
-    assert_eq!(u32_at(b, 40), 0, "header reserved 40..44");
-    Some(h)
+    (ok && h.run <= run).then_some(h)
 }
 
-fn payload<'a>(data: &'a [u8], o: u64, h: &Header) -> &'a [u8] {
+fn body<'a>(data: &'a [u8], o: u64, h: &Header) -> &'a [u8] {
     let start = (o + HEADER) as usize;
     &data[start..start + h.len as usize]
 }
 
+/// §5: the body is valid when its CRC matches `pcrc` and, in a lines entry, it holds exactly
+/// `count` LFs and its last byte is one.
+fn body_valid(b: &[u8], h: &Header) -> bool {
+    let lfs = b.iter().filter(|&&c| c == LF).count() as u64;
+    crc32fast::hash(b) == h.pcrc
+        && (!h.is_lines() || (lfs == u64::from(h.count) && b.last() == Some(&LF)))
+}
+
+/// §5: the records of a data entry with a valid body, each with where it starts in the body:
+/// the body itself in a plain entry; in a lines entry, record `i` is the bytes after the `i`-th
+/// LF (from the start for `i = 0`) up to the next LF.
+fn records_in<'a>(b: &'a [u8], h: &Header) -> Vec<(usize, &'a [u8])> {
+    if !h.is_lines() {
+        return vec![(0, b)];
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == LF {
+            out.push((start, &b[start..i]));
+            start = i + 1;
+        }
+    }
+    out
+}
+
+/// One record as the spec reader found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Record {
+    /// Data offset of the entry holding it.
     off: u64,
     seq: u64,
+    /// Where it starts in its entry's body (0 in a plain entry).
+    sub: usize,
     ts: u64,
     truncated: bool,
+    lines: bool,
     tail: u64,
     run: u32,
     payload: Vec<u8>,
 }
 
-/// §7: reads every record from `tail` to `head`, all of which must be valid; returns them and
-/// the offsets of the wrap markers met.
-fn walk(
-    data: &[u8],
-    sb: &Superblock,
-    run: u32,
-    tail: (u64, u64),
-    head: (u64, u64),
-) -> (Vec<Record>, Vec<(u64, u64)>) {
+/// What a walk from tail to head found.
+struct Walk {
+    records: Vec<Record>,
+    /// Data entries: offset and header.
+    entries: Vec<(u64, Header)>,
+    /// Wrap markers: offset and the sequence number they carry.
+    markers: Vec<(u64, u64)>,
+}
+
+/// §7: reads every record from `tail` to `head`, all of which must be valid, entering each entry
+/// once (header and body checked there) and taking its records out of the body.
+fn walk(data: &[u8], sb: &Superblock, run: u32, tail: (u64, u64), head: (u64, u64)) -> Walk {
     let cap = data.len() as u64;
     let (mut o, mut n) = (normalise(tail.0, cap), tail.1);
-    let mut records = Vec::new();
-    let mut markers = Vec::new();
+    let mut w = Walk {
+        records: Vec::new(),
+        entries: Vec::new(),
+        markers: Vec::new(),
+    };
     let mut last_ts = 0;
     while n < head.1 {
         let mut h = header_at(data, o, sb.max_record, run)
             .unwrap_or_else(|| panic!("no acceptable header at {o} for seq {n}"));
         assert_eq!(h.seq, n, "sequence number at {o}");
         if h.kind == KIND_WRAP {
-            markers.push((o, n));
-            let h0 = header_at(data, 0, sb.max_record, run).expect("a record at 0");
+            w.markers.push((o, n));
+            let h0 = header_at(data, 0, sb.max_record, run).expect("an entry at 0");
             assert_eq!(h0.kind, KIND_DATA, "two wrap markers in a row");
             assert_eq!(
                 (h0.seq, h0.ts),
                 (h.seq, h.ts),
-                "a marker carries its record's seq and ts"
+                "a marker carries its entry's seq and ts"
             );
-            // The record really did not fit before the end.
-            assert!(o + stride(u64::from(h0.len)) > cap, "needless wrap at {o}");
+            // §6: a plain entry wraps only if it does not fit before the end. (A lines entry
+            // wraps when the room for the longest body its read may bring does not fit: its
+            // body may be shorter.)
+            assert!(
+                h0.is_lines() || o + h0.stride() > cap,
+                "needless wrap at {o}"
+            );
             o = 0;
             h = h0;
         }
-        let p = payload(data, o, &h);
-        assert_eq!(crc32fast::hash(p), h.pcrc, "payload CRC of seq {n}");
+        let b = body(data, o, &h);
+        assert!(body_valid(b, &h), "body of the entry at {o} (seq {n})");
         assert!(h.ts >= last_ts, "receive times never decrease");
         assert!(
             h.tail % 8 == 0 && h.tail + HEADER <= cap,
             "tail field of seq {n}"
         );
-        assert_eq!(h.flags & !1, 0, "unknown flags on seq {n}");
+        assert_eq!(
+            h.flags & !(TRUNCATED | LINES),
+            0,
+            "unknown flags on seq {n}"
+        );
+        assert_eq!(h.reserved, 0, "header reserved 6..8 of seq {n}");
         last_ts = h.ts;
-        records.push(Record {
-            off: o,
-            seq: n,
-            ts: h.ts,
-            truncated: h.flags & 1 != 0,
-            tail: h.tail,
-            run: h.run,
-            payload: p.to_vec(),
-        });
-        o = normalise(o + stride(u64::from(h.len)), cap);
-        n += 1;
+        let records = records_in(b, &h);
+        assert_eq!(records.len() as u64, h.records(), "records of seq {n}");
+        for (i, (sub, p)) in records.into_iter().enumerate() {
+            w.records.push(Record {
+                off: o,
+                seq: n + i as u64,
+                sub,
+                ts: h.ts,
+                truncated: h.flags & TRUNCATED != 0,
+                lines: h.is_lines(),
+                tail: h.tail,
+                run: h.run,
+                payload: p.to_vec(),
+            });
+        }
+        w.entries.push((o, h));
+        o = normalise(o + h.stride(), cap);
+        n += h.records();
     }
     assert_eq!((o, n), head, "the walk ends at the head");
-    (records, markers)
+    w
 }
 
-/// §8 step 3: from the slot's head, accept records that chain (seq, run, ts, CRCs).
-fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> ((u64, u64), Option<Header>) {
+/// What the §8 scan found past the slot's head.
+struct Scan {
+    head: (u64, u64),
+    records: u64,
+    newest: Option<Header>,
+}
+
+/// §8 step 3: from the slot's head, accept entries that chain (seq, run, ts, header and body
+/// valid); a wrap marker only together with a valid entry at 0; at most one lap.
+fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> Scan {
     let cap = data.len() as u64;
     let (mut o, mut n) = (normalise(slot.head.0, cap), slot.head.1);
     let mut ts = slot.last_ts;
+    let mut records = 0;
     let mut newest = None;
     let mut spent = 0;
     loop {
@@ -368,7 +500,7 @@ fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> ((u64, u64), Optio
                 h.seq == n
                     && h.run == slot.run
                     && h.ts >= ts
-                    && (h.kind == KIND_WRAP || crc32fast::hash(payload(data, o, h)) == h.pcrc)
+                    && (h.kind == KIND_WRAP || body_valid(body(data, o, h), h))
             })
         };
         let Some(mut h) = valid(o) else { break };
@@ -384,17 +516,22 @@ fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> ((u64, u64), Optio
                 _ => break,
             }
         }
-        used += stride(u64::from(h.len));
+        used += h.stride();
         if spent + used > cap {
             break;
         }
         spent += used;
         ts = h.ts;
         newest = Some(h);
-        o = normalise(at + stride(u64::from(h.len)), cap);
-        n += 1;
+        records += h.records();
+        o = normalise(at + h.stride(), cap);
+        n += h.records();
     }
-    ((o, n), newest)
+    Scan {
+        head: (o, n),
+        records,
+        newest,
+    }
 }
 
 /// §6: bytes used between tail and head.
@@ -409,6 +546,235 @@ fn used(tail: (u64, u64), head: (u64, u64), cap: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The writer, from the spec.
+
+/// An entry the spec writer wrote: where its header is (after its wrap marker, if any), its
+/// first sequence number, how many it took, its receive time, and the head after it.
+#[derive(Clone, Copy, Debug)]
+struct SpecEntry {
+    off: u64,
+    seq: u64,
+    records: u64,
+    ts: u64,
+    next: (u64, u64),
+}
+
+/// A ring file written from the spec alone (§2–6): a superblock, entries appended from a start
+/// position (wrapping, never evicting) and metadata slots.
+struct SpecRing {
+    file: Vec<u8>,
+    cap: u64,
+    run: u32,
+    tail: (u64, u64),
+    head: (u64, u64),
+    used: u64,
+    /// Every record written, as a reader must find it.
+    written: Vec<Record>,
+    entries: Vec<SpecEntry>,
+}
+
+/// §5: writes `h` at data offset `at`, with its header CRC.
+fn write_header(data: &mut [u8], at: u64, h: &Header) {
+    let b = &mut data[at as usize..(at + HEADER) as usize];
+    put_u32(b, 0, h.len);
+    b[4] = h.kind;
+    b[5] = h.flags;
+    b[6..8].copy_from_slice(&h.reserved.to_le_bytes());
+    put_u64(b, 8, h.seq);
+    put_u64(b, 16, h.ts);
+    put_u64(b, 24, h.tail);
+    put_u32(b, 32, h.run);
+    put_u32(b, 36, h.pcrc);
+    put_u32(b, COUNT_AT, h.count);
+    let crc = crc32fast::hash(&b[..HCRC_AT]);
+    put_u32(b, HCRC_AT, crc);
+}
+
+/// §5: a lines body, each record followed by an LF.
+fn lines_body(records: &[Vec<u8>]) -> Vec<u8> {
+    records
+        .iter()
+        .flat_map(|r| r.iter().copied().chain([LF]))
+        .collect()
+}
+
+impl SpecRing {
+    /// §3: a superblock of `version`; the data area empty from `start` (tail = head).
+    fn new(version: u32, cap: u64, max_record: u32, run: u32, start: (u64, u64)) -> SpecRing {
+        let mut file = vec![0u8; DATA_AT + cap as usize];
+        let b = &mut file[SUPERBLOCK_AT..SUPERBLOCK_AT + SB_LEN];
+        b[..8].copy_from_slice(&MAGIC);
+        put_u32(b, 8, version);
+        put_u64(b, 16, 12288);
+        put_u64(b, 24, cap);
+        put_u32(b, 32, max_record);
+        put_u32(b, 36, 48);
+        put_u32(b, 40, 8);
+        put_u32(b, 44, 16);
+        put_u64(b, 48, T0);
+        b[56..56 + 8].copy_from_slice(b"handmade");
+        let crc = crc32fast::hash(&b[..SB_CRC_AT]);
+        put_u32(b, SB_CRC_AT, crc);
+        SpecRing {
+            file,
+            cap,
+            run,
+            tail: start,
+            head: start,
+            used: 0,
+            written: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// §6: ring bytes an entry with a `len`-byte body takes at the head: its stride, plus the
+    /// unused end of the lap when it wraps.
+    fn need(&self, len: usize) -> u64 {
+        let s = stride(len as u64);
+        if self.head.0 + s > self.cap {
+            self.cap - self.head.0 + s
+        } else {
+            s
+        }
+    }
+
+    /// Whether such an entry keeps the ring within three quarters full (this writer never
+    /// evicts, and leaves room for the code to append).
+    fn has_room(&self, len: usize) -> bool {
+        self.used + self.need(len) <= self.cap * 3 / 4
+    }
+
+    /// §6 write order: the body, the wrap marker if the entry does not fit before the end, the
+    /// header last. The entry takes `records` sequence numbers, whatever its header says.
+    fn entry(&mut self, flags: u8, count: u32, b: &[u8], ts: u64, records: u64) -> SpecEntry {
+        let (o, n) = self.head;
+        let s = stride(b.len() as u64);
+        self.used += self.need(b.len());
+        assert!(self.used <= self.cap, "the spec writer does not evict");
+        let at = if o + s > self.cap { 0 } else { o };
+        let h = Header {
+            len: b.len() as u32,
+            kind: KIND_DATA,
+            flags,
+            reserved: 0,
+            seq: n,
+            ts,
+            tail: self.tail.0,
+            run: self.run,
+            pcrc: crc32fast::hash(b),
+            count,
+        };
+        let data = &mut self.file[DATA_AT..];
+        let start = (at + HEADER) as usize;
+        data[start..start + b.len()].copy_from_slice(b);
+        // §5: padding bytes are unspecified (and not an LF here).
+        data[start + b.len()..(at + s) as usize].fill(0xEE);
+        if at != o {
+            let marker = Header {
+                len: 0,
+                kind: KIND_WRAP,
+                flags: 0,
+                pcrc: 0,
+                count: 0,
+                ..h
+            };
+            write_header(data, o, &marker);
+        }
+        write_header(data, at, &h);
+        self.head = (normalise(at + s, self.cap), n + records);
+        let e = SpecEntry {
+            off: at,
+            seq: n,
+            records,
+            ts,
+            next: self.head,
+        };
+        self.entries.push(e);
+        e
+    }
+
+    /// Record `i` of entry `e`, starting at `sub` in its body, as a reader must find it.
+    fn found(&self, e: &SpecEntry, i: usize, sub: usize, payload: &[u8]) -> Record {
+        Record {
+            off: e.off,
+            seq: e.seq + i as u64,
+            sub,
+            ts: e.ts,
+            truncated: false,
+            lines: false,
+            tail: self.tail.0,
+            run: self.run,
+            payload: payload.to_vec(),
+        }
+    }
+
+    /// A plain entry (§5): one record, `count` 0, bit 1 clear.
+    fn plain(&mut self, payload: &[u8], ts: u64, truncated: bool) -> SpecEntry {
+        let flags = if truncated { TRUNCATED } else { 0 };
+        let e = self.entry(flags, 0, payload, ts, 1);
+        let r = Record {
+            truncated,
+            ..self.found(&e, 0, 0, payload)
+        };
+        self.written.push(r);
+        e
+    }
+
+    /// A lines entry (§5): bit 1, `count` records each followed by an LF.
+    fn lines(&mut self, records: &[Vec<u8>], ts: u64) -> SpecEntry {
+        let b = lines_body(records);
+        let e = self.entry(LINES, records.len() as u32, &b, ts, records.len() as u64);
+        let mut sub = 0;
+        for (i, p) in records.iter().enumerate() {
+            let r = Record {
+                lines: true,
+                ..self.found(&e, i, sub, p)
+            };
+            self.written.push(r);
+            sub += p.len() + 1;
+        }
+        e
+    }
+
+    /// §4: writes a slot of `generation` (into slot `generation mod 2`) with the ring's tail,
+    /// `head`, `last_ts` and cursors (name, seq, off).
+    fn put_slot(
+        &mut self,
+        generation: u64,
+        head: (u64, u64),
+        last_ts: u64,
+        cursors: &[(&str, u64, u64)],
+    ) {
+        let mut b = vec![0u8; SLOT_LEN];
+        put_u64(&mut b, 0, generation);
+        put_u32(&mut b, 8, self.run);
+        put_u64(&mut b, 24, self.tail.0);
+        put_u64(&mut b, 32, self.tail.1);
+        put_u64(&mut b, 40, head.0);
+        put_u64(&mut b, 48, head.1);
+        put_u64(&mut b, 56, last_ts);
+        put_u64(&mut b, 64, T0);
+        for (i, (name, seq, off)) in cursors.iter().enumerate() {
+            let c = &mut b[CURSORS_AT + CURSOR_LEN * i..CURSORS_AT + CURSOR_LEN * (i + 1)];
+            c[..name.len()].copy_from_slice(name.as_bytes());
+            put_u64(c, 32, *seq);
+            put_u64(c, 40, *off);
+        }
+        let crc = crc32fast::hash(&b[..SLOT_CRC_AT]);
+        put_u32(&mut b, SLOT_CRC_AT, crc);
+        let at = SLOT_AT[(generation % 2) as usize];
+        self.file[at..at + SLOT_LEN].copy_from_slice(&b);
+    }
+
+    fn written_seq(&self, seq: u64) -> &Record {
+        let r = &self.written[(seq - self.written[0].seq) as usize];
+        assert_eq!(r.seq, seq);
+        r
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The code, through its API.
 
 fn opts(name: &str) -> RingOptions {
     RingOptions {
@@ -430,7 +796,159 @@ fn payload_of(seq: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Record `seq` of a lines entry: printable bytes, never an LF (§5), 0 to 249 of them (an
+/// empty record is a lone LF in the body).
+fn line_of(seq: u64) -> Vec<u8> {
+    let len = if seq % 13 == 0 {
+        0
+    } else {
+        (seq.wrapping_mul(7919) % 250) as usize
+    };
+    (0..len)
+        .map(|i| b'!' + ((seq as usize).wrapping_mul(31).wrapping_add(i) % 90) as u8)
+        .collect()
+}
+
 const T0: u64 = 1_700_000_000_000_000_000;
+
+/// Appends `records` as lines entries through reservations, as the relay does (§6 write order:
+/// room first, then the body, then the header). Each asks for room for all the records left
+/// plus `extra` bytes, and for at least the first of them, or with `whole` for all of them plus
+/// `extra` (so the entry wraps rather than splits, even when its body alone would have fitted
+/// before the end); the records that do not fit the room go into the next entry. Returns where
+/// the entries are.
+fn append_lines(
+    ring: &mut Ring,
+    records: &[Vec<u8>],
+    extra: usize,
+    whole: bool,
+    ts: u64,
+) -> Vec<Pos> {
+    let mut entries = Vec::new();
+    let mut rest = records;
+    while let Some(first) = rest.first() {
+        let all: usize = rest.iter().map(|r| r.len() + 1).sum();
+        let seq = ring.head().seq;
+        let min = if whole { all + extra } else { first.len() + 1 };
+        let room = ring
+            .reserve(min, all + extra)
+            .expect("drop_oldest makes room");
+        let buf = ring.reserved_mut();
+        assert_eq!(buf.len(), room);
+        let (mut len, mut count) = (0, 0);
+        for r in rest {
+            if len + r.len() + 1 > room {
+                break;
+            }
+            buf[len..len + r.len()].copy_from_slice(r);
+            buf[len + r.len()] = LF;
+            len += r.len() + 1;
+            count += 1;
+        }
+        assert!(count > 0, "the room holds at least the first record");
+        let at = ring
+            .commit_lines(len, count as u32, ts)
+            .expect("commit what was reserved");
+        assert_eq!(at.seq, seq);
+        entries.push(at);
+        rest = &rest[count..];
+    }
+    entries
+}
+
+/// One step of reading with the code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Got {
+    Record {
+        off: u64,
+        seq: u64,
+        sub: u64,
+        ts: u64,
+        truncated: bool,
+        payload: Vec<u8>,
+    },
+    Damaged {
+        at: (u64, u64),
+        damage: Damage,
+        next: (u64, u64),
+    },
+}
+
+/// What the code must return for a record the spec reader found (or the spec writer wrote).
+fn expected(r: &Record) -> Got {
+    Got::Record {
+        off: r.off,
+        seq: r.seq,
+        sub: r.sub as u64,
+        ts: r.ts,
+        truncated: r.truncated,
+        payload: r.payload.clone(),
+    }
+}
+
+/// Reads with the code from `from` to the end, one record at a time.
+fn read_all<'a>(read: impl Fn(Pos) -> Read<'a>, from: Pos) -> Vec<Got> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    loop {
+        let next = match read(pos) {
+            Read::Record(r) => {
+                out.push(Got::Record {
+                    off: r.pos.off,
+                    seq: r.pos.seq,
+                    sub: u64::from(r.pos.sub),
+                    ts: r.ts,
+                    truncated: r.truncated,
+                    payload: r.payload.to_vec(),
+                });
+                r.next
+            }
+            Read::Corrupt { at, damage, next } => {
+                out.push(Got::Damaged {
+                    at: (at.off, at.seq),
+                    damage,
+                    next: (next.off, next.seq),
+                });
+                next
+            }
+            Read::End => return out,
+            Read::Overrun { tail } => panic!("overrun at {pos:?} (tail {tail:?})"),
+        };
+        assert!(next.seq > pos.seq, "reading does not move on from {pos:?}");
+        pos = next;
+    }
+}
+
+fn assert_reads(got: &[Got], want: &[Got], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w, "{what}: read {i}");
+    }
+    assert_eq!(got.len(), want.len(), "{what}: number of reads");
+}
+
+/// §4: a cursor names the entry holding its record (the head's offset when it is the head); a
+/// cursor moved onto a wrap marker names the marker, which carries its sequence number (§7).
+fn assert_cursor_names_its_entry(c: &Cursor, w: &Walk, head: (u64, u64)) {
+    if c.seq == head.1 {
+        assert_eq!(c.off, head.0, "cursor {} at the head", c.name);
+        return;
+    }
+    let r = w
+        .records
+        .iter()
+        .find(|r| r.seq == c.seq)
+        .unwrap_or_else(|| panic!("cursor {} names seq {} outside the ring", c.name, c.seq));
+    assert!(
+        c.off == r.off || w.markers.contains(&(c.off, c.seq)),
+        "cursor {} names offset {}, its record {} is in the entry at {}",
+        c.name,
+        c.off,
+        c.seq,
+        r.off
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn the_crc_is_the_ieee_crc32_the_spec_names() {
@@ -451,6 +969,7 @@ fn a_new_ring_is_allocated_whole_and_has_one_valid_metadata_slot() {
     );
     let file = std::fs::read(&path).unwrap();
     let sb = parse_superblock(&file);
+    assert_eq!(sb.version, VERSION, "a new ring is version 2");
     assert_eq!(sb.name, "zia-web");
     assert_eq!(sb.capacity, CAP);
     assert_eq!(sb.max_record, 16 << 10);
@@ -472,6 +991,45 @@ fn a_new_ring_is_allocated_whole_and_has_one_valid_metadata_slot() {
     );
 }
 
+/// What the code-written ring must hold: payload, receive time, truncated flag, and whether it
+/// went into a lines entry.
+type Wanted = BTreeMap<u64, (Vec<u8>, u64, bool, bool)>;
+
+/// Appends `records` as lines entries received at `ts` ([`append_lines`]) and notes them in
+/// `wanted`, with the time the ring gives them (`newest`: it never goes back).
+fn lines_wanted(
+    ring: &mut Ring,
+    wanted: &mut Wanted,
+    records: Vec<Vec<u8>>,
+    (extra, whole): (usize, bool),
+    ts: u64,
+    newest: u64,
+) -> Vec<Pos> {
+    let seq = ring.head().seq;
+    let entries = append_lines(ring, &records, extra, whole, ts);
+    for (j, r) in records.into_iter().enumerate() {
+        wanted.insert(seq + j as u64, (r, newest, false, true));
+    }
+    entries
+}
+
+fn assert_wanted(records: &[Record], wanted: &Wanted) {
+    for r in records {
+        let (p, ts, truncated, lines) = &wanted[&r.seq];
+        assert_eq!(&r.payload, p, "payload of seq {}", r.seq);
+        assert_eq!(
+            (r.ts, r.truncated, r.lines),
+            (*ts, *truncated, *lines),
+            "time, truncated flag and entry kind of seq {}",
+            r.seq
+        );
+    }
+}
+
+/// Plain entries and lines entries (split at the end of a lap, wrapped after a marker, longer
+/// than `max_record`), over two laps with eviction, cursors before, at and inside entries; read
+/// by the spec reader at the checkpoint, then after more entries through the §8 scan, which the
+/// code's recovery and reader match record for record.
 #[test]
 fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
     let dir = TempDir::new("read");
@@ -479,21 +1037,72 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
     let mut ring = Ring::open(&path, &opts("zia-web")).unwrap();
     let siem = ring.cursor("siem-a").unwrap();
     let lagging = ring.cursor("file-b").unwrap();
-    let mut wanted = BTreeMap::new();
+    let mut wanted = Wanted::new();
     let mut siem_at = Pos::default();
-    // About 1.6 laps, so records wrap and the oldest are evicted.
+    let mut newest = 0;
+    let (mut wrapped_lines, mut split_lines) = (0, 0);
+    // Over two laps, so entries wrap and the oldest are evicted: plain entries (`append`) and
+    // lines entries (reservations) in turn, one in ten lines entries longer than max_record.
     for i in 0..900u64 {
         let seq = ring.head().seq;
-        let p = payload_of(seq);
         // Every third time goes back a little: the ring raises it to the newest time.
         let ts = T0 + i * 1000 - (i % 3) * 1500;
-        ring.append(&p, ts, seq % 7 == 0).unwrap();
-        wanted.insert(seq, p);
+        newest = newest.max(ts);
+        if i % 2 == 1 {
+            let big = i % 20 == 3;
+            let count = if big { 100 } else { 1 + (i * 7) % 37 };
+            let records = (0..count)
+                .map(|j| {
+                    let mut r = line_of(seq + j);
+                    if big {
+                        r.resize(300, b'~');
+                    }
+                    r
+                })
+                .collect();
+            let room = ((i % 5) as usize * 700, i % 3 == 0);
+            let from = ring.head().off;
+            let at = lines_wanted(&mut ring, &mut wanted, records, room, ts, newest);
+            // The head is normalised: an entry at 0 from elsewhere follows a wrap marker.
+            wrapped_lines += usize::from(at[0].off == 0 && from != 0);
+            split_lines += usize::from(at.len() > 1);
+        } else {
+            let p = payload_of(seq);
+            ring.append(&p, ts, seq % 7 == 0).unwrap();
+            wanted.insert(seq, (p, newest, seq % 7 == 0, false));
+        }
         if i == 700 {
             siem_at = ring.head();
             ring.commit(siem, siem_at);
         }
     }
+    assert!(
+        wrapped_lines > 0 && split_lines > 0,
+        "lines entries after a wrap marker ({wrapped_lines}) and split at the end ({split_lines})"
+    );
+    // A cursor inside a lines entry, on its third record: the slot names the entry.
+    let seq = ring.head().seq;
+    let records = (0..5).map(|j| line_of(seq + j + 1)).collect();
+    newest = newest.max(T0 + 900_000);
+    let at = lines_wanted(
+        &mut ring,
+        &mut wanted,
+        records,
+        (0, false),
+        T0 + 900_000,
+        newest,
+    );
+    assert_eq!(at.len(), 1, "one entry");
+    let Read::Record(r) = ring.read(at[0]) else {
+        panic!("first record of the entry")
+    };
+    let Read::Record(r) = ring.read(r.next) else {
+        panic!("second record of the entry")
+    };
+    let inside_at = r.next;
+    assert_eq!((inside_at.off, inside_at.seq), (at[0].off, seq + 2));
+    let inside = ring.cursor("tcp-c").unwrap();
+    ring.commit(inside, inside_at);
     ring.set_epoch(7);
     ring.checkpoint(T0 + 5_000_000_000, true).unwrap();
     let stats = ring.stats();
@@ -503,17 +1112,25 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
     let lagging_at = ring.cursor_pos(lagging);
     // The file as of the checkpoint (the map is shared, so this is what is on disk).
     let file = std::fs::read(&path).unwrap();
-    // Some more after the checkpoint: only the recovery scan finds these.
-    for _ in 0..25 {
+    // Some more after the checkpoint, both kinds: only the recovery scan finds these.
+    for i in 0..25u64 {
         let seq = ring.head().seq;
-        let p = payload_of(seq);
-        ring.append(&p, T0 + 10_000_000_000, false).unwrap();
-        wanted.insert(seq, p);
+        let ts = T0 + 10_000_000_000;
+        if i % 2 == 1 {
+            let records = (0..1 + i % 9).map(|j| line_of(seq + j)).collect();
+            lines_wanted(&mut ring, &mut wanted, records, (100, true), ts, ts);
+        } else {
+            let mut p = payload_of(seq);
+            p.truncate(2000);
+            ring.append(&p, ts, false).unwrap();
+            wanted.insert(seq, (p, ts, false, false));
+        }
     }
     let final_head = ring.head();
     drop(ring);
 
     let sb = parse_superblock(&file);
+    assert_eq!(sb.version, VERSION);
     let data = &file[DATA_AT..];
     let (_, slot) = current_slot(&file, sb.capacity);
     assert_eq!(slot.run, 1);
@@ -523,6 +1140,11 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
     assert_eq!(slot.head, (head.off, head.seq));
     assert_eq!(slot.evicted, stats.evicted);
     assert!(slot.evicted > 0, "the ring did not wrap");
+    // §4 `evicted` counts records, whole entries of them: every record before the tail.
+    assert_eq!(
+        slot.evicted, slot.tail.1,
+        "records overwritten since creation"
+    );
     assert_eq!(used(slot.tail, slot.head, CAP), stats.used);
     assert_eq!(
         slot.cursors,
@@ -539,6 +1161,12 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
                 off: lagging_at.off,
                 lost: lost_b
             },
+            Cursor {
+                name: "tcp-c".into(),
+                seq: seq + 2,
+                off: at[0].off,
+                lost: 0
+            },
         ]
     );
     assert_eq!(
@@ -546,192 +1174,241 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
         "moved from seq 0 to the tail, all counted"
     );
 
-    // Checkpointed records: tail to head.
-    let (records, markers) = walk(data, &sb, slot.run, slot.tail, slot.head);
-    assert_eq!(records.len() as u64, stats.records);
-    assert!(!markers.is_empty(), "no wrap marker between tail and head");
-    assert_eq!(slot.last_ts, records.last().unwrap().ts);
-    for r in &records {
-        assert_eq!(&r.payload, &wanted[&r.seq], "payload of seq {}", r.seq);
-        assert_eq!(r.truncated, r.seq % 7 == 0, "flag of seq {}", r.seq);
-        assert_eq!(r.run, 1);
-    }
-    assert_eq!(
-        records.last().unwrap().tail,
-        slot.tail.0,
-        "newest record's tail field"
+    // Checkpointed entries: tail to head.
+    let w = walk(data, &sb, slot.run, slot.tail, slot.head);
+    assert_eq!(w.records.len() as u64, stats.records);
+    assert!(
+        !w.markers.is_empty(),
+        "no wrap marker between tail and head"
     );
+    assert_eq!(slot.last_ts, w.records.last().unwrap().ts);
+    assert_wanted(&w.records, &wanted);
+    assert!(w.records.iter().all(|r| r.run == 1));
+    let lines = w.entries.iter().filter(|(_, h)| h.is_lines()).count();
+    assert!(
+        lines > 10 && w.entries.len() - lines > 10,
+        "both kinds of entry"
+    );
+    assert!(
+        w.entries
+            .iter()
+            .any(|(_, h)| h.is_lines() && h.len > sb.max_record),
+        "a lines entry longer than max_record"
+    );
+    assert!(
+        w.records.iter().any(|r| r.lines && r.payload.is_empty()),
+        "an empty record in a lines entry"
+    );
+    assert_eq!(
+        w.records.last().unwrap().tail,
+        slot.tail.0,
+        "newest entry's tail field"
+    );
+    for c in &slot.cursors {
+        assert_cursor_names_its_entry(c, &w, slot.head);
+    }
 
-    // §8, on the file as the writer left it: scan from the slot's head; the newest record's
+    // §8, on the file as the writer left it: scan from the slot's head; the newest entry's
     // tail field gives the tail (the checkpointed tail has been overwritten since).
     let file = std::fs::read(&path).unwrap();
     let data = &file[DATA_AT..];
     assert_eq!(current_slot(&file, CAP).1.generation, slot.generation);
-    let (scan_head, newest) = scan_forward(data, &sb, &slot);
-    assert_eq!(scan_head, (final_head.off, final_head.seq));
-    let newest = newest.expect("records past the checkpoint");
-    let t = newest.tail;
+    let scan = scan_forward(data, &sb, &slot);
+    assert_eq!(scan.head, (final_head.off, final_head.seq));
+    assert_eq!(scan.records, final_head.seq - head.seq);
+    let t = scan.newest.expect("entries past the checkpoint").tail;
     let th = header_at(data, t, sb.max_record, slot.run).expect("tail header");
-    let (all, _) = walk(data, &sb, slot.run, (t, th.seq), scan_head);
-    assert_eq!(all.len() as u64, final_head.seq - th.seq);
-    for r in &all {
-        assert_eq!(&r.payload, &wanted[&r.seq], "payload of seq {}", r.seq);
-    }
-    // And the code's own recovery agrees with the spec's.
+    let all = walk(data, &sb, slot.run, (t, th.seq), scan.head);
+    assert_eq!(all.records.len() as u64, final_head.seq - th.seq);
+    assert_wanted(&all.records, &wanted);
+    // And the code's own recovery agrees with the spec's, record for record.
     let reader = RingReader::open(&path).unwrap();
-    assert_eq!(
-        reader.view().head,
-        Pos {
-            off: scan_head.0,
-            seq: scan_head.1
-        }
-    );
-    assert_eq!(
-        reader.view().tail,
-        Pos {
-            off: t,
-            seq: th.seq
-        }
-    );
-}
-
-/// Writes a ring file from the spec alone: superblock, two slots (B current, its head a few
-/// records behind the last one written), records from `start` with a wrap. Returns the bytes
-/// and the (seq, payload, ts) written.
-/// (seq, payload, ts) of each record written.
-type Written = Vec<(u64, Vec<u8>, u64)>;
-
-fn spec_written_ring(start: (u64, u64)) -> (Vec<u8>, Written) {
-    let max_record: u32 = 8 << 10;
-    let mut file = vec![0u8; DATA_AT + CAP as usize];
-    {
-        let b = &mut file[..SB_LEN];
-        b[..8].copy_from_slice(&MAGIC);
-        put_u32(b, 8, 1);
-        put_u64(b, 16, 12288);
-        put_u64(b, 24, CAP);
-        put_u32(b, 32, max_record);
-        put_u32(b, 36, 48);
-        put_u32(b, 40, 8);
-        put_u32(b, 44, 16);
-        put_u64(b, 48, T0);
-        b[56..56 + 8].copy_from_slice(b"handmade");
-        let crc = crc32fast::hash(&b[..SB_CRC_AT]);
-        put_u32(b, SB_CRC_AT, crc);
-    }
-    let run = 3;
-    let (mut o, mut n) = start;
-    let mut written = Vec::new();
-    let mut used = 0;
-    let mut heads = Vec::new();
-    loop {
-        let len = (n.wrapping_mul(977) % (u64::from(max_record) + 1)) as usize;
-        let s = stride(len as u64);
-        let wraps = o + s > CAP;
-        let need = if wraps { CAP - o + s } else { s };
-        if used + need > CAP * 3 / 4 {
-            break;
-        }
-        used += need;
-        let ts = T0 + (n - start.1);
-        let data = &mut file[DATA_AT..];
-        let mut header = |at: u64, len: u32, kind: u8, pcrc: u32| {
-            let b = &mut data[at as usize..(at + HEADER) as usize];
-            put_u32(b, 0, len);
-            b[4] = kind;
-            b[5] = u8::from(n % 4 == 0);
-            put_u64(b, 8, n);
-            put_u64(b, 16, ts);
-            put_u64(b, 24, start.0);
-            put_u32(b, 32, run);
-            put_u32(b, 36, pcrc);
-            let crc = crc32fast::hash(&b[..HCRC_AT]);
-            put_u32(b, HCRC_AT, crc);
-        };
-        let at = if wraps {
-            header(o, 0, KIND_WRAP, 0);
-            0
-        } else {
-            o
-        };
-        let payload: Vec<u8> = (0..len).map(|i| (i as u64 ^ n) as u8).collect();
-        header(at, len as u32, KIND_DATA, crc32fast::hash(&payload));
-        data[(at + HEADER) as usize..(at + HEADER) as usize + len].copy_from_slice(&payload);
-        written.push((n, payload, ts));
-        o = normalise(at + s, CAP);
-        n += 1;
-        heads.push((o, n));
-    }
-    // Slot B (generation 5) is current but checkpointed 10 records before the end; slot A
-    // (generation 4) is older still.
-    let slot = |generation: u64, head: (u64, u64), last_ts: u64| {
-        let mut b = vec![0u8; SLOT_LEN];
-        put_u64(&mut b, 0, generation);
-        put_u32(&mut b, 8, run);
-        put_u64(&mut b, 24, start.0);
-        put_u64(&mut b, 32, start.1);
-        put_u64(&mut b, 40, head.0);
-        put_u64(&mut b, 48, head.1);
-        put_u64(&mut b, 56, last_ts);
-        put_u64(&mut b, 64, T0);
-        let c = &mut b[CURSORS_AT..CURSORS_AT + CURSOR_LEN];
-        c[..4].copy_from_slice(b"siem");
-        put_u64(c, 32, start.1 + 3);
-        put_u64(c, 40, heads[2].0);
-        let crc = crc32fast::hash(&b[..SLOT_CRC_AT]);
-        put_u32(&mut b, SLOT_CRC_AT, crc);
-        b
-    };
-    let k = heads.len();
-    let b = slot(5, heads[k - 11], written[k - 11].2);
-    let a = slot(4, heads[k / 2], written[k / 2].2);
-    file[SLOT_AT[1]..SLOT_AT[1] + SLOT_LEN].copy_from_slice(&b);
-    file[SLOT_AT[0]..SLOT_AT[0] + SLOT_LEN].copy_from_slice(&a);
-    (file, written)
-}
-
-fn read_with_the_code(path: &Path, written: &[(u64, Vec<u8>, u64)]) {
-    let reader = RingReader::open(path).expect("the code opens a spec-written ring");
-    assert_eq!(reader.superblock.name, "handmade");
-    assert_eq!(reader.recovery.slot, 1, "slot B has the higher generation");
-    assert_eq!(
-        reader.recovery.scanned, 10,
-        "ten records past the checkpoint"
-    );
     let view = reader.view();
-    assert!(view.verify().is_empty());
-    let mut pos = view.tail;
-    let mut it = written.iter();
-    loop {
-        match view.read(pos) {
-            Read::Record(r) => {
-                let (seq, p, ts) = it.next().expect("more records than written");
-                assert_eq!((r.pos.seq, r.ts, r.truncated), (*seq, *ts, seq % 4 == 0));
-                assert!(r.payload == p.as_slice(), "payload of seq {seq}");
-                pos = r.next;
+    assert_eq!(view.head, Pos::at(scan.head.0, scan.head.1));
+    assert_eq!(view.tail, Pos::at(t, th.seq));
+    assert_eq!(reader.recovery.scanned, scan.records);
+    let want: Vec<Got> = all.records.iter().map(expected).collect();
+    assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
+}
+
+/// §6: a lines entry wraps when the room it reserves (for the longest body the read may bring)
+/// does not fit before the end, even if the body it commits would have. The spec reader accepts
+/// the marker and the entry at 0, and so do the §8 scan (the entry is past the last slot write)
+/// and the code.
+#[test]
+fn a_lines_entry_wrapped_for_its_room_though_its_body_fits_parses_with_the_spec_reader() {
+    let dir = TempDir::new("room");
+    let path = dir.file("room.ring");
+    let mut ring = Ring::open(&path, &opts("room")).unwrap();
+    let mut wanted = Wanted::new();
+    // Plain entries up to 1000 bytes of body before the end.
+    let target = CAP - HEADER - 1000;
+    while ring.head().off < target {
+        let left = target - ring.head().off - HEADER;
+        let len = if left <= 16 << 10 { left } else { 8 << 10 };
+        let seq = ring.head().seq;
+        let mut p = payload_of(seq);
+        p.resize(len as usize, b'.');
+        ring.append(&p, T0, false).unwrap();
+        wanted.insert(seq, (p, T0, false, false));
+    }
+    assert_eq!(ring.head().off, target);
+    let seq = ring.head().seq;
+    let records: Vec<Vec<u8>> = (0..5).map(|j| vec![b'a' + j as u8; 100]).collect();
+    let at = lines_wanted(
+        &mut ring,
+        &mut wanted,
+        records,
+        (4000, true),
+        T0 + 1,
+        T0 + 1,
+    );
+    assert_eq!(at, [Pos::at(0, seq)], "wrapped");
+    ring.append(b"after", T0 + 2, false).unwrap();
+    wanted.insert(seq + 5, (b"after".to_vec(), T0 + 2, false, false));
+    let end = ring.head();
+    drop(ring);
+
+    let file = std::fs::read(&path).unwrap();
+    let sb = parse_superblock(&file);
+    let data = &file[DATA_AT..];
+    let (_, slot) = current_slot(&file, CAP);
+    assert!(slot.head.1 <= seq, "the slot was written before the wrap");
+    let scan = scan_forward(data, &sb, &slot);
+    assert_eq!(scan.head, (end.off, end.seq));
+    let t = scan.newest.expect("entries past the slot").tail;
+    let th = header_at(data, t, sb.max_record, slot.run).expect("tail header");
+    let w = walk(data, &sb, slot.run, (t, th.seq), scan.head);
+    assert_eq!(w.markers, [(target, seq)]);
+    let (_, h) = w.entries.iter().find(|(o, _)| *o == 0).unwrap();
+    assert!(h.is_lines() && target + h.stride() <= CAP, "{h:?}");
+    assert_wanted(&w.records, &wanted);
+    let reader = RingReader::open(&path).unwrap();
+    let view = reader.view();
+    assert_eq!(view.head, end);
+    assert_eq!(view.tail, Pos::at(t, th.seq));
+    let want: Vec<Got> = w.records.iter().map(expected).collect();
+    assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
+}
+
+/// Holds what a reader must find in [`spec_ring_with_lines`]: the records the recovery scan
+/// finds past slot B's head, and the record of cursor `siem`.
+struct Checkpointed {
+    scanned: u64,
+    cursor: Record,
+}
+
+/// A version 2 ring written from the spec: from `start`, plain entries (a truncated record now
+/// and then) and lines entries (one in nine longer than `max_record`) in turn, wrapping, until
+/// three quarters of the ring are used. Slot B (generation 5) is current, checkpointed 10
+/// entries before the end; slot A (generation 4) is older still. Cursor `siem` is on the third
+/// record of the first lines entry holding three, and names that entry.
+fn spec_ring_with_lines(start: (u64, u64)) -> (SpecRing, Checkpointed) {
+    let max_record: u32 = 8 << 10;
+    let mut ring = SpecRing::new(VERSION, CAP, max_record, 3, start);
+    for k in 0u64.. {
+        let n = ring.head.1;
+        // Equal receive times in a row are allowed: they never decrease.
+        let ts = T0 + k / 2;
+        if k % 3 == 0 {
+            let len = (n.wrapping_mul(977) % (u64::from(max_record) + 1)) as usize;
+            let payload: Vec<u8> = (0..len).map(|i| (i as u64 ^ n) as u8).collect();
+            if !ring.has_room(payload.len()) {
+                break;
             }
-            Read::End => break,
-            other => panic!("{other:?}"),
+            ring.plain(&payload, ts, n % 4 == 0);
+        } else {
+            let big = k % 9 == 2;
+            let count = if big { 40 } else { 1 + (k * 7) % 30 };
+            let records: Vec<Vec<u8>> = (0..count)
+                .map(|j| {
+                    let mut r = line_of(n + j);
+                    if big {
+                        r.resize(300, b'~');
+                    }
+                    r
+                })
+                .collect();
+            if !ring.has_room(lines_body(&records).len()) {
+                break;
+            }
+            ring.lines(&records, ts);
         }
     }
-    assert!(it.next().is_none(), "records missing");
-    let (_, cpos, _) = reader.cursors().next().expect("the cursor");
-    assert_eq!(cpos.seq, written[3].0);
+    let e = *ring
+        .entries
+        .iter()
+        .find(|e| e.records >= 3)
+        .expect("a lines entry of three records or more");
+    let cursor = ring.written_seq(e.seq + 2).clone();
+    assert!(cursor.lines && cursor.sub > 0);
+    let cursors = [("siem", cursor.seq, e.off)];
+    let k = ring.entries.len();
+    let (b, a) = (ring.entries[k - 11], ring.entries[k / 2]);
+    ring.put_slot(5, b.next, b.ts, &cursors);
+    ring.put_slot(4, a.next, a.ts, &cursors);
+    let scanned = ring.entries[k - 10..].iter().map(|e| e.records).sum();
+    (ring, Checkpointed { scanned, cursor })
 }
 
 #[test]
-fn a_ring_written_from_the_spec_is_read_and_continued_by_the_code() {
+fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_code() {
     let dir = TempDir::new("write");
     for start in [
         (CAP - 3000, 1000),
         (CAP - 48, 0),
         (CAP / 2, u64::MAX - 100_000),
     ] {
-        let (file, written) = spec_written_ring(start);
+        let (spec, ck) = spec_ring_with_lines(start);
+        let want: Vec<Got> = spec.written.iter().map(expected).collect();
+        // The spec's reader and writer agree.
+        let sb = parse_superblock(&spec.file);
+        let w = walk(&spec.file[DATA_AT..], &sb, 3, spec.tail, spec.head);
+        assert_eq!(w.records, spec.written, "start {start:?}");
+        assert!(
+            w.entries.windows(2).any(|e| e[1].0 < e[0].0),
+            "start {start:?}: no wrap"
+        );
+        assert!(w
+            .entries
+            .iter()
+            .any(|(_, h)| h.is_lines() && h.len > sb.max_record));
+
         let path = dir.file("handmade.ring");
-        std::fs::write(&path, &file).unwrap();
-        read_with_the_code(&path, &written);
-        // The code's writer takes it over, appends, and the spec reader follows.
+        std::fs::write(&path, &spec.file).unwrap();
+        let reader = RingReader::open(&path).expect("the code opens a spec-written ring");
+        assert_eq!(reader.superblock.name, "handmade");
+        assert_eq!(reader.recovery.slot, 1, "slot B has the higher generation");
+        assert_eq!(
+            reader.recovery.scanned, ck.scanned,
+            "records past the checkpoint"
+        );
+        let view = reader.view();
+        assert_eq!(view.tail, Pos::at(spec.tail.0, spec.tail.1));
+        assert_eq!(view.head, Pos::at(spec.head.0, spec.head.1));
+        assert!(view.verify().is_empty());
+        assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
+        let (name, at, lost) = reader.cursors().next().expect("the cursor");
+        assert_eq!(
+            (name, at.off, at.seq, lost),
+            ("siem", ck.cursor.off, ck.cursor.seq, 0)
+        );
+        let Read::Record(r) = view.read(at) else {
+            panic!("the cursor's record")
+        };
+        assert_eq!(
+            (r.pos.off, r.pos.seq, r.ts, r.payload),
+            (
+                ck.cursor.off,
+                ck.cursor.seq,
+                ck.cursor.ts,
+                &ck.cursor.payload[..]
+            )
+        );
+        drop(reader);
+
+        // The code's writer takes it over: reads it all, finds the cursor's record inside its
+        // entry, appends both kinds (wrapping, evicting), and the spec reader follows.
         let mut ring = Ring::open(
             &path,
             &RingOptions {
@@ -742,32 +1419,377 @@ fn a_ring_written_from_the_spec_is_read_and_continued_by_the_code() {
             },
         )
         .unwrap();
+        assert_reads(&read_all(|p| ring.read(p), ring.tail()), &want, "Ring");
+        let siem = ring.cursor("siem").unwrap();
+        let at = ring.cursor_pos(siem);
+        assert_eq!((at.off, at.seq), (ck.cursor.off, ck.cursor.seq));
+        let Read::Record(r) = ring.read(at) else {
+            panic!("the cursor's record")
+        };
+        assert_eq!(r.payload, ck.cursor.payload);
         let next = ring.head().seq;
-        assert_eq!(next, written.last().unwrap().0 + 1);
+        assert_eq!(next, spec.written.last().unwrap().seq + 1);
+        let mut wanted = Wanted::new();
+        let newest = spec.written.last().unwrap().ts + 1_000_000;
         for i in 0..300u64 {
-            let mut p = payload_of(next + i);
-            p.truncate(4000);
-            ring.append(&p, T0 + 1_000_000 + i, false).unwrap();
+            let seq = ring.head().seq;
+            let ts = newest + i;
+            if i % 2 == 0 {
+                let mut p = payload_of(seq);
+                p.truncate(4000);
+                ring.append(&p, ts, false).unwrap();
+                wanted.insert(seq, (p, ts, false, false));
+            } else {
+                let records = (0..1 + i % 20).map(|j| line_of(seq + j)).collect();
+                lines_wanted(&mut ring, &mut wanted, records, (0, false), ts, ts);
+            }
         }
         ring.checkpoint(T0 + 2_000_000, true).unwrap();
+        let end = ring.head();
         drop(ring);
         let file = std::fs::read(&path).unwrap();
         let sb = parse_superblock(&file);
+        assert_eq!((sb.version, sb.name.as_str()), (VERSION, "handmade"));
         let (_, slot) = current_slot(&file, CAP);
         assert_eq!(slot.run, 4, "the next run");
-        let (records, _) = walk(&file[DATA_AT..], &sb, slot.run, slot.tail, slot.head);
-        for r in &records {
-            if r.seq >= next {
-                assert_eq!(r.payload, payload_of(r.seq)[..r.payload.len()]);
-                assert!(r.payload.len() == payload_of(r.seq).len().min(4000));
-                assert_eq!(r.run, 4);
-            } else {
-                let w = &written[(r.seq - start.1) as usize];
-                assert_eq!((r.seq, &r.payload), (w.0, &w.1));
-                assert_eq!(r.run, 3);
-            }
+        assert_eq!(slot.head, (end.off, end.seq));
+        assert!(slot.tail.1 > start.1, "start {start:?}: nothing evicted");
+        let w = walk(&file[DATA_AT..], &sb, slot.run, slot.tail, slot.head);
+        let (old, new): (Vec<&Record>, Vec<&Record>) = w.records.iter().partition(|r| r.seq < next);
+        for r in old {
+            assert_eq!(r, spec.written_seq(r.seq), "start {start:?}");
         }
-        assert_eq!(records.last().unwrap().seq, next + 299);
+        let new: Vec<Record> = new.into_iter().cloned().collect();
+        assert_wanted(&new, &wanted);
+        assert!(new.iter().all(|r| r.run == 4));
+        assert_eq!(new.len(), wanted.len());
+    }
+}
+
+/// §3, §12: a version 1 file (plain entries only, 0 at header offset 40) is a version 2 file
+/// without lines entries. A reader reads it and writes nothing; a writer rewrites its superblock
+/// with version 2 (nothing else in it changes) before it appends, then lines entries follow.
+#[test]
+fn a_version_1_ring_written_from_the_spec_is_read_unchanged_and_upgraded_by_the_writer() {
+    let dir = TempDir::new("v1");
+    let path = dir.file("v1.ring");
+    let max_record: u32 = 8 << 10;
+    let mut spec = SpecRing::new(VERSION_1, CAP, max_record, 2, (CAP - 3000, 500));
+    for k in 0u64.. {
+        let n = spec.head.1;
+        let len = (n.wrapping_mul(977) % (u64::from(max_record) + 1)) as usize;
+        let payload: Vec<u8> = (0..len).map(|i| (i as u64 ^ n) as u8).collect();
+        if !spec.has_room(len) {
+            break;
+        }
+        spec.plain(&payload, T0 + k, n % 4 == 0);
+    }
+    let last = *spec.entries.last().unwrap();
+    let c = spec.written[5].clone();
+    spec.put_slot(1, last.next, last.ts, &[("siem", c.seq, c.off)]);
+    let sb = parse_superblock(&spec.file);
+    assert_eq!(sb.version, VERSION_1);
+    let w = walk(&spec.file[DATA_AT..], &sb, 2, spec.tail, spec.head);
+    assert_eq!(w.records, spec.written);
+    assert!(!w.markers.is_empty(), "no wrap");
+    assert!(w.entries.iter().all(|(_, h)| h.count == 0 && !h.is_lines()));
+    std::fs::write(&path, &spec.file).unwrap();
+    let want: Vec<Got> = spec.written.iter().map(expected).collect();
+
+    let reader = RingReader::open(&path).expect("the code reads a version 1 ring");
+    assert_eq!(reader.superblock.version, VERSION_1);
+    let view = reader.view();
+    assert_eq!(view.head, Pos::at(spec.head.0, spec.head.1));
+    assert!(view.verify().is_empty());
+    assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
+    drop(reader);
+    assert!(
+        std::fs::read(&path).unwrap() == spec.file,
+        "the reader changed the file"
+    );
+
+    let mut ring = Ring::open(
+        &path,
+        &RingOptions {
+            capacity: CAP,
+            max_record,
+            when_full: WhenFull::DropOldest,
+            name: "ignored".into(),
+        },
+    )
+    .unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let sb = parse_superblock(&file);
+    assert_eq!(sb.version, VERSION, "the writer upgrades before it appends");
+    let mut was = spec.file[..SB_CRC_AT].to_vec();
+    put_u32(&mut was, 8, VERSION);
+    assert_eq!(
+        file[..SB_CRC_AT],
+        was[..],
+        "only the version (and so the CRC) changes"
+    );
+    assert_reads(&read_all(|p| ring.read(p), ring.tail()), &want, "Ring");
+    let siem = ring.cursor("siem").unwrap();
+    assert_eq!(ring.cursor_pos(siem), Pos::at(c.off, c.seq));
+    let next = ring.head().seq;
+    let mut wanted = Wanted::new();
+    let ts = T0 + 1_000_000;
+    let records = (0..20).map(|j| line_of(next + j)).collect();
+    lines_wanted(&mut ring, &mut wanted, records, (0, false), ts, ts);
+    let seq = ring.head().seq;
+    ring.append(b"plain after lines", ts, false).unwrap();
+    wanted.insert(seq, (b"plain after lines".to_vec(), ts, false, false));
+    ring.checkpoint(ts, true).unwrap();
+    drop(ring);
+    let file = std::fs::read(&path).unwrap();
+    let sb = parse_superblock(&file);
+    assert_eq!(sb.version, VERSION);
+    let (_, slot) = current_slot(&file, CAP);
+    let w = walk(&file[DATA_AT..], &sb, slot.run, slot.tail, slot.head);
+    let (old, new): (Vec<Record>, Vec<Record>) = w.records.into_iter().partition(|r| r.seq < next);
+    assert_eq!(old, spec.written, "every version 1 record kept");
+    assert_wanted(&new, &wanted);
+    assert_eq!(new.len(), wanted.len());
+}
+
+/// What §5 says of an edge-case entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Its header is not acceptable: the reader resynchronises past it (`Damage::Header`).
+    Refused,
+    /// Its header is acceptable but its body is not valid: skipped by its stride.
+    Damaged(Damage),
+    /// Acceptable and valid: its records are read.
+    Valid,
+}
+
+/// An entry at an edge of §5, between valid ones.
+struct Edge {
+    what: &'static str,
+    cap: u64,
+    flags: u8,
+    count: u32,
+    body: Vec<u8>,
+    /// Sequence numbers it takes: the next entry's first is its own plus these.
+    records: u64,
+    verdict: Verdict,
+}
+
+/// §5 acceptability and body validity at their edges, on entries written here whose header and
+/// body CRCs match: the code reports each refused one damaged where it is (a header it must
+/// refuse: resynchronised past; a lines body that is not `count` LF-terminated records:
+/// `Damage::Lines`, skipped by its stride) and never returns one of its records; the entry just
+/// inside the limit is read whole.
+#[test]
+fn entries_that_section_5_refuses_are_reported_damaged_by_the_code_and_never_read() {
+    let dir = TempDir::new("refused");
+    let path = dir.file("refused.ring");
+    let recs = |n: u64| -> Vec<Vec<u8>> { (0..n).map(|j| line_of(100 + j)).collect() };
+    // 1024 records of 1023 bytes and their LFs: exactly 1 MiB; one more record is over it.
+    let mib: Vec<Vec<u8>> = (0..1024u64)
+        .map(|j| {
+            let mut r = line_of(j + 1);
+            r.resize(1023, b'~');
+            r
+        })
+        .collect();
+    let over: Vec<Vec<u8>> = mib.iter().cloned().chain([b"1234567".to_vec()]).collect();
+    let edge = |what, flags, count, body, records, verdict| Edge {
+        what,
+        cap: CAP,
+        flags,
+        count,
+        body,
+        records,
+        verdict,
+    };
+    let lines = |count, found| Verdict::Damaged(Damage::Lines { count, found });
+    let edges = [
+        edge(
+            "lines, count 0",
+            LINES,
+            0,
+            lines_body(&recs(3)),
+            3,
+            Verdict::Refused,
+        ),
+        edge(
+            "lines, count > len",
+            LINES,
+            5,
+            b"a\nb\n".to_vec(),
+            2,
+            Verdict::Refused,
+        ),
+        edge(
+            "lines, bits 0 and 1 both set",
+            LINES | TRUNCATED,
+            3,
+            lines_body(&recs(3)),
+            3,
+            Verdict::Refused,
+        ),
+        edge(
+            "plain, count 1",
+            0,
+            1,
+            b"plain".to_vec(),
+            1,
+            Verdict::Refused,
+        ),
+        edge(
+            "plain truncated, count 3",
+            TRUNCATED,
+            3,
+            b"a\nb\nc\n".to_vec(),
+            1,
+            Verdict::Refused,
+        ),
+        Edge {
+            cap: 2 * CAP,
+            ..edge(
+                "lines, len > max(max_record, 1 MiB)",
+                LINES,
+                1025,
+                lines_body(&over),
+                1025,
+                Verdict::Refused,
+            )
+        },
+        edge(
+            "lines, an LF more than count",
+            LINES,
+            3,
+            lines_body(&recs(4)),
+            3,
+            lines(3, 4),
+        ),
+        edge(
+            "lines, an LF fewer than count",
+            LINES,
+            5,
+            lines_body(&recs(4)),
+            5,
+            lines(5, 4),
+        ),
+        edge(
+            "lines, no LF at the end",
+            LINES,
+            2,
+            b"abc\ndef\nxyz".to_vec(),
+            2,
+            lines(2, 2),
+        ),
+        Edge {
+            cap: 2 * CAP,
+            ..edge(
+                "lines, len = max(max_record, 1 MiB)",
+                LINES,
+                1024,
+                lines_body(&mib),
+                1024,
+                Verdict::Valid,
+            )
+        },
+    ];
+    for e in edges {
+        let what = e.what;
+        let max_record = 8 << 10;
+        let mut spec = SpecRing::new(VERSION, e.cap, max_record, 1, (0, 0));
+        spec.plain(b"first", T0, false);
+        spec.lines(&recs(5), T0 + 1);
+        let at = if e.verdict == Verdict::Valid {
+            let records: Vec<Vec<u8>> = e.body.split(|&c| c == LF).map(<[u8]>::to_vec).collect();
+            spec.lines(&records[..records.len() - 1], T0 + 2)
+        } else {
+            spec.entry(e.flags, e.count, &e.body, T0 + 2, e.records)
+        };
+        assert_eq!(at.records, e.records, "{what}");
+        spec.lines(&recs(4), T0 + 3);
+        spec.plain(b"last", T0 + 4, false);
+        let last = *spec.entries.last().unwrap();
+        spec.put_slot(1, last.next, last.ts, &[]);
+
+        // The spec's rules say so of this very entry, whose CRCs are right.
+        let data = &spec.file[DATA_AT..];
+        let hb = &data[at.off as usize..(at.off + HEADER) as usize];
+        assert_eq!(
+            crc32fast::hash(&hb[..HCRC_AT]),
+            u32_at(hb, HCRC_AT),
+            "{what}"
+        );
+        assert_eq!(crc32fast::hash(&e.body), u32_at(hb, 36), "{what}: body CRC");
+        match (header_at(data, at.off, max_record, 1), e.verdict) {
+            (None, Verdict::Refused) => {}
+            (Some(h), Verdict::Damaged(_)) => {
+                assert!(!body_valid(body(data, at.off, &h), &h), "{what}")
+            }
+            (Some(h), Verdict::Valid) => assert!(body_valid(body(data, at.off, &h), &h), "{what}"),
+            (h, v) => panic!("{what}: header {h:?}, expected {v:?}"),
+        }
+
+        // What the code must return: every record written around it, and the entry as one
+        // damage where it is, or its records.
+        let damage = match e.verdict {
+            Verdict::Refused => Some(Damage::Header),
+            Verdict::Damaged(d) => Some(d),
+            Verdict::Valid => None,
+        };
+        let mut want: Vec<Got> = spec.written.iter().map(expected).collect();
+        if let Some(damage) = damage {
+            let i = want
+                .iter()
+                .position(|g| matches!(g, Got::Record { seq, .. } if *seq > at.seq))
+                .unwrap();
+            let next = at.next;
+            want.insert(
+                i,
+                Got::Damaged {
+                    at: (at.off, at.seq),
+                    damage,
+                    next,
+                },
+            );
+        }
+        std::fs::write(&path, &spec.file).unwrap();
+        let reader = RingReader::open(&path).expect(what);
+        let view = reader.view();
+        assert_eq!(view.tail, Pos::at(0, 0), "{what}");
+        assert_eq!(view.head, Pos::at(last.next.0, last.next.1), "{what}");
+        let got = read_all(|p| view.read(p), view.tail);
+        assert_reads(&got, &want, what);
+        let its =
+            |g: &Got| matches!(g, Got::Record { seq, .. } if (at.seq..at.next.1).contains(seq));
+        assert_eq!(
+            got.iter().filter(|g| its(g)).count() as u64,
+            if damage.is_some() { 0 } else { at.records },
+            "{what}: its records"
+        );
+        let verified: Vec<_> = view
+            .verify()
+            .into_iter()
+            .map(|(p, d, lost)| ((p.off, p.seq), d, lost))
+            .collect();
+        let damaged: Vec<_> = damage
+            .map(|d| ((at.off, at.seq), d, at.records))
+            .into_iter()
+            .collect();
+        assert_eq!(verified, damaged, "{what}: verify");
+        drop(reader);
+
+        let ring = Ring::open(
+            &path,
+            &RingOptions {
+                capacity: e.cap,
+                max_record,
+                when_full: WhenFull::DropOldest,
+                name: "ignored".into(),
+            },
+        )
+        .expect(what);
+        let rec = ring.recovery();
+        assert_eq!((rec.scanned, rec.tail_dropped), (0, 0), "{what}");
+        assert_reads(&read_all(|p| ring.read(p), ring.tail()), &want, what);
     }
 }
 

@@ -2,16 +2,23 @@
 //! and runs the same bodies on generated inputs under `cargo test`, so the bodies stay compiled
 //! and exercised on stable Rust without cargo-fuzz.
 #![allow(dead_code)]
+// `is_multiple_of` is newer than the main crate's rust-version (1.85), which compiles this file
+// too; the fuzz crate, which declares none, would have it.
+#![allow(clippy::manual_is_multiple_of)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use ringrelay::framing::{Framer, FramerConfig, Framing, Oversize};
+use ringrelay::framing::{Framer, FramerConfig, FramerStats, Framing, Oversize};
 use ringrelay::http_batch::{self, Expect, Limits};
 use ringrelay::relay::http::{self, Response, ResponseReader, MAX_RESPONSE_BODY};
+use ringrelay::ring::format::{RecordHeader, KIND_DATA};
 use ringrelay::ring::view::scan_forward;
-use ringrelay::ring::{Pos, Read, Ring, RingOptions, RingReader, View, WhenFull};
+use ringrelay::ring::{
+    record_stride, Pos, Read, Record, Ring, RingOptions, RingReader, View, WhenFull, RECORD_HEADER,
+};
 
 /// File offset of the data area (`buffer-spec.md` §2).
 pub const DATA: usize = 12288;
@@ -20,53 +27,191 @@ pub const CAP: u64 = 1 << 20;
 /// Largest payload of the template ring.
 pub const MAX_RECORD: u32 = 8 << 10;
 
-/// The payload the template ring holds for `seq`.
+/// The payload the template ring gives `seq` when it writes it as a plain entry: any bytes, LFs
+/// included, up to 3000 of them.
 pub fn template_payload(seq: u64) -> Vec<u8> {
     let len = (seq * 7919 % 3000) as usize;
     (0..len).map(|i| (seq as usize + i * 13) as u8).collect()
 }
 
-/// A valid ring's bytes, written once by the code: wrapped, with a wrap marker, two cursors,
-/// checkpointed, and some records past the checkpoint for the recovery scan.
+/// The record the template ring gives `seq` when it writes it into a lines entry: any bytes but
+/// LF, up to 700 of them, and now and then none (the format allows an empty record in a lines
+/// entry, though the framer never makes one).
+pub fn template_line(seq: u64) -> Vec<u8> {
+    let len = (seq * 7919 % 700) as usize;
+    (0..len)
+        .map(|i| match (seq as usize + i * 13) as u8 {
+            b'\n' => b'\r',
+            b => b,
+        })
+        .collect()
+}
+
+/// A record as the template ring wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub payload: Vec<u8>,
+    pub truncated: bool,
+    pub ts: u64,
+}
+
+/// An entry of the template ring that is still in it.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// Its data offset.
+    pub off: u64,
+    /// The sequence number of its first record.
+    pub seq: u64,
+    /// Its body's length.
+    pub len: u64,
+    /// Whether it is a lines entry.
+    pub lines: bool,
+}
+
+/// A valid ring file written by the code, and what it holds.
+pub struct Template {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Every record ever written to it, by sequence number (the oldest were evicted since).
+    pub records: Vec<Written>,
+    /// Its entries from the tail to the head.
+    pub entries: Vec<Entry>,
+}
+
+/// A valid ring written once by the code: wrapped (more than twice), with a wrap marker before a
+/// lines entry, plain entries (some truncated) and lines entries (of 1 to 40 records, some of
+/// them written with room to spare) mixed, two cursors (one inside a lines entry), checkpointed,
+/// entries past the checkpoint for the recovery scan, and a reservation never committed (a
+/// read into the ring that a crash interrupted) at the head.
+pub fn template_ring() -> &'static Template {
+    static T: OnceLock<Template> = OnceLock::new();
+    T.get_or_init(build_template)
+}
+
+/// The template ring's bytes.
 pub fn template() -> &'static [u8] {
-    static T: OnceLock<Vec<u8>> = OnceLock::new();
-    T.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!(
-            "ringrelay-fuzz-template-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        let path = dir.join("t.ring");
-        let opts = RingOptions {
-            capacity: CAP,
-            max_record: MAX_RECORD,
-            when_full: WhenFull::DropOldest,
-            name: "fuzz".into(),
-        };
-        let mut ring = Ring::open(&path, &opts).expect("create template ring");
-        let a = ring.cursor("a").expect("cursor");
-        ring.cursor("b").expect("cursor");
-        for seq in 0..1000u64 {
-            let at = ring
-                .append(&template_payload(seq), 1_000 + seq / 2, seq % 9 == 0)
-                .expect("append");
-            if seq == 900 {
-                ring.commit(a, at);
-                ring.checkpoint(5_000, true).expect("checkpoint");
+    &template_ring().bytes
+}
+
+/// Record `seq` as the template ring wrote it.
+pub fn template_record(seq: u64) -> Option<&'static Written> {
+    template_ring().records.get(usize::try_from(seq).ok()?)
+}
+
+fn build_template() -> Template {
+    let dir = std::env::temp_dir().join(format!(
+        "ringrelay-fuzz-template-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let path = dir.join("t.ring");
+    let opts = RingOptions {
+        capacity: CAP,
+        max_record: MAX_RECORD,
+        when_full: WhenFull::DropOldest,
+        name: "fuzz".into(),
+    };
+    let mut ring = Ring::open(&path, &opts).expect("create template ring");
+    let a = ring.cursor("a").expect("cursor");
+    ring.cursor("b").expect("cursor");
+    let mut records: Vec<Written> = Vec::new();
+    let mut entries = Vec::new();
+    let mut written = 0;
+    let mut checkpointed = false;
+    while written <= CAP * 12 / 5 {
+        let k = entries.len() as u64;
+        let seq = records.len() as u64;
+        let ts = 1_000 + seq / 2;
+        let count = if k % 40 == 20 { 40 } else { 1 + k * 5 % 7 };
+        let lines: Vec<Vec<u8>> = (seq..seq + count).map(template_line).collect();
+        let body_len = lines.iter().map(|l| l.len() + 1).sum::<usize>();
+        let plain = template_payload(seq);
+        let longest = body_len.max(plain.len()) as u64;
+        // Every third entry is a lines entry, and so is every entry that wraps: the live wrap
+        // marker is followed by one.
+        let entry = if k % 3 == 1 || ring.head().off + record_stride(longest) > CAP {
+            // As the relay does: room for more than the read brings; what is past the
+            // committed lines (a partial record) stays behind as free bytes.
+            let extra = (k % 4 * 300) as usize;
+            let room = ring.reserve(body_len, body_len + extra).expect("reserve");
+            assert!(room >= body_len, "reserve gave {room} of {body_len} bytes");
+            let dst = ring.reserved_mut();
+            let mut at = 0;
+            for l in &lines {
+                dst[at..at + l.len()].copy_from_slice(l);
+                dst[at + l.len()] = b'\n';
+                at += l.len() + 1;
             }
+            for (i, b) in dst[body_len..].iter_mut().enumerate() {
+                *b = b"partial record\n"[i % 15];
+            }
+            let pos = ring
+                .commit_lines(body_len, count as u32, ts)
+                .expect("commit lines");
+            records.extend(lines.into_iter().map(|payload| Written {
+                payload,
+                truncated: false,
+                ts,
+            }));
+            Entry {
+                off: pos.off,
+                seq,
+                len: body_len as u64,
+                lines: true,
+            }
+        } else {
+            let truncated = seq % 9 == 0;
+            let pos = ring.append(&plain, ts, truncated).expect("append");
+            let len = plain.len() as u64;
+            records.push(Written {
+                payload: plain,
+                truncated,
+                ts,
+            });
+            Entry {
+                off: pos.off,
+                seq,
+                len,
+                lines: false,
+            }
+        };
+        written += record_stride(entry.len);
+        entries.push(entry);
+        if !checkpointed && written > CAP * 11 / 5 && entry.lines && count >= 3 {
+            // An output stopped in the middle of a lines entry.
+            ring.commit(a, Pos::at(entry.off, seq + 2));
+            ring.checkpoint(5_000, true).expect("checkpoint");
+            checkpointed = true;
         }
-        drop(ring);
-        let bytes = std::fs::read(&path).expect("read template");
-        let _ = std::fs::remove_dir_all(&dir);
-        bytes
-    })
+    }
+    let room = ring.reserve(64, 4096).expect("reserve");
+    for (i, b) in ring.reserved_mut()[..room].iter_mut().enumerate() {
+        *b = b"read, never committed\n"[i % 22];
+    }
+    drop(ring);
+    let bytes = std::fs::read(&path).expect("read template");
+    let tail = RingReader::open(&path)
+        .expect("reopen template")
+        .view()
+        .tail;
+    let _ = std::fs::remove_dir_all(&dir);
+    entries.retain(|e| e.seq >= tail.seq);
+    Template {
+        bytes,
+        records,
+        entries,
+    }
 }
 
 fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn u16_le(b: &[u8], at: usize) -> u16 {
+    u16::from(b.get(at).copied().unwrap_or(0)) | u16::from(b.get(at + 1).copied().unwrap_or(0)) << 8
 }
 
 fn u32_le(b: &[u8], at: usize) -> u32 {
@@ -79,6 +224,18 @@ fn u32_le(b: &[u8], at: usize) -> u32 {
 
 fn u64_le(b: &[u8], at: usize) -> u64 {
     u64::from(u32_le(b, at)) | u64::from(u32_le(b, at + 4)) << 32
+}
+
+/// CRC-32 (IEEE), bit by bit, as `buffer-spec.md` §1 defines it: what a forger computes.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = (c >> 1) ^ (0xEDB8_8320 & (c & 1).wrapping_neg());
+        }
+    }
+    !c
 }
 
 /// Applies `patches` to a copy of `base`: each is `[offset u32 LE][len u8][len bytes]`, the
@@ -95,27 +252,254 @@ pub fn patch(base: &[u8], mut patches: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What reading a ring found: the valid records (seq, payload) and the damaged places.
+/// Rewrites the header at data offset `off` of `data` with its body CRC and header CRC computed
+/// again over whatever its fields and body now hold.
+fn seal(data: &mut [u8], off: usize) {
+    let h = &data[off..off + RECORD_HEADER as usize];
+    let len = u32_le(h, 0);
+    let body = off + RECORD_HEADER as usize;
+    let end = (body + len as usize).min(data.len());
+    let header = RecordHeader {
+        len,
+        kind: h[4],
+        flags: h[5],
+        seq: u64_le(h, 8),
+        ts: u64_le(h, 16),
+        tail: u64_le(h, 24),
+        run: u32_le(h, 32),
+        pcrc: crc32(&data[body..end]),
+        count: u32_le(h, 40),
+    };
+    header.write(&mut data[off..off + RECORD_HEADER as usize]);
+}
+
+/// The template ring with `patches` applied inside its entries, and every entry they touched
+/// sealed again (its CRCs computed over what it now holds), as a forger, or a writer with a bug,
+/// would leave it. Each patch is `[entry u16 LE][at u16 LE][len u8][len bytes]`: `entry` picks
+/// one of the template's entries, `at` an offset into it (header, body or padding); a patch of
+/// at least a header's bytes at an 8-aligned offset in a body is sealed as a header too. Returns
+/// the bytes and which of the template's entries are untouched.
+pub fn sealed(mut patches: &[u8]) -> (Vec<u8>, Vec<bool>) {
+    let t = template_ring();
+    let mut bytes = t.bytes.clone();
+    let data = &mut bytes[DATA..];
+    let mut ranges = Vec::new();
+    let mut forged = Vec::new();
+    while patches.len() >= 5 {
+        let e = t.entries[usize::from(u16_le(patches, 0)) % t.entries.len()];
+        let at = e.off as usize + usize::from(u16_le(patches, 2)) % record_stride(e.len) as usize;
+        let len = usize::from(patches[4]).min(patches.len() - 5);
+        let end = (at + len).min(data.len());
+        data[at..end].copy_from_slice(&patches[5..5 + end - at]);
+        ranges.push(at as u64..end as u64);
+        if at % 8 == 0 && at >= e.off as usize + RECORD_HEADER as usize && end - at >= 48 {
+            forged.push(at);
+        }
+        patches = &patches[5 + len..];
+    }
+    let touched = |e: &Entry| {
+        let span = e.off..e.off + record_stride(e.len);
+        ranges
+            .iter()
+            .any(|r| r.start < span.end && span.start < r.end)
+    };
+    let untouched: Vec<bool> = t.entries.iter().map(|e| !touched(e)).collect();
+    for at in forged {
+        seal(data, at);
+    }
+    for (e, _) in t.entries.iter().zip(&untouched).filter(|(_, &u)| !u) {
+        seal(data, e.off as usize);
+    }
+    (bytes, untouched)
+}
+
+/// A record as a reader got it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Got {
+    pub pos: Pos,
+    pub payload: Vec<u8>,
+    pub truncated: bool,
+    pub ts: u64,
+}
+
+impl Got {
+    fn of(r: &Record<'_>) -> Got {
+        Got {
+            pos: r.pos,
+            payload: r.payload.to_vec(),
+            truncated: r.truncated,
+            ts: r.ts,
+        }
+    }
+
+    /// Whether it is record `seq` as the template ring wrote it.
+    pub fn as_written(&self) -> bool {
+        template_record(self.pos.seq).is_some_and(|w| {
+            w.payload == self.payload && w.truncated == self.truncated && w.ts == self.ts
+        })
+    }
+}
+
+/// What reading a ring found: the valid records (walking it, at its cursors and where seeks
+/// landed), how many of the walk's were inside lines entries, and the damaged places.
 #[derive(Debug, Default)]
 pub struct Seen {
-    pub records: Vec<(u64, Vec<u8>)>,
+    pub records: Vec<Got>,
+    pub in_lines: usize,
     pub damaged: usize,
 }
 
+fn lfs(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Whether `a` and `b` are the same bytes of the ring (not merely equal ones).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()
+}
+
+/// Checks a record read at `asked` against the entry it came from, which the read checked when
+/// it entered it: it lies in that entry's body; a plain entry's record is all of the body; a
+/// lines entry's is one of its LF-terminated records, `lines` is the rest of the entry, `next`
+/// the record after it, and `lines_within` cuts the rest at a record boundary whose `next` reads
+/// on from there. What costs the length of the entry is checked once per entry (counting its
+/// LFs) or on every sixteenth record (`lines_within`). Returns whether the record is in a lines
+/// entry.
+fn check_record(view: &View<'_>, asked: Pos, r: &Record<'_>) -> bool {
+    assert_eq!(r.pos.seq, asked.seq, "a record carries the seq asked for");
+    assert_eq!(r.next.seq, asked.seq + 1);
+    let h = view
+        .header_at(r.pos.off)
+        .expect("a record's entry has an intact header");
+    let entry_end = h
+        .seq
+        .checked_add(h.records())
+        .expect("a record's entry has sequence numbers that fit in a u64");
+    assert!(h.kind == KIND_DATA && (h.seq..entry_end).contains(&r.pos.seq));
+    let body_at = (r.pos.off + RECORD_HEADER) as usize;
+    let body = &view.data[body_at..body_at + h.len as usize];
+    let start = (r.payload.as_ptr() as usize)
+        .checked_sub(body.as_ptr() as usize)
+        .filter(|s| s + r.payload.len() <= body.len())
+        .expect("the payload lies in its entry's body");
+    let next_entry = Pos::at(view.norm(r.pos.off + h.stride()), entry_end);
+    if !h.is_lines() {
+        assert!(r.pos.sub == 0 && start == 0 && r.payload.len() == body.len());
+        assert!(r.payload.len() <= view.max_record as usize);
+        assert_eq!(r.next, next_entry);
+        if let Some(line) = r.line {
+            assert!(same(&line[..r.payload.len()], r.payload));
+            assert_eq!(line.last(), Some(&b'\n'));
+        }
+        match (r.lines, r.line) {
+            (Some(l), Some(line)) => {
+                assert!(same(l.bytes, line) && l.records == 1 && l.next == next_entry)
+            }
+            (l, line) => assert!(l.is_none() && line.is_none()),
+        }
+        return false;
+    }
+    assert!(!r.truncated, "a lines record is never truncated");
+    assert!(!r.payload.contains(&b'\n'), "a lines record holds no LF");
+    assert_eq!(r.pos.sub as usize, start, "sub is where the record starts");
+    let line = r.line.expect("a lines record has its LF");
+    assert!(same(line, &body[start..start + r.payload.len() + 1]));
+    assert_eq!(line.last(), Some(&b'\n'));
+    let l = r.lines.expect("a lines record has the rest of its entry");
+    assert!(
+        same(l.bytes, &body[start..]),
+        "lines is the rest of the entry"
+    );
+    assert_eq!(l.records, entry_end - r.pos.seq);
+    assert_eq!(l.next, next_entry);
+    let after = Pos {
+        off: r.pos.off,
+        seq: r.pos.seq + 1,
+        sub: (start + line.len()) as u32,
+    };
+    assert_eq!(r.next, if l.records == 1 { next_entry } else { after });
+    if r.pos.sub == 0 {
+        assert_eq!(l.records, lfs(l.bytes));
+    }
+    if r.pos.seq % 16 != 0 {
+        return true;
+    }
+    for room in [0, line.len(), l.bytes.len() / 2, l.bytes.len()] {
+        let w = r.lines_within(room).expect("a lines record has lines");
+        assert!(l.bytes.starts_with(w.bytes) && w.bytes.last() == Some(&b'\n'));
+        assert_eq!(w.records, lfs(w.bytes));
+        assert!(
+            w.bytes.len() <= room || w.records == 1,
+            "{} bytes within {room}",
+            w.bytes.len()
+        );
+        if w.records == l.records {
+            assert_eq!(w.next, l.next);
+            continue;
+        }
+        let rest = &l.bytes[w.bytes.len()..];
+        let next_lf = rest.iter().position(|&b| b == b'\n').expect("a record");
+        assert!(
+            w.bytes.len() + next_lf + 1 > room,
+            "lines_within({room}) left out a record that fits"
+        );
+        assert_eq!(
+            w.next,
+            Pos {
+                off: r.pos.off,
+                seq: r.pos.seq + w.records,
+                sub: (start + w.bytes.len()) as u32,
+            }
+        );
+        match view.read(w.next) {
+            Read::Record(n) => assert!(n.lines.is_some_and(|l| same(l.bytes, rest))),
+            Read::End => {}
+            other => panic!("reading on after lines_within({room}): {other:?}"),
+        }
+    }
+    true
+}
+
 /// Everything a reader does with a view, checking the invariants that hold whatever the bytes:
-/// reads go forward and end, seeks land inside the ring, `verify` agrees with reading.
+/// reads go forward and end, every record is what its entry holds (see `check_record`), a
+/// lines entry's records follow one another, a position found inside an entry reads the same
+/// record when it is looked for again, seeks land inside the ring, `verify` agrees with
+/// reading. With `keep`, the records are kept: the walk's, and those where seeks landed.
 pub fn exercise(view: &View<'_>, keep: bool) -> Seen {
     let (tail, head) = (view.tail, view.head);
     let mut seen = Seen::default();
     let mut pos = tail;
+    // The rest of the lines entry the previous record was in: the next record starts it.
+    let mut rest: Option<&[u8]> = None;
     loop {
-        match view.read(pos) {
+        let read = view.read(pos);
+        if let Some(rest) = rest.take() {
+            match read {
+                Read::Record(r) => assert!(r.lines.is_some_and(|l| same(l.bytes, rest))),
+                Read::End => {}
+                other => panic!("inside a lines entry already checked, at {pos:?}: {other:?}"),
+            }
+        }
+        match read {
             Read::Record(r) => {
-                assert_eq!(r.pos.seq, pos.seq, "a record carries the seq asked for");
-                assert_eq!(r.next.seq, pos.seq + 1);
-                assert!(r.payload.len() <= view.max_record as usize);
+                if check_record(view, pos, &r) {
+                    seen.in_lines += 1;
+                }
+                if r.next.sub != 0 {
+                    rest = r.lines.map(|l| &l.bytes[r.line.map_or(0, <[u8]>::len)..]);
+                    if r.pos.seq % 8 == 0 {
+                        let (found, again) = (view.read(r.next), view.read(r.next.recheck()));
+                        match (found, again) {
+                            (Read::Record(a), Read::Record(b)) => {
+                                assert!(a.pos == b.pos && a.payload == b.payload)
+                            }
+                            (Read::End, Read::End) => {}
+                            (a, b) => panic!("{:?} read {a:?}, looked for again {b:?}", r.next),
+                        }
+                    }
+                }
                 if keep {
-                    seen.records.push((r.pos.seq, r.payload.to_vec()));
+                    seen.records.push(Got::of(&r));
                 }
                 pos = r.next;
             }
@@ -138,22 +522,22 @@ pub fn exercise(view: &View<'_>, keep: bool) -> Seen {
         "verify and reading disagree"
     );
     let span = head.seq - tail.seq;
-    for seq in [
-        0,
-        tail.seq,
-        tail.seq + span / 3,
-        tail.seq + span / 2,
-        head.seq.saturating_sub(1),
-        head.seq,
-        u64::MAX,
-    ] {
+    let seqs = [0, tail.seq, head.seq.saturating_sub(1), head.seq, u64::MAX];
+    let inside = (1..8).map(|k| tail.seq + span / 8 * k);
+    for seq in seqs.into_iter().chain(inside) {
         let p = view.seek_seq(seq);
         assert!(
             p.seq >= tail.seq && p.seq <= head.seq,
             "seek_seq({seq}) = {p:?}"
         );
+        if let Read::Record(r) = view.read(p) {
+            check_record(view, p, &r);
+            if keep {
+                seen.records.push(Got::of(&r));
+            }
+        }
     }
-    for ts in [0, 1_000, 1_250, 1_499, u64::MAX] {
+    for ts in [0, 1_000, 1_250, 1_499, 2_000, u64::MAX] {
         let p = view.seek_time(ts);
         assert!(
             p.seq >= tail.seq && p.seq <= head.seq,
@@ -175,50 +559,74 @@ fn scratch() -> PathBuf {
     PATH.with(|p| p.clone())
 }
 
-/// Opens `bytes` as a ring file read-only (as `ringrelay inspect` does) and reads all of it.
-/// `None` if the file is refused.
-pub fn open_bytes(bytes: &[u8], keep: bool) -> Option<Seen> {
-    let path = scratch();
-    std::fs::write(&path, bytes).expect("write scratch file");
-    let seen = match RingReader::open(&path) {
-        Ok(r) => {
-            let view = r.view();
-            assert!(view.tail.seq <= view.head.seq);
-            assert!(view.tail.off + 48 <= view.data.len() as u64);
-            assert!(view.head.off + 48 <= view.data.len() as u64);
-            let stats = r.stats();
-            assert_eq!(stats.records, view.head.seq - view.tail.seq);
-            assert!(stats.used <= stats.capacity);
-            for (_, p, _) in r.cursors() {
-                let _ = view.read(p);
-            }
-            Some(exercise(&view, keep))
+/// Opens `bytes` as a ring file read-only (as `ringrelay inspect` does) and gives the reader to
+/// `f`. `None` if the file is refused.
+pub fn open_with<T>(bytes: &[u8], f: impl FnOnce(&RingReader) -> T) -> Option<T> {
+    /// Removes the scratch file however `f` returns, a failed assertion included.
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
         }
+    }
+    let file = Remove(scratch());
+    std::fs::write(&file.0, bytes).expect("write scratch file");
+    match RingReader::open(&file.0) {
+        Ok(r) => Some(f(&r)),
         Err(e) => {
             let _ = e.to_string();
             None
         }
-    };
-    let _ = std::fs::remove_file(&path);
-    seen
+    }
+}
+
+/// Opens `bytes` as a ring file read-only and reads all of it (see [`exercise`]), its cursors
+/// too. `None` if the file is refused.
+pub fn open_bytes(bytes: &[u8], keep: bool) -> Option<Seen> {
+    open_with(bytes, |r| {
+        let view = r.view();
+        assert!(view.tail.seq <= view.head.seq);
+        assert!(view.tail.off + 48 <= view.data.len() as u64);
+        assert!(view.head.off + 48 <= view.data.len() as u64);
+        let stats = r.stats();
+        assert_eq!(stats.records, view.head.seq - view.tail.seq);
+        assert!(stats.used <= stats.capacity);
+        let mut seen = exercise(&view, keep);
+        for (_, p, _) in r.cursors() {
+            if let Read::Record(rec) = view.read(p) {
+                check_record(&view, p, &rec);
+                if keep {
+                    seen.records.push(Got::of(&rec));
+                }
+            }
+        }
+        seen
+    })
 }
 
 /// A bare data area (the template's, patched) in a `View` whose bounds come from the input,
-/// within what recovery can produce: aligned offsets inside the area, tail seq <= head seq.
+/// within what recovery can produce: aligned offsets inside the area, tail seq <= head seq. Also
+/// reads from a position whose `sub` is made up (positions are never written to disk, but a
+/// wrong one must not make the reader panic).
 pub fn view_only(input: &[u8]) {
     let area_positions = (CAP - 48) / 8 + 1;
-    let tail = Pos {
-        off: u64::from(u32_le(input, 0)) % area_positions * 8,
-        seq: u64_le(input, 4),
-    };
-    let head = Pos {
-        off: u64::from(u32_le(input, 12)) % area_positions * 8,
-        seq: tail.seq.saturating_add(u64::from(u32_le(input, 16)) % 4096),
-    };
+    let tail = Pos::at(
+        u64::from(u32_le(input, 0)) % area_positions * 8,
+        u64_le(input, 4),
+    );
+    let head = Pos::at(
+        u64::from(u32_le(input, 12)) % area_positions * 8,
+        tail.seq.saturating_add(u64::from(u32_le(input, 16)) % 4096),
+    );
     let run = u32_le(input, 20) % 4;
     let max_record = u32_le(input, 24) % (64 << 20) + 1;
     let last_ts = u64_le(input, 28);
-    let data = patch(&template()[DATA..], input.get(36..).unwrap_or(&[]));
+    let made_up = Pos {
+        off: u64::from(u32_le(input, 36)) % area_positions * 8,
+        seq: tail.seq.saturating_add(u64::from(u32_le(input, 40)) % 64),
+        sub: u32_le(input, 44),
+    };
+    let data = patch(&template()[DATA..], input.get(48..).unwrap_or(&[]));
     let view = View {
         data: &data,
         max_record,
@@ -227,10 +635,61 @@ pub fn view_only(input: &[u8]) {
         head,
     };
     exercise(&view, false);
+    let mut pos = made_up;
+    for _ in 0..64 {
+        match view.read(pos) {
+            Read::Record(r) => {
+                assert_eq!(r.pos.seq, pos.seq);
+                assert_eq!(r.next.seq, pos.seq + 1);
+                for room in [0, 100, 1 << 20] {
+                    if let Some(w) = r.lines_within(room) {
+                        assert!(
+                            w.records >= 1 && pos.seq.checked_add(w.records) == Some(w.next.seq)
+                        );
+                    }
+                }
+                pos = r.next;
+            }
+            Read::Corrupt { at, next, .. } => {
+                assert!(next.seq > at.seq);
+                pos = next;
+            }
+            Read::End => break,
+            Read::Overrun { tail } => pos = tail,
+        }
+    }
     let scan = scan_forward(&data, max_record, run, head, last_ts);
     assert!(scan.head.off + 48 <= CAP);
     assert!(scan.head.seq >= head.seq);
     assert!(scan.records <= CAP / 48);
+}
+
+/// Mode 3 of the `ring_open` target: the template with entries patched and sealed again (see
+/// [`sealed`]). Whatever the forgeries, a record the reader returns from an entry no patch
+/// touched is that record as it was written.
+pub fn sealed_ring(patches: &[u8]) {
+    let t = template_ring();
+    let (bytes, untouched) = sealed(patches);
+    let Some(seen) = open_bytes(&bytes, true) else {
+        return;
+    };
+    let by_off: BTreeMap<u64, usize> = t
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.off, i))
+        .collect();
+    for got in &seen.records {
+        if let Some(&i) = by_off.get(&got.pos.off) {
+            if untouched[i] {
+                assert!(
+                    got.as_written(),
+                    "record {} of an untouched entry came back as {got:?}",
+                    got.pos.seq
+                );
+            }
+        }
+    }
 }
 
 /// The `ring_open` target: the first byte picks the mode.
@@ -238,7 +697,7 @@ pub fn ring_open(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 3 {
+    match mode % 4 {
         // The input is the whole file.
         0 => {
             open_bytes(rest, false);
@@ -248,7 +707,48 @@ pub fn ring_open(data: &[u8]) {
             open_bytes(&patch(template(), rest), false);
         }
         // A data area straight into the reader.
-        _ => view_only(rest),
+        2 => view_only(rest),
+        // A valid ring with forged entries.
+        _ => sealed_ring(rest),
+    }
+}
+
+/// Decodes `buf` as the relay's `frame` does, presenting the rest again after a refusal (the
+/// relay frames its pending bytes again once the ring has room): returns the bytes consumed.
+/// With `refuse`, every other record is refused first. Checks the records against the limits.
+fn decode_all(
+    f: &mut Framer,
+    cfg: FramerConfig,
+    buf: &[u8],
+    eof: bool,
+    refuse: bool,
+    calls: &mut u64,
+    out: &mut Vec<(Vec<u8>, bool)>,
+) -> usize {
+    let mut at = 0;
+    loop {
+        let mut refused = false;
+        let n = f.decode(&buf[at..], eof, &mut |r, truncated| {
+            *calls += 1;
+            if refuse && *calls % 2 == 1 {
+                refused = true;
+                return false;
+            }
+            assert!(r.len() <= cfg.max_record.max(1), "record over max_record");
+            out.push((r.to_vec(), truncated));
+            true
+        });
+        assert!(
+            n <= buf.len() - at,
+            "consumed {n} of {} bytes",
+            buf.len() - at
+        );
+        at += n;
+        if !refused {
+            // A refused record stays unconsumed, however long (the caller, whose ring is
+            // full, stops reading); presenting the same bytes again emits it again.
+            return at;
+        }
     }
 }
 
@@ -263,37 +763,14 @@ pub fn feed(cfg: FramerConfig, chunks: &[&[u8]], refuse: bool) -> Vec<(Vec<u8>, 
     for (k, chunk) in chunks.iter().enumerate() {
         pending.extend_from_slice(chunk);
         let eof = k + 1 == chunks.len();
-        loop {
-            let mut refused = false;
-            let n = f.decode(&pending, eof, &mut |r, truncated| {
-                calls += 1;
-                if refuse && calls % 2 == 1 {
-                    refused = true;
-                    return false;
-                }
-                assert!(r.len() <= cfg.max_record.max(1), "record over max_record");
-                out.push((r.to_vec(), truncated));
-                true
-            });
-            assert!(
-                n <= pending.len(),
-                "consumed {n} of {} bytes",
-                pending.len()
-            );
-            pending.drain(..n);
-            if refused {
-                // A refused record stays unconsumed, however long (the caller, whose ring is
-                // full, stops reading); presenting the same bytes again emits it again.
-                continue;
-            }
-            assert!(
-                pending.len() <= cfg.max_record.max(1) + 16,
-                "retained {} bytes with max_record {}",
-                pending.len(),
-                cfg.max_record
-            );
-            break;
-        }
+        let n = decode_all(&mut f, cfg, &pending, eof, refuse, &mut calls, &mut out);
+        pending.drain(..n);
+        assert!(
+            pending.len() <= cfg.max_record.max(1) + 16,
+            "retained {} bytes with max_record {}",
+            pending.len(),
+            cfg.max_record
+        );
         if eof {
             assert!(
                 pending.is_empty(),
@@ -306,12 +783,126 @@ pub fn feed(cfg: FramerConfig, chunks: &[&[u8]], refuse: bool) -> Vec<(Vec<u8>, 
     out
 }
 
-/// The `framing` target: byte 0 picks the split point, byte 1 the limits.
+/// Frames the reads of one connection as the relay does (`src/relay/input.rs`, `read_lines`):
+/// each read goes behind the bytes still pending; with `in_place`, while the framer is
+/// `in_lines`, the complete lines at the front are framed in place (`lines_in_place`: its
+/// first `len` bytes are then `records` LF-terminated records) and the bytes from `consumed` on
+/// go to `decode`; otherwise all of them go to `decode`. What `decode` leaves is pending; once
+/// the sender closes, the pending bytes go to `decode` with `eof`. With `refuse`, every other
+/// record `decode` emits is refused first. Returns the records and the framer's counters.
+pub fn relay_reads(
+    cfg: FramerConfig,
+    reads: &[&[u8]],
+    in_place: bool,
+    refuse: bool,
+) -> (Vec<(Vec<u8>, bool)>, FramerStats) {
+    let mut f = Framer::new(cfg);
+    let max = cfg.max_record.max(1);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
+    let mut calls = 0u64;
+    for read in reads {
+        let mut buf = std::mem::take(&mut pending);
+        buf.extend_from_slice(read);
+        let mut from = 0;
+        if in_place {
+            let was = buf.clone();
+            let in_lines = f.in_lines();
+            let framed = f.lines_in_place(&mut buf);
+            assert_eq!(framed.is_some(), in_lines, "lines_in_place iff in_lines");
+            if let Some(p) = framed {
+                assert!(p.len <= p.consumed && p.consumed <= buf.len(), "{p:?}");
+                assert!(p.consumed == 0 || was[p.consumed - 1] == b'\n', "{p:?}");
+                assert_eq!(
+                    buf[p.consumed..],
+                    was[p.consumed..],
+                    "bytes past consumed moved"
+                );
+                let lines = &buf[..p.len];
+                assert!(lines.is_empty() || lines.last() == Some(&b'\n'));
+                assert_eq!(lfs(lines), u64::from(p.records), "{p:?}");
+                for r in lines.split(|&b| b == b'\n').take(p.records as usize) {
+                    assert!(
+                        !r.is_empty() && r.len() <= max,
+                        "record of {} bytes",
+                        r.len()
+                    );
+                    out.push((r.to_vec(), false));
+                }
+                from = p.consumed;
+            }
+        }
+        let n = decode_all(
+            &mut f,
+            cfg,
+            &buf[from..],
+            false,
+            refuse,
+            &mut calls,
+            &mut out,
+        );
+        pending = buf[from + n..].to_vec();
+        assert!(
+            pending.len() <= max + 16,
+            "retained {} bytes with max_record {max}",
+            pending.len()
+        );
+    }
+    let n = decode_all(&mut f, cfg, &pending, true, refuse, &mut calls, &mut out);
+    assert_eq!(n, pending.len(), "bytes left after eof");
+    assert_eq!(f.stats().records, out.len() as u64);
+    (out, f.stats())
+}
+
+/// Framing in place gives what `decode` alone gives, for the same reads: the same records, the
+/// same truncated flags, the same counters; and so does it when the ring refuses records.
+pub fn lines_in_place_agrees(cfg: FramerConfig, reads: &[&[u8]]) {
+    let (decoded, by_decode) = relay_reads(cfg, reads, false, false);
+    let (in_place, stats) = relay_reads(cfg, reads, true, false);
+    assert_eq!(
+        in_place, decoded,
+        "{cfg:?}: in-place records differ from decode's"
+    );
+    assert_eq!(
+        stats, by_decode,
+        "{cfg:?}: in-place counters differ from decode's"
+    );
+    let (refused, stats) = relay_reads(cfg, reads, true, true);
+    assert_eq!(
+        refused, decoded,
+        "{cfg:?}: refusals change the in-place records"
+    );
+    assert_eq!(
+        stats, by_decode,
+        "{cfg:?}: refusals change the in-place counters"
+    );
+}
+
+/// `stream` cut at `split`, and both parts cut again into reads of 1 to 2^(seed % 8) bytes,
+/// their lengths drawn from `seed`.
+fn reads_of(stream: &[u8], split: usize, seed: u8) -> Vec<&[u8]> {
+    let most = 1u64 << (seed % 8);
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut reads = Vec::new();
+    for mut part in [&stream[..split], &stream[split..]] {
+        while !part.is_empty() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (1 + x % most).min(part.len() as u64) as usize;
+            reads.push(&part[..n]);
+            part = &part[n..];
+        }
+    }
+    reads
+}
+
+/// The `framing` target: byte 0 picks the split point, byte 1 the limits, byte 2 the reads.
 pub fn framing(data: &[u8]) {
-    if data.len() < 2 {
+    if data.len() < 3 {
         return;
     }
-    let (cfg, stream) = data.split_at(2);
+    let (cfg, stream) = data.split_at(3);
     let split = usize::from(cfg[0]) * stream.len() / 255;
     let max_record = if cfg[1] & 0x80 != 0 {
         4096
@@ -323,6 +914,7 @@ pub fn framing(data: &[u8]) {
     } else {
         Oversize::Truncate
     };
+    let reads = reads_of(stream, split, cfg[2]);
     for framing in [Framing::Newline, Framing::Octet, Framing::Auto] {
         let cfg = FramerConfig {
             framing,
@@ -334,6 +926,9 @@ pub fn framing(data: &[u8]) {
         assert_eq!(whole, parts, "{framing:?}: records depend on the split");
         let refused = feed(cfg, &[&stream[..split], &stream[split..]], true);
         assert_eq!(whole, refused, "{framing:?}: refusals change the records");
+        let (by_reads, _) = relay_reads(cfg, &reads, false, false);
+        assert_eq!(whole, by_reads, "{framing:?}: records depend on the reads");
+        lines_in_place_agrees(cfg, &reads);
     }
 }
 

@@ -1,12 +1,16 @@
-//! The bytes on disk, exactly as `buffer-spec.md` (format version 1) lays them out.
+//! The bytes on disk, exactly as `buffer-spec.md` (format version 2) lays them out.
 //!
 //! ```text
 //! file offset   size        what
 //! 0             4096        superblock  (written once at creation)
 //! 4096          4096        metadata slot A
 //! 8192          4096        metadata slot B
-//! 12288         capacity    data area: records, each 8-aligned
+//! 12288         capacity    data area: entries, each 8-aligned
 //! ```
+//!
+//! An entry is a 48-byte header and a body. A plain entry holds one record (its body is the
+//! payload); a *lines* entry ([`FLAG_LINES`]) holds `count` records, each followed by an LF.
+//! Version 1 files hold plain entries only, so they read as version 2.
 //!
 //! All integers are little-endian. Every structure carries its own CRC-32 (IEEE, as computed by
 //! `crc32fast`). Offsets inside the data area are relative to [`DATA_OFFSET`].
@@ -17,8 +21,10 @@
 /// `0x89 'R' 'I' 'N' 'G' '\r' '\n' 0x1a`: a high byte to catch 7-bit transfers, a name, and the
 /// CR LF / ^Z pair to catch line-ending conversions, as PNG does.
 pub const MAGIC: [u8; 8] = [0x89, b'R', b'I', b'N', b'G', b'\r', b'\n', 0x1a];
-/// The format version this code reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this code writes.
+pub const VERSION: u32 = 2;
+/// The oldest format version this code reads (version 1 has no lines entries).
+pub const MIN_VERSION: u32 = 1;
 /// Page size the layout is built on; each metadata slot has a page of its own.
 pub const PAGE: u64 = 4096;
 /// File offset of the superblock.
@@ -47,8 +53,13 @@ pub const KIND_DATA: u8 = 1;
 /// A wrap marker: the rest of the data area is unused; the record with this marker's sequence
 /// number is at data offset 0.
 pub const KIND_WRAP: u8 = 2;
-/// Record flag: the payload was cut at the feed's `max_record_bytes`.
+/// Entry flag: the payload was cut at the feed's `max_record_bytes` (plain entries only).
 pub const FLAG_TRUNCATED: u8 = 1;
+/// Entry flag: a lines entry, whose body is `count` records each followed by an LF.
+pub const FLAG_LINES: u8 = 2;
+/// Lines entries may have a body of up to this many bytes even in a ring whose `max_record` is
+/// smaller (`buffer-spec.md` §5).
+pub const LINES_MAX: u32 = 1 << 20;
 
 /// Bytes one record with a payload of `len` bytes occupies: header + payload, rounded up to
 /// [`ALIGN`].
@@ -99,6 +110,8 @@ pub const SUPERBLOCK_LEN: usize = sb::LEN;
 /// The superblock: what kind of file this is and its fixed geometry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
+    /// Format version of the file ([`MIN_VERSION`] ..= [`VERSION`]).
+    pub version: u32,
     /// Bytes in the data area (a multiple of [`PAGE`]).
     pub capacity: u64,
     /// Largest payload this ring accepts.
@@ -118,7 +131,7 @@ pub enum SuperblockError {
     Crc,
     /// A format version this code does not read.
     Version(u32),
-    /// The geometry fields are not those of format version 1.
+    /// The geometry fields are not those of the format.
     Geometry,
 }
 
@@ -128,7 +141,7 @@ impl Superblock {
         let b = &mut out[..sb::LEN];
         b.fill(0);
         b[sb::MAGIC..sb::MAGIC + 8].copy_from_slice(&MAGIC);
-        put_u32(b, sb::VERSION, VERSION);
+        put_u32(b, sb::VERSION, self.version);
         put_u32(b, sb::FLAGS, 0);
         put_u64(b, sb::DATA_OFFSET, DATA_OFFSET);
         put_u64(b, sb::CAPACITY, self.capacity);
@@ -154,7 +167,7 @@ impl Superblock {
             return Err(SuperblockError::Crc);
         }
         let version = u32_at(b, sb::VERSION);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(SuperblockError::Version(version));
         }
         let capacity = u64_at(b, sb::CAPACITY);
@@ -173,6 +186,7 @@ impl Superblock {
         let name_bytes = &b[sb::NAME..sb::NAME + FEED_NAME];
         let end = name_bytes.iter().position(|&c| c == 0).unwrap_or(FEED_NAME);
         Ok(Superblock {
+            version,
             capacity,
             max_record,
             created_ns: u64_at(b, sb::CREATED_NS),
@@ -181,13 +195,31 @@ impl Superblock {
     }
 }
 
-/// A position in the ring: where a record starts and the sequence number it must carry.
+/// A position in the ring: a record, by the entry that holds it and its sequence number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Pos {
-    /// Offset in the data area.
+    /// Offset in the data area of the entry holding the record.
     pub off: u64,
-    /// Sequence number of the record at `off`.
+    /// Sequence number of the record.
     pub seq: u64,
+    /// Where the record starts in the body of a lines entry, once a reader has found it; 0 for
+    /// the first record of an entry, and for a record not looked for yet (a cursor read back
+    /// from a metadata slot): reading it then checks the entry and counts LFs to find it. Never
+    /// written to disk.
+    pub sub: u32,
+}
+
+impl Pos {
+    /// The first record of the entry at `off`, whose sequence number is `seq`.
+    pub const fn at(off: u64, seq: u64) -> Pos {
+        Pos { off, seq, sub: 0 }
+    }
+
+    /// The same record, to be looked for again: the next read checks its entry's CRCs as a
+    /// reader entering the entry does (`buffer-spec.md` §7), instead of trusting an earlier look.
+    pub const fn recheck(self) -> Pos {
+        Pos { sub: 0, ..self }
+    }
 }
 
 /// One persisted output cursor.
@@ -297,10 +329,7 @@ impl Meta {
         if crc32fast::hash(&b[..meta::CRC]) != u32_at(b, meta::CRC) {
             return None;
         }
-        let pos = |off_at, seq_at| Pos {
-            off: u64_at(b, off_at),
-            seq: u64_at(b, seq_at),
-        };
+        let pos = |off_at, seq_at| Pos::at(u64_at(b, off_at), u64_at(b, seq_at));
         let mut m = Meta {
             generation: u64_at(b, meta::GENERATION),
             run: u32_at(b, meta::RUN),
@@ -339,19 +368,21 @@ mod rec {
     pub const TAIL: usize = 24;
     pub const RUN: usize = 32;
     pub const PCRC: usize = 36;
+    pub const COUNT: usize = 40;
     pub const HCRC: usize = 44;
 }
 
-/// A record header whose CRC matched.
+/// An entry header whose CRC matched (`buffer-spec.md` §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// Payload bytes (0 for a wrap marker).
+    /// Body bytes (0 for a wrap marker).
     pub len: u32,
     /// [`KIND_DATA`] or [`KIND_WRAP`].
     pub kind: u8,
-    /// [`FLAG_TRUNCATED`] or 0.
+    /// [`FLAG_TRUNCATED`], [`FLAG_LINES`] or 0.
     pub flags: u8,
-    /// Sequence number (a wrap marker carries the number of the record at offset 0).
+    /// Sequence number of the entry's first record (a wrap marker carries the number of the
+    /// entry at offset 0).
     pub seq: u64,
     /// Receive time, ns since the Unix epoch; never decreases along the ring.
     pub ts: u64,
@@ -359,8 +390,10 @@ pub struct RecordHeader {
     pub tail: u64,
     /// The run (open count) that wrote it.
     pub run: u32,
-    /// CRC-32 of the payload.
+    /// CRC-32 of the body.
     pub pcrc: u32,
+    /// Records in a lines entry; 0 in any other entry.
+    pub count: u32,
 }
 
 impl RecordHeader {
@@ -377,7 +410,7 @@ impl RecordHeader {
         put_u64(b, rec::TAIL, self.tail);
         put_u32(b, rec::RUN, self.run);
         put_u32(b, rec::PCRC, self.pcrc);
-        put_u32(b, rec::PCRC + 4, 0);
+        put_u32(b, rec::COUNT, self.count);
         let crc = crc32fast::hash(&b[..rec::HCRC]);
         put_u32(b, rec::HCRC, crc);
     }
@@ -392,6 +425,11 @@ impl RecordHeader {
     /// `buffer-spec.md` §7).
     pub fn parse_with(b: &[u8], check_crc: bool) -> Option<RecordHeader> {
         let b = &b[..RECORD_HEADER as usize];
+        // Resynchronisation tests every aligned position of a body: most fail on the kind
+        // byte, before any CRC is computed.
+        if !matches!(b[rec::KIND], KIND_DATA | KIND_WRAP) {
+            return None;
+        }
         if check_crc && crc32fast::hash(&b[..rec::HCRC]) != u32_at(b, rec::HCRC) {
             return None;
         }
@@ -404,11 +442,40 @@ impl RecordHeader {
             tail: u64_at(b, rec::TAIL),
             run: u32_at(b, rec::RUN),
             pcrc: u32_at(b, rec::PCRC),
+            count: u32_at(b, rec::COUNT),
         };
+        // A lines entry holds at least one record, each with its LF, and no truncated one.
+        let lines_ok =
+            |h: &RecordHeader| h.count >= 1 && h.len >= h.count && h.flags & FLAG_TRUNCATED == 0;
         match h.kind {
-            KIND_DATA => Some(h),
-            KIND_WRAP if h.len == 0 => Some(h),
+            KIND_DATA if h.flags & FLAG_LINES != 0 => lines_ok(&h).then_some(h),
+            KIND_DATA if h.count == 0 => Some(h),
+            KIND_WRAP if h.len == 0 && h.count == 0 => Some(h),
             _ => None,
+        }
+    }
+
+    /// Whether this is a lines entry.
+    pub fn is_lines(&self) -> bool {
+        self.kind == KIND_DATA && self.flags & FLAG_LINES != 0
+    }
+
+    /// Records this entry holds: `count` for a lines entry, 1 for a plain one, 0 for a wrap
+    /// marker. The next entry's first sequence number is `seq + records()`.
+    pub fn records(&self) -> u64 {
+        match self.kind {
+            KIND_WRAP => 0,
+            _ if self.is_lines() => u64::from(self.count),
+            _ => 1,
+        }
+    }
+
+    /// Largest body this entry may have in a ring whose records are at most `max_record`.
+    pub fn max_len(&self, max_record: u32) -> u32 {
+        if self.is_lines() {
+            max_record.max(LINES_MAX)
+        } else {
+            max_record
         }
     }
 
@@ -425,6 +492,7 @@ mod tests {
     #[test]
     fn superblock_round_trips_and_rejects_a_flipped_bit() {
         let sbk = Superblock {
+            version: VERSION,
             capacity: 1 << 30,
             max_record: 1 << 20,
             created_ns: 42,
@@ -450,6 +518,7 @@ mod tests {
             tail: 4096,
             run: 7,
             pcrc: 0xdead_beef,
+            count: 0,
         };
         let mut b = [0u8; RECORD_HEADER as usize];
         h.write(&mut b);
@@ -462,20 +531,56 @@ mod tests {
     }
 
     #[test]
+    fn lines_headers_need_a_count_and_room_for_their_lfs() {
+        let lines = RecordHeader {
+            len: 10,
+            kind: KIND_DATA,
+            flags: FLAG_LINES,
+            seq: 5,
+            ts: 1,
+            tail: 0,
+            run: 1,
+            pcrc: 0,
+            count: 3,
+        };
+        let parse = |h: RecordHeader| {
+            let mut b = [0u8; RECORD_HEADER as usize];
+            h.write(&mut b);
+            RecordHeader::parse(&b)
+        };
+        assert_eq!(parse(lines).map(|h| h.records()), Some(3));
+        assert_eq!(parse(RecordHeader { count: 0, ..lines }), None);
+        assert_eq!(parse(RecordHeader { count: 11, ..lines }), None);
+        let truncated = RecordHeader {
+            flags: FLAG_LINES | FLAG_TRUNCATED,
+            ..lines
+        };
+        assert_eq!(parse(truncated), None);
+        // A plain entry holds one record and no count (version 1 wrote 0 there).
+        let plain = RecordHeader {
+            flags: 0,
+            count: 0,
+            ..lines
+        };
+        assert_eq!(parse(plain).map(|h| h.records()), Some(1));
+        assert_eq!(parse(RecordHeader { count: 1, ..plain }), None);
+    }
+
+    #[test]
     fn meta_round_trips_with_cursors() {
         let mut m = Meta {
             generation: 9,
             run: 3,
             epoch: 2,
-            tail: Pos { off: 64, seq: 10 },
-            head: Pos { off: 4096, seq: 20 },
+            tail: Pos::at(64, 10),
+            head: Pos::at(4096, 20),
             last_ts: 5,
             checkpoint_ns: 6,
             evicted: 7,
             ..Meta::default()
         };
         m.cursors[3].name[..4].copy_from_slice(b"siem");
-        m.cursors[3].pos = Pos { off: 128, seq: 12 };
+        m.cursors[3].pos = Pos::at(128, 12);
         m.cursors[3].lost = 1;
         let mut page = vec![0u8; PAGE as usize];
         m.write(&mut page);

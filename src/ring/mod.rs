@@ -11,8 +11,11 @@
 //!   never returned as data.
 //! - Records never span the end of the data area; sequence numbers are consecutive and receive
 //!   times never decrease along the ring (seeks rely on both).
-//! - Each payload is copied once, from the caller's buffer into the mapping; readers borrow
-//!   payloads straight from the mapping.
+//! - Bytes reach the mapping once: a socket reads newline-framed records straight into room
+//!   reserved at the head ([`Ring::reserve`]), framed there and committed as one lines entry
+//!   ([`Ring::commit_lines`]); any other record is copied once from the caller's buffer
+//!   ([`Ring::append`]). Readers borrow payloads straight from the mapping, one record or the
+//!   rest of an entry at a time.
 //! - Memory does not grow with the ring: the ring's state is a few hundred bytes plus the map.
 //! - The only `unsafe` is the mapping itself, in `backing.rs`.
 
@@ -32,8 +35,8 @@ use nix::fcntl::{Flock, FlockArg};
 pub use format::{record_stride, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
 use format::{
     CursorSlot, Meta, RecordHeader, Superblock, SuperblockError, CURSOR_NAME, DATA_OFFSET,
-    FLAG_TRUNCATED, KIND_DATA, KIND_WRAP, MAX_RECORD_LIMIT, META_LEN, PAGE, SLOT_OFFSETS,
-    SUPERBLOCK_LEN,
+    FLAG_LINES, FLAG_TRUNCATED, KIND_DATA, KIND_WRAP, MAX_RECORD_LIMIT, META_LEN, PAGE,
+    SLOT_OFFSETS, SUPERBLOCK_LEN,
 };
 pub use view::{Damage, Read, Record, View};
 
@@ -148,8 +151,9 @@ impl fmt::Display for OpenError {
             ),
             OpenError::Version { path, found } => write!(
                 f,
-                "ring {}: format version {found}, this build reads version {}",
+                "ring {}: format version {found}, this build reads versions {} to {}",
                 path.display(),
+                format::MIN_VERSION,
                 format::VERSION
             ),
             OpenError::DamagedSuperblock { path, why } => {
@@ -200,8 +204,33 @@ impl std::error::Error for OpenError {}
 pub enum AppendError {
     /// `block` policy: no room until outputs deliver the oldest records.
     Full,
-    /// The payload is longer than the ring's maximum record size.
+    /// The payload is longer than the ring's maximum record size (or a reservation longer than
+    /// [`Ring::lines_max`]).
     TooLarge,
+}
+
+/// [`Ring::commit_lines`] without a reservation that holds the body it names: a bug of the
+/// caller. Nothing was committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotReserved;
+
+/// An entry whose body is in place, for [`Ring::write_entry`].
+struct NewEntry {
+    wraps: bool,
+    len: u32,
+    flags: u8,
+    count: u32,
+    pcrc: u32,
+    ts: u64,
+}
+
+/// Room made at the head by [`Ring::reserve`].
+#[derive(Clone, Copy, Debug)]
+struct Reserved {
+    /// The entry goes at offset 0, after a wrap marker at the head.
+    wraps: bool,
+    /// Bytes of body.
+    room: usize,
 }
 
 /// What [`Ring::checkpoint_in_background`] did.
@@ -316,6 +345,10 @@ pub struct Ring {
     background: Background,
     /// Background checkpoints that found the previous sync still running.
     syncs_behind: u64,
+    /// Room made for a lines entry, not committed yet.
+    reserved: Option<Reserved>,
+    /// Ring bytes the entries appended since the open took (wrap waste included).
+    appended_bytes: u64,
     recovery: Recovery,
 }
 
@@ -416,18 +449,12 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
             data,
             max_record: sb.max_record,
             run: meta.run,
-            tail: Pos {
-                off: newest.tail,
-                seq: meta.tail.seq,
-            },
+            tail: Pos::at(newest.tail, meta.tail.seq),
             head: meta.head,
         };
         let tail_off = v.norm(newest.tail);
         meta.tail = match v.header_at(tail_off) {
-            Some(h) if h.seq >= meta.tail.seq && h.seq < meta.head.seq => Pos {
-                off: tail_off,
-                seq: h.seq,
-            },
+            Some(h) if h.seq >= meta.tail.seq && h.seq < meta.head.seq => Pos::at(tail_off, h.seq),
             _ => v
                 .resync(0, v.used(), meta.tail.seq)
                 .map_or(meta.head, |(_, p, _)| p),
@@ -482,10 +509,12 @@ impl Ring {
         }
         let mut map =
             backing::map_rw(&file, DATA_OFFSET + sb.capacity).map_err(io_err(path, "map"))?;
-        // A larger record limit only widens what is valid: raise it in place.
-        if opts.max_record > sb.max_record {
+        // A larger record limit only widens what is valid: raise it in place. A version 1 ring
+        // is a version 2 ring without lines entries: say version 2 before writing any.
+        if opts.max_record > sb.max_record || sb.version < format::VERSION {
             validate_options(path, opts)?;
-            sb.max_record = opts.max_record;
+            sb.max_record = sb.max_record.max(opts.max_record);
+            sb.version = format::VERSION;
             sb.write(&mut map[..SUPERBLOCK_LEN]);
             map.flush_range(0, SUPERBLOCK_LEN)
                 .map_err(io_err(path, "sync superblock"))?;
@@ -510,6 +539,8 @@ impl Ring {
             prefault_step: 0,
             background: Background::Untried,
             syncs_behind: 0,
+            reserved: None,
+            appended_bytes: 0,
             recovery,
         };
         ring.fix_cursors();
@@ -542,6 +573,7 @@ impl Ring {
         })?;
         let mut head = vec![0u8; DATA_OFFSET as usize];
         Superblock {
+            version: format::VERSION,
             capacity: opts.capacity,
             max_record: opts.max_record,
             created_ns: crate::clock::wall_ns(),
@@ -623,7 +655,7 @@ impl Ring {
     /// since, so they hold those bytes (`buffer-spec.md` §7). Its header's fields are checked
     /// as any other's (kind, length, sequence number, run).
     pub fn read(&self, pos: Pos) -> Read<'_> {
-        self.view().read_with(pos, pos.seq < self.fresh_from)
+        self.view().read_with(pos, pos.seq >= self.fresh_from)
     }
 
     /// The record with sequence number `seq` (clamped to tail and head). O(log n).
@@ -637,69 +669,148 @@ impl Ring {
     }
 
     /// Appends one record received at `ts_ns` (raised to the newest record's time if the clock
-    /// went back), copying `payload` once into the map. Returns where it was written.
+    /// went back) as a plain entry, copying `payload` once into the map. Returns where it was
+    /// written.
     pub fn append(
         &mut self,
         payload: &[u8],
         ts_ns: u64,
         truncated: bool,
     ) -> Result<Pos, AppendError> {
+        self.reserved = None;
         if payload.len() > self.max_record as usize {
             return Err(AppendError::TooLarge);
         }
-        let stride = record_stride(payload.len() as u64);
-        let head = self.meta.head;
-        let wraps = head.off + stride > self.capacity;
-        let need = if wraps {
-            self.capacity - head.off + stride
-        } else {
-            stride
-        };
+        let (wraps, need) = self.placement(payload.len() as u64);
         self.make_room(need)?;
-        let ts = ts_ns.max(self.meta.last_ts);
-        let tail = self.meta.tail.off;
-        let run = self.meta.run;
-        let rec_off = if wraps { 0 } else { head.off };
+        let at = if wraps { 0 } else { self.meta.head.off };
+        let body = (at + RECORD_HEADER) as usize;
         let data = self.data_mut();
-        if wraps {
-            // `head.off` is normalised, so a header always fits before the end.
-            let marker = RecordHeader {
-                len: 0,
-                kind: KIND_WRAP,
-                flags: 0,
-                seq: head.seq,
-                ts,
-                tail,
-                run,
-                pcrc: 0,
-            };
-            let at = head.off as usize;
-            marker.write(&mut data[at..at + RECORD_HEADER as usize]);
-        }
-        let at = rec_off as usize;
-        let body = at + RECORD_HEADER as usize;
         data[body..body + payload.len()].copy_from_slice(payload);
-        if RECORD_HEADER + (payload.len() as u64) < stride {
+        if RECORD_HEADER + (payload.len() as u64) < record_stride(payload.len() as u64) {
             // An LF in the padding lets a newline-framed output send payload and LF as one.
             data[body + payload.len()] = b'\n';
         }
-        // The header goes last: until it is complete, the record is not valid.
-        RecordHeader {
+        Ok(self.write_entry(NewEntry {
+            wraps,
             len: payload.len() as u32,
-            kind: KIND_DATA,
             flags: if truncated { FLAG_TRUNCATED } else { 0 },
+            count: 0,
+            pcrc: crc32fast::hash(payload),
+            ts: ts_ns,
+        }))
+    }
+
+    /// The largest body a lines entry may have in this ring: what [`Ring::reserve`] takes.
+    pub fn lines_max(&self) -> usize {
+        let limit = u64::from(self.max_record.max(format::LINES_MAX));
+        limit.min(self.capacity / 4 - RECORD_HEADER) as usize
+    }
+
+    /// Makes room at the head for the body of a lines entry, of `max` bytes, or of at least
+    /// `min` bytes if that avoids wrapping: evicts what it must (`drop_oldest`) or refuses
+    /// (`block`, [`AppendError::Full`]). Returns the room, which [`Ring::reserved_mut`] gives
+    /// to be filled (a socket reads straight into it) and [`Ring::commit_lines`] turns into an
+    /// entry. Nothing is written: until it is committed, the room is free space, and any other
+    /// append or reserve gives it up (refused or not). `max` above [`Ring::lines_max`], or
+    /// below `min`, is refused as [`AppendError::TooLarge`].
+    pub fn reserve(&mut self, min: usize, max: usize) -> Result<usize, AppendError> {
+        self.reserved = None;
+        if min > max || max > self.lines_max() {
+            return Err(AppendError::TooLarge);
+        }
+        let to_end = (self.capacity - self.meta.head.off - RECORD_HEADER) as usize;
+        let room = if to_end >= min { max.min(to_end) } else { max };
+        let (wraps, need) = self.placement(room as u64);
+        self.make_room(need)?;
+        self.reserved = Some(Reserved { wraps, room });
+        Ok(room)
+    }
+
+    /// The room [`Ring::reserve`] made (empty if there is none).
+    pub fn reserved_mut(&mut self) -> &mut [u8] {
+        let Some(r) = self.reserved else {
+            return &mut [];
+        };
+        let at = (if r.wraps { 0 } else { self.meta.head.off } + RECORD_HEADER) as usize;
+        &mut self.data_mut()[at..at + r.room]
+    }
+
+    /// Commits the first `len` bytes of the reserved room as a lines entry of `count` records
+    /// received at `ts_ns`: they must be `count` records, each followed by an LF (the framer
+    /// makes them so). Returns where the entry is.
+    pub fn commit_lines(&mut self, len: usize, count: u32, ts_ns: u64) -> Result<Pos, NotReserved> {
+        let Some(r) = self.reserved.take() else {
+            return Err(NotReserved);
+        };
+        if len > r.room || count == 0 || len < count as usize {
+            return Err(NotReserved);
+        }
+        let at = (if r.wraps { 0 } else { self.meta.head.off } + RECORD_HEADER) as usize;
+        let body = &self.data()[at..at + len];
+        debug_assert!(
+            body.last() == Some(&b'\n')
+                && memchr::memchr_iter(b'\n', body).count() == count as usize,
+            "commit_lines: the body is not {count} LF-terminated records"
+        );
+        let pcrc = crc32fast::hash(body);
+        Ok(self.write_entry(NewEntry {
+            wraps: r.wraps,
+            len: len as u32,
+            flags: FLAG_LINES,
+            count,
+            pcrc,
+            ts: ts_ns,
+        }))
+    }
+
+    /// Whether an entry with a body of `len` bytes at the head wraps, and the ring bytes it
+    /// takes then: its stride, plus the unused end of the lap when it wraps.
+    fn placement(&self, len: u64) -> (bool, u64) {
+        let head = self.meta.head.off;
+        let stride = record_stride(len);
+        if head + stride > self.capacity {
+            (true, self.capacity - head + stride)
+        } else {
+            (false, stride)
+        }
+    }
+
+    /// Writes the header of an entry whose body is in place (after a wrap marker if it wraps),
+    /// header last: until it is complete the entry is not valid (`buffer-spec.md` §6). Moves
+    /// the head past it.
+    fn write_entry(&mut self, e: NewEntry) -> Pos {
+        let head = self.meta.head;
+        let ts = e.ts.max(self.meta.last_ts);
+        let (tail, run) = (self.meta.tail.off, self.meta.run);
+        let at = if e.wraps { 0 } else { head.off };
+        let len = u64::from(e.len);
+        let need = if e.wraps {
+            self.capacity - head.off + record_stride(len)
+        } else {
+            record_stride(len)
+        };
+        let header = |len, kind, flags, pcrc, count| RecordHeader {
+            len,
+            kind,
+            flags,
             seq: head.seq,
             ts,
             tail,
             run,
-            pcrc: crc32fast::hash(payload),
-        }
-        .write(&mut data[at..body]);
-        let next_off = self.view().norm(rec_off + stride);
-        self.meta.head = Pos {
-            off: next_off,
-            seq: head.seq + 1,
+            pcrc,
+            count,
         };
+        let entry = header(e.len, KIND_DATA, e.flags, e.pcrc, e.count);
+        let data = self.data_mut();
+        if e.wraps {
+            // `head.off` is normalised, so a header always fits before the end.
+            let at = head.off as usize;
+            header(0, KIND_WRAP, 0, 0, 0).write(&mut data[at..at + RECORD_HEADER as usize]);
+        }
+        entry.write(&mut data[at as usize..(at + RECORD_HEADER) as usize]);
+        let next_off = self.view().norm(at + record_stride(len));
+        self.meta.head = Pos::at(next_off, head.seq + entry.records());
         self.meta.last_ts = ts;
         self.prefault(next_off);
         if self.dirty_bytes == 0 {
@@ -707,14 +818,12 @@ impl Ring {
         }
         self.dirty_bytes += need;
         self.since_meta += need;
+        self.appended_bytes += need;
         if self.since_meta > self.capacity / 4 {
             // Keep the recovery scan under a quarter lap even if nobody checkpoints.
             self.write_meta(ts);
         }
-        Ok(Pos {
-            off: rec_off,
-            seq: head.seq,
-        })
+        Pos::at(at, head.seq)
     }
 
     /// When the head at `head_off` enters another [`PREFAULT_STEP`], makes the pages of the
@@ -785,32 +894,44 @@ impl Ring {
 
     fn make_room(&mut self, need: u64) -> Result<(), AppendError> {
         while self.free() < need {
-            if self.when_full == WhenFull::Block && self.min_cursor_seq() <= self.meta.tail.seq {
+            let (next, needed_below) = self.after_tail();
+            if self.when_full == WhenFull::Block && self.min_cursor_seq() < needed_below {
                 return Err(AppendError::Full);
             }
-            self.evict_one();
+            self.evict_to(next);
         }
         Ok(())
     }
 
-    /// Drops the oldest record; moves cursors that had not delivered it.
-    fn evict_one(&mut self) {
+    /// Where the tail goes when the oldest entry is evicted, and the sequence number below
+    /// which a cursor has not delivered all of that entry yet (`block` waits for it): the end of
+    /// its records, or the tail's own number plus one for a wrap marker or a damaged entry.
+    fn after_tail(&self) -> (Pos, u64) {
         let v = self.view();
         let t = self.meta.tail;
         let off = v.norm(t.off);
-        let next = match v.header_at(off) {
+        match v.header_at(off) {
             Some(h) if h.seq == t.seq && h.kind == KIND_WRAP && off != 0 => {
-                Pos { off: 0, seq: t.seq }
+                (Pos::at(0, t.seq), t.seq + 1)
             }
-            Some(h) if h.seq == t.seq && h.kind == KIND_DATA => Pos {
-                off: v.norm(off + h.stride()),
-                seq: t.seq + 1,
-            },
-            // A damaged oldest record: its length is unknown, skip to the next valid header.
-            _ => v
-                .resync(format::ALIGN, v.used(), t.seq + 1)
-                .map_or(self.meta.head, |(_, p, _)| p),
-        };
+            Some(h) if h.seq == t.seq && h.kind == KIND_DATA && v.entry_end(&h).is_some() => {
+                let next = Pos::at(v.norm(off + h.stride()), t.seq + h.records());
+                (next, next.seq)
+            }
+            // A damaged oldest entry: its length is unknown, skip to the next valid header.
+            _ => {
+                let next = v
+                    .resync(format::ALIGN, v.used(), t.seq + 1)
+                    .map_or(self.meta.head, |(_, p, _)| p);
+                (next, t.seq + 1)
+            }
+        }
+    }
+
+    /// Drops the oldest entry (the tail moves to `next`); moves cursors that had not delivered
+    /// it.
+    fn evict_to(&mut self, next: Pos) {
+        let t = self.meta.tail;
         self.meta.evicted += next.seq - t.seq;
         self.meta.tail = next;
         for c in self.meta.cursors.iter_mut().filter(|c| c.in_use()) {
@@ -835,10 +956,22 @@ impl Ring {
                 tail
             } else if c.pos.seq >= head.seq {
                 head
-            } else if matches!(self.read(c.pos), Read::Record(r) if r.pos.seq == c.pos.seq) {
-                c.pos
             } else {
-                self.seek_seq(c.pos.seq)
+                // Read back from a slot, the position names the entry: the read checks it and
+                // finds the record in it. A damaged body stays where it is, for the output to
+                // report and skip; a header that does not hold the record is looked for.
+                match self.read(c.pos.recheck()) {
+                    Read::Record(r) if r.pos.seq == c.pos.seq => Pos {
+                        sub: r.pos.sub,
+                        ..c.pos
+                    },
+                    Read::Corrupt {
+                        at,
+                        damage: Damage::Payload { .. } | Damage::Lines { .. },
+                        ..
+                    } if at.seq == c.pos.seq => c.pos.recheck(),
+                    _ => self.seek_seq(c.pos.seq),
+                }
             };
             self.meta.cursors[i].pos = pos;
         }
@@ -1108,6 +1241,12 @@ impl Ring {
             Background::Ready(b) => b.finished(false),
             _ => Ok(true),
         }
+    }
+
+    /// Ring bytes the entries appended since the ring was opened took, headers, padding and
+    /// the unused ends of laps included: what the input costs the ring.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes
     }
 
     /// Background checkpoints that found the previous sync still running since the ring was

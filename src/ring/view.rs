@@ -5,9 +5,11 @@
 //! (plain bytes). Nothing here writes and nothing here can panic on any content of the bytes: every
 //! offset is checked against the capacity before it is sliced.
 
-use super::format::{record_stride, Pos, RecordHeader, ALIGN, KIND_WRAP, RECORD_HEADER};
+use super::format::{
+    record_stride, Pos, RecordHeader, ALIGN, FLAG_TRUNCATED, KIND_WRAP, RECORD_HEADER,
+};
 
-/// What is wrong with a damaged record.
+/// What is wrong with a damaged entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Damage {
     /// The header's CRC does not match, its kind is unknown, or it does not fit the ring: its
@@ -18,12 +20,20 @@ pub enum Damage {
         /// The sequence number found.
         found: u64,
     },
-    /// The header is intact but the payload's CRC does not match.
+    /// The header is intact but the body's CRC does not match.
     Payload {
         /// CRC stored in the header.
         stored: u32,
         /// CRC of the bytes found.
         computed: u32,
+    },
+    /// The header and the body's CRC are intact but the body of a lines entry does not hold the
+    /// LF-terminated records its header counts: a writer bug, never delivered all the same.
+    Lines {
+        /// Records the header counts.
+        count: u32,
+        /// LFs in the body.
+        found: u64,
     },
 }
 
@@ -39,8 +49,24 @@ impl std::fmt::Display for Damage {
                 f,
                 "payload CRC mismatch (stored {stored:08x}, computed {computed:08x})"
             ),
+            Damage::Lines { count, found } => write!(
+                f,
+                "lines entry does not hold the {count} LF-terminated records its header counts ({found} LFs)"
+            ),
         }
     }
+}
+
+/// A record and the rest of its entry as LF-terminated lines: what a newline-framed output
+/// sends as one piece.
+#[derive(Clone, Copy, Debug)]
+pub struct Lines<'a> {
+    /// This record and every later one of its entry, each followed by an LF.
+    pub bytes: &'a [u8],
+    /// How many records those are.
+    pub records: u64,
+    /// Where the record after them is.
+    pub next: Pos,
 }
 
 /// One valid record, borrowed from the ring.
@@ -54,11 +80,41 @@ pub struct Record<'a> {
     pub truncated: bool,
     /// The record's bytes.
     pub payload: &'a [u8],
-    /// The payload and the LF after it, when its padding starts with one (the writer puts it
-    /// there, `buffer-spec.md` §5): what a newline-framed output sends as one slice.
+    /// The payload and the LF after it, in a lines entry, or when the padding of a plain entry
+    /// starts with one (the writer puts it there, `buffer-spec.md` §5).
     pub line: Option<&'a [u8]>,
+    /// This record and the rest of its entry, when they are LF-terminated in the ring (`line`
+    /// is there).
+    pub lines: Option<Lines<'a>>,
     /// Where the next record is.
     pub next: Pos,
+}
+
+impl<'a> Record<'a> {
+    /// [`Record::lines`], cut after the last whole record that fits in `room` bytes (after the
+    /// first record, whatever its length).
+    pub fn lines_within(&self, room: usize) -> Option<Lines<'a>> {
+        let lines = self.lines?;
+        if lines.bytes.len() <= room {
+            return Some(lines);
+        }
+        let last_lf = memchr::memrchr(b'\n', &lines.bytes[..room])
+            .or_else(|| memchr::memchr(b'\n', lines.bytes))?;
+        let cut = last_lf + 1;
+        if cut == lines.bytes.len() {
+            return Some(lines);
+        }
+        let records = memchr::memchr_iter(b'\n', &lines.bytes[..cut]).count() as u64;
+        Some(Lines {
+            bytes: &lines.bytes[..cut],
+            records,
+            next: Pos {
+                off: self.pos.off,
+                seq: self.pos.seq + records,
+                sub: self.pos.sub + cut as u32,
+            },
+        })
+    }
 }
 
 /// The outcome of reading at a position.
@@ -155,8 +211,10 @@ impl<'a> View<'a> {
         }
         let bytes = &self.data[off as usize..(off + RECORD_HEADER) as usize];
         let h = RecordHeader::parse_with(bytes, check_crc)?;
-        let fits =
-            h.kind == KIND_WRAP || (h.len <= self.max_record && off + h.stride() <= self.cap());
+        let fits = match h.kind {
+            KIND_WRAP => off != 0,
+            _ => h.len <= h.max_len(self.max_record) && off + h.stride() <= self.cap(),
+        };
         (fits && h.run <= self.run).then_some(h)
     }
 
@@ -167,19 +225,22 @@ impl<'a> View<'a> {
 
     /// Reads the record at `pos`.
     pub fn read(&self, pos: Pos) -> Read<'a> {
-        self.read_with(pos, true)
+        self.read_with(pos, false)
     }
 
-    /// Reads the record at `pos`; checks its CRCs (header and payload) only with `check_crc`.
-    pub(super) fn read_with(&self, pos: Pos, check_crc: bool) -> Read<'a> {
+    /// Reads the record at `pos`. A reader entering an entry (`pos.sub == 0`) checks its CRCs
+    /// unless it is `fresh`; a later record of the entry was reached through that check and is
+    /// read without it (`buffer-spec.md` §7).
+    pub(super) fn read_with(&self, pos: Pos, fresh: bool) -> Read<'a> {
         if pos.seq >= self.head.seq {
             return Read::End;
         }
         if pos.seq < self.tail.seq {
             return Read::Overrun { tail: self.tail };
         }
+        let check = !fresh && pos.sub == 0;
         // The tail's sequence number may be held at two positions: its wrap marker's and its
-        // record's at 0. Once the marker is evicted its bytes are free and get overwritten, so
+        // entry's at 0. Once the marker is evicted its bytes are free and get overwritten, so
         // a position still naming the marker (a cursor moved there by eviction, a reader's
         // `next`) is read at the tail instead.
         let mut off = if pos.seq == self.tail.seq {
@@ -187,70 +248,142 @@ impl<'a> View<'a> {
         } else {
             self.norm(pos.off)
         };
-        // At most one wrap marker precedes a record.
+        // At most one wrap marker precedes an entry.
         for _ in 0..2 {
-            let damage = match self.header_with(off, check_crc) {
-                Some(h) if h.seq != pos.seq => Damage::Sequence { found: h.seq },
-                Some(h) if h.kind == KIND_WRAP => {
+            let damage = match self.header_with(off, check) {
+                Some(h) if h.kind == KIND_WRAP && h.seq == pos.seq && pos.sub == 0 => {
                     off = 0;
                     continue;
                 }
-                Some(h) => {
-                    let payload = self.payload(off, &h);
-                    let at = Pos { off, seq: pos.seq };
-                    let next = Pos {
-                        off: self.norm(off + h.stride()),
-                        seq: pos.seq + 1,
-                    };
-                    let computed = if check_crc {
-                        crc32fast::hash(payload)
-                    } else {
-                        h.pcrc
-                    };
-                    if computed != h.pcrc {
-                        let damage = Damage::Payload {
-                            stored: h.pcrc,
-                            computed,
-                        };
-                        return Read::Corrupt { at, damage, next };
+                Some(h) if h.kind == KIND_WRAP => Damage::Sequence { found: h.seq },
+                Some(h) => match self.entry_end(&h) {
+                    // Records past the head: a count no writer wrote.
+                    None => Damage::Header,
+                    Some(end) if !(h.seq..end).contains(&pos.seq) => {
+                        Damage::Sequence { found: h.seq }
                     }
-                    // Padding bytes are unspecified: the LF counts only if it is there.
-                    let end = (off + RECORD_HEADER) as usize + payload.len();
-                    let line = (u64::from(h.len) + RECORD_HEADER < h.stride()
-                        && self.data[end] == b'\n')
-                        .then(|| &self.data[end - payload.len()..=end]);
-                    return Read::Record(Record {
-                        pos: at,
-                        ts: h.ts,
-                        truncated: h.flags & super::format::FLAG_TRUNCATED != 0,
-                        payload,
-                        line,
-                        next,
-                    });
-                }
+                    Some(end) => return self.record_in(off, &h, end, pos, check),
+                },
                 None => Damage::Header,
             };
-            let next = self
-                .resync(self.lin(off) + ALIGN, self.used(), pos.seq + 1)
-                .map_or(self.head, |(_, p, _)| p);
             return Read::Corrupt {
-                at: Pos { off, seq: pos.seq },
+                at: Pos { off, ..pos },
                 damage,
-                next,
+                next: self.after_damaged(self.lin(off) + ALIGN, pos),
             };
         }
-        // Two wrap markers in a row: the second is damage.
-        let next = self
-            .resync(ALIGN, self.used(), pos.seq + 1)
-            .map_or(self.head, |(_, p, _)| p);
+        // Two wrap markers in a row: the second is damage. (Unreachable while a marker at
+        // offset 0 is not acceptable, kept so that no header can loop the reader.)
         Read::Corrupt {
-            at: Pos {
-                off: 0,
-                seq: pos.seq,
-            },
+            at: Pos::at(0, pos.seq),
             damage: Damage::Header,
-            next,
+            next: self.after_damaged(self.lin(0) + ALIGN, pos),
         }
+    }
+
+    /// The sequence number after the records of the data entry `h`, if they end at or before
+    /// the head (a header that says more is damaged, whatever its CRC).
+    pub(crate) fn entry_end(&self, h: &RecordHeader) -> Option<u64> {
+        h.seq
+            .checked_add(h.records())
+            .filter(|&end| end <= self.head.seq)
+    }
+
+    /// The record `pos` names in the data entry at `off`, whose header `h` holds its sequence
+    /// number (its records end before `end`); with `check`, after checking the entry's body.
+    fn record_in(&self, off: u64, h: &RecordHeader, end: u64, pos: Pos, check: bool) -> Read<'a> {
+        let body = self.payload(off, h);
+        let at = Pos { off, ..pos };
+        let next_entry = Pos::at(self.norm(off + h.stride()), end);
+        if check {
+            if let Err(damage) = body_check(h, body) {
+                // A lines body that does not hold `count` records: the count cannot be
+                // trusted, so the next entry is found by its header, as after header damage.
+                let next = match damage {
+                    Damage::Lines { .. } => self.after_damaged(self.lin(off) + h.stride(), pos),
+                    _ => next_entry,
+                };
+                return Read::Corrupt { at, damage, next };
+            }
+        }
+        if !h.is_lines() {
+            // Padding bytes are unspecified: the LF counts only if it is there.
+            let end = (off + RECORD_HEADER) as usize + body.len();
+            let line = (u64::from(h.len) + RECORD_HEADER < h.stride() && self.data[end] == b'\n')
+                .then(|| &self.data[end - body.len()..=end]);
+            return Read::Record(Record {
+                pos: Pos::at(off, h.seq),
+                ts: h.ts,
+                truncated: h.flags & FLAG_TRUNCATED != 0,
+                payload: body,
+                line,
+                lines: line.map(|bytes| Lines {
+                    bytes,
+                    records: 1,
+                    next: next_entry,
+                }),
+                next: next_entry,
+            });
+        }
+        // The record starts after the LF of the one before it: where `sub` says, once a reader
+        // found it, or found by counting LFs from the start of the body.
+        let nth = pos.seq - h.seq;
+        let sub = pos.sub as usize;
+        let start = if nth == 0 {
+            Some(0)
+        } else if sub > 0 && sub < body.len() && body[sub - 1] == b'\n' {
+            Some(sub)
+        } else {
+            memchr::memchr_iter(b'\n', body)
+                .nth(nth as usize - 1)
+                .map(|i| i + 1)
+        };
+        let end = start.and_then(|s| memchr::memchr(b'\n', &body[s..]).map(|n| s + n));
+        let (Some(start), Some(end)) = (start, end) else {
+            // Only an unchecked entry (fresh, or entered before) can get here.
+            let found = memchr::memchr_iter(b'\n', body).count() as u64;
+            return Read::Corrupt {
+                at,
+                damage: Damage::Lines {
+                    count: h.count,
+                    found,
+                },
+                next: self.after_damaged(self.lin(off) + h.stride(), pos),
+            };
+        };
+        let next = if end + 1 == body.len() {
+            next_entry
+        } else {
+            Pos {
+                off,
+                seq: pos.seq + 1,
+                sub: (end + 1) as u32,
+            }
+        };
+        Read::Record(Record {
+            pos: Pos {
+                off,
+                seq: pos.seq,
+                sub: start as u32,
+            },
+            ts: h.ts,
+            truncated: false,
+            payload: &body[start..end],
+            line: Some(&body[start..=end]),
+            lines: Some(Lines {
+                bytes: &body[start..],
+                records: next_entry.seq - pos.seq,
+                next: next_entry,
+            }),
+            next,
+        })
+    }
+
+    /// Where reading goes on after damage at `pos`: the first acceptable header at or after
+    /// distance `from` from the tail whose sequence number is above `pos`'s (the head if none).
+    fn after_damaged(&self, from: u64, pos: Pos) -> Pos {
+        self.resync(from, self.used(), pos.seq + 1)
+            .map_or(self.head, |(_, p, _)| p)
     }
 
     /// The first valid header at or after distance `from` from the tail and before `end`, whose
@@ -268,7 +401,7 @@ impl<'a> View<'a> {
             }
             if let Some(h) = self.header_at(off) {
                 if h.seq >= min_seq && h.seq < self.head.seq {
-                    return Some((lin, Pos { off, seq: h.seq }, h));
+                    return Some((lin, Pos::at(off, h.seq), h));
                 }
             }
             lin += ALIGN;
@@ -346,6 +479,28 @@ impl<'a> View<'a> {
     }
 }
 
+/// Checks an entry's body against its header: the CRC, and for a lines entry that it is
+/// `count` records each followed by an LF (`buffer-spec.md` §5).
+fn body_check(h: &RecordHeader, body: &[u8]) -> Result<(), Damage> {
+    let computed = crc32fast::hash(body);
+    if computed != h.pcrc {
+        return Err(Damage::Payload {
+            stored: h.pcrc,
+            computed,
+        });
+    }
+    if h.is_lines() {
+        let found = memchr::memchr_iter(b'\n', body).count() as u64;
+        if found != u64::from(h.count) || body.last() != Some(&b'\n') {
+            return Err(Damage::Lines {
+                count: h.count,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What the recovery scan found past the checkpointed head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scan {
@@ -353,16 +508,16 @@ pub struct Scan {
     pub head: Pos,
     /// Valid records found past the checkpoint.
     pub records: u64,
-    /// The newest record's header, if any was found.
+    /// The newest entry's header, if any was found.
     pub newest: Option<RecordHeader>,
     /// Bytes at the head that looked like the start of a record but failed validation (a torn
     /// write); 0 when the scan ended on an old lap's bytes or on zeroes.
     pub torn: bool,
 }
 
-/// Scans forward from the checkpointed head `start`, accepting a record only if its header and
-/// payload CRCs match, it carries the next sequence number, it was written by `run` and its
-/// receive time does not go backwards. Stops at the first record that fails (`buffer-spec.md`
+/// Scans forward from the checkpointed head `start`, accepting an entry only if its header and
+/// body check out, it carries the next sequence number, it was written by `run` and its
+/// receive time does not go backwards. Stops at the first entry that fails (`buffer-spec.md`
 /// §8). Never scans more than one lap.
 pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts: u64) -> Scan {
     let view = View {
@@ -370,29 +525,25 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
         max_record,
         run,
         tail: start,
-        head: Pos {
-            off: start.off,
-            seq: u64::MAX,
-        },
+        head: Pos::at(start.off, u64::MAX),
     };
     let cap = data.len() as u64;
     let valid = |off: u64, seq: u64, ts: u64| -> Option<RecordHeader> {
         let h = view.header_at(off)?;
-        let ok = h.seq == seq && h.run == run && h.ts >= ts && seq < u64::MAX;
+        let ok = h.seq == seq
+            && h.run == run
+            && h.ts >= ts
+            && seq.checked_add(h.records().max(1)).is_some();
         if !ok {
             return None;
         }
         if h.kind == KIND_WRAP {
             return Some(h);
         }
-        let payload = view.payload(off, &h);
-        (crc32fast::hash(payload) == h.pcrc).then_some(h)
+        body_check(&h, view.payload(off, &h)).ok().map(|()| h)
     };
     let mut scan = Scan {
-        head: Pos {
-            off: view.norm(start.off),
-            seq: start.seq,
-        },
+        head: Pos::at(view.norm(start.off), start.seq),
         records: 0,
         newest: None,
         torn: false,
@@ -424,11 +575,8 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
         }
         budget -= spent;
         ts = h.ts;
-        scan.records += 1;
+        scan.records += h.records();
         scan.newest = Some(h);
-        scan.head = Pos {
-            off: view.norm(rec_off + h.stride()),
-            seq: scan.head.seq + 1,
-        };
+        scan.head = Pos::at(view.norm(rec_off + h.stride()), scan.head.seq + h.records());
     }
 }
