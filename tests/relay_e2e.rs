@@ -711,3 +711,101 @@ fn a_sync_period_shorter_than_the_disk_needs_loses_nothing() {
     );
     assert_all_arrived(&siem, n, false);
 }
+
+/// Newline records are read straight into the ring and framed there (lines entries,
+/// `buffer-spec.md` §5). Whatever the reads split, what the SIEM gets is what the framer makes
+/// of the same bytes in one piece: CR LF and empty lines removed, records over
+/// `max_record_bytes` truncated, records of 64 KiB and more whole, partial records carried
+/// from one read to the next.
+#[test]
+fn newline_records_read_into_the_ring_arrive_as_the_framer_frames_them() {
+    use ringrelay::framing::{Framer, FramerConfig, Framing, Oversize};
+    const MAX: usize = 96 << 10;
+    let dir = TempDir::new("e2e-in-place");
+    let siem = Sink::new(true);
+    let cfg = one_feed_config(
+        dir.path(),
+        siem.addr,
+        "framing = \"newline\"\nmax_record_bytes = \"96KiB\"\n",
+        "",
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut stream = Vec::new();
+    for i in 0..6_000u64 {
+        match next() % 40 {
+            0 => stream.extend_from_slice(b"\r\n"),
+            1 => stream.push(b'\n'),
+            2 => {
+                stream.extend_from_slice(&record(i, 65_536 + (next() % 20_000) as usize));
+                stream.push(b'\n');
+            }
+            3 => {
+                // Oversize: the relay keeps its first MAX bytes.
+                stream.extend_from_slice(&record(i, MAX + 1 + (next() % 60_000) as usize));
+                stream.extend_from_slice(b"\r\n");
+            }
+            4..=9 => {
+                stream.extend_from_slice(&record(i, 20 + (next() % 2_000) as usize));
+                stream.extend_from_slice(b"\r\n");
+            }
+            _ => {
+                stream.extend_from_slice(&record(i, 20 + (next() % 2_000) as usize));
+                stream.push(b'\n');
+            }
+        }
+    }
+    let mut want = Vec::new();
+    let mut framer = Framer::new(FramerConfig {
+        framing: Framing::Newline,
+        max_record: MAX,
+        oversize: Oversize::Truncate,
+    });
+    framer.decode(&stream, true, &mut |r, _| {
+        want.push(r.to_vec());
+        true
+    });
+    let mut s = TcpStream::connect(relay.addr("f")).unwrap();
+    let mut at = 0;
+    while at < stream.len() {
+        let n = (1 + next() % 300_000) as usize;
+        let end = (at + n).min(stream.len());
+        s.write_all(&stream[at..end]).unwrap();
+        at = end;
+        if next() % 4 == 0 {
+            // Let the relay read what is there, so reads end at arbitrary bytes.
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    drop(s);
+    let ok = wait_until(Duration::from_secs(60), || siem.count() >= want.len());
+    assert!(
+        ok,
+        "{} of {} records arrived; log:\n{}",
+        siem.count(),
+        want.len(),
+        relay.log_text()
+    );
+    thread::sleep(Duration::from_millis(200));
+    let got = siem.lines.lock().unwrap().clone();
+    assert_eq!(got.len(), want.len(), "records arrived, records expected");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            g == w,
+            "record {i} differs: {} bytes arrived, {} expected",
+            g.len(),
+            w.len()
+        );
+    }
+    assert!(
+        want.iter().any(|r| r.len() == MAX),
+        "no record was truncated"
+    );
+    assert!(want.iter().any(|r| r.len() > 65_536 && r.len() < MAX));
+}

@@ -102,7 +102,7 @@ impl Relay {
             }
             if let Some((since, discarded)) = http.lingering.as_mut() {
                 let mut sink = [0u8; 16 << 10];
-                match conn.read_plain(&mut sink, feed, conn_log, now) {
+                match conn.read_plain(&mut sink, (&feed.cfg.name, &mut feed.stats), conn_log, now) {
                     Ok(0) => break Some(("response sent; connection: close", None)),
                     Ok(n) => *discarded += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
@@ -136,7 +136,12 @@ impl Relay {
             let old = conn.pending.len();
             conn.pending.resize(old + READ_CHUNK, 0);
             let mut buf = std::mem::take(&mut conn.pending);
-            let res = conn.read_plain(&mut buf[old..], feed, conn_log, now);
+            let res = conn.read_plain(
+                &mut buf[old..],
+                (&feed.cfg.name, &mut feed.stats),
+                conn_log,
+                now,
+            );
             conn.pending = buf;
             conn.pending.truncate(old + *res.as_ref().unwrap_or(&0));
             match res {

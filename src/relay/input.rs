@@ -7,10 +7,16 @@
 //! connection. A handshake that fails is logged (rate-limited) with the peer and the reason,
 //! counted per reason, and closes only its own connection.
 //!
-//! Reads go into the relay's one scratch buffer; complete records are copied from it into the
-//! ring (the only copy), and a partial record at the end of a read is kept on the connection,
-//! at most `max_record_bytes` + a frame header, until the rest arrives. So a connection costs its
-//! partial record plus a few hundred bytes, whatever it sends.
+//! A connection whose framing is newline (configured, or detected by `auto`) reads straight
+//! into room reserved at the ring's head, behind the partial record it kept from its previous
+//! read; the complete lines are framed in place and committed as one lines entry
+//! ([`read_lines`], `buffer-spec.md` §5): the bytes are copied once, by the kernel. Other
+//! connections (octet counting, before `auto` decides, a record longer than `max_record_bytes`
+//! and what follows it in that read) read into the relay's one scratch buffer, and complete
+//! records are copied from it into the ring. Either way a partial record at the end of a read
+//! is kept on the connection, at most `max_record_bytes` + a frame header, until the rest
+//! arrives. So a connection costs its partial record plus a few hundred bytes, whatever it
+//! sends.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -21,12 +27,12 @@ use mio::{Interest, Token};
 use rustls::ServerConnection;
 
 use super::http_in::HttpConn;
-use super::{Feed, Relay, CONN_BASE, READS_PER_TURN, READ_CHUNK};
+use super::{Feed, FeedStats, Relay, CONN_BASE, LINES_READ, READS_PER_TURN, READ_CHUNK};
 use crate::clock;
 use crate::config::InputKind;
-use crate::framing::Framer;
+use crate::framing::{Framer, InPlace};
 use crate::log::{Level, Limiter};
-use crate::ring::AppendError;
+use crate::ring::{AppendError, NotReserved};
 use crate::tls;
 
 /// What carries a connection's bytes.
@@ -153,10 +159,11 @@ impl Conn {
     pub(super) fn read_plain(
         &mut self,
         buf: &mut [u8],
-        feed: &mut Feed,
+        feed: (&str, &mut FeedStats),
         conn_log: &mut Limiter,
         now: Instant,
     ) -> io::Result<usize> {
+        let (feed_name, feed_stats) = feed;
         let t = match &mut self.transport {
             Transport::Plain => return self.stream.read(buf),
             Transport::Tls(t) => t,
@@ -164,7 +171,7 @@ impl Conn {
         let r = t.read(&mut self.stream, buf);
         if matches!(t.state, TlsState::Handshaking) && !t.conn.is_handshaking() {
             t.state = TlsState::Established;
-            feed.stats.tls_handshakes += 1;
+            feed_stats.tls_handshakes += 1;
             if let Some(suppressed) = conn_log.allow(now) {
                 let info = t
                     .conn
@@ -174,7 +181,7 @@ impl Conn {
                 crate::log!(
                     Level::Info,
                     "tls_established",
-                    feed = feed.cfg.name,
+                    feed = feed_name,
                     peer = self.peer,
                     subject = info.map_or("-".to_string(), |i| i.subject),
                     version = t
@@ -405,9 +412,39 @@ impl Relay {
                 break Outcome::Open;
             }
             let p = conn.pending.len();
+            // Newline framing reads straight into the ring, behind the partial record the
+            // connection kept, when the ring has a lines entry's room for both.
+            let lines_read = LINES_READ.min(feed.ring.lines_max() / 4);
+            if conn.framer.in_lines() && p + lines_read <= feed.ring.lines_max() {
+                let got = read_lines(conn, feed, scratch, (p, lines_read), conn_log, now);
+                match got {
+                    Lines::Read(n) => {
+                        reads += 1;
+                        loop_stats.input_reads += 1;
+                        *bytes_in += n as u64;
+                        conn.last_active = now;
+                        if conn.paused {
+                            break Outcome::Open;
+                        }
+                    }
+                    Lines::Full => break Outcome::Open,
+                    Lines::Eof => conn.eof = true,
+                    Lines::Err(e) => match e.kind() {
+                        io::ErrorKind::WouldBlock => break Outcome::Open,
+                        io::ErrorKind::Interrupted => {}
+                        _ => break Outcome::Close("read error", Some(e)),
+                    },
+                }
+                continue;
+            }
             scratch[..p].copy_from_slice(&conn.pending);
             conn.pending.clear();
-            let res = conn.read_plain(&mut scratch[p..p + READ_CHUNK], feed, conn_log, now);
+            let res = conn.read_plain(
+                &mut scratch[p..p + READ_CHUNK],
+                (&feed.cfg.name, &mut feed.stats),
+                conn_log,
+                now,
+            );
             let n = match res {
                 Ok(0) => {
                     conn.eof = true;
@@ -528,6 +565,93 @@ impl Relay {
             }
         }
     }
+}
+
+/// What [`read_lines`] did.
+enum Lines {
+    /// Read this many bytes; framed what they completed.
+    Read(usize),
+    /// The ring has no room (`block`): the connection is paused, nothing was read.
+    Full,
+    /// The sender closed; nothing was read.
+    Eof,
+    /// The read failed (`WouldBlock` included); nothing was read.
+    Err(io::Error),
+}
+
+/// One read of a newline-framed connection, straight into the ring: reserves a lines entry's
+/// room at the head, puts the connection's partial record at its start, reads up to
+/// `lines_read` bytes behind it, frames the complete lines in place and commits them as one
+/// entry (`buffer-spec.md` §5). What they leave (the next partial record, or an oversize record
+/// and what follows it) goes through [`frame`], from `scratch`, as before.
+fn read_lines(
+    conn: &mut Conn,
+    feed: &mut Feed,
+    scratch: &mut [u8],
+    (p, lines_read): (usize, usize),
+    conn_log: &mut Limiter,
+    now: Instant,
+) -> Lines {
+    match feed.ring.reserve(p + lines_read.min(4096), p + lines_read) {
+        Ok(_) => {}
+        Err(_) => {
+            // Full (`block`): the only refusal, as the room asked for is within lines_max.
+            conn.paused = true;
+            if !feed.paused {
+                feed.paused = true;
+                feed.stats.blocked += 1;
+            }
+            return Lines::Full;
+        }
+    }
+    let Feed {
+        ring, stats, cfg, ..
+    } = feed;
+    let room = ring.reserved_mut();
+    room[..p].copy_from_slice(&conn.pending);
+    let n = match conn.read_plain(&mut room[p..], (&cfg.name, stats), conn_log, now) {
+        Ok(0) => return Lines::Eof,
+        Ok(n) => n,
+        Err(e) => return Lines::Err(e),
+    };
+    let ts = clock::wall_ns();
+    // The caller checked `in_lines`; were it false, every byte would go to `frame` below.
+    let framed = conn
+        .framer
+        .lines_in_place(&mut room[..p + n])
+        .unwrap_or(InPlace {
+            len: 0,
+            records: 0,
+            consumed: 0,
+        });
+    // What the lines leave is copied out before the entry is committed: the next append goes
+    // where those bytes are.
+    let rest = p + n - framed.consumed;
+    scratch[..rest].copy_from_slice(&room[framed.consumed..p + n]);
+    conn.pending.clear();
+    if framed.records > 0 {
+        match ring.commit_lines(framed.len, framed.records, ts) {
+            Ok(_) => {
+                stats.records += u64::from(framed.records);
+                stats.bytes += (framed.len - framed.records as usize) as u64;
+            }
+            // A bug: `reserve` above made the room. Counted as dropped, never silent.
+            Err(NotReserved) => {
+                stats.dropped_oversize += u64::from(framed.records);
+                crate::log!(
+                    Level::Error,
+                    "ring_commit_refused",
+                    feed = cfg.name,
+                    records = framed.records,
+                    reason = "no reservation (a bug)"
+                );
+            }
+        }
+        let _ = feed.appended(ts);
+    }
+    let consumed = frame(conn, feed, &scratch[..rest], false);
+    conn.pending.extend_from_slice(&scratch[consumed..rest]);
+    Lines::Read(n)
 }
 
 /// Frames `data` into the feed's ring; returns the bytes consumed. Sets `conn.paused` when the

@@ -68,6 +68,10 @@ const OUTPUT_BASE: usize = 1_000;
 const CONN_BASE: usize = 10_000;
 /// Bytes read per `read` call, on top of room for one partial record.
 const READ_CHUNK: usize = 64 << 10;
+/// Bytes read per `read` call of a newline-framed TCP or TLS connection, straight into the ring
+/// (at most a quarter of the ring's largest lines entry, [`Ring::lines_max`]): a lines entry
+/// each, so the larger, the fewer entries and system calls.
+const LINES_READ: usize = 256 << 10;
 /// Reads one connection may do per turn.
 const READS_PER_TURN: usize = 4;
 /// How long a shutdown may spend reading what is already in socket buffers.
@@ -196,8 +200,6 @@ struct InputRate {
     bytes_per_s: Option<f64>,
 }
 
-/// Ring bytes per record besides its payload, on average: the header and half the padding.
-const RECORD_OVERHEAD: u64 = crate::ring::RECORD_HEADER + 4;
 const RATE_SMOOTHING_SECS: f64 = 30.0;
 
 impl Feed {
@@ -271,10 +273,6 @@ impl Feed {
             .map(|r| self.ring.capacity() as f64 / r)
     }
 
-    fn ring_bytes_in(&self) -> u64 {
-        self.stats.bytes + self.stats.records * RECORD_OVERHEAD
-    }
-
     /// Updates the input rate; logs and raises an alert when coverage crosses the configured
     /// retention.
     fn measure(&mut self, now: Instant, alerts: &mut Vec<Alert>) {
@@ -284,8 +282,8 @@ impl Feed {
         if dt < 0.5 {
             return;
         }
-        let bytes = self.ring_bytes_in();
-        let sample = (bytes - self.rate.last_bytes) as f64 / dt;
+        let bytes = self.ring.appended_bytes();
+        let sample = bytes.saturating_sub(self.rate.last_bytes) as f64 / dt;
         let alpha = 1.0 - (-dt / RATE_SMOOTHING_SECS).exp();
         self.rate.bytes_per_s = Some(match self.rate.bytes_per_s {
             Some(r) => r + alpha * (sample - r),
@@ -574,7 +572,7 @@ impl Relay {
             ready: Vec::new(),
             more: Vec::new(),
             signals,
-            scratch: vec![0u8; max_record + 64 + READ_CHUNK],
+            scratch: vec![0u8; max_record + 64 + LINES_READ.max(READ_CHUNK)],
             checkpoint_every: cfg.relay.checkpoint_interval,
             next_checkpoint: now + cfg.relay.checkpoint_interval,
             stopping: false,
@@ -745,8 +743,9 @@ impl Relay {
         }
         // A standby's reload may have raised max_record_bytes since the buffer was sized.
         let max_record = self.feeds_max_record();
-        if self.scratch.len() < max_record + 64 + READ_CHUNK {
-            self.scratch.resize(max_record + 64 + READ_CHUNK, 0);
+        if self.scratch.len() < max_record + 64 + LINES_READ.max(READ_CHUNK) {
+            self.scratch
+                .resize(max_record + 64 + LINES_READ.max(READ_CHUNK), 0);
         }
         self.feeds = feeds;
         self.next_fence_check = now + FENCE_CHECK;
