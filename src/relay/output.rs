@@ -3,7 +3,9 @@
 //!
 //! Each output walks the ring from its own position and writes frames straight from the mapping
 //! with `writev` (no copy into a send buffer). Its cursor advances only past records whose
-//! frames the socket (or file) accepted completely.
+//! frames the socket (or file) accepted completely. A newline-framed output that adds nothing
+//! per record (no syslog header, no rate limit) sends the rest of each entry as one frame:
+//! a lines entry's records are already LF-terminated in the ring.
 //!
 //! ## What "accepted" means with TLS
 //! A frame is accepted when rustls has taken its plaintext AND every TLS byte rustls made of it
@@ -654,7 +656,8 @@ impl Output {
             }
         }
         self.note_overrun(ring);
-        self.send = start;
+        // Whatever was checked of this entry before the outage, it is checked again.
+        self.send = start.recheck();
         if matches!(self.sink, Sink::Http(_)) {
             self.http_on_connected();
         }
@@ -938,6 +941,16 @@ impl Output {
         }
         let mut budget = WRITE_BUDGET;
         loop {
+            // A file that rotates by size takes what is left before it rotates (one frame
+            // at least), so that no file grows far past `rotate_bytes`.
+            let pass_budget = match &self.sink {
+                Sink::File {
+                    size, rotate_bytes, ..
+                } if *rotate_bytes > 0 => {
+                    budget.min(rotate_bytes.saturating_sub(*size).max(1) as usize)
+                }
+                _ => budget,
+            };
             let allowed = match self.bucket.as_mut() {
                 Some(b) => {
                     let n = b.allowance(now, self.partial > 0);
@@ -957,15 +970,43 @@ impl Output {
             // whether an LF of its own follows.
             let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
             let mut lfs = [false; FRAMES_PER_WRITE];
-            // (record position, frame bytes, next position) of each frame.
-            let mut frames = [(Pos::default(), 0usize, Pos::default()); FRAMES_PER_WRITE];
+            // (record position, frame bytes, next position, records) of each frame.
+            let mut frames = [(Pos::default(), 0usize, Pos::default(), 1u64); FRAMES_PER_WRITE];
+            // Newline frames with nothing added per record: the rest of each entry goes as one
+            // frame, straight from the ring (`buffer-spec.md` §5).
+            let runs = self.framing == OutFraming::Newline
+                && !self.syslog.enabled()
+                && self.bucket.is_none();
             let mut stamps = [0u64; FRAMES_PER_WRITE];
             let mut n = 0;
             let mut pos = self.send;
             let mut total = 0usize;
             let mut stop = None;
-            while n < allowed && total < budget {
+            // The frames must reach past the bytes of the first one already written (`partial`),
+            // whatever the budget, the rate limiter or the mode of the pass that wrote them.
+            while n < FRAMES_PER_WRITE
+                && ((n < allowed && total < pass_budget)
+                    || (self.partial > 0 && total <= self.partial))
+            {
                 match ring.read(pos) {
+                    Read::Record(r) if runs && r.lines.is_some() => {
+                        let room = if self.partial > 0 && total <= self.partial {
+                            usize::MAX
+                        } else {
+                            pass_budget.saturating_sub(total)
+                        };
+                        let Some(lines) = r.lines_within(room) else {
+                            break;
+                        };
+                        prefixes[n] = (self.prefix_buf.len(), 0);
+                        payloads[n] = lines.bytes;
+                        lfs[n] = false;
+                        stamps[n] = r.ts;
+                        frames[n] = (r.pos, lines.bytes.len(), lines.next, lines.records);
+                        total += lines.bytes.len();
+                        n += 1;
+                        pos = lines.next;
+                    }
                     Read::Record(r) => {
                         let hlen = self.syslog.write(r.ts, r.pos.seq, &mut header);
                         let start = self.prefix_buf.len();
@@ -983,7 +1024,7 @@ impl Output {
                         payloads[n] = body;
                         lfs[n] = lf;
                         stamps[n] = r.ts;
-                        frames[n] = (r.pos, frame, r.next);
+                        frames[n] = (r.pos, frame, r.next, 1);
                         total += frame;
                         n += 1;
                         pos = r.next;
@@ -1075,7 +1116,7 @@ impl Output {
             budget = budget.saturating_sub(written);
             // Advance over every frame written completely.
             let mut left = written + self.partial;
-            for (i, &(p, frame, next)) in frames[..n].iter().enumerate() {
+            for (i, &(p, frame, next, records)) in frames[..n].iter().enumerate() {
                 if left < frame {
                     self.partial = left;
                     break;
@@ -1084,16 +1125,14 @@ impl Output {
                 self.partial = 0;
                 self.last_sent_ts = stamps[i];
                 if let Some(b) = self.bucket.as_mut() {
-                    b.tokens -= 1.0;
+                    b.tokens -= records as f64;
                 }
                 if let Some(e) = self.episode.as_mut().filter(|e| e.before_ns == 0) {
                     e.before_ns = stamps[i];
                 }
-                if p.seq < self.replay_until {
-                    self.stats.replayed += 1;
-                } else {
-                    self.stats.delivered += 1;
-                }
+                let replayed = self.replay_until.saturating_sub(p.seq).min(records);
+                self.stats.replayed += replayed;
+                self.stats.delivered += records - replayed;
                 self.send = next;
             }
             let send = self.send;
