@@ -416,8 +416,7 @@ impl Relay {
             // connection kept, when the ring has a lines entry's room for both.
             let lines_read = LINES_READ.min(feed.ring.lines_max() / 4);
             if conn.framer.in_lines() && p + lines_read <= feed.ring.lines_max() {
-                let got = read_lines(conn, feed, scratch, (p, lines_read), conn_log, now);
-                match got {
+                match read_lines(conn, feed, scratch, (p, lines_read), conn_log, now) {
                     Lines::Read(n) => {
                         reads += 1;
                         loop_stats.input_reads += 1;
@@ -426,16 +425,20 @@ impl Relay {
                         if conn.paused {
                             break Outcome::Open;
                         }
+                        continue;
                     }
                     Lines::Full => break Outcome::Open,
-                    Lines::Eof => conn.eof = true,
+                    Lines::Eof => {
+                        conn.eof = true;
+                        continue;
+                    }
                     Lines::Err(e) => match e.kind() {
                         io::ErrorKind::WouldBlock => break Outcome::Open,
-                        io::ErrorKind::Interrupted => {}
+                        io::ErrorKind::Interrupted => continue,
                         _ => break Outcome::Close("read error", Some(e)),
                     },
+                    Lines::Refused => {}
                 }
-                continue;
             }
             scratch[..p].copy_from_slice(&conn.pending);
             conn.pending.clear();
@@ -577,6 +580,8 @@ enum Lines {
     Eof,
     /// The read failed (`WouldBlock` included); nothing was read.
     Err(io::Error),
+    /// The ring cannot hold a lines entry that long; nothing was read.
+    Refused,
 }
 
 /// One read of a newline-framed connection, straight into the ring: reserves a lines entry's
@@ -594,8 +599,7 @@ fn read_lines(
 ) -> Lines {
     match feed.ring.reserve(p + lines_read.min(4096), p + lines_read) {
         Ok(_) => {}
-        Err(_) => {
-            // Full (`block`): the only refusal, as the room asked for is within lines_max.
+        Err(AppendError::Full) => {
             conn.paused = true;
             if !feed.paused {
                 feed.paused = true;
@@ -603,6 +607,8 @@ fn read_lines(
             }
             return Lines::Full;
         }
+        // The caller asks for no more than `lines_max`; were it more, the scratch path reads.
+        Err(AppendError::TooLarge) => return Lines::Refused,
     }
     let Feed {
         ring, stats, cfg, ..
