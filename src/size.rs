@@ -28,17 +28,38 @@ pub fn ring_bytes(eps: u64, bytes: u64, retention: Duration) -> u64 {
     raw.div_ceil(PAGE).saturating_mul(PAGE)
 }
 
-/// The relay's CPU per record and per byte, TCP in and one TCP output, `sync = "interval"`:
-/// from `cargo bench --bench pipeline` on the 2-core development VM (256 B and 1 KiB records
-/// cost 2.3-2.45 and 1.29-1.43 CPU s/GiB; README, Performance), rounded up.
-const CPU_PER_RECORD_S: f64 = 0.35e-6;
-const CPU_PER_BYTE_S: f64 = 1.0e-9;
+/// The relay's CPU per record and per byte, one TCP output, `sync = "interval"`, by how the
+/// input's records reach the ring: from `cargo bench --bench pipeline` on the 2-core
+/// development VM (README, Performance), rounded up.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuCost {
+    /// Seconds per record.
+    pub per_record: f64,
+    /// Seconds per byte.
+    pub per_byte: f64,
+}
+
+/// Newline-framed TCP or TLS input (NSS, LSS): a read's records go into one lines entry and
+/// out as one frame (256 B and 1 KiB records cost 0.73-0.76 and 0.76-0.78 CPU s/GiB: the
+/// cost is the bytes').
+pub const CPU_LINES: CpuCost = CpuCost {
+    per_record: 0.02e-6,
+    per_byte: 0.8e-9,
+};
+
+/// A plain entry per record: octet counting, the HTTP input (2.3-2.45 and 1.29-1.43 CPU s/GiB
+/// for 256 B and 1 KiB records, measured before lines entries existed, when every record
+/// went this way).
+pub const CPU_PLAIN: CpuCost = CpuCost {
+    per_record: 0.35e-6,
+    per_byte: 1.0e-9,
+};
 
 /// The share of one core the relay's event loop needs for `feeds` feeds of `eps` events/s of
-/// `bytes` bytes each, from [`CPU_PER_RECORD_S`] and [`CPU_PER_BYTE_S`].
-pub fn cpu_share(eps: u64, bytes: u64, feeds: u64) -> f64 {
+/// `bytes` bytes each, at `cost`.
+pub fn cpu_share(eps: u64, bytes: u64, feeds: u64, cost: CpuCost) -> f64 {
     let records = eps.saturating_mul(feeds) as f64;
-    records * (CPU_PER_RECORD_S + bytes as f64 * CPU_PER_BYTE_S)
+    records * (cost.per_record + bytes as f64 * cost.per_byte)
 }
 
 /// Appliance classes from the vendors' deployment guides (FIELD.md §1.1, §4.5).
@@ -73,9 +94,10 @@ pub fn run(s: Sizing) -> ExitCode {
         s.feeds, s.eps, s.bytes
     );
     println!(
-        "  per record on disk   {per_record} bytes ({} payload + {} header and padding)",
+        "  per record on disk   {per_record} bytes at most ({} payload + {} header and padding; a newline-framed read's records share one header: about {} bytes each)",
         s.bytes,
-        per_record - s.bytes
+        per_record - s.bytes,
+        s.bytes + 1
     );
     println!(
         "  ring per feed        {} ({ring} bytes); buffer = {{ size = \"{ring}\" }}",
@@ -95,14 +117,17 @@ pub fn run(s: Sizing) -> ExitCode {
         (write_rate * s.feeds) as f64 / 1e6
     );
     println!("  relay memory         < 64 MiB resident besides the page cache; rings need not fit in RAM");
-    let cpu = cpu_share(s.eps, s.bytes, s.feeds);
+    let lines = cpu_share(s.eps, s.bytes, s.feeds, CPU_LINES);
+    let plain = cpu_share(s.eps, s.bytes, s.feeds, CPU_PLAIN);
+    let pct = |share: f64| (share * 100.0).max(1.0);
     println!(
-        "  relay CPU            about {:.0}% of one core (TCP in, one TCP output; more with TLS, HTTP or more outputs){}",
-        (cpu * 100.0).max(1.0),
-        if cpu > 0.7 {
-            ": the event loop is one thread, so above one core it falls behind; split the feeds over more instances"
-        } else {
-            ""
+        "  relay CPU            about {:.0}% of one core with newline framing (NSS, LSS), {:.0}% with octet counting or the HTTP input (one TCP output; more with TLS or more outputs){}",
+        pct(lines),
+        pct(plain),
+        match (lines > 0.7, plain > 0.7) {
+            (true, _) => ": the event loop is one thread, so above one core it falls behind; split the feeds over more instances",
+            (false, true) => ": with octet counting or the HTTP input the event loop (one thread) would fall behind; split those feeds over more instances",
+            (false, false) => "",
         }
     );
     let mut fits_any = false;
@@ -146,12 +171,15 @@ mod tests {
 
     #[test]
     fn cpu_share_adds_a_cost_per_record_and_per_byte() {
-        // 10,000 events/s of 1,500 bytes: 3.5 ms + 15 ms of CPU a second.
-        let share = cpu_share(10_000, 1500, 1);
+        // 10,000 events/s of 1,500 bytes: 3.5 ms + 15 ms of CPU a second in plain entries,
+        // 0.2 ms + 12 ms in lines entries.
+        let share = cpu_share(10_000, 1500, 1, CPU_PLAIN);
         assert!((share - 0.0185).abs() < 1e-9, "{share}");
+        let lines = cpu_share(10_000, 1500, 1, CPU_LINES);
+        assert!((lines - 0.0122).abs() < 1e-9, "{lines}");
         // Twice the feeds, twice the CPU; nothing for an idle feed.
-        assert!((cpu_share(10_000, 1500, 2) - 2.0 * share).abs() < 1e-9);
-        assert_eq!(cpu_share(0, 1500, 4), 0.0);
+        assert!((cpu_share(10_000, 1500, 2, CPU_PLAIN) - 2.0 * share).abs() < 1e-9);
+        assert_eq!(cpu_share(0, 1500, 4, CPU_LINES), 0.0);
     }
 
     #[test]

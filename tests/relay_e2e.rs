@@ -652,24 +652,47 @@ fn size_prints_the_cpu_a_sizing_needs_and_warns_above_one_core() {
         .lines()
         .find(|l| l.contains("relay CPU"))
         .unwrap_or("");
-    assert!(line.contains("about 2% of one core"), "{small}");
-    assert!(!line.contains("falls behind"), "{small}");
-    // 8 feeds of 100,000 events/s of 1 KiB: 8 x 0.14 s of CPU a second.
-    let big = size(&[
-        "--eps",
-        "100000",
-        "--bytes",
-        "1024",
-        "--retention",
-        "1m",
-        "--feeds",
-        "8",
-    ]);
-    let line = big.lines().find(|l| l.contains("relay CPU")).unwrap_or("");
-    assert!(line.contains("about 110% of one core"), "{big}");
     assert!(
-        line.contains("split the feeds over more instances"),
+        line.contains("about 1% of one core with newline framing")
+            && line.contains("2% with octet counting"),
+        "{small}"
+    );
+    assert!(!line.contains("falls behind"), "{small}");
+    // 8 feeds of 100,000 events/s of 1 KiB: 8 x 0.084 s of CPU a second in lines entries,
+    // 8 x 0.14 s in plain entries.
+    let size_of = |eps: &str| {
+        size(&[
+            "--eps",
+            eps,
+            "--bytes",
+            "1024",
+            "--retention",
+            "1m",
+            "--feeds",
+            "8",
+        ])
+    };
+    let big = size_of("100000");
+    let line = big.lines().find(|l| l.contains("relay CPU")).unwrap_or("");
+    assert!(
+        line.contains("about 67% of one core with newline framing")
+            && line.contains("110% with octet counting"),
         "{big}"
+    );
+    assert!(
+        line.contains("split those feeds over more instances"),
+        "{big}"
+    );
+    // 8 x 150,000 events/s: past one core whatever the framing.
+    let bigger = size_of("150000");
+    let line = bigger
+        .lines()
+        .find(|l| l.contains("relay CPU"))
+        .unwrap_or("");
+    assert!(
+        line.contains("about 101% of one core with newline framing")
+            && line.contains("split the feeds over more instances"),
+        "{bigger}"
     );
 }
 
