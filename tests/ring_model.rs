@@ -846,6 +846,24 @@ fn seek_reads_its_record(ring: &Ring, m: &Model, got: Pos, seq: u64, step: usize
 
 /// Runs `actions` on a new ring and on the model, checking after every step; returns the cases
 /// the run met.
+/// The cursors in the file's current metadata slot are those the model persisted last, each
+/// naming its entry (no in-body offset reaches the disk).
+fn assert_cursors_persisted(path: &Path, ids: &[usize], m: &Model, step: usize) {
+    let persisted: Vec<Cur> = m
+        .persisted
+        .iter()
+        .map(|c| Cur {
+            pos: c.pos.recheck(),
+            ..*c
+        })
+        .collect();
+    assert_eq!(
+        cursors_on_disk(path, ids),
+        persisted,
+        "step {step}: cursors on disk"
+    );
+}
+
 fn run_actions(when_full: WhenFull, actions: &[Action]) -> Seen {
     watchdog(Duration::from_secs(240));
     let dir = TempDir::new(if when_full == WhenFull::Block {
@@ -994,37 +1012,13 @@ fn run_actions(when_full: WhenFull, actions: &[Action]) -> Seen {
                     rec.tail_dropped, 0,
                     "step {step}: clean reopen dropped records"
                 );
-                let on_disk: Vec<Cur> = m
-                    .persisted
-                    .iter()
-                    .map(|c| Cur {
-                        pos: c.pos.recheck(),
-                        ..*c
-                    })
-                    .collect();
-                assert_eq!(
-                    cursors_on_disk(&path, &ids),
-                    on_disk,
-                    "step {step}: cursors on disk"
-                );
+                assert_cursors_persisted(&path, &ids, &m, step);
                 cursors_read_their_record(&ring, &ids, &m, step);
             }
             Action::Checkpoint { sync } => {
                 ring.checkpoint(clock, sync).unwrap();
                 m.write_meta();
-                let on_disk: Vec<Cur> = m
-                    .persisted
-                    .iter()
-                    .map(|c| Cur {
-                        pos: c.pos.recheck(),
-                        ..*c
-                    })
-                    .collect();
-                assert_eq!(
-                    cursors_on_disk(&path, &ids),
-                    on_disk,
-                    "step {step}: cursors on disk"
-                );
+                assert_cursors_persisted(&path, &ids, &m, step);
             }
             Action::Writeback => ring.start_writeback().unwrap(),
             Action::SeekSeq { at } => {
