@@ -989,45 +989,41 @@ impl Output {
                     || (self.partial > 0 && total <= self.partial))
             {
                 match ring.read(pos) {
-                    Read::Record(r) if runs && r.lines.is_some() => {
+                    Read::Record(r) => {
+                        // A frame partly on the wire is never cut shorter than what was sent.
                         let room = if self.partial > 0 && total <= self.partial {
                             usize::MAX
                         } else {
                             pass_budget.saturating_sub(total)
                         };
-                        let Some(lines) = r.lines_within(room) else {
-                            break;
-                        };
-                        prefixes[n] = (self.prefix_buf.len(), 0);
-                        payloads[n] = lines.bytes;
-                        lfs[n] = false;
-                        stamps[n] = r.ts;
-                        frames[n] = (r.pos, lines.bytes.len(), lines.next, lines.records);
-                        total += lines.bytes.len();
-                        n += 1;
-                        pos = lines.next;
-                    }
-                    Read::Record(r) => {
-                        let hlen = self.syslog.write(r.ts, r.pos.seq, &mut header);
                         let start = self.prefix_buf.len();
-                        if self.framing == OutFraming::Octet {
-                            let _ = write!(self.prefix_buf, "{} ", hlen + r.payload.len());
-                        }
-                        self.prefix_buf.extend_from_slice(&header[..hlen]);
+                        let (body, lf, records, next) =
+                            match runs.then(|| r.lines_within(room)).flatten() {
+                                Some(lines) => (lines.bytes, false, lines.records, lines.next),
+                                None => {
+                                    let hlen = self.syslog.write(r.ts, r.pos.seq, &mut header);
+                                    if self.framing == OutFraming::Octet {
+                                        let _ =
+                                            write!(self.prefix_buf, "{} ", hlen + r.payload.len());
+                                    }
+                                    self.prefix_buf.extend_from_slice(&header[..hlen]);
+                                    let newline = self.framing == OutFraming::Newline;
+                                    let (body, lf) = match r.line {
+                                        Some(line) if newline => (line, false),
+                                        _ => (r.payload, newline),
+                                    };
+                                    (body, lf, 1, r.next)
+                                }
+                            };
                         prefixes[n] = (start, self.prefix_buf.len() - start);
-                        let newline = self.framing == OutFraming::Newline;
-                        let (body, lf) = match r.line {
-                            Some(line) if newline => (line, false),
-                            _ => (r.payload, newline),
-                        };
                         let frame = prefixes[n].1 + body.len() + usize::from(lf);
                         payloads[n] = body;
                         lfs[n] = lf;
                         stamps[n] = r.ts;
-                        frames[n] = (r.pos, frame, r.next, 1);
+                        frames[n] = (r.pos, frame, next, records);
                         total += frame;
                         n += 1;
-                        pos = r.next;
+                        pos = next;
                     }
                     Read::End => break,
                     Read::Overrun { tail } => {
