@@ -239,12 +239,8 @@ impl Framer {
         let (mut read, mut len, mut records) = (0usize, 0usize, 0u32);
         while let Some(j) = memchr::memchr(b'\n', &buf[read..]) {
             let lf = read + j;
-            let end = if j > 0 && buf[lf - 1] == b'\r' {
-                lf - 1
-            } else {
-                lf
-            };
-            let n = end - read;
+            let n = strip_cr(&buf[read..lf]).len();
+            let end = read + n;
             if n > max || records == u32::MAX {
                 break;
             }

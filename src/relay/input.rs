@@ -655,8 +655,10 @@ fn read_lines(
         }
         let _ = feed.appended(ts);
     }
-    let consumed = frame(conn, feed, &scratch[..rest], false);
-    conn.pending.extend_from_slice(&scratch[consumed..rest]);
+    if rest > 0 {
+        let consumed = frame(conn, feed, &scratch[..rest], false);
+        conn.pending.extend_from_slice(&scratch[consumed..rest]);
+    }
     Lines::Read(n)
 }
 

@@ -765,15 +765,21 @@ impl Ring {
     }
 
     /// Whether an entry with a body of `len` bytes at the head wraps, and the ring bytes it
-    /// takes then: its stride, plus the unused end of the lap when it wraps.
+    /// takes then ([`Ring::room_taken`]).
     fn placement(&self, len: u64) -> (bool, u64) {
-        let head = self.meta.head.off;
-        let stride = record_stride(len);
-        if head + stride > self.capacity {
-            (true, self.capacity - head + stride)
+        let wraps = self.meta.head.off + record_stride(len) > self.capacity;
+        (wraps, self.room_taken(wraps, len))
+    }
+
+    /// The ring bytes an entry with a body of `len` bytes at the head takes: its stride, plus
+    /// the unused end of the lap when it goes at offset 0 instead.
+    fn room_taken(&self, wraps: bool, len: u64) -> u64 {
+        let skipped = if wraps {
+            self.capacity - self.meta.head.off
         } else {
-            (false, stride)
-        }
+            0
+        };
+        skipped + record_stride(len)
     }
 
     /// Writes the header of an entry whose body is in place (after a wrap marker if it wraps),
@@ -785,11 +791,7 @@ impl Ring {
         let (tail, run) = (self.meta.tail.off, self.meta.run);
         let at = if e.wraps { 0 } else { head.off };
         let len = u64::from(e.len);
-        let need = if e.wraps {
-            self.capacity - head.off + record_stride(len)
-        } else {
-            record_stride(len)
-        };
+        let need = self.room_taken(e.wraps, len);
         let header = |len, kind, flags, pcrc, count| RecordHeader {
             len,
             kind,
