@@ -231,6 +231,36 @@ pub struct CursorSlot {
     pub pos: Pos,
     /// Records this output lost because the ring overwrote them first (cumulative).
     pub lost: u64,
+    /// What the output had reported of its health when the slot was written (the cursor-state
+    /// table, `buffer-spec.md` §4).
+    pub state: CursorState,
+}
+
+/// An output's delivery health, persisted with its cursor so that an outage or a loss is never
+/// forgotten by a restart (`buffer-spec.md` §4, cursor-state table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CursorState {
+    /// Wall-clock time (ns) since which the output has not been delivering; 0 while it was.
+    pub down_since_ns: u64,
+    /// The cursor's `lost` count when its current overrun episode began; the episode is open
+    /// while `lost` is above it.
+    pub overrun_base: u64,
+    /// Receive time (ns) of the last record delivered before the episode's gap; 0: unknown.
+    pub overrun_after_ns: u64,
+    /// The `output_down` alert was raised for the outage that began at `down_since_ns`.
+    pub down_alerted: bool,
+    /// The `output_overrun` alert was raised for the open episode.
+    pub overrun_alerted: bool,
+}
+
+impl CursorState {
+    const DOWN_ALERTED: u32 = 1;
+    const OVERRUN_ALERTED: u32 = 2;
+
+    fn flags(&self) -> u32 {
+        u32::from(self.down_alerted) * Self::DOWN_ALERTED
+            | u32::from(self.overrun_alerted) * Self::OVERRUN_ALERTED
+    }
 }
 
 impl CursorSlot {
@@ -268,7 +298,16 @@ mod meta {
     pub const CURSOR_OFF: usize = 40;
     pub const CURSOR_LOST: usize = 48;
     pub const CRC: usize = CURSORS + super::MAX_CURSORS * CURSOR_LEN; // 1152
-    pub const LEN: usize = CRC + 4; // 1156
+    /// The cursor-state table: the slot's generation again, one state per cursor entry, a CRC.
+    pub const STATE_GENERATION: usize = 1160;
+    pub const STATES: usize = STATE_GENERATION + 8; // 1168
+    pub const STATE_LEN: usize = 32;
+    pub const STATE_DOWN_SINCE: usize = 0;
+    pub const STATE_OVERRUN_BASE: usize = 8;
+    pub const STATE_OVERRUN_AFTER: usize = 16;
+    pub const STATE_FLAGS: usize = 24;
+    pub const STATE_CRC: usize = STATES + super::MAX_CURSORS * STATE_LEN; // 1680
+    pub const LEN: usize = STATE_CRC + 4; // 1684
 }
 /// Bytes of a metadata slot covered by structure (the rest of its page is zero).
 pub const META_LEN: usize = meta::LEN;
@@ -320,6 +359,16 @@ impl Meta {
         }
         let crc = crc32fast::hash(&b[..meta::CRC]);
         put_u32(b, meta::CRC, crc);
+        put_u64(b, meta::STATE_GENERATION, self.generation);
+        for (i, c) in self.cursors.iter().enumerate() {
+            let at = meta::STATES + i * meta::STATE_LEN;
+            put_u64(b, at + meta::STATE_DOWN_SINCE, c.state.down_since_ns);
+            put_u64(b, at + meta::STATE_OVERRUN_BASE, c.state.overrun_base);
+            put_u64(b, at + meta::STATE_OVERRUN_AFTER, c.state.overrun_after_ns);
+            put_u32(b, at + meta::STATE_FLAGS, c.state.flags());
+        }
+        let crc = crc32fast::hash(&b[meta::STATE_GENERATION..meta::STATE_CRC]);
+        put_u32(b, meta::STATE_CRC, crc);
     }
 
     /// Decodes a slot (at least [`META_LEN`] bytes); `None` if its CRC does not match or its
@@ -347,6 +396,7 @@ impl Meta {
             c.pos = pos(at + meta::CURSOR_OFF, at + meta::CURSOR_SEQ);
             c.lost = u64_at(b, at + meta::CURSOR_LOST);
         }
+        m.parse_states(b);
         let in_area = |p: Pos| {
             p.off % ALIGN == 0
                 && p.off
@@ -355,6 +405,34 @@ impl Meta {
         };
         let sane = in_area(m.tail) && in_area(m.head) && m.tail.seq <= m.head.seq;
         sane.then_some(m)
+    }
+
+    /// Reads the cursor-state table of a slot whose main part is valid. A table that is absent
+    /// (a slot written before it existed, or by a writer that does not know it), damaged, or
+    /// left from another generation gives each cursor the state "delivering, nothing
+    /// unreported".
+    fn parse_states(&mut self, b: &[u8]) {
+        let valid = u64_at(b, meta::STATE_GENERATION) == self.generation
+            && crc32fast::hash(&b[meta::STATE_GENERATION..meta::STATE_CRC])
+                == u32_at(b, meta::STATE_CRC);
+        for (i, c) in self.cursors.iter_mut().enumerate() {
+            let at = meta::STATES + i * meta::STATE_LEN;
+            c.state = if valid && c.in_use() {
+                let flags = u32_at(b, at + meta::STATE_FLAGS);
+                CursorState {
+                    down_since_ns: u64_at(b, at + meta::STATE_DOWN_SINCE),
+                    overrun_base: u64_at(b, at + meta::STATE_OVERRUN_BASE).min(c.lost),
+                    overrun_after_ns: u64_at(b, at + meta::STATE_OVERRUN_AFTER),
+                    down_alerted: flags & CursorState::DOWN_ALERTED != 0,
+                    overrun_alerted: flags & CursorState::OVERRUN_ALERTED != 0,
+                }
+            } else {
+                CursorState {
+                    overrun_base: c.lost,
+                    ..CursorState::default()
+                }
+            };
+        }
     }
 }
 
@@ -581,7 +659,14 @@ mod tests {
         };
         m.cursors[3].name[..4].copy_from_slice(b"siem");
         m.cursors[3].pos = Pos::at(128, 12);
-        m.cursors[3].lost = 1;
+        m.cursors[3].lost = 9;
+        m.cursors[3].state = CursorState {
+            down_since_ns: 11,
+            overrun_base: 4,
+            overrun_after_ns: 12,
+            down_alerted: true,
+            overrun_alerted: false,
+        };
         let mut page = vec![0u8; PAGE as usize];
         m.write(&mut page);
         let back = Meta::parse(&page, 1 << 20).expect("valid slot");
@@ -589,6 +674,47 @@ mod tests {
         assert_eq!(back.cursors[3].name_str(), "siem");
         page[200] ^= 1;
         assert_eq!(Meta::parse(&page, 1 << 20), None);
+    }
+
+    #[test]
+    fn cursor_state_table_of_another_generation_or_damaged_reads_as_nothing_to_report() {
+        let mut m = Meta {
+            generation: 5,
+            ..Meta::default()
+        };
+        m.cursors[0].name[..1].copy_from_slice(b"a");
+        m.cursors[0].lost = 30;
+        m.cursors[0].state = CursorState {
+            down_since_ns: 1,
+            overrun_base: 10,
+            overrun_after_ns: 0,
+            down_alerted: true,
+            overrun_alerted: true,
+        };
+        let quiet = CursorState {
+            overrun_base: 30,
+            ..CursorState::default()
+        };
+        let mut page = vec![0u8; PAGE as usize];
+        m.write(&mut page);
+        // A writer that knows only the main part rewrote the slot as generation 7.
+        let mut older = m.clone();
+        older.generation = 7;
+        let mut other = vec![0u8; PAGE as usize];
+        older.write(&mut other);
+        page[..meta::CRC + 4].copy_from_slice(&other[..meta::CRC + 4]);
+        let back = Meta::parse(&page, 1 << 20).expect("main part valid");
+        assert_eq!(back.cursors[0].state, quiet);
+        // A damaged table.
+        m.write(&mut page);
+        page[meta::STATES + 3] ^= 1;
+        let back = Meta::parse(&page, 1 << 20).expect("main part valid");
+        assert_eq!(back.cursors[0].state, quiet);
+        // A slot written before the table existed (zeros there).
+        m.write(&mut page);
+        page[meta::CRC + 4..meta::LEN].fill(0);
+        let back = Meta::parse(&page, 1 << 20).expect("main part valid");
+        assert_eq!(back.cursors[0].state, quiet);
     }
 
     #[test]

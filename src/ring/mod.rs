@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapMut};
 use nix::fcntl::{Flock, FlockArg};
 
-pub use format::{record_stride, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
+pub use format::{record_stride, CursorState, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
 use format::{
     CursorSlot, Meta, RecordHeader, Superblock, SuperblockError, CURSOR_NAME, DATA_OFFSET,
     FLAG_LINES, FLAG_TRUNCATED, KIND_DATA, KIND_WRAP, MAX_RECORD_LIMIT, META_LEN, PAGE,
@@ -1028,6 +1028,16 @@ impl Ring {
     /// Records cursor `id` lost to overwriting, since the ring was created.
     pub fn cursor_lost(&self, id: usize) -> u64 {
         self.meta.cursors[id].lost
+    }
+
+    /// What cursor `id`'s output last recorded of its health (outage, overrun episode).
+    pub fn cursor_state(&self, id: usize) -> CursorState {
+        self.meta.cursors[id].state
+    }
+
+    /// Records cursor `id`'s output health; persisted at the next checkpoint, with the cursor.
+    pub fn set_cursor_state(&mut self, id: usize, state: CursorState) {
+        self.meta.cursors[id].state = state;
     }
 
     /// Every cursor in use: name, position, records lost.
