@@ -162,6 +162,9 @@ pub struct OutputConfig {
     pub rate_limit_eps: u64,
     /// Down for longer than this raises an alert (`None`: never).
     pub alert_after: Option<Duration>,
+    /// A connection (or file) must stay up this long, or an HTTP output get a 2xx, before it
+    /// counts as delivering; one that fails sooner is a failed connect.
+    pub settle: Duration,
     /// Syslog header added to each record.
     pub syslog: SyslogConfig,
 }
@@ -1259,6 +1262,7 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
         "framing",
         "rate_limit_eps",
         "alert_after",
+        "settle",
         "syslog",
         "app_name",
         "hostname",
@@ -1341,7 +1345,14 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
         }
         "http" => {
             // No framing and no syslog header: records go into request bodies as they are.
-            let common_http = ["name", "kind", "replay", "rate_limit_eps", "alert_after"];
+            let common_http = [
+                "name",
+                "kind",
+                "replay",
+                "rate_limit_eps",
+                "alert_after",
+                "settle",
+            ];
             t.check_keys(&[&common_http[..], HTTP_KEYS].concat(), cx);
             (
                 http_output(t, cx).map(|h| OutputKind::Http(Box::new(h))),
@@ -1364,8 +1375,10 @@ fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
     };
+    let settle = t.duration("settle", cx).unwrap_or(Duration::from_secs(2));
     Some(OutputConfig {
         alert_after,
+        settle,
         name: name?,
         kind: kind?,
         replay,

@@ -34,9 +34,12 @@ fn metrics_health_and_ready_tell_what_happened() {
         let mut s = TcpStream::connect(relay.addr("f")).unwrap();
         s.write_all(&big).unwrap();
     }
+    // Connected counts once the connection has lasted `settle` (2 s by default).
     let ok = wait_until(Duration::from_secs(20), || {
         metrics(admin).get("ringrelay_output_records_delivered_total{feed=\"f\",output=\"siem\"}")
             == Some(&(n as f64))
+            && metrics(admin).get("ringrelay_output_connected{feed=\"f\",output=\"siem\"}")
+                == Some(&1.0)
             && metrics(admin)
                 .get("ringrelay_feed_records_dropped_total{feed=\"f\",reason=\"oversize\"}")
                 == Some(&3.0)
@@ -130,9 +133,18 @@ fn overrun_counts_exactly_what_the_output_never_received() {
     );
     // What arrived is the newest records, contiguous up to the last one.
     assert!((n - counts.len() as u64..n).all(|i| counts.contains_key(&i)));
-    let episodes = relay.log_text().matches("event=output_overrun").count();
-    assert_eq!(episodes, 1, "{}", relay.log_text());
-    assert!(relay.log_has(&format!("lost={lost} ")));
+    let log = relay.log_text();
+    assert_eq!(log.matches("event=output_overrun ").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("event=output_overrun_ended ").count(),
+        1,
+        "{log}"
+    );
+    let ended = log
+        .lines()
+        .find(|l| l.contains("event=output_overrun_ended "))
+        .unwrap_or_default();
+    assert!(ended.contains(&format!("lost={lost} ")), "{ended}");
 }
 
 #[test]

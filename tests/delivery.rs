@@ -320,11 +320,19 @@ path = "{alerts}"
         1
     );
 
-    // The SIEM returns: recovered, and once caught up, one overrun alert with the exact count.
+    // The loss is reported while the SIEM is still down, once.
+    assert!(wait_until(Duration::from_secs(10), || alert_lines(
+        "output_overrun"
+    )
+    .len()
+        == 1));
+
+    // The SIEM returns: recovered, and once caught up, one alert with the episode's exact count.
     siem.set_up(true);
     assert!(wait_until(Duration::from_secs(20), || {
-        alert_lines("output_recovered").len() == 1 && alert_lines("output_overrun").len() == 1
+        alert_lines("output_recovered").len() == 1 && alert_lines("output_overrun_ended").len() == 1
     }));
+    assert_eq!(alert_lines("output_overrun").len(), 1);
     let m = metrics(admin);
     let lost = m["ringrelay_output_records_overrun_lost_total{feed=\"f\",output=\"siem\"}"];
     assert!(lost > 0.0);
@@ -333,7 +341,7 @@ path = "{alerts}"
         n,
         "lost + received = sent"
     );
-    let overrun = &alert_lines("output_overrun")[0];
+    let overrun = &alert_lines("output_overrun_ended")[0];
     assert!(
         overrun.contains(&format!("\"lost\":{lost}")),
         "{overrun} vs {lost}"
@@ -350,6 +358,7 @@ path = "{alerts}"
         "output_down",
         "output_recovered",
         "output_overrun",
+        "output_overrun_ended",
         "coverage_below_retention",
     ] {
         assert_eq!(
@@ -360,6 +369,6 @@ path = "{alerts}"
     }
     assert_eq!(
         m["ringrelay_alert_records_written_total{instance_name=\"ringrelay\"}"],
-        4.0
+        5.0
     );
 }

@@ -25,18 +25,21 @@ pub enum AlertKind {
     OutputDown,
     /// An output that had raised `OutputDown` is connected again.
     OutputRecovered,
-    /// The ring overwrote records an output had not delivered.
+    /// The ring overwrote records an output had not delivered (raised when first seen).
     OutputOverrun,
+    /// The output caught up after an overrun: the whole episode's loss and time range.
+    OutputOverrunEnded,
 }
 
 impl AlertKind {
     /// Every kind, in the order of [`AlertKind::index`].
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::CoverageBelowRetention,
         AlertKind::CoverageOk,
         AlertKind::OutputDown,
         AlertKind::OutputRecovered,
         AlertKind::OutputOverrun,
+        AlertKind::OutputOverrunEnded,
     ];
 
     /// The name in log lines, metrics labels and alert records.
@@ -47,6 +50,7 @@ impl AlertKind {
             AlertKind::OutputDown => "output_down",
             AlertKind::OutputRecovered => "output_recovered",
             AlertKind::OutputOverrun => "output_overrun",
+            AlertKind::OutputOverrunEnded => "output_overrun_ended",
         }
     }
 

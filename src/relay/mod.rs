@@ -1208,7 +1208,7 @@ impl Relay {
             for (oi, out) in feed.outputs.iter_mut().enumerate() {
                 if out.deadline().is_some_and(|d| d <= now) {
                     let token = Token(OUTPUT_BASE + fi * 16 + oi);
-                    out.on_timer(registry, token, &feed.ring, now);
+                    out.on_timer(registry, token, &mut feed.ring, now);
                     if out.can_write() {
                         feed.dirty = true;
                     }
@@ -1223,6 +1223,9 @@ impl Relay {
             self.next_checkpoint = now + self.checkpoint_every;
             for feed in &mut self.feeds {
                 feed.measure(now, &mut self.pending_alerts);
+                for out in &mut feed.outputs {
+                    out.tick(&feed.ring, now);
+                }
             }
             self.close_idle(now);
             self.expire_requests(now);
@@ -1256,6 +1259,9 @@ impl Relay {
     fn checkpoint_all(&mut self, now: Instant, force_sync: bool) -> Result<(), String> {
         let wall = clock::wall_ns();
         for feed in &mut self.feeds {
+            for out in &feed.outputs {
+                feed.ring.set_cursor_state(out.cursor(), out.health());
+            }
             let sync = force_sync
                 || match feed.cfg.sync {
                     SyncPolicy::Always => true,

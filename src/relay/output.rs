@@ -32,6 +32,7 @@
 //! On every (re)connect the output resumes at `min(cursor, first record received at or after
 //! disconnect_time - replay)`: plain TCP gives no proof of what the SIEM kept.
 
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read as _, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -48,7 +49,7 @@ use rustls::{ClientConfig, ClientConnection};
 use crate::clock;
 use crate::config::{OutFraming, OutputConfig, OutputKind};
 use crate::log::{Level, Limiter};
-use crate::ring::{Pos, Read, Ring};
+use crate::ring::{CursorState, Pos, Read, Ring};
 use crate::syslog::{Header, HEADER_MAX};
 use crate::tls::{self, ClientFiles};
 
@@ -65,6 +66,9 @@ pub const WRITE_BUDGET: usize = 4 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a restart in the middle of an outage, how long the `output_down` alert waits at least
+/// for the first connect attempt (a SIEM that came back meanwhile is not reported down).
+const ALERT_AFTER_RESTART: Duration = Duration::from_secs(1);
 
 /// Connection state of an output.
 #[derive(Debug)]
@@ -174,6 +178,8 @@ impl Bucket {
 
 /// Records an output lost to overwriting, from the first jump until it catches up.
 struct Episode {
+    /// The `output_overrun` alert was raised (when the loss was first seen).
+    alerted: bool,
     lost: u64,
     /// Receive time of the last record delivered before the gap, ns (0: unknown).
     after_ns: u64,
@@ -235,6 +241,9 @@ enum Sink {
         size: u64,
         rotate_bytes: u64,
         rotate_keep: u32,
+        /// The length of the file at the end of its last whole record, while bytes of a
+        /// record that was cut short (a full disk) may follow it: cut back before writing.
+        torn_from: Option<u64>,
     },
     Http(Box<HttpSink>),
 }
@@ -250,6 +259,11 @@ pub struct Output {
     /// Frame prefixes (octet count, syslog header) of one write pass.
     prefix_buf: Vec<u8>,
     replay: Duration,
+    /// How long a new connection must last before it counts as delivering.
+    settle: Duration,
+    /// Connected but not proven yet (until then: a failure is a failed connect, the backoff
+    /// keeps growing, the outage goes on, and a stream output's cursor is not committed).
+    settle_until: Option<Instant>,
     cursor: usize,
     /// The next record to send.
     send: Pos,
@@ -257,6 +271,8 @@ pub struct Output {
     partial: usize,
     /// Records below this sequence number are replays.
     replay_until: u64,
+    /// One past the highest record written to any connection of this process.
+    sent_high: u64,
     /// Wall-clock time of the last disconnect (ns), 0 if none to replay from.
     disconnect_ns: u64,
     /// The socket said `WouldBlock`: wait for a writable event.
@@ -271,8 +287,6 @@ pub struct Output {
     bucket: Option<Bucket>,
     /// The ring's count of records this output's cursor lost, at the last look.
     lost_seen: u64,
-    /// Records lost to overwriting since this process started.
-    overrun_lost: u64,
     episode: Option<Episode>,
     /// Receive time of the last record written, ns.
     last_sent_ts: u64,
@@ -284,6 +298,9 @@ pub struct Output {
     down_since_ns: u64,
     /// The `output_down` alert was raised for this outage.
     pub down_alerted: bool,
+    /// After a restart in the middle of an outage, the alert waits this long for a first
+    /// connect attempt.
+    alert_not_before: Option<Instant>,
     /// Why the last connect or connection failed.
     last_error: String,
     /// Alerts raised and not yet taken by the relay.
@@ -360,6 +377,7 @@ impl Output {
                     size: 0,
                     rotate_bytes: f.rotate_bytes,
                     rotate_keep: f.rotate_keep,
+                    torn_from: None,
                 },
                 f.framing,
             ),
@@ -377,7 +395,25 @@ impl Output {
             }
         };
         let send = ring.cursor_pos(cursor);
-        let lost_seen = ring.cursor_lost(cursor);
+        let lost = ring.cursor_lost(cursor);
+        let health = ring.cursor_state(cursor);
+        let wall = clock::wall_ns();
+        // What the previous run knew of this output's health goes on (`buffer-spec.md` §4): an
+        // outage keeps its start and its alert, an overrun episode its loss and its alert. An
+        // output that was delivering is down from this start until it proves itself again.
+        let (down_since_ns, down_since) = match health.down_since_ns {
+            0 => (wall, now),
+            ns => {
+                let ago = Duration::from_nanos(wall.saturating_sub(ns));
+                (ns, now.checked_sub(ago).unwrap_or(now))
+            }
+        };
+        let episode = (lost > health.overrun_base).then_some(Episode {
+            alerted: health.overrun_alerted,
+            lost: lost - health.overrun_base,
+            after_ns: health.overrun_after_ns,
+            before_ns: 0,
+        });
         Ok(Output {
             name: cfg.name.clone(),
             feed: feed.to_string(),
@@ -386,10 +422,13 @@ impl Output {
             syslog: Header::new(&cfg.syslog, instance),
             prefix_buf: Vec::new(),
             replay: cfg.replay,
+            settle: cfg.settle,
+            settle_until: None,
             cursor,
             send,
             partial: 0,
             replay_until: send.seq,
+            sent_high: send.seq,
             disconnect_ns: last_checkpoint_ns,
             write_blocked: false,
             state: State::Backoff { until: now },
@@ -398,14 +437,14 @@ impl Output {
             stats: OutputStats::default(),
             down_log: Limiter::new(3, Duration::from_secs(60)),
             bucket: (cfg.rate_limit_eps > 0).then(|| Bucket::new(cfg.rate_limit_eps, now)),
-            lost_seen,
-            overrun_lost: 0,
-            episode: None,
+            lost_seen: lost,
+            episode,
             last_sent_ts: 0,
             alert_after: cfg.alert_after,
-            down_since: Some(now),
-            down_since_ns: clock::wall_ns(),
-            down_alerted: false,
+            down_since: Some(down_since),
+            down_since_ns,
+            down_alerted: health.down_since_ns != 0 && health.down_alerted,
+            alert_not_before: (health.down_since_ns != 0).then(|| now + ALERT_AFTER_RESTART),
             last_error: "not connected yet".to_string(),
             alerts: Vec::new(),
             retry_after: None,
@@ -456,22 +495,18 @@ impl Output {
                     Sink::Http(h) => h.deadline(bucket.is_none()),
                     _ => None,
                 };
-                match (bucket, http) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                earliest(earliest(bucket, http), self.settle_until)
             }
         };
-        match (state, self.alert_due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(state, self.alert_due())
     }
 
     /// When the `output_down` alert is due, if it is not raised yet.
     fn alert_due(&self) -> Option<Instant> {
         match (self.down_since, self.alert_after) {
-            (Some(since), Some(after)) if !self.down_alerted => Some(since + after),
+            (Some(since), Some(after)) if !self.down_alerted => {
+                Some((since + after).max(self.alert_not_before.unwrap_or(since)))
+            }
             _ => None,
         }
     }
@@ -533,14 +568,17 @@ impl Output {
         }
     }
 
-    /// Whether the output is connected.
+    /// Whether the output is connected and has proven it (lasted `settle`, or got a 2xx).
     pub fn connected(&self) -> bool {
-        matches!(self.state, State::Connected)
+        matches!(self.state, State::Connected) && self.settle_until.is_none()
     }
 
     /// Fires an expired deadline: start a connect, or give up on one.
-    pub fn on_timer(&mut self, registry: &Registry, token: Token, ring: &Ring, now: Instant) {
+    pub fn on_timer(&mut self, registry: &Registry, token: Token, ring: &mut Ring, now: Instant) {
         self.check_down_alert(now);
+        if self.settle_until.is_some_and(|t| t <= now) && self.may_prove_by_time() {
+            self.prove(ring, now);
+        }
         match self.state {
             State::Backoff { until } if until <= now => self.connect(registry, token, ring, now),
             State::Connecting { deadline } if deadline <= now => {
@@ -564,12 +602,16 @@ impl Output {
         }
     }
 
-    fn connect(&mut self, registry: &Registry, token: Token, ring: &Ring, now: Instant) {
+    fn connect(&mut self, registry: &Registry, token: Token, ring: &mut Ring, now: Instant) {
         match &mut self.sink {
             Sink::Http(_) => self.http_connect(registry, token, now),
             Sink::File {
-                path, file, size, ..
-            } => match open_append(path) {
+                path,
+                file,
+                size,
+                torn_from,
+                ..
+            } => match open_append(path).and_then(|f| untorn(f, torn_from)) {
                 Ok(f) => {
                     *size = f.metadata().map_or(0, |m| m.len());
                     *file = Some(f);
@@ -621,7 +663,66 @@ impl Output {
         }
     }
 
-    fn on_connected(&mut self, ring: &Ring, now: Instant) {
+    fn on_connected(&mut self, ring: &mut Ring, now: Instant) {
+        let cursor = ring.cursor_pos(self.cursor);
+        let mut start = cursor;
+        if self.disconnect_ns > 0 && !self.replay.is_zero() {
+            let from = self
+                .disconnect_ns
+                .saturating_sub(u64::try_from(self.replay.as_nanos()).unwrap_or(u64::MAX));
+            let p = ring.seek_time(from);
+            if p.seq < start.seq {
+                start = p;
+            }
+        }
+        self.note_overrun(ring);
+        // Whatever was checked of this entry before the outage, it is checked again.
+        self.send = start.recheck();
+        if matches!(self.sink, Sink::Http(_)) {
+            self.http_on_connected();
+        }
+        self.partial = 0;
+        // Records sent before (on a connection that failed, proven or not) count as replayed.
+        self.replay_until = cursor.seq.max(self.sent_high);
+        self.write_blocked = false;
+        self.stats.connects += 1;
+        self.state = State::Connected;
+        self.settle_until = Some(now + self.settle);
+        let replaying = cursor.seq - start.seq;
+        // While connections keep failing, their lines share the output_down lines' limit.
+        let suppressed = if self.attempt < 2 {
+            Some(0)
+        } else {
+            self.down_log.allow(now)
+        };
+        if let Some(suppressed) = suppressed {
+            crate::log!(
+                Level::Info,
+                "output_connected",
+                feed = self.feed,
+                output = self.name,
+                peer = self.peer_name(),
+                resume_seq = start.seq,
+                replay_records = replaying,
+                failed_attempts = self.attempt,
+                suppressed = suppressed
+            );
+        }
+        if self.settle.is_zero() {
+            self.prove(ring, now);
+        }
+    }
+
+    /// The connection (or file) lasted `settle` (an HTTP output: got a 2xx): the output is
+    /// delivering. The backoff starts again from its minimum, the outage ends (with
+    /// `output_recovered` if it had raised its alert), and a stream output commits what it
+    /// wrote meanwhile.
+    fn prove(&mut self, ring: &mut Ring, now: Instant) {
+        if self.settle_until.take().is_none() {
+            return;
+        }
+        self.attempt = 0;
+        self.alert_not_before = None;
         if let Some(since) = self.down_since.take() {
             if std::mem::take(&mut self.down_alerted) {
                 let down_s = now.saturating_duration_since(since).as_secs();
@@ -644,39 +745,25 @@ impl Output {
                 });
             }
         }
-        let cursor = ring.cursor_pos(self.cursor);
-        let mut start = cursor;
-        if self.disconnect_ns > 0 && !self.replay.is_zero() {
-            let from = self
-                .disconnect_ns
-                .saturating_sub(u64::try_from(self.replay.as_nanos()).unwrap_or(u64::MAX));
-            let p = ring.seek_time(from);
-            if p.seq < start.seq {
-                start = p;
-            }
+        if self.defers_commits() {
+            let send = self.send;
+            self.commit_upto(ring, send);
         }
-        self.note_overrun(ring);
-        // Whatever was checked of this entry before the outage, it is checked again.
-        self.send = start.recheck();
-        if matches!(self.sink, Sink::Http(_)) {
-            self.http_on_connected();
+    }
+
+    /// Whether the connection may prove itself by lasting `settle`: always, but for an HTTP
+    /// output with a request in flight, whose answer decides.
+    fn may_prove_by_time(&self) -> bool {
+        match &self.sink {
+            Sink::Http(h) => h.idle(),
+            _ => true,
         }
-        self.partial = 0;
-        self.replay_until = cursor.seq;
-        self.write_blocked = false;
-        self.attempt = 0;
-        self.stats.connects += 1;
-        self.state = State::Connected;
-        let replaying = cursor.seq - start.seq;
-        crate::log!(
-            Level::Info,
-            "output_connected",
-            feed = self.feed,
-            output = self.name,
-            peer = self.peer_name(),
-            resume_seq = start.seq,
-            replay_records = replaying
-        );
+    }
+
+    /// A stream output (TCP, TLS) commits nothing before its connection proved itself: a
+    /// receiver that accepts and closes at once has shown nothing was kept.
+    fn defers_commits(&self) -> bool {
+        matches!(self.sink, Sink::Tcp { .. })
     }
 
     fn peer_name(&self) -> String {
@@ -793,6 +880,9 @@ impl Output {
     /// Closes the connection and schedules a retry with capped exponential backoff and jitter.
     fn fail(&mut self, registry: &Registry, why: &str, now: Instant) {
         let was_connected = matches!(self.state, State::Connected);
+        // A connection that had not proven itself is a failed connect: the outage and the
+        // backoff go on, and nothing it wrote was committed.
+        let unproven = self.settle_until.take().is_some();
         if let Sink::Tcp { stream, tls, .. } = &mut self.sink {
             if let Some(mut s) = stream.take() {
                 let _ = registry.deregister(&mut s);
@@ -808,12 +898,20 @@ impl Output {
         if matches!(self.sink, Sink::Http(_)) {
             self.http_close(registry, was_connected);
         }
-        if was_connected {
+        if was_connected && !unproven {
             self.disconnect_ns = clock::wall_ns();
             self.down_since = Some(now);
             self.down_since_ns = self.disconnect_ns;
         }
-        why.clone_into(&mut self.last_error);
+        self.last_error.clear();
+        self.last_error.push_str(why);
+        if unproven {
+            let settle = self.settle.as_secs_f64();
+            let _ = write!(
+                self.last_error,
+                " (within settle = {settle}s of connecting: a failed connect)"
+            );
+        }
         self.stats.failures += 1;
         let exp = BACKOFF_MIN.saturating_mul(1u32 << self.attempt.min(16));
         let base = exp.min(BACKOFF_MAX);
@@ -836,7 +934,7 @@ impl Output {
                 feed = self.feed,
                 output = self.name,
                 peer = self.peer_name(),
-                error = why,
+                error = self.last_error,
                 retry_ms = delay.as_millis(),
                 suppressed = suppressed
             );
@@ -1130,8 +1228,19 @@ impl Output {
                 self.stats.replayed += replayed;
                 self.stats.delivered += records - replayed;
                 self.send = next;
+                self.sent_high = self.sent_high.max(next.seq);
+            }
+            if self.partial > 0 && matches!(self.sink, Sink::File { .. }) {
+                if let Err(why) = self.untear() {
+                    self.fail(registry, &why, now);
+                    return Pass::Failed;
+                }
             }
             let send = self.send;
+            if send.seq > frames[0].0.seq && matches!(self.sink, Sink::File { .. }) {
+                // A file that took whole records is delivering.
+                self.prove(ring, now);
+            }
             self.commit_upto(ring, send);
             if self.rotate_if_needed(registry, now) {
                 return Pass::Failed;
@@ -1145,7 +1254,7 @@ impl Output {
     /// Records lost to overwriting since this process started, including any the ring counted
     /// since the output last looked.
     pub fn overrun_lost(&self, ring: &Ring) -> u64 {
-        self.overrun_lost + (ring.cursor_lost(self.cursor) - self.lost_seen)
+        ring.cursor_lost(self.cursor)
     }
 
     /// Receive time of the next record this output has to deliver, if any.
@@ -1181,53 +1290,141 @@ impl Output {
             return;
         }
         self.lost_seen += lost;
-        self.overrun_lost += lost;
         let after_ns = self.last_sent_ts;
         self.episode
             .get_or_insert(Episode {
+                alerted: false,
                 lost: 0,
                 after_ns,
                 before_ns: 0,
             })
             .lost += lost;
+        self.alert_overrun();
     }
 
-    /// The output has caught up with the head: one log line for the whole overrun episode.
-    fn end_episode(&mut self) {
-        let Some(e) = self.episode.take() else {
+    /// Raises `output_overrun` once per episode, as soon as the loss is seen (while the output
+    /// may still be down), or after a restart that found the episode unreported.
+    fn alert_overrun(&mut self) {
+        let Some(e) = self.episode.as_mut().filter(|e| !e.alerted) else {
             return;
         };
-        let time = |ns: u64| {
-            if ns == 0 {
-                "unknown".to_string()
-            } else {
-                clock::rfc3339(ns)
-            }
-        };
+        e.alerted = true;
+        let (lost, after) = (e.lost, time_or_unknown(e.after_ns));
         crate::log!(
             Level::Error,
             "output_overrun",
             feed = self.feed,
             output = self.name,
-            lost = e.lost,
-            lost_after = time(e.after_ns),
-            lost_before = time(e.before_ns),
-            hint = "the SIEM was behind by more than the ring holds: a larger buffer.size covers longer outages"
+            lost = lost,
+            lost_after = after,
+            hint = "the ring overwrote records this output had not delivered: a larger buffer.size covers longer outages"
         );
         self.alerts.push(Alert {
             kind: AlertKind::OutputOverrun,
             feed: self.feed.clone(),
             output: Some(self.name.clone()),
             detail: vec![
-                ("lost", Value::Num(e.lost)),
-                ("lost_after", Value::Text(time(e.after_ns))),
-                ("lost_before", Value::Text(time(e.before_ns))),
+                ("lost", Value::Num(lost)),
+                ("lost_after", Value::Text(after)),
             ],
         });
     }
 
-    /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it).
+    /// The output has caught up with the head: one line for the whole overrun episode, with
+    /// every record it lost and the time range they came from.
+    fn end_episode(&mut self) {
+        let Some(e) = self.episode.take() else {
+            return;
+        };
+        let (after, before) = (time_or_unknown(e.after_ns), time_or_unknown(e.before_ns));
+        crate::log!(
+            Level::Error,
+            "output_overrun_ended",
+            feed = self.feed,
+            output = self.name,
+            lost = e.lost,
+            lost_after = after,
+            lost_before = before
+        );
+        self.alerts.push(Alert {
+            kind: AlertKind::OutputOverrunEnded,
+            feed: self.feed.clone(),
+            output: Some(self.name.clone()),
+            detail: vec![
+                ("lost", Value::Num(e.lost)),
+                ("lost_after", Value::Text(after)),
+                ("lost_before", Value::Text(before)),
+            ],
+        });
+    }
+
+    /// Once a second: notices records the ring overwrote while the output was not writing (a
+    /// long outage) and raises what is due.
+    pub fn tick(&mut self, ring: &Ring, now: Instant) {
+        self.note_overrun(ring);
+        self.alert_overrun();
+        self.check_down_alert(now);
+    }
+
+    /// What a restart must know of this output's health: the relay persists it with the
+    /// cursor at every checkpoint (`buffer-spec.md` §4).
+    pub fn health(&self) -> CursorState {
+        let (overrun_base, overrun_after_ns, overrun_alerted) = match &self.episode {
+            Some(e) => (self.lost_seen - e.lost, e.after_ns, e.alerted),
+            None => (self.lost_seen, 0, false),
+        };
+        CursorState {
+            down_since_ns: if self.down_since.is_some() {
+                self.down_since_ns
+            } else {
+                0
+            },
+            overrun_base,
+            overrun_after_ns,
+            down_alerted: self.down_alerted,
+            overrun_alerted,
+        }
+    }
+
+    /// Cuts a file output back to its last whole record after a short write (a full disk), so
+    /// that a torn record is never followed by the next one. `Err` names what failed; the cut
+    /// is then made when the file is opened again, before anything is written to it.
+    fn untear(&mut self) -> Result<(), String> {
+        let Sink::File {
+            path,
+            file,
+            size,
+            torn_from,
+            ..
+        } = &mut self.sink
+        else {
+            return Ok(());
+        };
+        let whole = size.saturating_sub(self.partial as u64);
+        self.stats.bytes = self.stats.bytes.saturating_sub(self.partial as u64);
+        self.partial = 0;
+        *torn_from = Some(whole);
+        let res = match file.as_ref() {
+            Some(f) => f.set_len(whole),
+            None => Ok(()),
+        };
+        res.map_err(|e| {
+            format!(
+                "cut {} back to its last whole record at {whole} bytes: {e}",
+                path.display()
+            )
+        })?;
+        *size = whole;
+        *torn_from = None;
+        Ok(())
+    }
+
+    /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it),
+    /// unless the stream it went to has not proven itself yet.
     fn commit_upto(&mut self, ring: &mut Ring, pos: Pos) {
+        if self.settle_until.is_some() && self.defers_commits() {
+            return;
+        }
         if pos.seq > ring.cursor_pos(self.cursor).seq {
             ring.commit(self.cursor, pos);
         }
@@ -1242,6 +1439,7 @@ impl Output {
             size,
             rotate_bytes,
             rotate_keep,
+            ..
         } = &mut self.sink
         else {
             return false;
@@ -1344,4 +1542,32 @@ fn open_append(path: &std::path::Path) -> io::Result<File> {
             .create(dir)?;
     }
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// An RFC 3339 time, or "unknown" for 0.
+fn time_or_unknown(ns: u64) -> String {
+    if ns == 0 {
+        "unknown".to_string()
+    } else {
+        clock::rfc3339(ns)
+    }
+}
+
+/// A file output opened again after a short write: cut back to its last whole record first.
+fn untorn(f: File, torn_from: &mut Option<u64>) -> io::Result<File> {
+    if let Some(len) = *torn_from {
+        if f.metadata()?.len() > len {
+            f.set_len(len)?;
+        }
+        *torn_from = None;
+    }
+    Ok(f)
 }

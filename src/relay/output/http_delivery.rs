@@ -197,6 +197,11 @@ impl HttpSink {
         self.pending.iter().filter(|p| !p.acked).count()
     }
 
+    /// No request in flight.
+    pub(super) fn idle(&self) -> bool {
+        matches!(self.exchange, Exchange::Idle)
+    }
+
     /// Whether a request's response is awaited (nothing to write meanwhile).
     pub(super) fn receiving(&self) -> bool {
         matches!(self.exchange, Exchange::Receiving { .. })
@@ -362,8 +367,13 @@ impl Output {
         h.close(registry);
     }
 
-    /// The server closed a kept-alive connection, or asked to: reconnect right away, quietly.
+    /// The server closed a kept-alive connection, or asked to: reconnect right away, quietly;
+    /// unless the connection never proved itself (no 2xx, not up for `settle`): a server that
+    /// accepts and closes is a failed connect, with its backoff and its alert.
     fn http_reconnect_now(&mut self, registry: &Registry, now: Instant) {
+        if self.settle_until.is_some() {
+            return self.fail(registry, "the server closed the connection", now);
+        }
         self.http().close(registry);
         self.state = State::Backoff { until: now };
     }
@@ -607,7 +617,7 @@ impl Output {
         resp: &Response,
         now: Instant,
     ) {
-        self.attempt = 0;
+        self.prove(ring, now);
         self.send = to;
         let h = self.http();
         h.scan = None;
