@@ -258,8 +258,8 @@ impl CursorState {
     const OVERRUN_ALERTED: u32 = 2;
 
     fn flags(&self) -> u32 {
-        u32::from(self.down_alerted) * Self::DOWN_ALERTED
-            | u32::from(self.overrun_alerted) * Self::OVERRUN_ALERTED
+        (u32::from(self.down_alerted) * Self::DOWN_ALERTED)
+            | (u32::from(self.overrun_alerted) * Self::OVERRUN_ALERTED)
     }
 }
 
