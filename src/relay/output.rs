@@ -1230,18 +1230,21 @@ impl Output {
                 self.send = next;
                 self.sent_high = self.sent_high.max(next.seq);
             }
-            if self.partial > 0 && matches!(self.sink, Sink::File { .. }) {
-                if let Err(why) = self.untear() {
-                    self.fail(registry, &why, now);
-                    return Pass::Failed;
-                }
-            }
             let send = self.send;
             if send.seq > frames[0].0.seq && matches!(self.sink, Sink::File { .. }) {
                 // A file that took whole records is delivering.
                 self.prove(ring, now);
             }
             self.commit_upto(ring, send);
+            if self.partial > 0 && matches!(self.sink, Sink::File { .. }) {
+                // A file takes part of a write only when it is out of room (a full disk, a
+                // size limit): cut the torn record off and wait, as for any failed write.
+                let why = self.untear().err().unwrap_or_else(|| {
+                    "short write: the file system took only part of a record (disk full?); cut back to the last whole record".to_string()
+                });
+                self.fail(registry, &why, now);
+                return Pass::Failed;
+            }
             if self.rotate_if_needed(registry, now) {
                 return Pass::Failed;
             }

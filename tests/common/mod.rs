@@ -128,7 +128,22 @@ impl RelayProc {
 
     /// Starts the relay on `config` with `env` added to its environment; waits for nothing.
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> RelayProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        RelayProc::spawn_via(&[], config, env)
+    }
+
+    /// As [`RelayProc::spawn`], through the command `prefix` (a wrapper that sets limits, say,
+    /// and `exec`s the relay: its arguments follow the prefix).
+    pub fn spawn_via(prefix: &[&str], config: &Path, env: &[(&str, &str)]) -> RelayProc {
+        let bin = env!("CARGO_BIN_EXE_ringrelay");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
             .envs(env.iter().copied())
