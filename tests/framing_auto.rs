@@ -278,7 +278,7 @@ fn auto_input_decides_a_connection_that_stays_open_within_seconds() {
         .expect("write");
     let want = ["42 apples sold at store 7", "second line"];
     let got = file_lines(&out, &want);
-    let want = vec!["42 apples sold at store 7\n", "second line\n"];
+    let want = ["42 apples sold at store 7\n", "second line\n"];
     assert_eq!(got, Some(want.iter().map(|l| l.to_string()).collect()));
     assert!(
         relay.wait_log("reason=decided_by_timeout", Duration::from_secs(5)),
