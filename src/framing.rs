@@ -5,7 +5,9 @@
 //! caller keeps the rest and presents it again with more bytes appended.
 //!
 //! ## Contract
-//! - The same byte stream gives the same records however it is split into reads.
+//! - The same byte stream gives the same records however it is split into reads. (One choice
+//!   depends on time instead: [`Framer::decide_now`], which the caller makes only for a
+//!   connection whose `auto` decision has waited about a second for bytes that do not come.)
 //! - The unconsumed remainder is never more than `max_record + 16` bytes: an oversize record is
 //!   consumed (truncated or dropped) as soon as it is known to be oversize, and the rest of it is
 //!   skipped without being buffered. This bounds a connection's memory whatever it sends.
@@ -15,12 +17,27 @@
 //! - **Newline**: a record is the bytes before an LF; one CR before the LF is removed; empty
 //!   records are skipped (counted as `empty_lines`).
 //! - **Octet counting** (RFC 6587 §3.4.1): `MSG-LEN SP MSG`, `MSG-LEN` = a non-zero digit and
-//!   up to nine more digits. The message may hold any byte, LF included. LF and CR between frames
-//!   are skipped. A frame whose header is invalid counts as a `bad_frame` and is taken as a
-//!   newline-framed record up to the next LF (rsyslog does the same), after which octet counting
-//!   resumes.
-//! - **Auto**: decided once per connection on its first non-empty frame: digits then a space
-//!   mean octet counting, anything else newline.
+//!   up to nine more digits. The message may hold any byte, LF included. A message that ends in
+//!   LF is stored without that one LF (and without a CR right before it), as rsyslog
+//!   (`TCP_Framing="octet-counted"`) and syslog-ng (`syslog()`) put the line's LF inside the
+//!   frame; an LF elsewhere in the message stays. A message that is then empty is skipped
+//!   (counted as an `empty_line`). LF and CR between frames are skipped. A frame whose header is
+//!   invalid counts as a `bad_frame` and is taken as a newline-framed record up to the next LF
+//!   (rsyslog does the same), after which octet counting resumes.
+//! - **Auto**: decided once per connection on its first non-empty frame, so that a
+//!   newline-framed line is never taken for a frame by a wrong guess. Octet counting is chosen
+//!   only for a plausible frame: a valid header whose length is within `max_record`, the whole
+//!   frame present, and after it (past any CR and LF) another valid header, or the end of the
+//!   stream. Anything that does not start with `<digits> ` is newline framing. A stream that
+//!   starts with `<digits> ` but is not a plausible frame is newline framing too, and that is a
+//!   *fallback* ([`Fallback`]): counted (`auto_fallbacks`) and reported once
+//!   ([`Framer::take_fallback`]) for the caller to log. While the first frame or the header
+//!   after it is still arriving, nothing is consumed; the decision looks at no more than the
+//!   first `max_record + 16` bytes (a stream still undecided there is a fallback), so it does
+//!   not depend on how the stream is split into reads. A stream valid under both framings
+//!   (`3 ab\n4 xyz\n` is the lines `3 ab`, `4 xyz` or the frames `ab`, `xyz`) is taken as octet
+//!   counting, as rsyslog takes it. A sender that sends one whole frame (or an incomplete first
+//!   frame with an LF in it) and then waits is decided by the caller's [`Framer::decide_now`].
 
 /// How records are delimited on an input connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +85,61 @@ pub struct FramerStats {
     pub bad_frames: u64,
     /// Partial octet frames discarded because the sender closed.
     pub incomplete_at_eof: u64,
+    /// `auto` connections that started with `<digits> ` but were not a plausible frame, and
+    /// were framed by newline ([`Fallback`]).
+    pub auto_fallbacks: u64,
+}
+
+/// Why `auto` chose newline framing for a connection that started with `<digits> `.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// The header's length is over `max_record`.
+    LengthOverMaxRecord,
+    /// The sender closed before the first frame was complete.
+    FrameIncompleteAtEof,
+    /// What follows the first frame is not another frame header.
+    NoFrameHeaderAfterFrame,
+    /// Still undecidable after `max_record + 16` bytes (a long run of LF after the frame).
+    UndecidedOverMaxRecord,
+    /// [`Framer::decide_now`]: the first frame was incomplete and its bytes held an LF.
+    DecidedByTimeout,
+}
+
+impl Fallback {
+    /// Its name in logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Fallback::LengthOverMaxRecord => "length_over_max_record",
+            Fallback::FrameIncompleteAtEof => "frame_incomplete_at_eof",
+            Fallback::NoFrameHeaderAfterFrame => "no_frame_header_after_frame",
+            Fallback::UndecidedOverMaxRecord => "undecided_over_max_record",
+            Fallback::DecidedByTimeout => "decided_by_timeout",
+        }
+    }
+}
+
+/// What `auto` makes of the bytes seen so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    /// More bytes could change it.
+    Wait,
+    /// This framing, as expected.
+    Is(Detected),
+    /// Newline framing, though the stream started with `<digits> `.
+    Fallback(Fallback),
+}
+
+/// An octet-counting header at the start of some bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Header {
+    /// `MSG-LEN SP`: its length in bytes (the space included), and `MSG-LEN`.
+    Valid(usize, usize),
+    /// Digits only so far: more bytes could make it valid.
+    Prefix,
+    /// No bytes.
+    Empty,
+    /// Not a header.
+    Not,
 }
 
 /// The framing a connection turned out to use.
@@ -106,6 +178,8 @@ pub struct Framer {
     detected: Detected,
     skip: Skip,
     stats: FramerStats,
+    /// `auto` fell back to newline framing, not yet reported.
+    fallback: Option<Fallback>,
 }
 
 /// What [`Framer::lines_in_place`] made of a buffer.
@@ -127,6 +201,31 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// The octet-counting header at the start of `b`.
+fn header(b: &[u8]) -> Header {
+    match b.first() {
+        None => return Header::Empty,
+        Some(b'1'..=b'9') => {}
+        Some(_) => return Header::Not,
+    }
+    let digits = b
+        .iter()
+        .take(MAX_HEADER)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    match b.get(digits) {
+        Some(b' ') if digits < MAX_HEADER => {
+            // At most ten digits: fits a u64; over `usize` (32-bit) is over any `max_record`.
+            let n = b[..digits]
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            Header::Valid(digits + 1, usize::try_from(n).unwrap_or(usize::MAX))
+        }
+        None if digits < MAX_HEADER => Header::Prefix,
+        _ => Header::Not,
+    }
+}
+
 impl Framer {
     /// A decoder for one connection.
     pub fn new(cfg: FramerConfig) -> Framer {
@@ -143,6 +242,7 @@ impl Framer {
             detected,
             skip: Skip::No,
             stats: FramerStats::default(),
+            fallback: None,
         }
     }
 
@@ -191,17 +291,22 @@ impl Framer {
                 return i;
             }
             let step = match self.detected {
+                // Blank lines before the first frame are nobody's.
+                Detected::Undecided if rest[0] == b'\n' => {
+                    self.stats.empty_lines += 1;
+                    Step::Took(1)
+                }
+                Detected::Undecided if rest[0] == b'\r' => Step::Took(1),
                 Detected::Undecided => match self.decide(rest, eof) {
-                    Some(d) => {
+                    Decision::Wait => Step::NeedMore,
+                    Decision::Is(d) => {
                         self.detected = d;
                         continue;
                     }
-                    None if rest[0] == b'\n' => {
-                        self.stats.empty_lines += 1;
-                        Step::Took(1)
+                    Decision::Fallback(why) => {
+                        self.fall_back(why);
+                        continue;
                     }
-                    None if rest[0] == b'\r' => Step::Took(1),
-                    None => Step::NeedMore,
                 },
                 Detected::Newline => self.line(rest, eof, emit),
                 Detected::Octet => self.octet(rest, eof, emit),
@@ -264,25 +369,92 @@ impl Framer {
         })
     }
 
-    /// Auto-detection on the first bytes of the first frame; `None` while undecidable (or for
-    /// leading blank lines, which the caller skips).
-    fn decide(&self, rest: &[u8], eof: bool) -> Option<Detected> {
-        match rest[0] {
-            b'\n' | b'\r' => None,
-            b'1'..=b'9' => {
-                let digits = rest
-                    .iter()
-                    .take(MAX_HEADER)
-                    .take_while(|b| b.is_ascii_digit())
-                    .count();
-                match rest.get(digits) {
-                    Some(b' ') if digits < MAX_HEADER => Some(Detected::Octet),
-                    Some(_) => Some(Detected::Newline),
-                    None if digits >= MAX_HEADER || eof => Some(Detected::Newline),
-                    None => None,
+    /// Decides `auto` now, for a connection whose first frame has waited long enough (about a
+    /// second) for more bytes: `pending` is what [`Framer::decode`] left. A complete first frame
+    /// followed by nothing (or CR, LF and the start of a header) is octet counting; an
+    /// incomplete one whose bytes hold an LF is newline framing (a [`Fallback`]); anything else
+    /// stays undecided. The one choice of this module that depends on time, not only on bytes:
+    /// a sender that sends a first line such as `5 apples\n` and then pauses gets `apple`.
+    /// Returns the framing in use afterwards.
+    pub fn decide_now(&mut self, pending: &[u8]) -> Detected {
+        if self.detected != Detected::Undecided {
+            return self.detected;
+        }
+        let start = pending
+            .iter()
+            .position(|b| !matches!(b, b'\n' | b'\r'))
+            .unwrap_or(pending.len());
+        let rest = &pending[start..];
+        if rest.is_empty() {
+            return self.detected;
+        }
+        match self.decide(rest, false) {
+            Decision::Is(d) => self.detected = d,
+            Decision::Fallback(why) => self.fall_back(why),
+            Decision::Wait => match header(rest) {
+                Header::Valid(h, len) if rest.len() >= h + len => self.detected = Detected::Octet,
+                _ if memchr::memchr(b'\n', rest).is_some() => {
+                    self.fall_back(Fallback::DecidedByTimeout);
                 }
+                _ => {}
+            },
+        }
+        self.detected
+    }
+
+    /// Why `auto` fell back to newline framing, once: `Some` the first time it is asked after
+    /// the fallback, for the caller to log.
+    pub fn take_fallback(&mut self) -> Option<Fallback> {
+        self.fallback.take()
+    }
+
+    fn fall_back(&mut self, why: Fallback) {
+        self.detected = Detected::Newline;
+        self.stats.auto_fallbacks += 1;
+        self.fallback = Some(why);
+    }
+
+    /// Auto-detection from the first frame on (`rest` starts with neither CR nor LF): looks at
+    /// no more than `max_record + 16` bytes, and waits only while it has fewer, so the
+    /// remainder stays bounded and the decision does not depend on how reads split the stream.
+    fn decide(&self, rest: &[u8], eof: bool) -> Decision {
+        let window = self.cfg.max_record.saturating_add(16);
+        if rest.len() < window {
+            return self.decide_on(rest, eof);
+        }
+        match self.decide_on(&rest[..window], false) {
+            Decision::Wait => Decision::Fallback(Fallback::UndecidedOverMaxRecord),
+            d => d,
+        }
+    }
+
+    /// The rules of `auto` (module docs) on the bytes seen so far. Monotone: once it decides,
+    /// more bytes decide the same.
+    fn decide_on(&self, rest: &[u8], eof: bool) -> Decision {
+        let (h, len) = match header(rest) {
+            Header::Valid(h, len) => (h, len),
+            Header::Prefix if !eof => return Decision::Wait,
+            _ => return Decision::Is(Detected::Newline),
+        };
+        if len > self.cfg.max_record {
+            return Decision::Fallback(Fallback::LengthOverMaxRecord);
+        }
+        let Some(after) = rest.get(h + len..) else {
+            if eof {
+                return Decision::Fallback(Fallback::FrameIncompleteAtEof);
             }
-            _ => Some(Detected::Newline),
+            return Decision::Wait;
+        };
+        let gap = after
+            .iter()
+            .take_while(|b| matches!(b, b'\n' | b'\r'))
+            .count();
+        match header(&after[gap..]) {
+            Header::Valid(..) => Decision::Is(Detected::Octet),
+            // Valid under both framings: octet counting, as rsyslog decides.
+            Header::Empty if eof => Decision::Is(Detected::Octet),
+            Header::Empty | Header::Prefix if !eof => Decision::Wait,
+            _ => Decision::Fallback(Fallback::NoFrameHeaderAfterFrame),
         }
     }
 
@@ -348,33 +520,23 @@ impl Framer {
         if rest[0] == b'\n' || rest[0] == b'\r' {
             return Step::Took(1);
         }
-        let digits = rest
-            .iter()
-            .take(MAX_HEADER)
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        let header_ok = rest[0] != b'0' && digits > 0 && digits < MAX_HEADER;
-        let len = match rest.get(digits) {
-            None if header_ok => {
+        let (h, len) = match header(rest) {
+            Header::Valid(h, len) => (h, len),
+            Header::Prefix => {
                 if eof {
                     self.stats.incomplete_at_eof += 1;
                 }
                 return Step::NeedMore;
             }
-            Some(b' ') if header_ok => std::str::from_utf8(&rest[..digits])
-                .ok()
-                .and_then(|d| d.parse::<usize>().ok()),
-            _ => None,
-        };
-        let Some(len) = len else {
-            // Not a frame header: take the bytes up to the next LF as a line.
-            let step = self.line(rest, eof, emit);
-            if matches!(step, Step::Took(_)) {
-                self.stats.bad_frames += 1;
+            Header::Empty | Header::Not => {
+                // Not a frame header: take the bytes up to the next LF as a line.
+                let step = self.line(rest, eof, emit);
+                if matches!(step, Step::Took(_)) {
+                    self.stats.bad_frames += 1;
+                }
+                return step;
             }
-            return step;
         };
-        let h = digits + 1;
         let max = self.cfg.max_record;
         if len > max {
             match self.cfg.oversize {
@@ -407,7 +569,14 @@ impl Framer {
             }
             return Step::NeedMore;
         }
-        if self.record(&rest[h..h + len], emit) {
+        // The line's LF inside the frame (rsyslog, syslog-ng) is not the record's.
+        let payload = &rest[h..h + len];
+        let rec = payload.strip_suffix(b"\n").map_or(payload, strip_cr);
+        if rec.is_empty() {
+            self.stats.empty_lines += 1;
+            return Step::Took(h + len);
+        }
+        if self.record(rec, emit) {
             Step::Took(h + len)
         } else {
             Step::Stop
@@ -463,15 +632,197 @@ mod tests {
         assert_eq!(f.stats().incomplete_at_eof, 1);
     }
 
+    fn auto(chunks: &[&[u8]]) -> (Vec<(Vec<u8>, bool)>, Framer) {
+        let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
+        let out = run(&mut f, chunks);
+        (out, f)
+    }
+
     #[test]
-    fn auto_picks_octet_for_digits_then_space_and_newline_otherwise() {
-        let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
-        run(&mut f, &[b"12", b"3 "]);
+    fn auto_picks_octet_for_a_whole_frame_followed_by_a_frame_header() {
+        let (out, f) = auto(&[b"2", b"3 ", &[b'x'; 23], b"3 abc"]);
         assert_eq!(f.detected(), Detected::Octet);
+        assert_eq!(recs(&out), [&[b'x'; 23][..], b"abc"]);
+        assert_eq!(f.stats().auto_fallbacks, 0);
+    }
+
+    #[test]
+    fn auto_picks_newline_without_a_fallback_when_no_frame_header_starts_the_stream() {
+        for stream in [
+            &b"1700000000,\"csv\"\n"[..],
+            b"<13>x\n",
+            b"0 zero\n",
+            b"12345678901 x\n",
+        ] {
+            let (out, f) = auto(&[stream]);
+            assert_eq!(f.detected(), Detected::Newline);
+            assert_eq!(recs(&out), [&stream[..stream.len() - 1]]);
+            assert_eq!(f.stats().auto_fallbacks, 0, "{stream:?}");
+        }
+    }
+
+    #[test]
+    fn auto_keeps_both_lines_of_the_issue_example_whose_frame_is_incomplete_at_eof() {
         let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
-        let out = run(&mut f, &[b"1700000000,\"csv\"\n"]);
-        assert_eq!(f.detected(), Detected::Newline);
-        assert_eq!(recs(&out), [&b"1700000000,\"csv\""[..]]);
+        let out = run(&mut f, &[b"42 apples sold at store 7\nsecond line\n"]);
+        assert_eq!(
+            recs(&out),
+            [&b"42 apples sold at store 7"[..], b"second line"]
+        );
+        assert_eq!(f.stats().auto_fallbacks, 1);
+        assert_eq!(f.take_fallback(), Some(Fallback::FrameIncompleteAtEof));
+        assert_eq!(f.take_fallback(), None, "reported once");
+    }
+
+    #[test]
+    fn auto_keeps_lines_whose_first_frame_is_followed_by_no_frame_header() {
+        let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
+        let out = run(&mut f, &[b"5 apples sold\nsecond line\n"]);
+        assert_eq!(recs(&out), [&b"5 apples sold"[..], b"second line"]);
+        assert_eq!(f.take_fallback(), Some(Fallback::NoFrameHeaderAfterFrame));
+    }
+
+    #[test]
+    fn auto_keeps_epoch_timestamped_lines_whose_length_is_over_max_record() {
+        let stream = b"1700000000 user=alice action=allow\n1700000001 user=bob action=block\n";
+        let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
+        let out = run(&mut f, &[&stream[..3], &stream[3..]]);
+        assert_eq!(
+            recs(&out),
+            [
+                &b"1700000000 user=alice action=allow"[..],
+                b"1700000001 user=bob action=block"
+            ]
+        );
+        assert_eq!(f.take_fallback(), Some(Fallback::LengthOverMaxRecord));
+        assert_eq!(f.stats().auto_fallbacks, 1);
+    }
+
+    #[test]
+    fn auto_takes_rsyslog_frames_as_octet_and_drops_the_lf_inside_each_frame() {
+        let a = b"<13>1 2026-01-02T03:04:05Z host app - - - first\n";
+        let b = b"<13>1 2026-01-02T03:04:06Z host app - - - sec\nond\n";
+        let stream = [
+            format!("{} ", a.len()).into_bytes(),
+            a.to_vec(),
+            format!("{} ", b.len()).into_bytes(),
+            b.to_vec(),
+        ]
+        .concat();
+        for k in 0..stream.len() {
+            let (x, y) = stream.split_at(k);
+            let (out, f) = auto(&[x, y]);
+            assert_eq!(f.detected(), Detected::Octet, "split at {k}");
+            assert_eq!(
+                recs(&out),
+                [&a[..a.len() - 1], &b[..b.len() - 1]],
+                "split at {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_takes_a_stream_valid_under_both_framings_as_octet() {
+        let (out, f) = auto(&[b"3 ab\n4 xyz\n"]);
+        assert_eq!(f.detected(), Detected::Octet);
+        assert_eq!(recs(&out), [&b"ab"[..], b"xyz"]);
+        // One whole frame and the end of the stream: octet too.
+        let (out, _) = auto(&[b"3 ab\n"]);
+        assert_eq!(recs(&out), [&b"ab"[..]]);
+    }
+
+    #[test]
+    fn auto_waits_while_the_bytes_after_the_first_frame_could_still_be_a_header() {
+        let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
+        let emit = &mut |_: &[u8], _| panic!("nothing yet");
+        assert_eq!(f.decode(b"\n3 ab\n", false, emit), 1);
+        assert_eq!(f.decode(b"3 ab\n\r\n12", false, emit), 0);
+        assert_eq!(f.detected(), Detected::Undecided);
+        let n = f.decode(b"3 ab\n\r\n12x", false, &mut |_, _| true);
+        // `3 ab`, an empty line, and `12x` waits for its LF.
+        assert_eq!((n, f.detected()), (7, Detected::Newline));
+        assert_eq!(f.take_fallback(), Some(Fallback::NoFrameHeaderAfterFrame));
+    }
+
+    #[test]
+    fn auto_undecided_after_max_record_and_16_bytes_falls_back_to_newline() {
+        let mut f = framer(Framing::Auto, 8, Oversize::Truncate);
+        let mut stream = b"3 ab".to_vec();
+        stream.resize(100, b'\n');
+        stream.extend_from_slice(b"3 xyz\n");
+        let whole = run(&mut f, &[&stream]);
+        assert_eq!(f.take_fallback(), Some(Fallback::UndecidedOverMaxRecord));
+        assert_eq!(recs(&whole), [&b"3 ab"[..], b"3 xyz"]);
+        for k in 0..stream.len() {
+            let (x, y) = stream.split_at(k);
+            let mut f = framer(Framing::Auto, 8, Oversize::Truncate);
+            let n = f.decode(x, false, &mut |_, _| true);
+            assert!(
+                x.len() - n <= 8 + 16,
+                "split at {k}: retained {}",
+                x.len() - n
+            );
+            let mut f = framer(Framing::Auto, 8, Oversize::Truncate);
+            assert_eq!(run(&mut f, &[x, y]), whole, "split at {k}");
+        }
+    }
+
+    #[test]
+    fn decide_now_takes_one_whole_frame_and_nothing_after_it_as_octet() {
+        let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
+        let pending = b"<13>1 2026-01-02T03:04:05Z h a - - - m\n";
+        let pending = [format!("{} ", pending.len()).as_bytes(), pending].concat();
+        assert_eq!(f.decode(&pending, false, &mut |_, _| true), 0);
+        assert_eq!(f.decide_now(&pending), Detected::Octet);
+        assert_eq!(f.take_fallback(), None);
+        let mut got = Vec::new();
+        let n = f.decode(&pending, false, &mut |r, _| {
+            got.push(r.to_vec());
+            true
+        });
+        assert_eq!(
+            (n, got),
+            (
+                pending.len(),
+                vec![b"<13>1 2026-01-02T03:04:05Z h a - - - m".to_vec()]
+            )
+        );
+    }
+
+    #[test]
+    fn decide_now_takes_an_incomplete_frame_holding_an_lf_as_newline() {
+        let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
+        let pending = b"42 apples sold at store 7\nsecond line\n";
+        assert_eq!(f.decode(pending, false, &mut |_, _| true), 0);
+        assert_eq!(f.decide_now(pending), Detected::Newline);
+        assert_eq!(f.take_fallback(), Some(Fallback::DecidedByTimeout));
+        assert_eq!(f.stats().auto_fallbacks, 1);
+        let out = run(&mut f, &[pending]);
+        assert_eq!(
+            recs(&out),
+            [&b"42 apples sold at store 7"[..], b"second line"]
+        );
+    }
+
+    #[test]
+    fn decide_now_leaves_a_bare_header_or_a_partial_frame_without_lf_undecided() {
+        for pending in [&b"1234"[..], b"42 apples sold", b""] {
+            let mut f = framer(Framing::Auto, 100, Oversize::Truncate);
+            assert_eq!(f.decide_now(pending), Detected::Undecided, "{pending:?}");
+            assert_eq!(f.stats().auto_fallbacks, 0);
+        }
+    }
+
+    #[test]
+    fn octet_frame_ending_in_lf_or_crlf_is_stored_without_it_and_an_inner_lf_stays() {
+        let mut f = framer(Framing::Octet, 100, Oversize::Truncate);
+        let out = run(&mut f, &[b"4 ab\n\n5 a\nb\r\n1 \n2 \r\n2 \n\n"]);
+        assert_eq!(recs(&out), [&b"ab\n"[..], b"a\nb", b"\n"]);
+        assert_eq!(
+            f.stats().empty_lines,
+            2,
+            "frames left empty are skipped, counted"
+        );
     }
 
     #[test]

@@ -897,6 +897,67 @@ fn reads_of(stream: &[u8], split: usize, seed: u8) -> Vec<&[u8]> {
     reads
 }
 
+/// `MSG-LEN SP` at the start of `b`: its length with the space, and `MSG-LEN`.
+fn frame_header(b: &[u8]) -> Option<(usize, usize)> {
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if !(1..=10).contains(&digits) || b[0] == b'0' || b.get(digits) != Some(&b' ') {
+        return None;
+    }
+    let len = b[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((digits + 1, usize::try_from(len).unwrap_or(usize::MAX)))
+}
+
+/// What `auto` must choose for the whole `stream` (its leading CR and LF skipped), written
+/// apart from the framer, from the module docs: octet counting iff, within the first
+/// `max_record + 16` bytes, the first frame is whole, no longer than `max_record`, and followed
+/// (past CR and LF) by another frame header, or by the end of the stream.
+fn auto_should_be(stream: &[u8], max_record: usize) -> Framing {
+    let window = max_record.max(1) + 16;
+    let (win, eof) = if stream.len() < window {
+        (stream, true)
+    } else {
+        (&stream[..window], false)
+    };
+    let plausible = frame_header(win).is_some_and(|(h, len)| {
+        let Some(after) = win.get(h + len..).filter(|_| len <= max_record.max(1)) else {
+            return false;
+        };
+        let gap = after
+            .iter()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .count();
+        (gap == after.len() && eof) || frame_header(&after[gap..]).is_some()
+    });
+    if plausible {
+        Framing::Octet
+    } else {
+        Framing::Newline
+    }
+}
+
+/// `auto` gives what the framing [`auto_should_be`] gives: in particular, a stream that is
+/// not a plausible octet stream gets its newline records, whatever its first bytes.
+fn auto_agrees_with_its_specification(cfg: FramerConfig, stream: &[u8]) {
+    let start = stream
+        .iter()
+        .take_while(|&&b| b == b'\n' || b == b'\r')
+        .count();
+    let stream = &stream[start..];
+    let right = auto_should_be(stream, cfg.max_record);
+    let auto = feed(cfg, &[stream], false);
+    let want = feed(
+        FramerConfig {
+            framing: right,
+            ..cfg
+        },
+        &[stream],
+        false,
+    );
+    assert_eq!(auto, want, "auto differs from {right:?}");
+}
+
 /// The `framing` target: byte 0 picks the split point, byte 1 the limits, byte 2 the reads.
 pub fn framing(data: &[u8]) {
     if data.len() < 3 {
@@ -929,6 +990,9 @@ pub fn framing(data: &[u8]) {
         let (by_reads, _) = relay_reads(cfg, &reads, false, false);
         assert_eq!(whole, by_reads, "{framing:?}: records depend on the reads");
         lines_in_place_agrees(cfg, &reads);
+        if framing == Framing::Auto {
+            auto_agrees_with_its_specification(cfg, stream);
+        }
     }
 }
 

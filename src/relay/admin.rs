@@ -360,7 +360,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     );
 
     type FeedValue = fn(&Feed) -> String;
-    let feed_families: [(&str, &str, &str, FeedValue); 15] = [
+    let feed_families: [(&str, &str, &str, FeedValue); 16] = [
         (
             "ringrelay_feed_records_received_total",
             "counter",
@@ -384,6 +384,12 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "counter",
             "Octet-counting frames with an invalid header, kept as lines.",
             |f| f.stats.bad_frames.to_string(),
+        ),
+        (
+            "ringrelay_feed_framing_fallbacks_total",
+            "counter",
+            "Connections with framing auto that started with digits and a space but were not a plausible octet frame, so were framed by newline.",
+            |f| f.stats.framing_fallbacks.to_string(),
         ),
         (
             "ringrelay_feed_connections_total",

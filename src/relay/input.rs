@@ -30,7 +30,7 @@ use super::http_in::HttpConn;
 use super::{Feed, FeedStats, Relay, CONN_BASE, LINES_READ, READS_PER_TURN, READ_CHUNK};
 use crate::clock;
 use crate::config::InputKind;
-use crate::framing::{Framer, InPlace};
+use crate::framing::{Detected, Fallback, Framer, InPlace};
 use crate::log::{Level, Limiter};
 use crate::ring::{AppendError, NotReserved};
 use crate::tls;
@@ -398,7 +398,7 @@ impl Relay {
             if conn.paused || conn.eof {
                 conn.paused = false;
                 let data = std::mem::take(&mut conn.pending);
-                let consumed = frame(conn, feed, &data, conn.eof);
+                let consumed = frame(conn, feed, &data, conn.eof, (conn_log, now));
                 conn.pending.extend_from_slice(&data[consumed..]);
                 if conn.paused {
                     break Outcome::Open;
@@ -469,7 +469,7 @@ impl Relay {
             *bytes_in += n as u64;
             conn.last_active = now;
             let data = &scratch[..p + n];
-            let consumed = frame(conn, feed, data, false);
+            let consumed = frame(conn, feed, data, false, (conn_log, now));
             conn.pending.extend_from_slice(&data[consumed..]);
             if conn.paused {
                 break Outcome::Open;
@@ -530,6 +530,11 @@ impl Relay {
         }
         let st = conn.framer.stats();
         feed.stats.incomplete_at_eof += st.incomplete_at_eof;
+        let framing = match conn.framer.detected() {
+            Detected::Newline => "newline",
+            Detected::Octet => "octet",
+            Detected::Undecided => "undecided",
+        };
         if let Some(suppressed) = self.conn_log.allow(now) {
             let error = err.map_or(String::new(), |e| e.to_string());
             crate::log!(
@@ -539,6 +544,7 @@ impl Relay {
                 peer = conn.peer,
                 reason = why,
                 error = error,
+                framing = framing,
                 records = st.records,
                 truncated = st.truncated,
                 dropped_oversize = st.dropped_oversize,
@@ -565,10 +571,42 @@ impl Relay {
             } else if past(c.last_active, input.idle_timeout) {
                 self.feeds[c.feed].stats.idle_closed += 1;
                 self.close_conn(id, "idle_timeout", None, now);
+            } else if past(c.last_active, Some(UNDECIDED_WAIT)) {
+                self.decide_undecided(id, now);
             }
         }
     }
+
+    /// Decides `auto` for connection `id` if its first frame has waited since its last read
+    /// ([`Framer::decide_now`]), and frames its pending bytes as reading would have.
+    fn decide_undecided(&mut self, id: usize, now: Instant) {
+        let Relay {
+            conns,
+            feeds,
+            conn_log,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.http.is_some()
+            || conn.paused
+            || conn.framer.detected() != Detected::Undecided
+            || conn.framer.decide_now(&conn.pending) == Detected::Undecided
+        {
+            return;
+        }
+        let feed = &mut feeds[conn.feed];
+        let data = std::mem::take(&mut conn.pending);
+        let consumed = frame(conn, feed, &data, false, (conn_log, now));
+        conn.pending.extend_from_slice(&data[consumed..]);
+    }
 }
+
+/// How long an `auto` connection's first frame waits for the bytes that would decide its
+/// framing before [`Framer::decide_now`] decides on what it has (checked once per
+/// `checkpoint_interval`).
+const UNDECIDED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What [`read_lines`] did.
 enum Lines {
@@ -656,7 +694,7 @@ fn read_lines(
         let _ = feed.appended(ts);
     }
     if rest > 0 {
-        let consumed = frame(conn, feed, &scratch[..rest], false);
+        let consumed = frame(conn, feed, &scratch[..rest], false, (conn_log, now));
         conn.pending.extend_from_slice(&scratch[consumed..rest]);
     }
     Lines::Read(n)
@@ -664,7 +702,61 @@ fn read_lines(
 
 /// Frames `data` into the feed's ring; returns the bytes consumed. Sets `conn.paused` when the
 /// ring refused a record (`block`), in which case the refused record is not consumed.
-fn frame(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool) -> usize {
+/// `auto` decides there, and logs a fallback (rate-limited by the connection log's `log`).
+fn frame(
+    conn: &mut Conn,
+    feed: &mut super::Feed,
+    data: &[u8],
+    eof: bool,
+    log: (&mut Limiter, Instant),
+) -> usize {
+    let consumed = frame_records(conn, feed, data, eof);
+    if let Some(why) = conn.framer.take_fallback() {
+        if let Some(suppressed) = log.0.allow(log.1) {
+            log_fallback(conn, &feed.cfg.name, why, data, suppressed);
+        }
+    }
+    consumed
+}
+
+/// Logs that `auto` fell back to newline framing on `conn`, whose first frame starts in `data`
+/// (after any CR and LF).
+fn log_fallback(conn: &Conn, feed: &str, why: Fallback, data: &[u8], suppressed: u64) {
+    let start = data
+        .iter()
+        .position(|b| !matches!(b, b'\n' | b'\r'))
+        .unwrap_or(data.len());
+    let first = &data[start..data.len().min(start + 32)];
+    crate::log!(
+        Level::Warn,
+        "framing_fallback",
+        feed = feed,
+        peer = conn.peer,
+        reason = why.reason(),
+        first_bytes = Escaped(first),
+        suppressed = suppressed
+    );
+}
+
+/// Bytes for a log line: printable ASCII as it is, other bytes (and `%`, `"`, backslash) as
+/// `%XX`.
+struct Escaped<'a>(&'a [u8]);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for &b in self.0 {
+            if (0x20..0x7f).contains(&b) && !matches!(b, b'%' | b'"' | b'\\') {
+                write!(f, "{}", char::from(b))?;
+            } else {
+                write!(f, "%{b:02X}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`frame`] without the fallback log.
+fn frame_records(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool) -> usize {
     let ts = clock::wall_ns();
     let before = conn.framer.stats();
     let ring = &mut feed.ring;
@@ -694,6 +786,7 @@ fn frame(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool) -> usi
     stats.truncated += after.truncated - before.truncated;
     stats.dropped_oversize += after.dropped_oversize - before.dropped_oversize;
     stats.bad_frames += after.bad_frames - before.bad_frames;
+    stats.framing_fallbacks += after.auto_fallbacks - before.auto_fallbacks;
     if full {
         conn.paused = true;
         if !feed.paused {

@@ -140,6 +140,9 @@ pub struct FeedStats {
     pub dropped_oversize: u64,
     /// Octet frames with an invalid header.
     pub bad_frames: u64,
+    /// `auto` connections that started with `<digits> ` but were framed by newline (not a
+    /// plausible octet frame).
+    pub framing_fallbacks: u64,
     /// Partial frames lost when the sender closed.
     pub incomplete_at_eof: u64,
     /// Connections accepted.
