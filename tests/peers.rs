@@ -211,6 +211,19 @@ action(type="omfile" file="{{dir}}/out.log" template="raw")
     )
 }
 
+/// `next seq` of output `name`'s cursor in `ringrelay inspect` output
+/// (`  cursor siem  next seq 1200  lag 0 records ...`).
+fn cursor_next_seq(inspect: &str, name: &str) -> Option<u64> {
+    inspect.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("cursor ")?.trim_start();
+        let rest = rest
+            .strip_prefix(name)?
+            .trim_start()
+            .strip_prefix("next seq ")?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// The relay's records delivered by output `siem` (the admin metric).
 fn delivered(admin: SocketAddr) -> u64 {
     metrics(admin)
@@ -258,41 +271,42 @@ fn rsyslog_closing_after_the_handshake_counts_as_a_failed_connect_and_loses_noth
         .output()
         .expect("run inspect");
     let inspect = String::from_utf8_lossy(&inspect.stdout).into_owned();
-    let context = || {
-        format!(
-            "{attempts} connections in 12 s, {arrived} records at rsyslog, delivered metric \
-             {delivered_while_refused}\ninspect:\n{inspect}\nrsyslog:\n{}\nrelay:\n{}",
-            rsyslog.proc.log_text(),
-            relay.log_text()
-        )
-    };
-    assert_eq!(
-        arrived,
-        0,
-        "rsyslog wrote records it should refuse\n{}",
-        context()
-    );
+    let cursor = cursor_next_seq(&inspect, "siem");
+    // Every requirement is checked, and every one not met is reported together.
+    let mut unmet = Vec::new();
+    if arrived != 0 {
+        unmet.push(format!(
+            "rsyslog wrote {arrived} records it should have refused"
+        ));
+    }
+    if attempts < 2 {
+        unmet.push(format!(
+            "only {attempts} connections: the relay should keep retrying"
+        ));
+    }
+    if attempts >= 15 {
+        unmet.push(format!(
+            "{attempts} connections in 12 s: a connection the peer closes right after the \
+             handshake is a failed connect, and the backoff must grow (fewer than 15)"
+        ));
+    }
+    if !relay.log_has("event=output_down_alert") {
+        unmet.push("no output_down_alert line after 12 s with alert_after = 5s".into());
+    }
+    if delivered_while_refused != 0 && cursor != Some(0) {
+        unmet.push(format!(
+            "ringrelay_output_records_delivered_total is {delivered_while_refused} and the \
+             cursor is at {cursor:?} of {sent} records: the cursor must return to where each \
+             refused connection began"
+        ));
+    }
     assert!(
-        attempts >= 2,
-        "the relay should keep retrying\n{}",
-        context()
-    );
-    assert!(
-        attempts < 15,
-        "a connection closed right after the handshake is a failed connect: the backoff must \
-         grow\n{}",
-        context()
-    );
-    assert!(
-        relay.log_has("event=output_down_alert"),
-        "no output_down_alert after 12 s with alert_after = 5s\n{}",
-        context()
-    );
-    assert_eq!(
-        delivered_while_refused,
-        0,
-        "records counted as delivered to a peer that closed on them\n{}",
-        context()
+        unmet.is_empty(),
+        "while rsyslog refused the relay's client certificate:\n- {}\ninspect:\n{inspect}\n\
+         rsyslog:\n{}\nrelay:\n{}",
+        unmet.join("\n- "),
+        rsyslog.proc.log_text(),
+        relay.log_text()
     );
 
     // rsyslog comes back permitting the relay's name: everything sent arrives.
