@@ -1,9 +1,10 @@
 //! Alerts: the conditions an operator must hear about without watching a dashboard.
 //!
 //! Three conditions, each with its way back: a feed's coverage falls below its `retention`
-//! (and recovers), an output stays down longer than its `alert_after` (and reconnects), an
-//! output loses records to overrun (one alert per episode, when the output has caught up and
-//! the lost time range is known). The component that sees the transition logs it once and
+//! (and recovers), an output stays down longer than its `alert_after` (and proves itself again),
+//! an output loses records to overrun (as soon as the loss is seen, and once more when the output
+//! has caught up and the episode's loss and time range are known). An output's outage and
+//! overrun episode persist with its cursor, so a restart neither forgets nor repeats them. The component that sees the transition logs it once and
 //! queues an [`Alert`]; the relay counts every alert by kind for `/metrics` and, when
 //! `[relay] alert_feed` names a feed, appends it to that feed's ring as one JSON line, so the
 //! SIEM learns about its own gaps (NSS calls these "feeds for alerts").

@@ -1534,7 +1534,13 @@ impl Relay {
             }
         }
         let received: u64 = self.feeds.iter().map(|f| f.stats.records).sum();
-        self.checkpoint_all(clock::now(), true)?;
+        let now = clock::now();
+        for feed in &mut self.feeds {
+            for out in &mut feed.outputs {
+                out.on_shutdown(&mut feed.ring, now);
+            }
+        }
+        self.checkpoint_all(now, true)?;
         crate::log!(
             Level::Info,
             "stopped",

@@ -23,7 +23,16 @@
 //! `Backoff { until }` → (deadline) → `Connecting` → (writable, no error) → [TLS:
 //! `Handshaking` → (handshake done)] → `Connected` → (error, EOF, reset) → `Backoff`. A failed
 //! handshake (unknown CA, wrong name, ...) is a failed connect: logged with the reason, retried
-//! with backoff. A file output is always `Connected`.
+//! with backoff. A file output opens (`Connected`) or fails to.
+//!
+//! ## Proof
+//! A connection that accepted proves nothing: `Connected` starts unproven, and becomes proven
+//! ([`Output::prove`]) once it has lasted `settle`, once a file took whole records, or at an
+//! HTTP output's first 2xx. Only a proven connection ends the outage (the backoff starts again
+//! at its minimum, `output_recovered`); one that fails before is a failed connect: the backoff
+//! grows, the outage and its alert go on, and a TCP or TLS output commits nothing it wrote on it,
+//! so the next connection resumes where the failing ones began, however long ago (a receiver
+//! that accepts and closes, or refuses the client certificate after the handshake).
 //!
 //! An HTTP output (`http_delivery.rs`) batches records into requests instead, and commits only
 //! on success; see that module.
@@ -713,7 +722,7 @@ impl Output {
         }
     }
 
-    /// The connection (or file) lasted `settle` (an HTTP output: got a 2xx): the output is
+    /// The connection lasted `settle` (a file took whole records, an HTTP output got a 2xx): the output is
     /// delivering. The backoff starts again from its minimum, the outage ends (with
     /// `output_recovered` if it had raised its alert), and a stream output commits what it
     /// wrote meanwhile.
@@ -748,6 +757,14 @@ impl Output {
         if self.defers_commits() {
             let send = self.send;
             self.commit_upto(ring, send);
+        }
+    }
+
+    /// At shutdown: a connection still up has not failed within `settle` so far; it counts as
+    /// proven, so what it delivered is committed (a restart still replays its window).
+    pub fn on_shutdown(&mut self, ring: &mut Ring, now: Instant) {
+        if matches!(self.state, State::Connected) && self.may_prove_by_time() {
+            self.prove(ring, now);
         }
     }
 
