@@ -106,6 +106,8 @@ fn five_thousand_idle_connections_do_not_lock_out_a_real_sender() {
     let admin = admin_addr(&relay);
     let addr = relay.addr("f");
 
+    // Before eviction and the accept pause the relay held 256 and accepted-and-closed the
+    // rest: 0 of the 20,000 records arrived in 60 s.
     let idle: Vec<TcpStream> = (0..5_000)
         .map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 2), addr))
         .collect();
@@ -143,7 +145,8 @@ fn one_source_is_held_to_its_limit_and_another_still_gets_through() {
     let admin = admin_addr(&relay);
     let addr = relay.addr("f");
 
-    // 80 senders from one address, each sends one record and stays open.
+    // 80 senders from one address, each sends one record and stays open. (Before the
+    // per-source limit all 80 were held, none refused.)
     let mut held = Vec::new();
     for i in 0..80u64 {
         let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 3), addr);
@@ -286,8 +289,9 @@ fn slowloris_connections_do_not_block_legitimate_posts() {
     };
     thread::sleep(Duration::from_secs(3));
 
+    // Before header_timeout and eviction the last POST got through after 28 s, 280 retries.
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(30);
+    let deadline = t0 + Duration::from_secs(10);
     let mut ok = 0u64;
     let mut retries = 0u64;
     for i in 0..60u64 {
@@ -321,6 +325,7 @@ fn slowloris_connections_do_not_block_legitimate_posts() {
         reconnects.load(Ordering::Relaxed)
     );
     assert_eq!(ok, 60, "log:\n{}", relay.log_text());
+    assert!(posts_took < Duration::from_secs(10), "{posts_took:?}");
     assert_eq!(got, 300);
     assert!(timeouts > 0.0, "{m:?}");
 }
