@@ -235,32 +235,24 @@ fn post_batch(addr: SocketAddr, range: std::ops::Range<u64>) -> std::io::Result<
     }
 }
 
-#[test]
-fn slowloris_connections_do_not_block_legitimate_posts() {
-    raise_nofile();
-    let dir = TempDir::new("limits-slowloris");
-    let siem = Sink::new(true);
-    // The per-source limit off: the slowloris clients meet max_connections (256) itself.
-    let cfg = http_config(
-        &dir,
-        siem.addr,
-        ", header_timeout = \"2s\", max_connections_per_source = 0",
-    );
-    let relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
-    let addr = relay.addr("h");
+/// `n` HTTP clients from `src` that send a request head one byte per second, each connecting
+/// again when the relay closes it.
+struct Slowloris {
+    stop: Arc<AtomicBool>,
+    reconnects: Arc<AtomicU64>,
+    thread: thread::JoinHandle<()>,
+}
 
-    // 300 clients send a request head one byte per second; one the relay closed connects again.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reconnects = Arc::new(AtomicU64::new(0));
-    let loris = {
-        let (stop, reconnects) = (stop.clone(), reconnects.clone());
-        thread::spawn(move || {
+impl Slowloris {
+    fn start(addr: SocketAddr, n: usize, src: Ipv4Addr) -> Slowloris {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let (stop2, reconnects2) = (stop.clone(), reconnects.clone());
+        let thread = thread::spawn(move || {
             let head = b"POST /nss HTTP/1.1\r\nHost: relay\r\nContent-Length: 10\r\nX-Slow: ";
-            let src = Ipv4Addr::new(127, 0, 0, 4);
             let mut conns: Vec<(TcpStream, usize)> =
-                (0..300).map(|_| (connect_from(src, addr), 0)).collect();
-            while !stop.load(Ordering::Relaxed) {
+                (0..n).map(|_| (connect_from(src, addr), 0)).collect();
+            while !stop2.load(Ordering::Relaxed) {
                 for (s, sent) in conns.iter_mut() {
                     let mut buf = [0u8; 256];
                     let closed = match s.read(&mut buf) {
@@ -280,22 +272,33 @@ fn slowloris_connections_do_not_block_legitimate_posts() {
                     if closed {
                         *s = connect_from(src, addr);
                         *sent = 0;
-                        reconnects.fetch_add(1, Ordering::Relaxed);
+                        reconnects2.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 thread::sleep(Duration::from_secs(1));
             }
-        })
-    };
-    thread::sleep(Duration::from_secs(3));
+        });
+        Slowloris {
+            stop,
+            reconnects,
+            thread,
+        }
+    }
 
-    // Before header_timeout and eviction the last POST got through after 28 s, 280 retries.
-    let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(10);
-    let mut ok = 0u64;
-    let mut retries = 0u64;
-    for i in 0..60u64 {
-        let range = i * 5..i * 5 + 5;
+    /// Stops the clients, closes their connections; returns the reconnects.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.reconnects.load(Ordering::Relaxed)
+    }
+}
+
+/// POSTs batches `i*5 .. i*5+5` from `base`, `i` in `0..count`, each on a new connection,
+/// retrying each until `deadline`; returns (answered 200, retries).
+fn post_batches(addr: SocketAddr, base: u64, count: u64, deadline: Instant) -> (u64, u64) {
+    let (mut ok, mut retries) = (0, 0);
+    for i in 0..count {
+        let range = base + i * 5..base + i * 5 + 5;
         loop {
             match post_batch(addr, range.clone()) {
                 Ok(()) => {
@@ -310,22 +313,127 @@ fn slowloris_connections_do_not_block_legitimate_posts() {
             }
         }
     }
+    (ok, retries)
+}
+
+#[test]
+fn slowloris_connections_do_not_block_legitimate_posts() {
+    raise_nofile();
+    let dir = TempDir::new("limits-slowloris");
+    let siem = Sink::new(true);
+    // The per-source limit off: the slowloris clients meet max_connections (256) itself.
+    let cfg = http_config(
+        &dir,
+        siem.addr,
+        ", header_timeout = \"2s\", max_connections_per_source = 0",
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let addr = relay.addr("h");
+
+    // 300 clients send a request head one byte per second; one the relay closed connects again.
+    let loris = Slowloris::start(addr, 300, Ipv4Addr::new(127, 0, 0, 4));
+    thread::sleep(Duration::from_secs(3));
+
+    // Before header_timeout and eviction the last POST got through after 28 s, 280 retries.
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(10);
+    let (ok, retries) = post_batches(addr, 0, 60, deadline);
     let posts_took = t0.elapsed();
     wait_until(Duration::from_secs(10), || arrived(&siem, 300) == 300);
     let got = arrived(&siem, 300);
     let m = metrics(admin);
-    stop.store(true, Ordering::Relaxed);
-    loris.join().unwrap();
+    let reconnects = loris.stop();
     let timeouts = metric(&m, "ringrelay_http_header_timeouts_total{feed=\"h\"}");
     let evicted = metric(&m, "ringrelay_feed_connections_evicted_total{feed=\"h\"}");
     eprintln!(
         "slowloris: {ok}/60 POSTs answered 200 in {posts_took:?} ({retries} retries), \
          {got}/300 records arrived; header timeouts {timeouts}, evicted {evicted}, \
-         slowloris reconnects {}",
-        reconnects.load(Ordering::Relaxed)
+         slowloris reconnects {reconnects}"
     );
     assert_eq!(ok, 60, "log:\n{}", relay.log_text());
     assert!(posts_took < Duration::from_secs(10), "{posts_took:?}");
     assert_eq!(got, 300);
     assert!(timeouts > 0.0, "{m:?}");
+}
+
+/// Records numbered in `range` that reached the sink.
+fn arrived_in(siem: &Sink, range: std::ops::Range<u64>) -> u64 {
+    siem.counts().keys().filter(|k| range.contains(k)).count() as u64
+}
+
+#[test]
+fn at_default_limits_real_senders_get_through_five_thousand_idle_and_300_slowloris() {
+    raise_nofile();
+    let dir = TempDir::new("limits-defaults");
+    let siem = Sink::new(true);
+    // A tcp feed and an http feed, every limit at its default.
+    let text = format!(
+        r#"[relay]
+data_dir = "{data}"
+admin_listen = "127.0.0.1:0"
+
+[[feed]]
+name = "f"
+input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
+buffer = {{ size = "64MiB" }}
+
+[[feed.output]]
+name = "siem"
+kind = "tcp"
+address = "{siem}"
+
+[[feed]]
+name = "h"
+input = {{ kind = "http", listen = "127.0.0.1:0", path = "/nss" }}
+buffer = {{ size = "16MiB" }}
+
+[[feed.output]]
+name = "siem"
+kind = "tcp"
+address = "{siem}"
+"#,
+        data = dir.path().join("data").display(),
+        siem = siem.addr
+    );
+    let cfg = dir.path().join("ringrelay.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 2);
+    let admin = admin_addr(&relay);
+    let (tcp, http) = (relay.addr("f"), relay.addr("h"));
+
+    let idle: Vec<TcpStream> = (0..5_000)
+        .map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 2), tcp))
+        .collect();
+    let loris = Slowloris::start(http, 300, Ipv4Addr::new(127, 0, 0, 4));
+    thread::sleep(Duration::from_secs(3));
+
+    let n = 20_000u64;
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(60);
+    let sender = thread::spawn(move || nss_sender(tcp, 0..n, deadline));
+    let (ok, retries) = post_batches(http, 100_000, 60, t0 + Duration::from_secs(10));
+    let posts_took = t0.elapsed();
+    wait_until(Duration::from_secs(60), || {
+        arrived_in(&siem, 0..n) == n && arrived_in(&siem, 100_000..100_300) == 300
+    });
+    let took = t0.elapsed();
+    let reconnects = sender.join().unwrap();
+    let (got, got_http) = (arrived_in(&siem, 0..n), arrived_in(&siem, 100_000..100_300));
+    let m = metrics(admin);
+    let loris_reconnects = loris.stop();
+    let refused = metric(
+        &m,
+        "ringrelay_feed_connections_refused_total{feed=\"f\",reason=\"per_source\"}",
+    );
+    eprintln!(
+        "defaults: tcp {got}/{n} records in {took:?} ({reconnects} reconnects), \
+         {ok}/60 POSTs answered 200 in {posts_took:?} ({retries} retries), {got_http}/300 \
+         records; idle source refused {refused}, slowloris reconnects {loris_reconnects}"
+    );
+    assert_eq!(got, n, "log:\n{}", relay.log_text());
+    assert_eq!(ok, 60);
+    assert_eq!(got_http, 300);
+    assert!(refused > 0.0, "{m:?}");
+    drop(idle);
 }
