@@ -408,6 +408,7 @@ address = "{siem}"
     let loris = Slowloris::start(http, 300, Ipv4Addr::new(127, 0, 0, 4));
     thread::sleep(Duration::from_secs(3));
 
+    // Before: no record arrived in 70 s (12 reconnects), no POST was answered in 10 s.
     let n = 20_000u64;
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(60);

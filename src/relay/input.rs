@@ -687,6 +687,8 @@ impl Relay {
         if let Transport::Tls(t) = &conn.transport {
             let reason = match (&t.state, &t.error, why) {
                 (TlsState::Established, ..) => None,
+                // Counted and logged as an eviction, not as a failed handshake.
+                (TlsState::Handshaking, None, "evicted") => None,
                 (TlsState::Handshaking, Some(e), _) => Some(tls::failure_reason(e)),
                 (TlsState::Handshaking, None, "handshake_timeout") => Some("timeout"),
                 (TlsState::Handshaking, None, _) => Some("closed"),
