@@ -3,6 +3,8 @@
 //! from an address of its own in 127/8 (all loopback on Linux), so it is one "source".
 
 mod common;
+#[path = "common/tls.rs"]
+mod tlskit;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
@@ -437,4 +439,45 @@ address = "{siem}"
     assert_eq!(got_http, 300);
     assert!(refused > 0.0, "{m:?}");
     drop(idle);
+}
+
+#[test]
+fn a_tls_sender_takes_the_place_of_a_connection_that_never_handshook() {
+    let dir = TempDir::new("limits-tls");
+    let pki = tlskit::Pki::new(dir.path());
+    let siem = Sink::new(true);
+    let cfg = one_feed_config_with_admin(dir.path(), siem.addr, "", "");
+    let input = format!(
+        r#"kind = "tls", listen = "127.0.0.1:0", cert = "{}", key = "{}", max_connections = 4, max_connections_per_source = 0"#,
+        pki.path("server.pem").display(),
+        pki.path("server.key").display()
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("kind = \"tcp\", listen = \"127.0.0.1:0\"", &input);
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let addr = relay.addr("f");
+    // Four connections that never start a handshake fill the feed.
+    let silent: Vec<TcpStream> = (0..4)
+        .map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 5), addr))
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    // Before: the sender was accepted and closed mid-handshake.
+    let mut s = tlskit::connect(addr, pki.client_config(None)).expect("TLS handshake");
+    tlskit::send_records_tls(&mut s, 0..1_000, LEN);
+    tlskit::close_tls(s);
+    let ok = wait_until(Duration::from_secs(10), || arrived(&siem, 1_000) == 1_000);
+    let m = metrics(admin);
+    let evicted = metric(&m, "ringrelay_feed_connections_evicted_total{feed=\"f\"}");
+    eprintln!(
+        "tls: {}/1000 records arrived; evicted {evicted}",
+        arrived(&siem, 1_000)
+    );
+    assert!(ok, "log:\n{}", relay.log_text());
+    assert!(evicted >= 1.0, "{m:?}");
+    // An eviction is not a failed handshake.
+    assert!(!relay.log_has("event=tls_handshake_failed"));
+    drop(silent);
 }
