@@ -93,8 +93,10 @@ pub struct InputConfig {
     pub kind: InputKind,
     /// Listen address.
     pub listen: SocketAddr,
-    /// Connections beyond this are refused.
+    /// At this many connections the feed evicts a silent one or stops accepting.
     pub max_connections: usize,
+    /// Connections from one peer address at most (`0`: no limit).
+    pub max_connections_per_source: usize,
     /// Connections silent for longer are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
     /// Settings of an `http` input.
@@ -114,6 +116,9 @@ pub struct HttpInputConfig {
     pub max_decoded_bytes: usize,
     /// Time a request may take from its first byte to its last.
     pub request_timeout: Duration,
+    /// Time a request head may take to arrive, from the connection's opening or the previous
+    /// response.
+    pub header_timeout: Duration,
     /// HTTPS: `cert` and `key` (and `client_ca`) are set.
     pub tls: Option<TlsInput>,
 }
@@ -1131,7 +1136,13 @@ fn buffer_capacity(
 }
 
 fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
-    let common = ["kind", "listen", "max_connections", "idle_timeout"];
+    let common = [
+        "kind",
+        "listen",
+        "max_connections",
+        "max_connections_per_source",
+        "idle_timeout",
+    ];
     let tls_keys = ["cert", "key", "client_ca", "handshake_timeout"];
     let http_keys = [
         "path",
@@ -1140,6 +1151,7 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
         "max_body_bytes",
         "max_decoded_bytes",
         "request_timeout",
+        "header_timeout",
     ];
     let kind = match t.req_str("kind", "\"tcp\", \"tls\" or \"http\"", cx) {
         Some(("tcp", _)) => {
@@ -1172,6 +1184,21 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
         }
     });
     let max_connections = t.count("max_connections", 1..=65_536, cx).unwrap_or(256) as usize;
+    // Unset, it is 64 or max_connections, whichever is lower.
+    let max_connections_per_source = match t.count("max_connections_per_source", 0..=65_536, cx) {
+        None => 64.min(max_connections),
+        Some(n) if n as usize > max_connections => {
+            let span = t
+                .get("max_connections_per_source")
+                .map_or(t.span.clone(), Spanned::span);
+            cx.err(
+                span,
+                format!("max_connections_per_source = {n} is more than max_connections = {max_connections}; lower it, or 0 for no per-source limit"),
+            );
+            0
+        }
+        Some(n) => n as usize,
+    };
     let idle_timeout = match t.duration("idle_timeout", cx) {
         None => Some(Duration::from_secs(600)),
         Some(d) if d.is_zero() => None,
@@ -1181,6 +1208,7 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
         kind: kind?,
         listen: listen?,
         max_connections,
+        max_connections_per_source,
         idle_timeout,
         http: match http {
             Some(h) => Some(h?),
@@ -1243,12 +1271,22 @@ fn http_input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpInputConfi
             .map_or(t.span.clone(), Spanned::span);
         cx.err(span, "request_timeout must be more than 0");
     }
+    let header_timeout = t
+        .duration("header_timeout", cx)
+        .unwrap_or(Duration::from_secs(10));
+    if header_timeout.is_zero() {
+        let span = t
+            .get("header_timeout")
+            .map_or(t.span.clone(), Spanned::span);
+        cx.err(span, "header_timeout must be more than 0");
+    }
     Some(HttpInputConfig {
         path,
         auth,
         max_body_bytes,
         max_decoded_bytes,
         request_timeout,
+        header_timeout,
         tls,
     })
 }
@@ -2007,6 +2045,36 @@ path = "out/zpa.log"
             matches!(&zpa.outputs[0].kind, OutputKind::File(f) if f.path == Path::new("/etc/ringrelay/out/zpa.log"))
         );
         assert_eq!(zpa.outputs[0].replay, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_per_source_limit_defaults_below_max_connections_and_is_checked_against_it() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.feeds[0].input.max_connections_per_source, 64);
+        let text = GOOD.replace(
+            "max_connections = 64",
+            "max_connections = 16, max_connections_per_source = 0",
+        );
+        assert_eq!(
+            parse(&text).expect("valid").feeds[0]
+                .input
+                .max_connections_per_source,
+            0
+        );
+        let text = GOOD.replace(
+            "max_connections = 64",
+            "max_connections = 16, max_connections_per_source = 17",
+        );
+        let msgs: Vec<String> = parse(&text)
+            .expect_err("over max_connections")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(
+            msgs[0].contains("max_connections_per_source = 17 is more than max_connections = 16"),
+            "{msgs:?}"
+        );
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn bad_inputs_cost_bounded_memory_and_do_not_stop_a_good_sender() {
 }
 
 #[test]
-fn connections_over_the_limit_are_refused_and_counted() {
+fn at_the_limit_a_new_connection_waits_and_takes_a_silent_ones_place() {
     let dir = TempDir::new("e2e-maxconn");
     let siem = Sink::new(true);
     let cfg = dir.path().join("c.toml");
@@ -289,21 +289,30 @@ fn connections_over_the_limit_are_refused_and_counted() {
         &cfg,
         base.replace(
             "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\", max_connections = 2",
+            "listen = \"127.0.0.1:0\", max_connections = 2, max_connections_per_source = 0",
         ),
     )
     .unwrap();
     let relay = RelayProc::start(&cfg, 1);
-    let keep: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(relay.addr("f")).unwrap())
-        .collect();
-    thread::sleep(Duration::from_millis(200));
-    let extra = TcpStream::connect(relay.addr("f")).unwrap();
-    let ok = wait_until(Duration::from_secs(5), || {
-        relay.log_has("event=connection_refused")
-    });
-    assert!(ok, "{}", relay.log_text());
-    drop((keep, extra));
+    // One sender that has sent a record (never evicted), one silent connection.
+    let mut talker = TcpStream::connect(relay.addr("f")).unwrap();
+    talker.write_all(&record(0, LEN)).unwrap();
+    talker.write_all(b"\n").unwrap();
+    let silent = TcpStream::connect(relay.addr("f")).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || siem.count() == 1));
+    // The third waits in the backlog, not refused, its records with it; after the silent
+    // connection's grace it takes that one's place.
+    send_records(relay.addr("f"), 1..1_001, LEN);
+    let ok = wait_until(Duration::from_secs(10), || siem.count() == 1_001);
+    assert!(ok, "{} records; log:\n{}", siem.count(), relay.log_text());
+    assert!(relay.log_has("event=connections_at_limit"));
+    assert!(relay.log_has("event=connection_evicted"));
+    assert!(!relay.log_has("event=connection_refused"));
+    // The talker is still open: another record arrives.
+    talker.write_all(&record(5_000, LEN)).unwrap();
+    talker.write_all(b"\n").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || siem.count() == 1_002));
+    drop((talker, silent));
 }
 
 #[test]

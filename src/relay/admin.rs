@@ -360,7 +360,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     );
 
     type FeedValue = fn(&Feed) -> String;
-    let feed_families: [(&str, &str, &str, FeedValue); 16] = [
+    let feed_families: [(&str, &str, &str, FeedValue); 18] = [
         (
             "ringrelay_feed_records_received_total",
             "counter",
@@ -404,10 +404,22 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             |f| f.conns.to_string(),
         ),
         (
-            "ringrelay_feed_connections_refused_total",
+            "ringrelay_feed_connections_evicted_total",
             "counter",
-            "Input connections refused at max_connections.",
-            |f| f.stats.refused.to_string(),
+            "Silent input connections closed to make room for a new one (max_connections, max_connections_per_source).",
+            |f| f.stats.evicted.to_string(),
+        ),
+        (
+            "ringrelay_feed_accept_paused_total",
+            "counter",
+            "Times the feed stopped accepting at max_connections with nothing to evict (new connections wait in the listen backlog).",
+            |f| f.stats.accept_paused.to_string(),
+        ),
+        (
+            "ringrelay_feed_accept_paused_seconds_total",
+            "counter",
+            "Time spent not accepting at max_connections, episodes that ended.",
+            |f| format!("{:.3}", f.stats.accept_paused_ms as f64 / 1000.0),
         ),
         (
             "ringrelay_feed_connections_idle_closed_total",
@@ -480,6 +492,34 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
                 v,
             );
         }
+    }
+
+    let name = "ringrelay_feed_connections_refused_total";
+    m.head(
+        name,
+        "counter",
+        "Input connections closed at once, by reason (per_source: the source was at max_connections_per_source with nothing to evict).",
+    );
+    for f in feeds {
+        m.sample(
+            name,
+            &format!("feed=\"{}\",reason=\"per_source\"", f.cfg.name),
+            f.stats.refused,
+        );
+    }
+
+    let name = "ringrelay_http_header_timeouts_total";
+    m.head(
+        name,
+        "counter",
+        "HTTP input connections closed for a request head not complete within header_timeout.",
+    );
+    for f in feeds.iter().filter(|f| f.cfg.input.http.is_some()) {
+        m.sample(
+            name,
+            &format!("feed=\"{}\"", f.cfg.name),
+            f.stats.header_timeouts,
+        );
     }
 
     let name = "ringrelay_http_responses_total";

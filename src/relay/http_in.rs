@@ -49,6 +49,28 @@ pub struct HttpConn {
     started: Option<Instant>,
     /// Closing: our side is shut down since then, and this much has been discarded since.
     lingering: Option<(Instant, u64)>,
+    /// The head of the request being read is complete (its body may not be).
+    head_done: bool,
+    /// When the previous request was answered.
+    answered: Option<Instant>,
+}
+
+impl HttpConn {
+    /// Since when the connection has been waiting for a request head (opened at `opened`):
+    /// `None` while a request's body is read, a response is written, or the connection closes.
+    /// An idle keep-alive connection and a slow head (slowloris) both wait.
+    pub(super) fn head_wait_since(&self, opened: Instant) -> Option<Instant> {
+        let busy =
+            self.head_done || !self.out.is_empty() || self.close_after || self.lingering.is_some();
+        (!busy).then(|| self.answered.unwrap_or(opened))
+    }
+
+    /// The request is answered: the next one's head is awaited from `now`.
+    fn answered(&mut self, now: Instant) {
+        self.started = None;
+        self.head_done = false;
+        self.answered = Some(now);
+    }
 }
 
 /// What the buffered bytes allowed.
@@ -165,7 +187,8 @@ impl Relay {
     }
 
     /// Answers requests that have taken longer than their feed's `request_timeout` with 408
-    /// and closes their connections.
+    /// and closes their connections; closes connections whose request head did not arrive
+    /// within `header_timeout` (with a 408 if part of it did).
     pub(super) fn expire_requests(&mut self, now: Instant) {
         for id in 0..self.conns.len() {
             let Some(conn) = self.conns[id].as_mut() else {
@@ -186,6 +209,26 @@ impl Relay {
                     None,
                     now,
                 );
+                continue;
+            }
+            if http
+                .head_wait_since(conn.opened)
+                .is_some_and(|s| now.duration_since(s) > cfg.header_timeout)
+            {
+                feed.stats.header_timeouts += 1;
+                if conn.pending.is_empty() {
+                    // Nothing of a request: nobody to answer.
+                    self.close_conn(id, "header_timeout", None, now);
+                    continue;
+                }
+                let refusal = Refusal {
+                    status: 408,
+                    reason: "request head not complete within header_timeout",
+                    close: true,
+                    skip: 0,
+                };
+                respond(http, feed, conn.peer, &refusal, None);
+                self.service_http(id, now, false);
                 continue;
             }
             if http
@@ -224,7 +267,10 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
     }
     let head = match http_batch::parse_head(pending, &expect, &limits) {
         Ok(None) => return Step::More,
-        Ok(Some(head)) => head,
+        Ok(Some(head)) => {
+            http.head_done = true;
+            head
+        }
         Err(r) if r.close => {
             respond(http, feed, peer, &r, None);
             return Step::Answered(pending.len());
@@ -266,7 +312,7 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
             let r = http_batch::response(200, &text, keep_alive, None);
             http.out.extend_from_slice(&r);
             http.close_after |= !keep_alive;
-            http.started = None;
+            http.answered(clock::now());
             feed.stats.http_responses[0] += 1;
         }
         Err(r) => {
@@ -366,11 +412,12 @@ fn respond(
     http.out
         .extend_from_slice(&http_batch::response(r.status, &body, !r.close, retry));
     http.close_after |= r.close;
-    http.started = None;
+    let now = clock::now();
+    http.answered(now);
     if let Some(i) = STATUSES.iter().position(|&s| s == r.status) {
         feed.stats.http_responses[i] += 1;
     }
-    if let Some(suppressed) = feed.refuse_log.allow(clock::now()) {
+    if let Some(suppressed) = feed.refuse_log.allow(now) {
         crate::log!(
             Level::Warn,
             "http_request_refused",

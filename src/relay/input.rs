@@ -20,7 +20,7 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
@@ -117,7 +117,9 @@ impl TlsIn {
 pub struct Conn {
     pub(super) stream: TcpStream,
     transport: Transport,
-    opened: Instant,
+    pub(super) opened: Instant,
+    /// It has delivered plaintext (a TLS handshake is not plaintext): never evicted.
+    heard: bool,
     /// Index of its feed.
     pub feed: usize,
     pub(super) peer: SocketAddr,
@@ -147,6 +149,33 @@ impl Conn {
     }
 }
 
+/// A new connection waits at least this long for its first byte before it can be evicted.
+const EVICT_GRACE: Duration = Duration::from_secs(1);
+/// Candidates [`Relay::evictable`] reads from, at most, in one call.
+const EVICT_READS: usize = 8;
+
+/// What [`Relay::evictable`] found.
+enum Evictable {
+    /// This connection: silent, past its grace.
+    Conn(usize),
+    /// A candidate closed when it was read (the sender had closed): there is room.
+    Freed,
+    /// Nothing now; a connection becomes evictable then, if ever.
+    None(Option<Instant>),
+}
+
+impl Conn {
+    /// `(class, since)` if it may be evicted, lowest first: a TCP/TLS connection that has not
+    /// delivered plaintext, since it opened; an HTTP connection waiting for a request head,
+    /// since it opened or its previous response.
+    fn evict_rank(&self) -> Option<(u8, Instant)> {
+        match &self.http {
+            None => (!self.heard).then_some((0, self.opened)),
+            Some(h) => h.head_wait_since(self.opened).map(|s| (1, s)),
+        }
+    }
+}
+
 /// What happened to a connection in one service call.
 enum Outcome {
     Open,
@@ -165,10 +194,15 @@ impl Conn {
     ) -> io::Result<usize> {
         let (feed_name, feed_stats) = feed;
         let t = match &mut self.transport {
-            Transport::Plain => return self.stream.read(buf),
+            Transport::Plain => {
+                let r = self.stream.read(buf);
+                self.heard |= matches!(r, Ok(n) if n > 0);
+                return r;
+            }
             Transport::Tls(t) => t,
         };
         let r = t.read(&mut self.stream, buf);
+        self.heard |= matches!(r, Ok(n) if n > 0);
         if matches!(t.state, TlsState::Handshaking) && !t.conn.is_handshaking() {
             t.state = TlsState::Established;
             feed_stats.tls_handshakes += 1;
@@ -238,14 +272,39 @@ impl Conn {
 }
 
 impl Relay {
+    /// Accepts the connections waiting on feed `fi`'s listener. At `max_connections` a new
+    /// connection takes the place of an evictable one ([`Relay::evictable`]); with none,
+    /// accepting stops and the rest wait in the listen backlog (their senders' data with
+    /// them) until a connection closes or one becomes evictable ([`Relay::resume_accepts`]).
+    /// A connection is never accepted only to be closed, but for one from a source at
+    /// `max_connections_per_source` with nothing of its own to evict.
     pub(super) fn accept(&mut self, fi: usize, now: Instant) {
         loop {
+            let feed = &self.feeds[fi];
+            if feed.listener.is_none() {
+                return;
+            }
+            let at_limit = feed.conns >= feed.cfg.input.max_connections;
+            let victim = if at_limit {
+                match self.evictable(fi, None, now) {
+                    Evictable::Conn(id) => Some(id),
+                    Evictable::Freed => None,
+                    Evictable::None(retry) => return self.pause_accept(fi, retry, now),
+                }
+            } else {
+                None
+            };
             let feed = &mut self.feeds[fi];
             let Some(listener) = feed.listener.as_ref() else {
                 return;
             };
             let (mut stream, peer) = match listener.accept() {
-                Ok(x) => x,
+                Ok(x) => {
+                    if let Some(since) = feed.accept_paused.take() {
+                        feed.stats.accept_paused_ms += now.duration_since(since).as_millis() as u64;
+                    }
+                    x
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -259,22 +318,33 @@ impl Relay {
                     return;
                 }
             };
-            if feed.conns >= feed.cfg.input.max_connections {
-                feed.stats.refused += 1;
-                if let Some(suppressed) = feed.refuse_log.allow(now) {
-                    crate::log!(
-                        Level::Warn,
-                        "connection_refused",
-                        feed = feed.cfg.name,
-                        peer = peer,
-                        reason = "max_connections reached",
-                        max_connections = feed.cfg.input.max_connections,
-                        suppressed = suppressed
-                    );
+            let per_source = feed.cfg.input.max_connections_per_source;
+            if per_source > 0 && self.source_conns(fi, peer) >= per_source {
+                match self.evictable(fi, Some(peer), now) {
+                    Evictable::Conn(id) => self.evict(id, "max_connections_per_source", now),
+                    Evictable::Freed => {}
+                    Evictable::None(_) => {
+                        let feed = &mut self.feeds[fi];
+                        feed.stats.refused += 1;
+                        if let Some(suppressed) = feed.refuse_log.allow(now) {
+                            crate::log!(
+                                Level::Warn,
+                                "connection_refused",
+                                feed = feed.cfg.name,
+                                peer = peer,
+                                reason = "per_source",
+                                max_connections_per_source = per_source,
+                                suppressed = suppressed
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
                 }
-                drop(stream);
-                continue;
+            } else if let Some(id) = victim {
+                self.evict(id, "max_connections", now);
             }
+            let feed = &mut self.feeds[fi];
             let transport = match &feed.tls {
                 None => Transport::Plain,
                 Some(cfg) => match ServerConnection::new(cfg.clone()) {
@@ -345,6 +415,7 @@ impl Relay {
                 stream,
                 transport,
                 opened: now,
+                heard: false,
                 feed: fi,
                 peer,
                 framer: Framer::new(feed.framer),
@@ -355,6 +426,116 @@ impl Relay {
                 http: (feed.cfg.input.kind == InputKind::Http).then(Box::default),
                 queued: false,
             });
+        }
+    }
+
+    /// The connection of feed `fi` (from `source`'s address only, when given) to evict first:
+    /// silent TCP/TLS connections (no plaintext yet), oldest first, then HTTP connections
+    /// waiting for a request head (idle keep-alive, slowloris), longest-waiting first; each
+    /// only after [`EVICT_GRACE`], so a sender that just connected is not cut before its first
+    /// write. The candidate gets one read first: one that had data is not silent (its data is
+    /// framed as usual) and the next candidate is tried.
+    fn evictable(&mut self, fi: usize, source: Option<SocketAddr>, now: Instant) -> Evictable {
+        for _ in 0..EVICT_READS {
+            let mut best: Option<((u8, Instant), usize)> = None;
+            let mut retry: Option<Instant> = None;
+            for (id, c) in self.conns.iter().enumerate() {
+                let Some(c) = c.as_ref().filter(|c| c.feed == fi) else {
+                    continue;
+                };
+                if source.is_some_and(|s| s.ip() != c.peer.ip()) {
+                    continue;
+                }
+                let Some(rank) = c.evict_rank() else {
+                    continue;
+                };
+                if now.duration_since(rank.1) < EVICT_GRACE {
+                    let at = rank.1 + EVICT_GRACE;
+                    retry = Some(retry.map_or(at, |r| r.min(at)));
+                } else if best.is_none_or(|(b, _)| rank < b) {
+                    best = Some((rank, id));
+                }
+            }
+            let Some((_, id)) = best else {
+                return Evictable::None(retry);
+            };
+            self.service_conn(id, now, false);
+            match self.conns[id].as_ref() {
+                None => return Evictable::Freed,
+                Some(c)
+                    if c.evict_rank()
+                        .is_some_and(|(_, since)| now.duration_since(since) >= EVICT_GRACE) =>
+                {
+                    return Evictable::Conn(id)
+                }
+                Some(_) => {}
+            }
+        }
+        // Every candidate tried had data: look again shortly.
+        Evictable::None(Some(now + EVICT_GRACE / 10))
+    }
+
+    /// Closes connection `id` to make room for a new one: counted, logged (rate-limited).
+    fn evict(&mut self, id: usize, reason: &'static str, now: Instant) {
+        let Some(c) = self.conns.get(id).and_then(Option::as_ref) else {
+            return;
+        };
+        let feed = &mut self.feeds[c.feed];
+        feed.stats.evicted += 1;
+        if let Some(suppressed) = feed.limit_log.allow(now) {
+            crate::log!(
+                Level::Warn,
+                "connection_evicted",
+                feed = feed.cfg.name,
+                peer = c.peer,
+                reason = reason,
+                idle_ms = now.duration_since(c.last_active).as_millis(),
+                suppressed = suppressed
+            );
+        }
+        self.close_conn(id, "evicted", None, now);
+    }
+
+    /// Connections of feed `fi` from `peer`'s address.
+    fn source_conns(&self, fi: usize, peer: SocketAddr) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| c.feed == fi && c.peer.ip() == peer.ip())
+            .count()
+    }
+
+    /// Stops accepting on feed `fi` (at `max_connections`, nothing to evict) until a
+    /// connection closes or `retry`, when one becomes evictable.
+    fn pause_accept(&mut self, fi: usize, retry: Option<Instant>, now: Instant) {
+        let feed = &mut self.feeds[fi];
+        feed.accept_retry = retry;
+        if feed.accept_paused.is_some() {
+            return;
+        }
+        feed.accept_paused = Some(now);
+        feed.stats.accept_paused += 1;
+        if let Some(suppressed) = feed.limit_log.allow(now) {
+            crate::log!(
+                Level::Warn,
+                "connections_at_limit",
+                feed = feed.cfg.name,
+                max_connections = feed.cfg.input.max_connections,
+                action = "new connections wait in the listen backlog",
+                suppressed = suppressed
+            );
+        }
+    }
+
+    /// Accepts again on the feeds that stopped, where a connection closed or became evictable.
+    pub(super) fn resume_accepts(&mut self, now: Instant) {
+        for fi in 0..self.feeds.len() {
+            let feed = &mut self.feeds[fi];
+            if feed.accept_due || feed.accept_retry.is_some_and(|r| r <= now) {
+                feed.accept_due = false;
+                feed.accept_retry = None;
+                self.accept(fi, now);
+            }
         }
     }
 
@@ -500,9 +681,14 @@ impl Relay {
         self.free_slots.push(id);
         let feed = &mut self.feeds[conn.feed];
         feed.conns -= 1;
+        // The listener reports the connections waiting in its backlog only when another
+        // arrives (edge-triggered): accepting resumes this turn.
+        feed.accept_due |= feed.accept_paused.is_some();
         if let Transport::Tls(t) = &conn.transport {
             let reason = match (&t.state, &t.error, why) {
                 (TlsState::Established, ..) => None,
+                // Counted and logged as an eviction, not as a failed handshake.
+                (TlsState::Handshaking, None, "evicted") => None,
                 (TlsState::Handshaking, Some(e), _) => Some(tls::failure_reason(e)),
                 (TlsState::Handshaking, None, "handshake_timeout") => Some("timeout"),
                 (TlsState::Handshaking, None, _) => Some("closed"),

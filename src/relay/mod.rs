@@ -66,6 +66,8 @@ const SIGNALS: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const OUTPUT_BASE: usize = 1_000;
 const CONN_BASE: usize = 10_000;
+/// Listen backlog of an input listener.
+const LISTEN_BACKLOG: i32 = 4096;
 /// Bytes read per `read` call, on top of room for one partial record.
 const READ_CHUNK: usize = 64 << 10;
 /// Bytes read per `read` call of a newline-framed TCP or TLS connection, straight into the ring
@@ -147,8 +149,18 @@ pub struct FeedStats {
     pub incomplete_at_eof: u64,
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused at `max_connections`.
+    /// Connections closed at once: their source was at `max_connections_per_source` with
+    /// nothing to evict.
     pub refused: u64,
+    /// Silent connections closed to make room for a new one, at `max_connections` or at
+    /// `max_connections_per_source`.
+    pub evicted: u64,
+    /// Times accepting stopped at `max_connections` with nothing to evict.
+    pub accept_paused: u64,
+    /// Milliseconds spent so, finished episodes.
+    pub accept_paused_ms: u64,
+    /// HTTP connections closed for a request head not complete within `header_timeout`.
+    pub header_timeouts: u64,
     /// Connections closed for idling.
     pub idle_closed: u64,
     /// Times the ring was full in `block` mode.
@@ -179,6 +191,15 @@ pub struct Feed {
     pub stats: FeedStats,
     framer: FramerConfig,
     conns: usize,
+    /// Since when accepting is stopped: at `max_connections`, nothing to evict. New
+    /// connections wait in the listen backlog.
+    accept_paused: Option<Instant>,
+    /// Try accepting again this turn: a connection closed while accepting was stopped.
+    accept_due: bool,
+    /// Try accepting again then: a connection becomes evictable.
+    accept_retry: Option<Instant>,
+    /// `connections_at_limit` and `connection_evicted` lines.
+    limit_log: Limiter,
     /// Records were appended since the outputs last wrote.
     dirty: bool,
     /// Connections are paused because the ring is full (`block`).
@@ -909,6 +930,11 @@ impl Relay {
                 fc.name, fc.input.listen
             )
         })?;
+        // The backlog holds the connections that wait while the feed is at max_connections
+        // (mio listens with 128); the kernel caps it at net.core.somaxconn.
+        nix::sys::socket::Backlog::new(LISTEN_BACKLOG)
+            .and_then(|b| nix::sys::socket::listen(&listener, b))
+            .map_err(|e| format!("feed {}: listen backlog: {e}", fc.name))?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| format!("feed {}: listener address: {e}", fc.name))?;
@@ -931,6 +957,10 @@ impl Relay {
             outputs,
             stats: FeedStats::default(),
             conns: 0,
+            accept_paused: None,
+            accept_due: false,
+            accept_retry: None,
+            limit_log: Limiter::new(5, Duration::from_secs(60)),
             dirty: true,
             paused: false,
             sync_wait: false,
@@ -1042,6 +1072,9 @@ impl Relay {
             }
             if f.sync_wait {
                 next = next.min(now + SYNC_WAIT_POLL);
+            }
+            if let Some(r) = f.accept_retry {
+                next = next.min(r);
             }
         }
         next
@@ -1222,6 +1255,7 @@ impl Relay {
             a.expire(registry, now);
         }
         self.resume_after_sync()?;
+        self.resume_accepts(now);
         if now >= self.next_checkpoint {
             self.next_checkpoint = now + self.checkpoint_every;
             for feed in &mut self.feeds {
