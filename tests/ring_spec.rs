@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
-use ringrelay::ring::{Damage, Pos, Read, Ring, RingOptions, RingReader, WhenFull};
+use ringrelay::ring::{CursorState, Damage, Pos, Read, Ring, RingOptions, RingReader, WhenFull};
 
 // §2 file layout
 const SUPERBLOCK_AT: usize = 0;
@@ -38,6 +38,12 @@ const SLOT_LEN: usize = 1156;
 const CURSORS_AT: usize = 128;
 const CURSOR_LEN: usize = 64;
 const MAX_CURSORS: usize = 16;
+// §4 cursor-state table
+const STATE_GENERATION_AT: usize = 1160;
+const STATES_AT: usize = 1168;
+const STATE_LEN: usize = 32;
+const STATE_CRC_AT: usize = 1680;
+const STATE_TABLE_END: usize = 1684;
 // §5 entries
 const HEADER: u64 = 48;
 /// §5: `count`, at offset 40 (reserved, and 0, in version 1).
@@ -194,6 +200,9 @@ struct Cursor {
     seq: u64,
     off: u64,
     lost: u64,
+    /// §4 cursor state: (down_since_ns, overrun_base, overrun_after_ns, flags), as the table
+    /// says when it is valid, else the defaults the spec gives.
+    state: (u64, u64, u64, u32),
 }
 
 #[derive(Clone, Debug)]
@@ -224,9 +233,16 @@ fn parse_slot(page: &[u8], cap: u64) -> Option<Slot> {
     assert_eq!(u32_at(b, 12), 0, "slot reserved 12..16");
     assert!(b[80..128].iter().all(|&c| c == 0), "slot reserved 80..128");
     assert!(
-        page[SLOT_LEN..].iter().all(|&c| c == 0),
-        "slot page past the structure"
+        page[SLOT_LEN..STATE_GENERATION_AT].iter().all(|&c| c == 0),
+        "slot page between the structures"
     );
+    assert!(
+        page[STATE_TABLE_END..].iter().all(|&c| c == 0),
+        "slot page past the structures"
+    );
+    // §4: the table is valid when its CRC matches and it carries the slot's generation.
+    let table_valid = u64_at(page, STATE_GENERATION_AT) == u64_at(b, 0)
+        && crc32fast::hash(&page[STATE_GENERATION_AT..STATE_CRC_AT]) == u32_at(page, STATE_CRC_AT);
     let mut cursors = Vec::new();
     for i in 0..MAX_CURSORS {
         let c = &b[CURSORS_AT + CURSOR_LEN * i..CURSORS_AT + CURSOR_LEN * (i + 1)];
@@ -235,11 +251,25 @@ fn parse_slot(page: &[u8], cap: u64) -> Option<Slot> {
             assert!(c.iter().all(|&x| x == 0), "an unused cursor entry is zero");
             continue;
         }
+        let lost = u64_at(c, 48);
+        let st = &page[STATES_AT + STATE_LEN * i..STATES_AT + STATE_LEN * (i + 1)];
+        let state = if table_valid {
+            assert_eq!(u32_at(st, 28), 0, "cursor state reserved");
+            (
+                u64_at(st, 0),
+                u64_at(st, 8).min(lost),
+                u64_at(st, 16),
+                u32_at(st, 24),
+            )
+        } else {
+            (0, lost, 0, 0)
+        };
         cursors.push(Cursor {
             name: zero_padded(&c[..32]),
             seq: u64_at(c, 32),
             off: u64_at(c, 40),
-            lost: u64_at(c, 48),
+            lost,
+            state,
         });
     }
     Some(Slot {
@@ -1104,6 +1134,18 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
     let inside = ring.cursor("tcp-c").unwrap();
     ring.commit(inside, inside_at);
     ring.set_epoch(7);
+    // §4 cursor state: an output down since T0 + 1 s, alerted, in an overrun episode that began
+    // when it had lost 3 records, after a record received at T0 + 2 s.
+    ring.set_cursor_state(
+        lagging,
+        CursorState {
+            down_since_ns: T0 + 1_000_000_000,
+            overrun_base: 3,
+            overrun_after_ns: T0 + 2_000_000_000,
+            down_alerted: true,
+            overrun_alerted: false,
+        },
+    );
     ring.checkpoint(T0 + 5_000_000_000, true).unwrap();
     let stats = ring.stats();
     let (tail, head) = (ring.tail(), ring.head());
@@ -1153,19 +1195,24 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
                 name: "siem-a".into(),
                 seq: siem_at.seq,
                 off: siem_at.off,
-                lost: lost_a
+                lost: lost_a,
+                // Never set: an episode from the cursor's creation (nothing reported yet).
+                state: (0, 0, 0, 0),
             },
             Cursor {
                 name: "file-b".into(),
                 seq: lagging_at.seq,
                 off: lagging_at.off,
-                lost: lost_b
+                lost: lost_b,
+                // bit 0: the output_down alert was raised.
+                state: (T0 + 1_000_000_000, 3, T0 + 2_000_000_000, 1),
             },
             Cursor {
                 name: "tcp-c".into(),
                 seq: seq + 2,
                 off: at[0].off,
-                lost: 0
+                lost: 0,
+                state: (0, 0, 0, 0),
             },
         ]
     );
