@@ -140,6 +140,7 @@ fn a_receiver_that_accepts_and_closes_is_a_failed_connect_and_replay_covers_the_
         thread::sleep(Duration::from_millis(100));
     }
     let attempts = siem.connections.load(Ordering::Relaxed);
+    eprintln!("accept-and-close receiver: {attempts} connections in 8 s");
     // 100 ms doubling with jitter: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s is about 6 attempts in
     // 8 s; without backoff it was about 80.
     assert!(attempts <= 12, "{attempts} connections in 8 s: no backoff");
@@ -255,6 +256,7 @@ alert_after = "3s"
         thread::sleep(Duration::from_millis(100));
     }
     let n = requests.load(Ordering::Relaxed);
+    eprintln!("401 receiver: {n} requests in 8 s");
     // Before: a request every ~100 ms (383 in 40 s) and no alert.
     assert!(n <= 12, "{n} requests in 8 s: no backoff");
     let m = metrics(admin);
@@ -334,6 +336,7 @@ alert_after = "3s"
     assert!(std::fs::metadata(&out).unwrap().len() <= limit);
     let m = metrics(admin);
     let reconnects = m[&key("ringrelay_output_reconnects_total")];
+    eprintln!("full disk: {reconnects} reopens in 8 s");
     // Before: a reopen every ~100 ms (80 in 8 s), each logging output_connected.
     assert!(
         reconnects <= 12.0,
