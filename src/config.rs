@@ -34,6 +34,8 @@ pub struct Config {
 pub struct RelayConfig {
     /// Where the ring files live.
     pub data_dir: PathBuf,
+    /// Line and column of `data_dir` in the file (for checks made on the machine).
+    pub data_dir_at: (usize, usize),
     /// The active-standby lock file (default `data_dir/ringrelay.lock`).
     pub lock_file: PathBuf,
     /// Admin HTTP endpoint (default 127.0.0.1:9600; `"off"` disables).
@@ -66,6 +68,8 @@ pub enum SyncPolicy {
 pub struct FeedConfig {
     /// Name; also the ring file's name.
     pub name: String,
+    /// Line and column of its `buffer` in the file (for checks made on the machine).
+    pub buffer_at: (usize, usize),
     /// `input`.
     pub input: InputConfig,
     /// Record framing on the input.
@@ -411,7 +415,7 @@ pub struct FileOutput {
 pub struct ConfigError {
     /// The file.
     pub path: PathBuf,
-    /// 1-based line (0 when the file could not be read).
+    /// 1-based line (0 when the error is about the whole file: it could not be read).
     pub line: usize,
     /// 1-based column.
     pub col: usize,
@@ -421,6 +425,9 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.path.display(), self.msg);
+        }
         write!(
             f,
             "{}:{}:{}: {}",
@@ -506,16 +513,21 @@ struct Ctx<'t> {
 
 impl Ctx<'_> {
     fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
-        let at = span.start.min(self.text.len());
-        let before = &self.text[..at];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, col) = self.at(span.start);
         self.errors.push(ConfigError {
             path: self.path.clone(),
             line,
             col,
             msg: msg.into(),
         });
+    }
+
+    /// The 1-based line and column of a byte offset.
+    fn at(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
     }
 
     fn resolve(&self, p: &str) -> PathBuf {
@@ -535,6 +547,21 @@ struct Tbl<'a, 'i> {
     t: &'a DeTable<'i>,
     span: Range<usize>,
     what: String,
+}
+
+/// How errors name the `i`-th table of `kind`: by its `name` when it has one.
+fn named(kind: &str, v: &Value<'_>, i: usize) -> String {
+    let name = match v.get_ref() {
+        DeValue::Table(t) => t.get("name").and_then(|n| match n.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    match name {
+        Some(n) => format!("{kind} {n:?}"),
+        None => format!("{kind} #{}", i + 1),
+    }
 }
 
 fn type_name(v: &DeValue<'_>) -> &'static str {
@@ -765,7 +792,10 @@ impl Config {
                 path: path.to_path_buf(),
                 line: 0,
                 col: 0,
-                msg: format!("cannot read the configuration: {e}"),
+                msg: match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_string(),
+                    _ => format!("cannot read the configuration: {e}"),
+                },
             }]),
         }
     }
@@ -792,7 +822,8 @@ impl Config {
                 return Ok(cfg);
             }
         }
-        errors.sort_by_key(|e| (e.line, e.col));
+        // A syntax error first: what follows from it may be noise.
+        errors.sort_by_key(|e| (!e.msg.starts_with("TOML syntax"), e.line, e.col));
         errors.dedup();
         Err(errors)
     }
@@ -831,7 +862,7 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
     let mut seen_listen: Vec<SocketAddr> = Vec::new();
     let mut seen_files: Vec<PathBuf> = Vec::new();
     for (i, fv) in feeds_v.iter().enumerate() {
-        let Some(t) = Tbl::new(fv, format!("feed #{}", i + 1), cx) else {
+        let Some(t) = Tbl::new(fv, named("feed", fv, i), cx) else {
             continue;
         };
         let Some(feed) = feed_config(&t, default_sync, cx) else {
@@ -913,7 +944,7 @@ fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayConfig> {
     );
     let data_dir = t
         .req_str("data_dir", "a directory path", cx)
-        .map(|(s, _)| cx.resolve(s));
+        .map(|(s, span)| (cx.resolve(s), cx.at(span.start)));
     let lock_file = t
         .str("lock_file", "a file path", cx)
         .map(|(s, _)| cx.resolve(s));
@@ -954,8 +985,9 @@ fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayConfig> {
     let alert_feed = t
         .str("alert_feed", "a feed name", cx)
         .map(|(s, _)| s.to_string());
-    let data_dir = data_dir?;
+    let (data_dir, data_dir_at) = data_dir?;
     Some(RelayConfig {
+        data_dir_at,
         alert_feed,
         lock_file: lock_file.unwrap_or_else(|| data_dir.join("ringrelay.lock")),
         data_dir,
@@ -1056,7 +1088,7 @@ fn feed_config(t: &Tbl<'_, '_>, default_sync: SyncPolicy, cx: &mut Ctx<'_>) -> O
         );
     }
     for (j, ov) in outs.iter().enumerate() {
-        let Some(ot) = Tbl::new(ov, format!("output #{}", j + 1), cx) else {
+        let Some(ot) = Tbl::new(ov, format!("{} {}", t.what, named("output", ov, j)), cx) else {
             continue;
         };
         if let Some(o) = output_config(&ot, cx) {
@@ -1071,6 +1103,7 @@ fn feed_config(t: &Tbl<'_, '_>, default_sync: SyncPolicy, cx: &mut Ctx<'_>) -> O
         }
     }
     Some(FeedConfig {
+        buffer_at: cx.at(buffer_v.map_or(t.span.start, |v| v.span().start)),
         name: name?,
         input: input?,
         framing,
@@ -1091,6 +1124,7 @@ fn buffer_capacity(
     cx: &mut Ctx<'_>,
 ) -> Option<u64> {
     b.check_keys(&["size", "retention", "eps", "bytes"], cx);
+    let mut asked = String::from("the buffer this sizing asks for");
     let by_rate = ["retention", "eps", "bytes"]
         .iter()
         .any(|k| b.get(k).is_some());
@@ -1104,6 +1138,7 @@ fn buffer_capacity(
         }
         (Some(_), false) => {
             let n = b.size("size", 0..=u64::MAX, cx)?;
+            asked = format!("buffer size {n}");
             n.div_ceil(4096) * 4096
         }
         (None, true) => {
@@ -1128,7 +1163,10 @@ fn buffer_capacity(
     if capacity < need {
         cx.err(
             b.span.clone(),
-            format!("buffer of {capacity} bytes is too small: it must be at least {need} bytes (1 MiB, and 4 records of max_record_bytes = {max_record}); raise the buffer or lower max_record_bytes"),
+            format!(
+                "{asked} ({capacity} bytes) is too small: the minimum is {need} bytes ({}: 1 MiB, and room for 4 records of max_record_bytes = {max_record}); raise the buffer or lower max_record_bytes",
+                crate::ring::human_bytes(need)
+            ),
         );
         return None;
     }
@@ -2172,7 +2210,11 @@ path = "out/zpa.log"
     fn a_buffer_too_small_for_the_record_limit_says_both_numbers() {
         let text = GOOD.replace("size = \"1GiB\"", "size = \"1MiB\"");
         let errs = parse(&text).expect_err("too small");
-        assert!(errs[0].msg.contains("must be at least"), "{errs:?}");
+        assert!(
+            errs[0].msg.contains("buffer size 1048576")
+                && errs[0].msg.contains("the minimum is 4194496 bytes"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod framing;
 pub mod http_batch;
 pub mod inspect;
 pub mod log;
+pub mod preflight;
 pub mod relay;
 pub mod ring;
 pub mod selftest;

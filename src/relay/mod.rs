@@ -408,6 +408,15 @@ pub struct Relay {
 /// `ringrelay check --config FILE`.
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
+        Ok(cfg) if !crate::preflight::preflight(&cfg).is_empty() => {
+            // What `run` would fail on, or start the feed without, on this machine.
+            let findings = crate::preflight::preflight(&cfg);
+            for f in &findings {
+                eprintln!("{}", f.error);
+            }
+            eprintln!("{}: {} error(s)", path.display(), findings.len());
+            ExitCode::from(2)
+        }
         Ok(cfg) => {
             // Expired certificates are warnings, not errors (the relay still starts).
             for f in &cfg.feeds {
@@ -473,6 +482,25 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for finding in crate::preflight::preflight(&cfg) {
+        let error = finding.error.to_string();
+        match finding.scope {
+            // A data directory that cannot exist: retried by systemd (a disk mounted late).
+            crate::preflight::Scope::Relay => {
+                crate::log!(
+                    Level::Error,
+                    "start_failed",
+                    config = path.display(),
+                    error = error
+                );
+                return ExitCode::from(1);
+            }
+            // That feed's ring cannot be opened or created: opening it says so.
+            crate::preflight::Scope::Feed(feed) => {
+                crate::log!(Level::Error, "preflight_failed", feed = feed, error = error);
+            }
+        }
+    }
     let mut relay = match Relay::start(&cfg) {
         Ok(r) => r,
         Err(why) => {

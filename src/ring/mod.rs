@@ -490,7 +490,9 @@ impl Ring {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Self::create(path, opts)?;
+                // A creation that failed (a full disk) leaves no temporary file behind.
+                Self::create(path, opts)
+                    .inspect_err(|_| drop(std::fs::remove_file(path.with_extension("ring.tmp"))))?;
                 let mut ring = Self::open(path, opts)?;
                 ring.recovery.created = true;
                 return Ok(ring);

@@ -1,0 +1,175 @@
+//! What `check` and `run` verify on this machine beyond the configuration file itself, so that
+//! `check` accepts what `run` can start: the data directory can exist and be written, the rings
+//! not created yet fit in its file system's free space, and the rings that exist have the size
+//! the configuration asks for (a ring's size cannot change).
+//!
+//! Findings are [`ConfigError`]s at the line and column of the key they concern. Each has a
+//! [`Scope`]: `run` stops for a relay-wide one (exit 1: a data directory that cannot exist)
+//! and, for a feed's, starts without that feed (its ring cannot be opened or created);
+//! `check` reports both and exits 2.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::statfs::{statfs, PROC_SUPER_MAGIC, SYSFS_MAGIC};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{access, AccessFlags};
+
+use crate::config::{Config, ConfigError, FeedConfig};
+use crate::ring::format::{Superblock, DATA_OFFSET, SUPERBLOCK_LEN};
+
+/// What a finding stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole relay.
+    Relay,
+    /// The feed of this name.
+    Feed(String),
+}
+
+/// One finding.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// What stops.
+    pub scope: Scope,
+    /// Where and why.
+    pub error: ConfigError,
+}
+
+/// Checks `cfg` against this machine; nothing is created or changed.
+pub fn preflight(cfg: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let relay = &cfg.relay;
+    let at = |(line, col): (usize, usize), msg: String| ConfigError {
+        path: cfg.path.clone(),
+        line,
+        col,
+        msg,
+    };
+    let existing = nearest_existing(&relay.data_dir);
+    if let Err(why) = writable_dir(&relay.data_dir, &existing) {
+        out.push(Finding {
+            scope: Scope::Relay,
+            error: at(relay.data_dir_at, why),
+        });
+        return out;
+    }
+    let mut new_rings: Vec<&FeedConfig> = Vec::new();
+    for f in &cfg.feeds {
+        let path = relay.data_dir.join(format!("{}.ring", f.name));
+        match stored_capacity(&path) {
+            Some(on_disk) if on_disk != f.capacity => out.push(Finding {
+                scope: Scope::Feed(f.name.clone()),
+                error: at(
+                    f.buffer_at,
+                    format!(
+                        "feed {:?}: the ring {} exists with a data area of {} ({on_disk} bytes), but buffer asks for {} ({} bytes); a ring's size cannot change: set buffer = {{ size = \"{on_disk}\" }} to keep it, or move it aside (ringrelay inspect PATH --export salvages its records) and a new one is created",
+                        f.name,
+                        path.display(),
+                        human_bytes(on_disk),
+                        human_bytes(f.capacity),
+                        f.capacity
+                    ),
+                ),
+            }),
+            Some(_) => {}
+            None if !path.exists() => new_rings.push(f),
+            // Not a ring, or damaged: `run` reports it when it opens the ring.
+            None => {}
+        }
+    }
+    let need: u64 = new_rings.iter().map(|f| DATA_OFFSET + f.capacity).sum();
+    if let (Some(first), Ok(vfs)) = (new_rings.first(), statvfs(&existing)) {
+        let free = vfs.blocks_available().saturating_mul(vfs.fragment_size());
+        if need > free {
+            let names: Vec<String> = new_rings
+                .iter()
+                .map(|f| format!("{:?} {}", f.name, human_bytes(DATA_OFFSET + f.capacity)))
+                .collect();
+            out.push(Finding {
+                scope: Scope::Feed(first.name.clone()),
+                error: at(
+                    first.buffer_at,
+                    format!(
+                        "the rings to create ({}) need {} ({need} bytes) but the file system of {} has {} free; rings are allocated in full when created: lower buffer sizes or free disk space (ringrelay size tells what a rate needs)",
+                        names.join(", "),
+                        human_bytes(need),
+                        existing.display(),
+                        human_bytes(free)
+                    ),
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// `dir` itself if it exists, else its nearest ancestor that does (absolute, for messages).
+fn nearest_existing(dir: &Path) -> PathBuf {
+    let mut p = dir;
+    let found = loop {
+        if p.exists() {
+            break p.to_path_buf();
+        }
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => break PathBuf::from("."),
+        }
+    };
+    std::fs::canonicalize(&found).unwrap_or(found)
+}
+
+/// `n` bytes to one decimal in the largest binary unit it reaches.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    match UNITS.iter().find(|(u, _)| n >= *u) {
+        Some((u, name)) => format!("{:.1} {name}", n as f64 / *u as f64),
+        None => format!("{n} bytes"),
+    }
+}
+
+/// Whether `dir` exists as a writable directory, or can be created in `existing`.
+fn writable_dir(dir: &Path, existing: &Path) -> Result<(), String> {
+    let what = format!("data_dir {}", dir.display());
+    if !existing.is_dir() {
+        return Err(format!("{what}: {} is not a directory", existing.display()));
+    }
+    if let Ok(fs) = statfs(existing) {
+        let t = fs.filesystem_type();
+        if t == PROC_SUPER_MAGIC || t == SYSFS_MAGIC {
+            return Err(format!(
+                "{what}: {} is a kernel pseudo file system (proc, sys); rings need a real disk",
+                existing.display()
+            ));
+        }
+    }
+    if statvfs(existing).is_ok_and(|v| v.flags().contains(FsFlags::ST_RDONLY)) {
+        return Err(format!(
+            "{what}: {} is on a read-only file system",
+            existing.display()
+        ));
+    }
+    if access(existing, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+        let verb = if existing == dir {
+            "is not writable by this user"
+        } else {
+            "cannot be created: its parent is not writable by this user"
+        };
+        return Err(format!("{what} {verb} ({})", existing.display()));
+    }
+    Ok(())
+}
+
+/// The data-area size a ring file's superblock records, if it is a readable ring.
+fn stored_capacity(path: &Path) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    file.read_exact_at(&mut sb, 0).ok()?;
+    Superblock::parse(&sb).ok().map(|s| s.capacity)
+}

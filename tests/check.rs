@@ -1,0 +1,159 @@
+//! `ringrelay check` accepts exactly what `run` can start on this machine (issue 16 item 2): the
+//! file's errors by name and position with a syntax error first, and what only the machine can
+//! tell (a data directory that cannot exist, rings that do not fit the disk, a ring whose size
+//! differs from the configuration), each at its line and column.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{wait_until, RelayProc, TempDir};
+
+fn ringrelay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        .args(args)
+        .output()
+        .expect("run ringrelay")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn config(dir: &Path, data_dir: &str, buffer: &str, output: &str) -> String {
+    let text = format!(
+        r#"[relay]
+data_dir = "{data_dir}"
+admin_listen = "off"
+
+[[feed]]
+name = "zia-web"
+input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
+buffer = {buffer}
+max_record_bytes = "4KiB"
+
+[[feed.output]]
+{output}
+"#
+    );
+    let p = dir.join("ringrelay.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+const OUTPUT: &str = "name = \"splunk\"\nkind = \"tcp\"\naddress = \"127.0.0.1:9\"";
+
+#[test]
+fn a_missing_file_is_named_without_a_position() {
+    let o = ringrelay(&["check", "--config", "/nonexistent/nope.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("/nonexistent/nope.toml: no such file"), "{e}");
+    assert!(!e.contains(":0:0:"), "{e}");
+}
+
+#[test]
+fn errors_name_feeds_and_outputs_and_a_syntax_error_comes_first() {
+    let dir = TempDir::new("check-names");
+    let data = dir.path().join("data").display().to_string();
+    let cfg = config(
+        dir.path(),
+        &data,
+        "{ size = 16 }",
+        "name = \"splunk\"\nkind = \"tcp\"\naddres = \"x\"\n= broken",
+    );
+    let o = ringrelay(&["check", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    let first = e.lines().next().unwrap_or_default();
+    assert!(first.contains("TOML syntax"), "{e}");
+    assert!(e.contains("feed \"zia-web\" output \"splunk\""), "{e}");
+    assert!(!e.contains("feed #1") && !e.contains("output #1"), "{e}");
+    // The minimum, in bytes and in words.
+    assert!(
+        e.contains("buffer size 16") && e.contains("the minimum is 1048576 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_data_dir_that_cannot_exist_fails_check_and_run_alike() {
+    let dir = TempDir::new("check-proc");
+    let cfg = config(
+        dir.path(),
+        "/proc/ringrelay-nope",
+        "{ size = \"4MiB\" }",
+        OUTPUT,
+    );
+    let o = ringrelay(&["check", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains(":2:12: data_dir /proc/ringrelay-nope"), "{e}");
+    let o = ringrelay(&["run", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("data_dir /proc/ringrelay-nope"));
+}
+
+#[test]
+fn rings_that_do_not_fit_the_disk_fail_check_and_leave_no_temporary_file() {
+    let dir = TempDir::new("check-space");
+    let data = dir.path().join("data");
+    let cfg = config(
+        dir.path(),
+        &data.display().to_string(),
+        "{ size = \"100TiB\" }",
+        OUTPUT,
+    );
+    let o = ringrelay(&["check", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains(":8:10: the rings to create") && e.contains("free"),
+        "{e}"
+    );
+    // run: the feed's ring cannot be created; whatever run does then, no .ring.tmp stays.
+    let mut relay = RelayProc::spawn(Path::new(&cfg), &[]);
+    wait_until(Duration::from_secs(10), || {
+        relay.log_has("posix_fallocate") || !relay.running()
+    });
+    relay.kill9();
+    let left: Vec<_> = std::fs::read_dir(&data)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n| n.to_string_lossy().ends_with(".tmp")),
+        "{left:?}\n{}",
+        relay.log_text()
+    );
+}
+
+#[test]
+fn an_existing_ring_of_another_size_fails_check_at_its_buffer() {
+    let dir = TempDir::new("check-resize");
+    let data = dir.path().join("data").display().to_string();
+    let cfg = config(dir.path(), &data, "{ size = \"4MiB\" }", OUTPUT);
+    let mut relay = RelayProc::start(Path::new(&cfg), 1);
+    relay.terminate();
+    assert_eq!(
+        ringrelay(&["check", "--config", &cfg]).status.code(),
+        Some(0)
+    );
+    // The same ring, now sized from a rate that asks for more.
+    let cfg = config(
+        dir.path(),
+        &data,
+        "{ retention = \"1h\", eps = 10, bytes = 500 }",
+        OUTPUT,
+    );
+    let o = ringrelay(&["check", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains(":8:10: feed \"zia-web\": the ring")
+            && e.contains("4.0 MiB (4194304 bytes)")
+            && e.contains("size = \"4194304\""),
+        "{e}"
+    );
+}
