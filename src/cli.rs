@@ -127,12 +127,29 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
         }
         "size" => {
             args.check_known(&["--eps", "--bytes", "--retention", "--feeds"])?;
+            // The units and limits of the configuration's `buffer = { eps, bytes, retention }`.
+            use crate::config::{parse_count, parse_size, EPS_RANGE, EVENT_BYTES_RANGE};
+            let within = |flag: &str, n: u64, range: std::ops::RangeInclusive<u64>| {
+                if range.contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(format!(
+                        "ringrelay size: {flag} {n} is out of range ({}..={})",
+                        range.start(),
+                        range.end()
+                    ))
+                }
+            };
             let eps = args
-                .number("--eps")?
-                .ok_or("ringrelay size needs --eps N")?;
+                .value("--eps")?
+                .ok_or("ringrelay size needs --eps N (events/s: 20000, 20_000 or 20k)")?;
+            let eps = parse_count(eps).map_err(|e| format!("--eps: {e}"))?;
+            let eps = within("--eps", eps, EPS_RANGE)?;
             let bytes = args
-                .number("--bytes")?
-                .ok_or("ringrelay size needs --bytes B")?;
+                .value("--bytes")?
+                .ok_or("ringrelay size needs --bytes B (average event size: 900 or 1KiB)")?;
+            let bytes = parse_size(bytes).map_err(|e| format!("--bytes: {e}"))?;
+            let bytes = within("--bytes", bytes, EVENT_BYTES_RANGE)?;
             let retention = match args.value("--retention")? {
                 Some(v) => {
                     crate::config::parse_duration(v).map_err(|e| format!("--retention: {e}"))?
@@ -140,11 +157,9 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
                 None => Duration::from_secs(3600),
             };
             let feeds = args.number("--feeds")?.unwrap_or(1);
-            if eps == 0 || bytes == 0 || feeds == 0 || retention.is_zero() {
-                return Err(
-                    "ringrelay size: --eps, --bytes, --feeds and --retention must be above zero"
-                        .into(),
-                );
+            let feeds = within("--feeds", feeds, 1..=crate::config::MAX_FEEDS as u64)?;
+            if retention.is_zero() {
+                return Err("ringrelay size: --retention must be above zero".into());
             }
             Ok(crate::size::run(crate::size::Sizing {
                 eps,

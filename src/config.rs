@@ -439,6 +439,36 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Events per second a sizing may name (`buffer.eps`, `ringrelay size --eps`).
+pub const EPS_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000_000;
+/// Average event size a sizing may name (`buffer.bytes`, `ringrelay size --bytes`).
+pub const EVENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1..=16 << 20;
+/// Feeds a relay may have.
+pub const MAX_FEEDS: usize = 64;
+
+/// A count: digits with optional `_` separators, and an optional `k` (thousand) or `M`
+/// (million) suffix: `20000`, `20_000`, `20k`, `1.5k`.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a number (like 20000, 20_000 or 20k)");
+    let t = s.trim().replace('_', "");
+    let (num, mult) = match t.strip_suffix(['k', 'K']) {
+        Some(n) => (n, 1_000.0),
+        None => match t.strip_suffix('M') {
+            Some(n) => (n, 1_000_000.0),
+            None => (t.as_str(), 1.0),
+        },
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult as u64).ok_or_else(bad);
+    }
+    let f: f64 = num.parse().map_err(|_| bad())?;
+    let v = f * mult;
+    if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
 /// Parses `"8GiB"`, `"512MiB"`, `"64KiB"`, `"1TiB"`, `"1GB"` (decimal), `"1024"` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -692,16 +722,7 @@ impl<'a, 'i> Tbl<'a, 'i> {
         range: std::ops::RangeInclusive<u64>,
         cx: &mut Ctx<'_>,
     ) -> Option<u64> {
-        self.number(
-            key,
-            |s| {
-                s.replace('_', "")
-                    .parse()
-                    .map_err(|_| format!("{s:?} is not a number"))
-            },
-            range,
-            cx,
-        )
+        self.number(key, parse_count, range, cx)
     }
 
     fn bool(&self, key: &str, cx: &mut Ctx<'_>) -> Option<bool> {
@@ -845,7 +866,7 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
             "no feeds: add at least one [[feed]]",
         );
     }
-    if feeds_v.len() > 64 {
+    if feeds_v.len() > MAX_FEEDS {
         cx.err(
             feeds_v[64].span(),
             format!(
@@ -1145,8 +1166,8 @@ fn buffer_capacity(
             if let Some(r) = b.duration("retention", cx) {
                 *retention = r;
             }
-            let eps = b.count("eps", 1..=10_000_000, cx);
-            let bytes = b.size("bytes", 1..=16 << 20, cx);
+            let eps = b.count("eps", EPS_RANGE, cx);
+            let bytes = b.size("bytes", EVENT_BYTES_RANGE, cx);
             for k in ["eps", "bytes"] {
                 if b.get(k).is_none() {
                     b.missing(k, cx);

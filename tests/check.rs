@@ -157,3 +157,17 @@ fn an_existing_ring_of_another_size_fails_check_at_its_buffer() {
         "{e}"
     );
 }
+
+#[test]
+fn size_takes_the_units_and_limits_of_the_configuration() {
+    let o = ringrelay(&["size", "--eps", "10k", "--bytes", "1KiB"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("10000 events/s x 1024 bytes"), "{out}");
+    let o = ringrelay(&["size", "--eps", "0", "--bytes", "900"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--eps 0 is out of range (1..=10000000)"));
+    let o = ringrelay(&["size", "--eps", "100", "--bytes", "20MiB"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--bytes 20971520 is out of range"));
+}
