@@ -136,7 +136,7 @@ fn backlog(dir: &Path, records: u64) -> (f64, u64) {
             Ok(k) => got += k as u64,
         }
         reads += 1;
-        if reads % 256 == 0 {
+        if reads.is_multiple_of(256) {
             peak = peak.max(rss_anon_kib(pid));
         }
     }

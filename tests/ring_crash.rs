@@ -52,7 +52,7 @@ fn payload_of(seq: u64, salt: u64) -> Vec<u8> {
 }
 
 fn truncated_of(seq: u64) -> bool {
-    seq % 5 == 0
+    seq.is_multiple_of(5)
 }
 
 fn opts(capacity: u64, max_record: u32) -> RingOptions {
@@ -109,7 +109,7 @@ fn child(args: &[String]) -> ExitCode {
         if until_checkpoint == 0 {
             rng = mix(rng);
             until_checkpoint = rng % 400;
-            if let Err(e) = ring.checkpoint(ts, rng % 4 == 0) {
+            if let Err(e) = ring.checkpoint(ts, rng.is_multiple_of(4)) {
                 eprintln!("child: checkpoint: {e}");
                 return ExitCode::from(2);
             }

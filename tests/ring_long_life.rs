@@ -188,7 +188,7 @@ impl Life {
             if self.ring.head().off < head.off {
                 self.laps += 1;
             }
-            if seq % 64 == 0 {
+            if seq.is_multiple_of(64) {
                 let next = self.ring.head();
                 self.ring.commit(self.fast, next);
             }
@@ -278,12 +278,12 @@ fn two_thousand_laps_of_small_records_stay_consecutive_and_seekable() {
     while life.laps < laps {
         life.append(20_000, &len_of);
         round += 1;
-        if round % 40 == 0 {
+        if round.is_multiple_of(40) {
             check_ring(&life.ring, &len_of, life.first);
             check_seeks(&life.ring, life.first, round);
         }
-        if round % 50 == 0 {
-            life = life.reopen(round % 100 == 0);
+        if round.is_multiple_of(50) {
+            life = life.reopen(round.is_multiple_of(100));
         }
     }
     check_ring(&life.ring, &len_of, life.first);

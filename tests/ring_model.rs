@@ -726,7 +726,7 @@ fn same_record(r: &Record<'_>, want: &Rec<'_>, step: usize) {
     );
     assert_eq!(r.next, want.next, "step {step}: next after seq {seq}");
     let n = want.payload.len();
-    let has_lf = want.rest.is_some() || n % 8 != 0;
+    let has_lf = want.rest.is_some() || !n.is_multiple_of(8);
     match r.line {
         Some(line) => assert!(
             has_lf && line.len() == n + 1 && line[..n] == *want.payload && line[n] == b'\n',

@@ -174,7 +174,10 @@ fn parse_superblock(file: &[u8]) -> Superblock {
     assert_eq!(u32_at(b, 40), 8, "align");
     assert_eq!(u32_at(b, 44), 16, "max_cursors");
     assert_eq!(u32_at(b, 120), 0, "reserved");
-    assert!(capacity >= 1 << 20 && capacity % 4096 == 0, "capacity");
+    assert!(
+        capacity >= 1 << 20 && capacity.is_multiple_of(4096),
+        "capacity"
+    );
     assert!((1..=64 << 20).contains(&max_record), "max_record");
     assert!(
         stride(u64::from(max_record)) <= capacity / 4,
@@ -226,7 +229,7 @@ fn parse_slot(page: &[u8], cap: u64) -> Option<Slot> {
     }
     let tail = (u64_at(b, 24), u64_at(b, 32));
     let head = (u64_at(b, 40), u64_at(b, 48));
-    let in_area = |o: u64| o % 8 == 0 && o.checked_add(48).is_some_and(|e| e <= cap);
+    let in_area = |o: u64| o.is_multiple_of(8) && o.checked_add(48).is_some_and(|e| e <= cap);
     if !(in_area(tail.0) && in_area(head.0) && tail.1 <= head.1) {
         return None;
     }
@@ -344,7 +347,7 @@ impl Header {
 /// §5: the header at data offset `o` if it is acceptable there.
 fn header_at(data: &[u8], o: u64, max_record: u32, run: u32) -> Option<Header> {
     let cap = data.len() as u64;
-    if o % 8 != 0 || o + HEADER > cap {
+    if !o.is_multiple_of(8) || o + HEADER > cap {
         return None;
     }
     let b = &data[o as usize..(o + HEADER) as usize];
@@ -475,7 +478,7 @@ fn walk(data: &[u8], sb: &Superblock, run: u32, tail: (u64, u64), head: (u64, u6
         assert!(body_valid(b, &h), "body of the entry at {o} (seq {n})");
         assert!(h.ts >= last_ts, "receive times never decrease");
         assert!(
-            h.tail % 8 == 0 && h.tail + HEADER <= cap,
+            h.tail.is_multiple_of(8) && h.tail + HEADER <= cap,
             "tail field of seq {n}"
         );
         assert_eq!(
@@ -829,7 +832,7 @@ fn payload_of(seq: u64) -> Vec<u8> {
 /// Record `seq` of a lines entry: printable bytes, never an LF (§5), 0 to 249 of them (an
 /// empty record is a lone LF in the body).
 fn line_of(seq: u64) -> Vec<u8> {
-    let len = if seq % 13 == 0 {
+    let len = if seq.is_multiple_of(13) {
         0
     } else {
         (seq.wrapping_mul(7919) % 250) as usize
@@ -1098,8 +1101,8 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
             split_lines += usize::from(at.len() > 1);
         } else {
             let p = payload_of(seq);
-            ring.append(&p, ts, seq % 7 == 0).unwrap();
-            wanted.insert(seq, (p, newest, seq % 7 == 0, false));
+            ring.append(&p, ts, seq.is_multiple_of(7)).unwrap();
+            wanted.insert(seq, (p, newest, seq.is_multiple_of(7), false));
         }
         if i == 700 {
             siem_at = ring.head();
@@ -1363,7 +1366,7 @@ fn spec_ring_with_lines(start: (u64, u64)) -> (SpecRing, Checkpointed) {
             if !ring.has_room(payload.len()) {
                 break;
             }
-            ring.plain(&payload, ts, n % 4 == 0);
+            ring.plain(&payload, ts, n.is_multiple_of(4));
         } else {
             let big = k % 9 == 2;
             let count = if big { 40 } else { 1 + (k * 7) % 30 };
@@ -1529,7 +1532,7 @@ fn a_version_1_ring_written_from_the_spec_is_read_unchanged_and_upgraded_by_the_
         if !spec.has_room(len) {
             break;
         }
-        spec.plain(&payload, T0 + k, n % 4 == 0);
+        spec.plain(&payload, T0 + k, n.is_multiple_of(4));
     }
     let last = *spec.entries.last().unwrap();
     let c = spec.written[5].clone();

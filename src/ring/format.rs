@@ -177,7 +177,7 @@ impl Superblock {
             && u32_at(b, sb::ALIGN) == ALIGN as u32
             && u32_at(b, sb::MAX_CURSORS) == MAX_CURSORS as u32
             && capacity >= MIN_CAPACITY
-            && capacity % PAGE == 0
+            && capacity.is_multiple_of(PAGE)
             && (1..=MAX_RECORD_LIMIT).contains(&max_record)
             && record_stride(u64::from(max_record)) <= capacity / 4;
         if !geometry_ok {
@@ -398,7 +398,7 @@ impl Meta {
         }
         m.parse_states(b);
         let in_area = |p: Pos| {
-            p.off % ALIGN == 0
+            p.off.is_multiple_of(ALIGN)
                 && p.off
                     .checked_add(RECORD_HEADER)
                     .is_some_and(|e| e <= capacity)

@@ -1176,7 +1176,8 @@ impl Ring {
     /// near the top of the sequence and offset ranges with it. Returns false (and does nothing)
     /// if the ring holds records or `pos` is not a valid record start.
     pub fn reset_empty_at(&mut self, pos: Pos) -> bool {
-        let valid = pos.off % format::ALIGN == 0 && pos.off <= self.capacity - RECORD_HEADER;
+        let valid =
+            pos.off.is_multiple_of(format::ALIGN) && pos.off <= self.capacity - RECORD_HEADER;
         if self.meta.tail.seq != self.meta.head.seq || !valid {
             return false;
         }
@@ -1302,7 +1303,7 @@ fn validate_options(path: &Path, opts: &RingOptions) -> Result<(), OpenError> {
             why,
         })
     };
-    if opts.capacity < MIN_CAPACITY || opts.capacity % PAGE != 0 {
+    if opts.capacity < MIN_CAPACITY || !opts.capacity.is_multiple_of(PAGE) {
         return bad(format!(
             "capacity {} must be a multiple of 4096 and at least {} bytes",
             opts.capacity, MIN_CAPACITY
@@ -1391,7 +1392,7 @@ pub fn human_bytes(n: u64) -> String {
         (1 << 10, "KiB"),
     ];
     for (size, unit) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{} {unit}", n / size);
         }
     }

@@ -206,7 +206,7 @@ impl<'a> View<'a> {
 
     /// [`View::header_at`], with the header CRC checked only with `check_crc`.
     fn header_with(&self, off: u64, check_crc: bool) -> Option<RecordHeader> {
-        if off % ALIGN != 0 || off.checked_add(RECORD_HEADER)? > self.cap() {
+        if !off.is_multiple_of(ALIGN) || off.checked_add(RECORD_HEADER)? > self.cap() {
             return None;
         }
         let bytes = &self.data[off as usize..(off + RECORD_HEADER) as usize];
