@@ -21,6 +21,7 @@
 
 mod backing;
 pub mod format;
+pub mod salvage;
 pub mod view;
 
 use std::fmt;
