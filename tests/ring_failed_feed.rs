@@ -198,8 +198,8 @@ fn a_truncated_ring_fails_its_feed_only_and_its_records_export() {
 fn a_damaged_superblock_fails_its_feed_only_and_its_records_export() {
     damage_case("superblock", "superblock damaged", |p| {
         let mut b = std::fs::read(p).unwrap();
-        for i in 24..28 {
-            b[i] ^= 0x5a; // capacity
+        for byte in &mut b[24..28] {
+            *byte ^= 0x5a; // capacity
         }
         std::fs::write(p, b).unwrap();
     });
@@ -241,6 +241,35 @@ fn a_ring_renamed_from_another_feed_is_refused_naming_both() {
     }
     assert_eq!(numbers, (0..BEFORE).collect::<Vec<_>>());
     assert_eq!(seqs.len() as u64, BEFORE);
+}
+
+#[test]
+fn with_every_ring_damaged_the_relay_still_runs_for_its_operator() {
+    let s = Setup::new("allfailed");
+    s.fill();
+    for feed in ["a", "b"] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.ring(feed))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 8192], 4096).unwrap();
+    }
+    let mut relay = RelayProc::spawn(&s.config, &[]);
+    assert!(
+        relay.wait_log("event=no_feed_running", Duration::from_secs(10)),
+        "{}",
+        relay.log_text()
+    );
+    let admin = admin_addr(&relay);
+    let m = metrics(admin);
+    assert_eq!(m["ringrelay_feed_failed{feed=\"a\"}"], 1.0);
+    assert_eq!(m["ringrelay_feed_failed{feed=\"b\"}"], 1.0);
+    assert_eq!(m["ringrelay_alerts_total{kind=\"feed_failed\"}"], 2.0);
+    assert!(relay.running(), "{}", relay.log_text());
+    for port in s.ports {
+        assert!(TcpStream::connect_timeout(&port, Duration::from_secs(2)).is_err());
+    }
+    assert_eq!(relay.terminate().0, Some(0), "{}", relay.log_text());
 }
 
 #[test]
