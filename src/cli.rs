@@ -11,6 +11,9 @@ usage:
   ringrelay run      --config FILE      run the relay
   ringrelay check    --config FILE      validate a config; every error with line:column
   ringrelay inspect  PATH [--verify]    a ring file or data dir offline (exit 1: damage found)
+  ringrelay inspect  FILE --export [--export-format raw|ndjson]
+                                        every intact record of a ring file to stdout, also
+                                        from a damaged ring that does not open (exit 1: damage)
   ringrelay size     --eps N --bytes B [--retention 1h] [--feeds N]
                                         ring, disk and VM sizing for a feed
   ringrelay selftest [--seconds N]      relay through a simulated SIEM outage on loopback
@@ -25,7 +28,7 @@ struct Args {
 }
 
 /// Flags that take no value.
-const SWITCHES: [&str; 2] = ["--verify", "--help"];
+const SWITCHES: [&str; 3] = ["--verify", "--export", "--help"];
 
 impl Args {
     fn parse(args: Vec<String>) -> Args {
@@ -116,10 +119,31 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         "inspect" => {
-            args.check_known(&["--verify"])?;
+            args.check_known(&["--verify", "--export", "--export-format"])?;
             let [path] = args.positional.as_slice() else {
                 return Err("ringrelay inspect needs one PATH (a ring file or a data dir)".into());
             };
+            let format = args.value("--export-format")?;
+            if args.has("--export") || format.is_some() {
+                if args.has("--verify") {
+                    return Err(
+                        "ringrelay inspect: --export and --verify do not go together".into(),
+                    );
+                }
+                let format = match format {
+                    None => crate::inspect::ExportFormat::Raw,
+                    Some(f) => crate::inspect::ExportFormat::parse(f).ok_or_else(|| {
+                        format!("ringrelay inspect: --export-format {f:?}: raw or ndjson")
+                    })?,
+                };
+                let path = PathBuf::from(path);
+                if path.is_dir() {
+                    return Err(
+                        "ringrelay inspect --export needs one ring FILE, not a directory".into(),
+                    );
+                }
+                return Ok(crate::inspect::export(&path, format));
+            }
             Ok(crate::inspect::run(
                 &PathBuf::from(path),
                 args.has("--verify"),

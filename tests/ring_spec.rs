@@ -1465,7 +1465,7 @@ fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_co
                 capacity: CAP,
                 max_record: 8 << 10,
                 when_full: WhenFull::DropOldest,
-                name: "ignored".into(),
+                name: "handmade".into(), // the writer refuses a ring of another feed (§3)
             },
         )
         .unwrap();
@@ -1564,7 +1564,7 @@ fn a_version_1_ring_written_from_the_spec_is_read_unchanged_and_upgraded_by_the_
             capacity: CAP,
             max_record,
             when_full: WhenFull::DropOldest,
-            name: "ignored".into(),
+            name: "handmade".into(), // the writer refuses a ring of another feed (§3)
         },
     )
     .unwrap();
@@ -1833,7 +1833,7 @@ fn entries_that_section_5_refuses_are_reported_damaged_by_the_code_and_never_rea
                 capacity: e.cap,
                 max_record,
                 when_full: WhenFull::DropOldest,
-                name: "ignored".into(),
+                name: "handmade".into(), // the writer refuses a ring of another feed (§3)
             },
         )
         .expect(what);

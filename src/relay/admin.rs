@@ -55,6 +55,8 @@ pub struct Summary<'a> {
     pub started_ns: u64,
     pub alerts: &'a super::AlertStats,
     pub event_loop: &'a super::LoopStats,
+    /// Feeds whose ring could not be opened.
+    pub failed: &'a [super::FailedFeed],
 }
 
 impl Admin {
@@ -248,13 +250,24 @@ fn render(route: Route, feeds: &[Feed], summary: &Summary<'_>) -> Vec<u8> {
         Route::Health => response(200, "application/json", &health(feeds, summary)),
         Route::Ready => {
             let (ready, why) = readiness(feeds, summary);
-            let body = format!("{{\"ready\":{ready},\"reason\":\"{why}\"}}\n");
+            // A failed feed does not make the others unready; it is named (feed names are
+            // [a-z0-9_-], see the config).
+            let failed: Vec<String> = summary
+                .failed
+                .iter()
+                .map(|f| format!("\"{}\"", f.name))
+                .collect();
+            let body = format!(
+                "{{\"ready\":{ready},\"reason\":\"{why}\",\"failed_feeds\":[{}]}}\n",
+                failed.join(",")
+            );
             response(if ready { 200 } else { 503 }, "application/json", &body)
         }
     }
 }
 
-/// Ready: active, and every output connected.
+/// Ready: active, and every output of every running feed connected. (A failed feed has no
+/// outputs; `/ready`'s body and `/health` name it.)
 fn readiness(feeds: &[Feed], summary: &Summary<'_>) -> (bool, String) {
     if summary.role != "active" {
         return (false, format!("role is {}", summary.role));
@@ -282,7 +295,7 @@ fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
         let st = f.ring.stats();
         let _ = write!(
             s,
-            "{}{{\"name\":\"{}\",\"ring\":\"ok\",\"records\":{},\"used_bytes\":{},\"capacity_bytes\":{},\"span_seconds\":{:.1},\"coverage_seconds\":{},\"connections\":{},\"outputs\":[",
+            "{}{{\"name\":\"{}\",\"state\":\"running\",\"ring\":\"ok\",\"records\":{},\"used_bytes\":{},\"capacity_bytes\":{},\"span_seconds\":{:.1},\"coverage_seconds\":{},\"connections\":{},\"outputs\":[",
             if i > 0 { "," } else { "" },
             f.cfg.name,
             st.records,
@@ -305,6 +318,18 @@ fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
             );
         }
         s.push_str("]}");
+    }
+    for (i, f) in summary.failed.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{}{{\"name\":\"{}\",\"state\":\"failed\",\"ring\":\"failed\",\"path\":",
+            if i + feeds.len() > 0 { "," } else { "" },
+            f.name
+        );
+        super::alert::json_str(&mut s, &f.path.display().to_string());
+        s.push_str(",\"error\":");
+        super::alert::json_str(&mut s, &f.error);
+        s.push_str(",\"outputs\":[]}");
     }
     s.push_str("]}\n");
     s
@@ -478,6 +503,18 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         for f in feeds {
             m.sample(name, &format!("feed=\"{}\"", f.cfg.name), value(f));
         }
+    }
+    let name = "ringrelay_feed_failed";
+    m.head(
+        name,
+        "gauge",
+        "1 when the feed's ring could not be opened: the feed does not run (its input is not bound); see /health and the feed_failed log line.",
+    );
+    for f in feeds {
+        m.sample(name, &format!("feed=\"{}\"", f.cfg.name), 0);
+    }
+    for f in summary.failed {
+        m.sample(name, &format!("feed=\"{}\"", f.name), 1);
     }
     let name = "ringrelay_feed_records_dropped_total";
     m.head(name, "counter", "Records not accepted, by reason.");

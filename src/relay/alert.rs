@@ -1,9 +1,10 @@
 //! Alerts: the conditions an operator must hear about without watching a dashboard.
 //!
-//! Three conditions, each with its way back: a feed's coverage falls below its `retention`
+//! Four conditions; the first three with their way back: a feed's coverage falls below its `retention`
 //! (and recovers), an output stays down longer than its `alert_after` (and proves itself again),
 //! an output loses records to overrun (as soon as the loss is seen, and once more when the output
-//! has caught up and the episode's loss and time range are known). An output's outage and
+//! has caught up and the episode's loss and time range are known); and a feed whose ring cannot be opened (raised once
+//! when the relay becomes active; its way back is an operator's restart). An output's outage and
 //! overrun episode persist with its cursor, so a restart neither forgets nor repeats them. The component that sees the transition logs it once and
 //! queues an [`Alert`]; the relay counts every alert by kind for `/metrics` and, when
 //! `[relay] alert_feed` names a feed, appends it to that feed's ring as one JSON line, so the
@@ -30,17 +31,20 @@ pub enum AlertKind {
     OutputOverrun,
     /// The output caught up after an overrun: the whole episode's loss and time range.
     OutputOverrunEnded,
+    /// The feed's ring could not be opened: the feed does not run (its input is not bound).
+    FeedFailed,
 }
 
 impl AlertKind {
     /// Every kind, in the order of [`AlertKind::index`].
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::CoverageBelowRetention,
         AlertKind::CoverageOk,
         AlertKind::OutputDown,
         AlertKind::OutputRecovered,
         AlertKind::OutputOverrun,
         AlertKind::OutputOverrunEnded,
+        AlertKind::FeedFailed,
     ];
 
     /// The name in log lines, metrics labels and alert records.
@@ -52,6 +56,7 @@ impl AlertKind {
             AlertKind::OutputRecovered => "output_recovered",
             AlertKind::OutputOverrun => "output_overrun",
             AlertKind::OutputOverrunEnded => "output_overrun_ended",
+            AlertKind::FeedFailed => "feed_failed",
         }
     }
 
@@ -128,7 +133,7 @@ impl Alert {
 }
 
 /// Appends `v` as a JSON string literal.
-fn json_str(out: &mut String, v: &str) {
+pub(crate) fn json_str(out: &mut String, v: &str) {
     out.push('"');
     for c in v.chars() {
         match c {

@@ -40,7 +40,7 @@ pub mod reload;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ use crate::clock;
 use crate::config::{Config, FeedConfig, InputKind, SyncPolicy};
 use crate::framing::FramerConfig;
 use crate::log::{Level, Limiter};
-use crate::ring::{AppendError, BackgroundCheckpoint, Ring, RingOptions};
+use crate::ring::{AppendError, BackgroundCheckpoint, OpenError, Ring, RingOptions};
 use alert::{Alert, AlertKind, AlertStats, Value};
 use input::Conn;
 use lock::{LockFile, LockRecord};
@@ -216,6 +216,21 @@ pub struct Feed {
     coverage_low: bool,
 }
 
+/// A feed whose ring could not be opened (truncated, damaged, of another feed, of another
+/// size): it binds no listener and runs no output, so its senders fail over or retry and
+/// nothing is accepted that could not be kept; every other feed runs. Logged once with the fix,
+/// alerted once ([`AlertKind::FeedFailed`]), shown by `/health` and `/metrics` until a restart
+/// finds the ring openable.
+#[derive(Clone, Debug)]
+pub struct FailedFeed {
+    /// The feed's name.
+    pub name: String,
+    /// Its ring file.
+    pub path: PathBuf,
+    /// Why the ring could not be opened.
+    pub error: String,
+}
+
 /// The feed's input rate in ring bytes per second, smoothed over about half a minute.
 #[derive(Clone, Copy, Debug)]
 struct InputRate {
@@ -369,8 +384,11 @@ pub struct LoopStats {
 /// The running relay.
 pub struct Relay {
     poll: Poll,
-    /// The feeds, in configuration order.
+    /// The feeds that run, in configuration order (a feed's index here names its listener's
+    /// and outputs' tokens).
     pub feeds: Vec<Feed>,
+    /// The feeds whose ring could not be opened, in configuration order.
+    pub failed: Vec<FailedFeed>,
     conns: Vec<Option<Conn>>,
     free_slots: Vec<usize>,
     /// Connections with data left after their turn's budget.
@@ -619,6 +637,7 @@ impl Relay {
             started_ns: clock::wall_ns(),
             poll,
             feeds: Vec::new(),
+            failed: Vec::new(),
             conns: Vec::new(),
             free_slots: Vec::new(),
             ready: Vec::new(),
@@ -690,6 +709,15 @@ impl Relay {
 
     fn status_line(&self) -> String {
         match self.role {
+            Role::Active { epoch } if !self.failed.is_empty() => format!(
+                "STATUS=role=active epoch={epoch} feeds={} failed={}",
+                self.feeds.len(),
+                self.failed
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             Role::Active { epoch } => format!(
                 "STATUS=role=active epoch={epoch} feeds={}",
                 self.feeds.len()
@@ -750,15 +778,42 @@ impl Relay {
         let mut epoch = previous.epoch.saturating_add(1);
         self.write_lock(epoch)?;
         let mut feeds = Vec::with_capacity(self.cfg.feeds.len());
-        for (i, fc) in self.cfg.feeds.iter().enumerate() {
+        let mut failed = Vec::new();
+        for fc in &self.cfg.feeds {
+            let path = self.cfg.relay.data_dir.join(format!("{}.ring", fc.name));
+            let opts = RingOptions {
+                capacity: fc.capacity,
+                max_record: u32::try_from(fc.max_record_bytes).unwrap_or(u32::MAX),
+                when_full: fc.when_full,
+                name: fc.name.clone(),
+            };
+            let ring = match Ring::open(&path, &opts) {
+                Ok(ring) => ring,
+                // Another process has the ring: another relay runs on this data_dir, which
+                // concerns every feed, not this one.
+                Err(e @ OpenError::Locked { .. }) => return Err(format!("feed {}: {e}", fc.name)),
+                // The ring's own trouble: this feed fails, the others run.
+                Err(e) => {
+                    failed.push(Self::feed_failed(fc, path, &e));
+                    continue;
+                }
+            };
             feeds.push(Self::start_feed(
                 &self.poll,
-                &self.cfg.relay.data_dir,
-                i,
+                feeds.len(),
                 fc,
+                ring,
                 &self.cfg.relay.instance,
                 now,
             )?);
+        }
+        if feeds.is_empty() && !failed.is_empty() {
+            crate::log!(
+                Level::Error,
+                "no_feed_running",
+                failed = failed.len(),
+                action = "every feed's ring failed to open; the admin endpoint stays up: see the feed_failed lines"
+            );
         }
         // A ring stamped with a higher epoch than the lock file's (the lock file was removed or
         // replaced): go above it, or this instance would fence itself.
@@ -800,6 +855,18 @@ impl Relay {
                 .resize(max_record + 64 + LINES_READ.max(READ_CHUNK), 0);
         }
         self.feeds = feeds;
+        for f in &failed {
+            self.pending_alerts.push(Alert {
+                kind: AlertKind::FeedFailed,
+                feed: f.name.clone(),
+                output: None,
+                detail: vec![
+                    ("path", Value::Text(f.path.display().to_string())),
+                    ("error", Value::Text(f.error.clone())),
+                ],
+            });
+        }
+        self.failed = failed;
         self.next_fence_check = now + FENCE_CHECK;
         self.next_checkpoint = now + self.checkpoint_every;
         let reason = match self.role {
@@ -887,22 +954,64 @@ impl Relay {
         );
     }
 
+    /// Feed `fc` cannot run: its ring at `path` did not open. Logs it once with the fix.
+    fn feed_failed(fc: &FeedConfig, path: PathBuf, e: &OpenError) -> FailedFeed {
+        let p = path.display();
+        // A name to move it to that says what and when: `...ring.damaged-20260102T030405Z`.
+        let stamp: String = clock::rfc3339(clock::wall_ns())
+            .chars()
+            .take(19)
+            .filter(|c| !matches!(c, '-' | ':'))
+            .collect();
+        let aside = format!("{p}.damaged-{stamp}Z");
+        let fix = match e {
+            OpenError::WrongFeed { found, .. } => format!(
+                "this is feed {found:?}'s ring: move it back (mv {p} {dir}/{found}.ring) if that is \
+                 where it belongs, or aside (mv {p} {aside}); then restart ringrelay (feed {:?} gets a \
+                 new, empty ring)",
+                fc.name,
+                dir = path.parent().map_or("".into(), |d| d.display().to_string()),
+            ),
+            OpenError::Capacity { .. } => format!(
+                "set the feed's buffer back to the ring's size, or move the ring aside \
+                 (mv {p} {aside}) and restart ringrelay (a new ring is created); salvage its \
+                 records with: ringrelay inspect {aside} --export > FILE"
+            ),
+            OpenError::Io { .. } => format!(
+                "fix the file's access or the disk, then restart ringrelay; if the ring is \
+                 unreadable, move it aside (mv {p} {aside}) and restart (a new ring is created)"
+            ),
+            _ => format!(
+                "move it aside: mv {p} {aside}, then restart ringrelay (a new, empty ring is \
+                 created); salvage its records with: ringrelay inspect {aside} --export > FILE"
+            ),
+        };
+        crate::log!(
+            Level::Error,
+            "feed_failed",
+            feed = fc.name,
+            path = p,
+            error = e,
+            fix = fix,
+            action =
+                "this feed's input is not bound and its outputs do not run; every other feed runs"
+        );
+        FailedFeed {
+            name: fc.name.clone(),
+            path,
+            error: e.to_string(),
+        }
+    }
+
     fn start_feed(
         poll: &Poll,
-        data_dir: &Path,
         i: usize,
         fc: &FeedConfig,
+        mut ring: Ring,
         instance: &str,
         now: Instant,
     ) -> Result<Feed, String> {
-        let path = data_dir.join(format!("{}.ring", fc.name));
-        let opts = RingOptions {
-            capacity: fc.capacity,
-            max_record: u32::try_from(fc.max_record_bytes).unwrap_or(u32::MAX),
-            when_full: fc.when_full,
-            name: fc.name.clone(),
-        };
-        let mut ring = Ring::open(&path, &opts).map_err(|e| format!("feed {}: {e}", fc.name))?;
+        let path = ring.path().to_path_buf();
         let rec = ring.recovery().clone();
         let st = ring.stats();
         crate::log!(
@@ -1124,6 +1233,7 @@ impl Relay {
                         started_ns: self.started_ns,
                         alerts: &self.alert_stats,
                         event_loop: &self.loop_stats,
+                        failed: &self.failed,
                     };
                     a.on_event(
                         self.poll.registry(),
@@ -1481,9 +1591,11 @@ impl Relay {
                     from,
                     to,
                 } => {
+                    let name = &self.cfg.feeds[*feed].name;
                     if let Some(out) = self
                         .feeds
-                        .get_mut(*feed)
+                        .iter_mut()
+                        .find(|f| &f.cfg.name == name)
                         .and_then(|f| f.outputs.get_mut(*output))
                     {
                         out.set_rate_limit(*to, now);
@@ -1506,7 +1618,8 @@ impl Relay {
                     from,
                     to,
                 } => {
-                    if let Some(f) = self.feeds.get_mut(*feed) {
+                    let name = &self.cfg.feeds[*feed].name;
+                    if let Some(f) = self.feeds.iter_mut().find(|f| &f.cfg.name == name) {
                         if let Some(out) = f.outputs.get_mut(*output) {
                             out.set_address(self.poll.registry(), to, now);
                         }

@@ -21,6 +21,7 @@
 
 mod backing;
 pub mod format;
+pub mod salvage;
 pub mod view;
 
 use std::fmt;
@@ -126,6 +127,16 @@ pub enum OpenError {
         /// The file.
         path: PathBuf,
     },
+    /// The superblock names another feed: the file was copied or renamed from another feed's
+    /// ring (`buffer-spec.md` §3).
+    WrongFeed {
+        /// The file.
+        path: PathBuf,
+        /// The feed its superblock names.
+        found: String,
+        /// The feed that opened it.
+        expected: String,
+    },
     /// Another process holds the ring's lock.
     Locked {
         /// The file.
@@ -185,6 +196,16 @@ impl fmt::Display for OpenError {
             OpenError::NoMetadata { path } => write!(
                 f,
                 "ring {}: both metadata slots are damaged; `ringrelay inspect --verify` shows what is left",
+                path.display()
+            ),
+            OpenError::WrongFeed {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "ring {} belongs to feed {found:?}, not {expected:?}: it was copied or renamed from \
+                 another feed's ring; move it back to {found}.ring, or aside to start {expected} afresh",
                 path.display()
             ),
             OpenError::Locked { path } => write!(
@@ -502,6 +523,15 @@ impl Ring {
         let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| OpenError::Locked { path: path.into() })?;
         let mut sb = read_superblock(&file, path)?;
+        // A ring renamed from another feed would send that feed's records to this feed's
+        // outputs. (A reader, `inspect`, opens any ring.)
+        if sb.name != opts.name {
+            return Err(OpenError::WrongFeed {
+                path: path.into(),
+                found: sb.name,
+                expected: opts.name.clone(),
+            });
+        }
         if sb.capacity != opts.capacity {
             return Err(OpenError::Capacity {
                 path: path.into(),
