@@ -81,9 +81,16 @@ fn metrics_health_and_ready_tell_what_happened() {
     let _stalled = TcpStream::connect(admin).unwrap();
     assert_eq!(get(admin, "/ready").0, 200);
 
+    // The SIEM goes down: /health says so; /ready stays 200, because the relay still takes
+    // logs (that is what its ring is for), so a load balancer keeps sending.
     siem.set_up(false);
-    let ok = wait_until(Duration::from_secs(10), || get(admin, "/ready").0 == 503);
-    assert!(ok, "/ready stayed 200 with the SIEM down");
+    let ok = wait_until(Duration::from_secs(10), || {
+        get(admin, "/health")
+            .1
+            .contains("\"name\":\"siem\",\"connected\":false")
+    });
+    assert!(ok, "/health still says connected with the SIEM down");
+    assert_eq!(get(admin, "/ready").0, 200);
     send_records(relay.addr("f"), n..n + 100, LEN);
     let m = metrics(admin);
     assert_eq!(
@@ -171,4 +178,38 @@ fn rate_limited_output_delivers_within_five_percent_of_its_rate() {
         m["ringrelay_feed_records_received_total{feed=\"f\"}"],
         20_000.0
     );
+}
+
+#[test]
+fn ready_turns_503_only_when_a_block_ring_is_full_and_back_when_it_drains() {
+    let dir = TempDir::new("admin-ready-block");
+    let siem = Sink::new(false);
+    let cfg = one_feed_config_with_admin(
+        dir.path(),
+        siem.addr,
+        "max_record_bytes = \"4KiB\"\nwhen_full = \"block\"",
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("128MiB", "1MiB");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    // SIEM down, ring empty: ready (the ring takes records).
+    assert_eq!(get(admin, "/ready").0, 200);
+    // More than the ring holds, sent while the SIEM is down: the block ring fills.
+    let addr = relay.addr("f");
+    let sender = std::thread::spawn(move || send_records(addr, 0..8_000, LEN));
+    let ok = wait_until(Duration::from_secs(15), || get(admin, "/ready").0 == 503);
+    assert!(ok, "/ready stayed 200 with a full block ring");
+    assert!(get(admin, "/ready").1.contains("ring is full"));
+    // The SIEM returns, the ring drains: ready again, and nothing was lost.
+    siem.set_up(true);
+    let ok = wait_until(Duration::from_secs(20), || siem.count() >= 8_000);
+    assert!(ok, "{} of 8000 arrived", siem.count());
+    sender.join().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || get(admin, "/ready")
+        .0
+        == 200));
 }

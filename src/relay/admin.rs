@@ -266,20 +266,30 @@ fn render(route: Route, feeds: &[Feed], summary: &Summary<'_>) -> Vec<u8> {
     }
 }
 
-/// Ready: active, and every output of every running feed connected. (A failed feed has no
-/// outputs; `/ready`'s body and `/health` name it.)
+/// A `block` ring with less room than this (a read's worth) is full for `/ready`.
+const READY_ROOM: u64 = 64 << 10;
+
+/// Ready means "send logs here": this relay is active, every running feed's input is bound,
+/// and every ring takes records (a `block` ring that is full does not). Outputs do not count: a
+/// SIEM outage is what the ring is for, and a load balancer must keep sending during one;
+/// output health is on `/health` and in the metrics. A failed feed (its ring could not be
+/// opened) is named in the body but does not make the others unready.
 fn readiness(feeds: &[Feed], summary: &Summary<'_>) -> (bool, String) {
     if summary.role != "active" {
         return (false, format!("role is {}", summary.role));
     }
     for f in feeds {
-        for o in &f.outputs {
-            if !o.connected() {
-                return (
-                    false,
-                    format!("feed {} output {} is not connected", f.cfg.name, o.name),
-                );
-            }
+        if f.listener.is_none() {
+            return (false, format!("feed {} is not listening", f.cfg.name));
+        }
+        if f.paused || !f.ring.has_room(READY_ROOM) {
+            return (
+                false,
+                format!(
+                    "feed {} ring is full (when_full = block): senders wait",
+                    f.cfg.name
+                ),
+            );
         }
     }
     (true, "ok".to_string())
