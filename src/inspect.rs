@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use crate::clock::rfc3339;
 use crate::ring::salvage::Salvage;
-use crate::ring::{human_bytes, OpenError, Read, Record, RingReader};
+use crate::ring::{human_bytes, Damage, OpenError, Pos, Read, Record, RingReader};
 
 /// How `--export` writes a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +139,8 @@ pub fn export(path: &Path, format: ExportFormat) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Exit codes: 0 clean, 1 damage found, 2 a file could not be read as a ring.
+/// Exit codes: 0 clean, 1 damage found (a damaged record, or a ring that cannot be opened
+/// because it is damaged), 2 a path that is not there or not a ring (a bad command line).
 pub fn run(path: &Path, verify: bool) -> ExitCode {
     let files = match ring_files(path) {
         Ok(f) => f,
@@ -149,17 +150,68 @@ pub fn run(path: &Path, verify: bool) -> ExitCode {
         }
     };
     let mut worst = 0u8;
-    for file in files {
-        let code = match RingReader::open(&file) {
-            Ok(r) => print_ring(&file, &r, verify),
-            Err(e) => {
+    for file in &files {
+        let code = match RingReader::open(file) {
+            Ok(r) => print_ring(file, &r, verify),
+            Err(e @ (OpenError::Io { .. } | OpenError::NotARing { .. })) => {
                 eprintln!("ringrelay inspect: {e}");
                 2
+            }
+            Err(e) => {
+                // Damaged: say what to do, and where the intact records are.
+                eprintln!("ringrelay inspect: {e}");
+                eprintln!(
+                    "ringrelay inspect: {}: the intact records: ringrelay inspect {} --export > FILE; `ringrelay run` starts every other feed and reports this one failed (feed_failed) until the ring is moved aside (mv {} {}.damaged), when it creates a new one",
+                    file.display(),
+                    file.display(),
+                    file.display(),
+                    file.display()
+                );
+                1
             }
         };
         worst = worst.max(code);
     }
+    print_dead_letters(&files);
     ExitCode::from(worst)
+}
+
+/// The HTTP outputs' dead-letter files beside the rings (`<feed>.<output>.deadletter`, one JSON
+/// line per record a receiver refused for good), with their record counts.
+fn print_dead_letters(rings: &[PathBuf]) {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    for ring in rings {
+        let (Some(dir), Some(feed)) = (ring.parent(), ring.file_stem()) else {
+            continue;
+        };
+        let prefix = format!("{}.", feed.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "deadletter")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            if seen.contains(&f) {
+                continue;
+            }
+            let records =
+                std::fs::read(&f).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+            println!("dead letters {} ({records} records)", f.display());
+            seen.push(f);
+        }
+    }
 }
 
 fn ring_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -177,6 +229,27 @@ fn ring_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         return Err(std::io::Error::other("no *.ring files in this directory"));
     }
     Ok(files)
+}
+
+/// Damage found beside a live relay may be records the relay overwrote while they were read
+/// (its ring wrapped under us): once the relay's next checkpoint (at least one a second) moved
+/// the tail, each place is looked at again. A place now before the tail was overwritten, not
+/// damaged; one that now reads whole was being written. What is left is damage.
+fn settled_damage(path: &Path, found: Vec<(Pos, Damage, u64)>) -> Vec<(Pos, Damage, u64)> {
+    if found.is_empty() {
+        return found;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let Ok(again) = RingReader::open(path) else {
+        return found;
+    };
+    let view = again.view();
+    found
+        .into_iter()
+        .filter(|(at, ..)| {
+            at.seq >= view.tail.seq && matches!(view.read(*at), Read::Corrupt { .. })
+        })
+        .collect()
 }
 
 fn print_ring(path: &Path, r: &RingReader, verify: bool) -> u8 {
@@ -246,7 +319,7 @@ fn print_ring(path: &Path, r: &RingReader, verify: bool) -> u8 {
     if !verify {
         return 0;
     }
-    let damage = view.verify();
+    let damage = settled_damage(path, view.verify());
     if damage.is_empty() {
         println!("  verify          clean: every record between tail and head checks");
         return 0;

@@ -195,7 +195,7 @@ impl fmt::Display for OpenError {
             ),
             OpenError::NoMetadata { path } => write!(
                 f,
-                "ring {}: both metadata slots are damaged; `ringrelay inspect --verify` shows what is left",
+                "ring {}: both metadata slots are damaged: the records are still in the file; `ringrelay inspect PATH --export > FILE` writes every intact one, then move the ring aside to start the feed afresh",
                 path.display()
             ),
             OpenError::WrongFeed {
