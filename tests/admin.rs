@@ -213,3 +213,105 @@ fn ready_turns_503_only_when_a_block_ring_is_full_and_back_when_it_drains() {
         .0
         == 200));
 }
+
+#[test]
+fn metrics_tell_a_silent_feed_the_oldest_record_evictions_epoch_and_process_basics() {
+    let dir = TempDir::new("admin-operator-metrics");
+    let siem = Sink::new(true);
+    let cfg = one_feed_config_with_admin(dir.path(), siem.addr, "max_record_bytes = \"4KiB\"", "");
+    // An instance name with a quote and a backslash: the label must stay parseable.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("128MiB", "1MiB")
+        .replace("[relay]\n", "[relay]\ninstance = 'relay \"a\\b'\n");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // More than the 1 MiB ring holds: some records are evicted (after delivery).
+    send_records(relay.addr("f"), 0..8_000, LEN);
+    assert!(wait_until(Duration::from_secs(20), || siem.count() >= 8_000));
+    let m = metrics(admin);
+    let f = |k: &str| m[&format!("{k}{{feed=\"f\"}}")];
+    let last = f("ringrelay_feed_last_record_timestamp_seconds");
+    assert!(last >= before - 1.0 && last <= before + 60.0, "{last}");
+    assert!(f("ringrelay_ring_oldest_record_age_seconds") >= 0.0);
+    assert!(f("ringrelay_ring_records_evicted_total") > 0.0);
+    assert_eq!(
+        m["ringrelay_epoch{instance_name=\"relay \\\"a\\\\b\"}"],
+        1.0
+    );
+    assert!(m["process_resident_memory_bytes{}"] > 0.0);
+    assert!(m["process_open_fds{}"] >= 5.0);
+    assert!(m["process_cpu_seconds_total{}"] >= 0.0);
+    assert!(m["process_start_time_seconds{}"] >= before - 60.0);
+    // HEAD: the status and headers of GET, no body.
+    let (status, body) = http(admin, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(
+        http(admin, b"HEAD /ready HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        200
+    );
+}
+
+#[test]
+fn one_feeds_connection_churn_does_not_hide_another_feeds_connection_lines() {
+    let dir = TempDir::new("admin-log-limits");
+    let siem = Sink::new(true);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "\n[[feed]]\nname = \"quiet\"\ninput = { kind = \"tcp\", listen = \"127.0.0.1:0\" }\nbuffer = { size = \"128MiB\" }\n\n[[feed.output]]\nname = \"file\"\nkind = \"file\"\npath = \"out.log\"\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 2);
+    // 100 short connections on feed f: its own log limit is spent.
+    for _ in 0..100 {
+        drop(TcpStream::connect(relay.addr("f")).unwrap());
+    }
+    wait_until(Duration::from_secs(5), || {
+        relay
+            .log_text()
+            .matches("event=connection_closed feed=f ")
+            .count()
+            >= 20
+    });
+    // One connection on the other feed is still logged, open and closed.
+    send_records(relay.addr("quiet"), 0..10, LEN);
+    assert!(
+        relay.wait_log("event=connection_open feed=quiet", Duration::from_secs(5)),
+        "{}",
+        relay.log_text()
+    );
+    assert!(relay.wait_log("event=connection_closed feed=quiet", Duration::from_secs(5)));
+}
+
+#[test]
+fn an_http_connection_closed_line_counts_the_records_its_200s_accepted() {
+    let dir = TempDir::new("admin-http-closed");
+    let siem = Sink::new(true);
+    let cfg = one_feed_config(dir.path(), siem.addr, "", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "input = { kind = \"tcp\", listen = \"127.0.0.1:0\" }",
+        "input = { kind = \"http\", listen = \"127.0.0.1:0\" }",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let relay = RelayProc::start(&cfg, 1);
+    let body = "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n";
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _) = http(relay.addr("f"), req.as_bytes());
+    assert_eq!(status, 200);
+    assert!(relay.wait_log("event=connection_closed", Duration::from_secs(5)));
+    let log = relay.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=connection_closed"))
+        .unwrap();
+    assert!(line.contains(" records=3 "), "{line}");
+}

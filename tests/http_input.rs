@@ -265,7 +265,8 @@ fn cloud_nss_batches_are_split_per_record_and_refusals_take_nothing() {
         "each record once, none refused"
     );
     let m = metrics(admin);
-    let code = |c: u16| m[&format!("ringrelay_http_responses_total{{code=\"{c}\",feed=\"h\"}}")];
+    let code =
+        |c: u16| m[&format!("ringrelay_feed_http_responses_total{{code=\"{c}\",feed=\"h\"}}")];
     assert_eq!(code(200), 4.0);
     assert_eq!(code(401), 2.0);
     assert_eq!(
@@ -464,12 +465,12 @@ fn https_batches_with_a_client_certificate_are_taken_and_a_client_without_one_is
     assert_eq!(received(&siem), (0..1010).collect::<Vec<_>>());
     let m = metrics(admin);
     assert_eq!(
-        m["ringrelay_http_responses_total{code=\"200\",feed=\"h\"}"],
+        m["ringrelay_feed_http_responses_total{code=\"200\",feed=\"h\"}"],
         3.0
     );
-    assert_eq!(m["ringrelay_tls_handshakes_total{feed=\"h\"}"], 1.0);
+    assert_eq!(m["ringrelay_feed_tls_handshakes_total{feed=\"h\"}"], 1.0);
     let failed = |reason: &str| {
-        m[&format!("ringrelay_tls_handshake_failures_total{{feed=\"h\",reason=\"{reason}\"}}")]
+        m[&format!("ringrelay_feed_tls_handshake_failures_total{{feed=\"h\",reason=\"{reason}\"}}")]
     };
     assert_eq!(
         (failed("no_client_certificate"), failed("not_tls")),

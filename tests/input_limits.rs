@@ -346,7 +346,7 @@ fn slowloris_connections_do_not_block_legitimate_posts() {
     let got = arrived(&siem, 300);
     let m = metrics(admin);
     let reconnects = loris.stop();
-    let timeouts = metric(&m, "ringrelay_http_header_timeouts_total{feed=\"h\"}");
+    let timeouts = metric(&m, "ringrelay_feed_http_header_timeouts_total{feed=\"h\"}");
     let evicted = metric(&m, "ringrelay_feed_connections_evicted_total{feed=\"h\"}");
     eprintln!(
         "slowloris: {ok}/60 POSTs answered 200 in {posts_took:?} ({retries} retries), \

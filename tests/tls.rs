@@ -176,7 +176,9 @@ fn mutual_tls_accepts_the_good_client_and_counts_every_rejection_by_reason() {
             .all(|r| {
                 metric(
                     &m,
-                    &format!("ringrelay_tls_handshake_failures_total{{feed=\"f\",reason=\"{r}\"}}"),
+                    &format!(
+                        "ringrelay_feed_tls_handshake_failures_total{{feed=\"f\",reason=\"{r}\"}}"
+                    ),
                 ) == 1
             })
     });
@@ -188,7 +190,7 @@ fn mutual_tls_accepts_the_good_client_and_counts_every_rejection_by_reason() {
     );
     let m = metrics(admin);
     assert_eq!(
-        metric(&m, "ringrelay_tls_handshakes_total{feed=\"f\"}"),
+        metric(&m, "ringrelay_feed_tls_handshakes_total{feed=\"f\"}"),
         1,
         "{m:?}"
     );

@@ -52,6 +52,8 @@ pub struct Admin {
 pub struct Summary<'a> {
     pub instance: &'a str,
     pub role: &'a str,
+    /// The fencing epoch this instance holds (0 on a standby).
+    pub epoch: u64,
     pub started_ns: u64,
     pub alerts: &'a super::AlertStats,
     pub event_loop: &'a super::LoopStats,
@@ -168,7 +170,18 @@ impl Admin {
             if c.response.is_empty() {
                 match parse(&c.request) {
                     Ok(None) => return, // incomplete: wait for more
-                    Ok(Some(route)) => c.response = render(route, feeds, summary),
+                    Ok(Some((route, head_only))) => {
+                        c.response = render(route, feeds, summary);
+                        if head_only {
+                            // HEAD: the same status and headers, no body.
+                            let end = c
+                                .response
+                                .windows(4)
+                                .position(|w| w == b"\r\n\r\n")
+                                .map_or(c.response.len(), |i| i + 4);
+                            c.response.truncate(end);
+                        }
+                    }
                     Err((status, why)) => {
                         if let Some(suppressed) = self.log.allow(clock::now()) {
                             crate::log!(
@@ -198,22 +211,25 @@ impl Admin {
     }
 }
 
-/// Parses a request: `Ok(None)` while incomplete, the route, or an HTTP status and reason.
-fn parse(bytes: &[u8]) -> Result<Option<Route>, (u16, &'static str)> {
+/// Parses a request: `Ok(None)` while incomplete, the route (and whether it is a `HEAD`), or an
+/// HTTP status and reason.
+fn parse(bytes: &[u8]) -> Result<Option<(Route, bool)>, (u16, &'static str)> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(bytes) {
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete(_)) => {
-            if req.method != Some("GET") {
-                return Err((405, "only GET is supported"));
-            }
+            let head_only = match req.method {
+                Some("GET") => false,
+                Some("HEAD") => true,
+                _ => return Err((405, "only GET and HEAD are supported")),
+            };
             let path = req.path.unwrap_or("");
             let path = path.split('?').next().unwrap_or(path);
             match path {
-                "/metrics" => Ok(Some(Route::Metrics)),
-                "/health" => Ok(Some(Route::Health)),
-                "/ready" => Ok(Some(Route::Ready)),
+                "/metrics" => Ok(Some((Route::Metrics, head_only))),
+                "/health" => Ok(Some((Route::Health, head_only))),
+                "/ready" => Ok(Some((Route::Ready, head_only))),
                 _ => Err((404, "not found: try /metrics, /health or /ready")),
             }
         }
@@ -297,9 +313,12 @@ fn readiness(feeds: &[Feed], summary: &Summary<'_>) -> (bool, String) {
 
 fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
     let (ready, _) = readiness(feeds, summary);
-    let mut s = format!(
-        "{{\"instance\":\"{}\",\"role\":\"{}\",\"ready\":{ready},\"feeds\":[",
-        summary.instance, summary.role
+    let mut s = String::from("{\"instance\":");
+    super::alert::json_str(&mut s, summary.instance);
+    let _ = write!(
+        s,
+        ",\"role\":\"{}\",\"ready\":{ready},\"feeds\":[",
+        summary.role
     );
     for (i, f) in feeds.iter().enumerate() {
         let st = f.ring.stats();
@@ -345,6 +364,78 @@ fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
     s
 }
 
+/// A Prometheus label value: backslash, double quote and line feed escaped.
+struct Label<'a>(&'a str);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `process_*` metrics every Prometheus exporter has, from `/proc/self`: resident memory,
+/// open file descriptors, CPU seconds, start time.
+fn process_metrics(m: &mut Family<'_>, summary: &Summary<'_>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in USER_HZ (100 on Linux) ticks;
+    // the fields are counted after the command name's closing parenthesis.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    let families: [(&str, &str, &str, String); 4] = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes (mapped ring pages the kernel holds in memory included).",
+            (rss_kib * 1024).to_string(),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            fds.to_string(),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            format!("{:.2}", ticks as f64 / 100.0),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            format!("{:.3}", summary.started_ns as f64 / 1e9),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        m.head(name, kind, help);
+        let _ = writeln!(m.out, "{name} {value}");
+    }
+}
+
 fn json_seconds(v: Option<f64>) -> String {
     v.map_or("null".to_string(), |v| format!("{v:.0}"))
 }
@@ -368,7 +459,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     let mut out = String::with_capacity(4096 + feeds.len() * 4096);
     let mut m = Family { out: &mut out };
     let now_ns = clock::wall_ns();
-    let inst = format!("instance_name=\"{}\"", summary.instance);
+    let inst = format!("instance_name=\"{}\"", Label(summary.instance));
     m.head(
         "ringrelay_info",
         "gauge",
@@ -393,9 +484,43 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         &inst,
         summary.started_ns / 1_000_000_000,
     );
+    m.head(
+        "ringrelay_epoch",
+        "gauge",
+        "The fencing epoch this instance holds as active (0 on a standby); a pair's two instances never hold the same one.",
+    );
+    m.sample("ringrelay_epoch", &inst, summary.epoch);
+    process_metrics(&mut m, summary);
 
     type FeedValue = fn(&Feed) -> String;
-    let feed_families: [(&str, &str, &str, FeedValue); 18] = [
+    let feed_families: [(&str, &str, &str, FeedValue); 21] = [
+        (
+            "ringrelay_feed_last_record_timestamp_seconds",
+            "gauge",
+            "Unix time of the newest record in the ring (0: none yet): a feed whose senders went silent shows here first.",
+            |f| {
+                f.ring
+                    .stats()
+                    .newest_ts
+                    .map_or("0".to_string(), |ts| format!("{:.3}", ts as f64 / 1e9))
+            },
+        ),
+        (
+            "ringrelay_ring_oldest_record_age_seconds",
+            "gauge",
+            "Age of the oldest record the ring holds (0 when empty): what an outage starting now could still replay.",
+            |f| {
+                f.ring.stats().oldest_ts.map_or("0".to_string(), |ts| {
+                    format!("{:.3}", clock::wall_ns().saturating_sub(ts) as f64 / 1e9)
+                })
+            },
+        ),
+        (
+            "ringrelay_ring_records_evicted_total",
+            "counter",
+            "Records overwritten to make room since the ring was created (drop_oldest), delivered or not.",
+            |f| f.ring.stats().evicted.to_string(),
+        ),
         (
             "ringrelay_feed_records_received_total",
             "counter",
@@ -555,7 +680,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         );
     }
 
-    let name = "ringrelay_http_header_timeouts_total";
+    let name = "ringrelay_feed_http_header_timeouts_total";
     m.head(
         name,
         "counter",
@@ -569,7 +694,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         );
     }
 
-    let name = "ringrelay_http_responses_total";
+    let name = "ringrelay_feed_http_responses_total";
     m.head(name, "counter", "HTTP input responses, by status code.");
     for f in feeds.iter().filter(|f| f.cfg.input.http.is_some()) {
         for (code, v) in super::http_in::STATUSES.iter().zip(f.stats.http_responses) {
@@ -577,7 +702,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         }
     }
     let tls_feeds = || feeds.iter().filter(|f| f.cfg.input.tls().is_some());
-    let name = "ringrelay_tls_handshakes_total";
+    let name = "ringrelay_feed_tls_handshakes_total";
     m.head(name, "counter", "TLS input handshakes completed.");
     for f in tls_feeds() {
         m.sample(
@@ -586,7 +711,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             f.stats.tls_handshakes,
         );
     }
-    let name = "ringrelay_tls_handshake_failures_total";
+    let name = "ringrelay_feed_tls_handshake_failures_total";
     m.head(
         name,
         "counter",
@@ -801,14 +926,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_label_value_is_escaped() {
+        assert_eq!(Label("a\"b\\c\nd").to_string(), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
     fn requests_are_routed_or_refused_with_a_status() {
         assert!(matches!(
             parse(b"GET /metrics HTTP/1.1\r\n\r\n"),
-            Ok(Some(Route::Metrics))
+            Ok(Some((Route::Metrics, false)))
         ));
         assert!(matches!(
             parse(b"GET /ready?x=1 HTTP/1.0\r\nHost: a\r\n\r\n"),
-            Ok(Some(Route::Ready))
+            Ok(Some((Route::Ready, false)))
+        ));
+        assert!(matches!(
+            parse(b"HEAD /health HTTP/1.1\r\n\r\n"),
+            Ok(Some((Route::Health, true)))
         ));
         assert!(matches!(parse(b"GET /health HTTP/1.1\r\nHo"), Ok(None)));
         assert!(matches!(

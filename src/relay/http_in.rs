@@ -53,6 +53,8 @@ pub struct HttpConn {
     head_done: bool,
     /// When the previous request was answered.
     answered: Option<Instant>,
+    /// Records its 200s accepted (for its `connection_closed` line).
+    pub(super) records: u64,
 }
 
 impl HttpConn {
@@ -91,7 +93,6 @@ impl Relay {
             ready,
             bytes_in,
             loop_stats,
-            conn_log,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
@@ -124,7 +125,12 @@ impl Relay {
             }
             if let Some((since, discarded)) = http.lingering.as_mut() {
                 let mut sink = [0u8; 16 << 10];
-                match conn.read_plain(&mut sink, (&feed.cfg.name, &mut feed.stats), conn_log, now) {
+                match conn.read_plain(
+                    &mut sink,
+                    (&feed.cfg.name, &mut feed.stats),
+                    &mut feed.logs.tls,
+                    now,
+                ) {
                     Ok(0) => break Some(("response sent; connection: close", None)),
                     Ok(n) => *discarded += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
@@ -161,7 +167,7 @@ impl Relay {
             let res = conn.read_plain(
                 &mut buf[old..],
                 (&feed.cfg.name, &mut feed.stats),
-                conn_log,
+                &mut feed.logs.tls,
                 now,
             );
             conn.pending = buf;
@@ -313,6 +319,7 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
             http.out.extend_from_slice(&r);
             http.close_after |= !keep_alive;
             http.answered(clock::now());
+            http.records += records;
             feed.stats.http_responses[0] += 1;
         }
         Err(r) => {

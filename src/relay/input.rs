@@ -402,7 +402,7 @@ impl Relay {
             }
             feed.conns += 1;
             feed.stats.accepted += 1;
-            if let Some(suppressed) = self.conn_log.allow(now) {
+            if let Some(suppressed) = feed.logs.open.allow(now) {
                 crate::log!(
                     Level::Info,
                     "connection_open",
@@ -566,7 +566,6 @@ impl Relay {
             ready,
             bytes_in,
             loop_stats,
-            conn_log,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
@@ -579,7 +578,7 @@ impl Relay {
             if conn.paused || conn.eof {
                 conn.paused = false;
                 let data = std::mem::take(&mut conn.pending);
-                let consumed = frame(conn, feed, &data, conn.eof, (conn_log, now));
+                let consumed = frame(conn, feed, &data, conn.eof, now);
                 conn.pending.extend_from_slice(&data[consumed..]);
                 if conn.paused {
                     break Outcome::Open;
@@ -597,7 +596,7 @@ impl Relay {
             // connection kept, when the ring has a lines entry's room for both.
             let lines_read = LINES_READ.min(feed.ring.lines_max() / 4);
             if conn.framer.in_lines() && p + lines_read <= feed.ring.lines_max() {
-                match read_lines(conn, feed, scratch, (p, lines_read), conn_log, now) {
+                match read_lines(conn, feed, scratch, (p, lines_read), now) {
                     Lines::Read(n) => {
                         reads += 1;
                         loop_stats.input_reads += 1;
@@ -626,7 +625,7 @@ impl Relay {
             let res = conn.read_plain(
                 &mut scratch[p..p + READ_CHUNK],
                 (&feed.cfg.name, &mut feed.stats),
-                conn_log,
+                &mut feed.logs.tls,
                 now,
             );
             let n = match res {
@@ -650,7 +649,7 @@ impl Relay {
             *bytes_in += n as u64;
             conn.last_active = now;
             let data = &scratch[..p + n];
-            let consumed = frame(conn, feed, data, false, (conn_log, now));
+            let consumed = frame(conn, feed, data, false, now);
             conn.pending.extend_from_slice(&data[consumed..]);
             if conn.paused {
                 break Outcome::Open;
@@ -721,7 +720,7 @@ impl Relay {
             Detected::Octet => "octet",
             Detected::Undecided => "undecided",
         };
-        if let Some(suppressed) = self.conn_log.allow(now) {
+        if let Some(suppressed) = feed.logs.closed.allow(now) {
             let error = err.map_or(String::new(), |e| e.to_string());
             crate::log!(
                 Level::Info,
@@ -731,7 +730,7 @@ impl Relay {
                 reason = why,
                 error = error,
                 framing = framing,
-                records = st.records,
+                records = st.records + conn.http.as_ref().map_or(0, |h| h.records),
                 truncated = st.truncated,
                 dropped_oversize = st.dropped_oversize,
                 bad_frames = st.bad_frames,
@@ -766,12 +765,7 @@ impl Relay {
     /// Decides `auto` for connection `id` if its first frame has waited since its last read
     /// ([`Framer::decide_now`]), and frames its pending bytes as reading would have.
     fn decide_undecided(&mut self, id: usize, now: Instant) {
-        let Relay {
-            conns,
-            feeds,
-            conn_log,
-            ..
-        } = self;
+        let Relay { conns, feeds, .. } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -784,7 +778,7 @@ impl Relay {
         }
         let feed = &mut feeds[conn.feed];
         let data = std::mem::take(&mut conn.pending);
-        let consumed = frame(conn, feed, &data, false, (conn_log, now));
+        let consumed = frame(conn, feed, &data, false, now);
         conn.pending.extend_from_slice(&data[consumed..]);
     }
 }
@@ -818,7 +812,6 @@ fn read_lines(
     feed: &mut Feed,
     scratch: &mut [u8],
     (p, lines_read): (usize, usize),
-    conn_log: &mut Limiter,
     now: Instant,
 ) -> Lines {
     match feed.ring.reserve(p + lines_read.min(4096), p + lines_read) {
@@ -835,11 +828,15 @@ fn read_lines(
         Err(AppendError::TooLarge) => return Lines::Refused,
     }
     let Feed {
-        ring, stats, cfg, ..
+        ring,
+        stats,
+        cfg,
+        logs,
+        ..
     } = feed;
     let room = ring.reserved_mut();
     room[..p].copy_from_slice(&conn.pending);
-    let n = match conn.read_plain(&mut room[p..], (&cfg.name, stats), conn_log, now) {
+    let n = match conn.read_plain(&mut room[p..], (&cfg.name, stats), &mut logs.tls, now) {
         Ok(0) => return Lines::Eof,
         Ok(n) => n,
         Err(e) => return Lines::Err(e),
@@ -880,7 +877,7 @@ fn read_lines(
         let _ = feed.appended(ts);
     }
     if rest > 0 {
-        let consumed = frame(conn, feed, &scratch[..rest], false, (conn_log, now));
+        let consumed = frame(conn, feed, &scratch[..rest], false, now);
         conn.pending.extend_from_slice(&scratch[consumed..rest]);
     }
     Lines::Read(n)
@@ -889,16 +886,10 @@ fn read_lines(
 /// Frames `data` into the feed's ring; returns the bytes consumed. Sets `conn.paused` when the
 /// ring refused a record (`block`), in which case the refused record is not consumed.
 /// `auto` decides there, and logs a fallback (rate-limited by the connection log's `log`).
-fn frame(
-    conn: &mut Conn,
-    feed: &mut super::Feed,
-    data: &[u8],
-    eof: bool,
-    log: (&mut Limiter, Instant),
-) -> usize {
+fn frame(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool, now: Instant) -> usize {
     let consumed = frame_records(conn, feed, data, eof);
     if let Some(why) = conn.framer.take_fallback() {
-        if let Some(suppressed) = log.0.allow(log.1) {
+        if let Some(suppressed) = feed.logs.framing.allow(now) {
             log_fallback(conn, &feed.cfg.name, why, data, suppressed);
         }
     }

@@ -183,6 +183,8 @@ pub struct Feed {
     /// TLS input: the configuration new handshakes use (replaced by a reload).
     tls: Option<Arc<rustls::ServerConfig>>,
     tls_log: Limiter,
+    /// Connection log lines, limited per kind for this feed alone.
+    logs: ConnLogs,
     /// The address the listener is bound to.
     pub local_addr: SocketAddr,
     /// Its outputs.
@@ -229,6 +231,27 @@ pub struct FailedFeed {
     pub path: PathBuf,
     /// Why the ring could not be opened.
     pub error: String,
+}
+
+/// A feed's limits on per-connection log lines, one per kind: one feed's churn (or a flood of
+/// one kind) never hides another feed's lines, or a mutual-TLS client's `tls_established`.
+struct ConnLogs {
+    open: Limiter,
+    closed: Limiter,
+    tls: Limiter,
+    framing: Limiter,
+}
+
+impl ConnLogs {
+    fn new() -> ConnLogs {
+        let per_minute = |n| Limiter::new(n, Duration::from_secs(60));
+        ConnLogs {
+            open: per_minute(20),
+            closed: per_minute(20),
+            tls: per_minute(20),
+            framing: per_minute(10),
+        }
+    }
 }
 
 /// The feed's input rate in ring bytes per second, smoothed over about half a minute.
@@ -400,7 +423,6 @@ pub struct Relay {
     checkpoint_every: Duration,
     next_checkpoint: Instant,
     stopping: bool,
-    conn_log: Limiter,
     admin: Option<admin::Admin>,
     /// Bytes read from input connections, for the shutdown drain.
     bytes_in: u64,
@@ -647,7 +669,6 @@ impl Relay {
             checkpoint_every: cfg.relay.checkpoint_interval,
             next_checkpoint: now + cfg.relay.checkpoint_interval,
             stopping: false,
-            conn_log: Limiter::new(20, Duration::from_secs(60)),
             cfg: cfg.clone(),
             lock,
             role: Role::Standby { next_try: now },
@@ -1090,6 +1111,7 @@ impl Relay {
             listener: Some(listener),
             tls,
             tls_log: Limiter::new(10, Duration::from_secs(60)),
+            logs: ConnLogs::new(),
             local_addr,
             outputs,
             stats: FeedStats::default(),
@@ -1230,6 +1252,10 @@ impl Relay {
                     let summary = admin::Summary {
                         instance: &self.instance,
                         role: self.role.name(),
+                        epoch: match self.role {
+                            Role::Active { epoch } | Role::Fenced { epoch } => epoch,
+                            Role::Standby { .. } => 0,
+                        },
                         started_ns: self.started_ns,
                         alerts: &self.alert_stats,
                         event_loop: &self.loop_stats,
