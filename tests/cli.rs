@@ -187,3 +187,111 @@ fn printing_commands_end_quietly_on_a_closed_stdout() {
         assert!(err.is_empty(), "{args:?}: {err}");
     }
 }
+
+/// The two units' text.
+fn units() -> Vec<(&'static str, String)> {
+    ["ringrelay.service", "ringrelay@.service"]
+        .into_iter()
+        .map(|u| {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("systemd")
+                .join(u);
+            (u, std::fs::read_to_string(p).expect("read unit"))
+        })
+        .collect()
+}
+
+/// The values of `key=` lines (not comments) in a unit.
+fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+#[test]
+fn units_stop_on_a_bad_config_instead_of_restarting_it() {
+    for (name, text) in units() {
+        // RestartPreventExitStatus= does not apply to ExecStartPre= (systemd #11868): a check
+        // there that fails would be restarted every RestartSec.
+        let pre = directive(&text, "ExecStartPre");
+        assert!(pre.is_empty(), "{name}: ExecStartPre={pre:?}");
+        assert_eq!(directive(&text, "Restart"), ["on-failure"], "{name}");
+        let prevent: Vec<&str> = directive(&text, "RestartPreventExitStatus")
+            .iter()
+            .flat_map(|v| v.split_whitespace())
+            .collect();
+        assert!(prevent.contains(&"2"), "{name}: {prevent:?}");
+        assert!(
+            !prevent.contains(&"1"),
+            "{name}: transient failures must be retried"
+        );
+        let start = directive(&text, "ExecStart");
+        assert!(
+            start.len() == 1 && start[0].starts_with("/usr/bin/ringrelay run --config "),
+            "{name}: {start:?}"
+        );
+    }
+}
+
+#[test]
+fn run_on_a_bad_config_exits_with_the_code_the_units_do_not_restart() {
+    let dir = TempDir::new("cli-badconfig");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[relay]\ndata_dir = \"/nonexistent\"\n[[feed]]\nname = \"x\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    let (_, text) = &units()[0];
+    let code: i32 = directive(text, "RestartPreventExitStatus")[0]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    // The check's message, with its place in the file, is what the journal gets.
+    assert!(err.contains("bad.toml:"), "{err}");
+    assert!(err.contains("event=config_invalid"), "{err}");
+}
+
+/// `systemd-analyze verify` on both units, the binary's path pointed at this build (verify
+/// checks that `ExecStart=`'s program exists). Skipped, saying so, where systemd is not
+/// installed.
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let Ok(v) = Command::new("systemd-analyze").arg("--version").output() else {
+        println!("systemd-analyze is not installed: skipped");
+        return;
+    };
+    println!(
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+    );
+    // A plain directory name: systemd-analyze rejects paths with `{`, `:` or `,` in them.
+    let dir = TempDir(std::env::temp_dir().join(format!("ringrelay-units-{}", std::process::id())));
+    std::fs::create_dir_all(dir.path()).unwrap();
+    for (name, text) in units() {
+        // The template is verified as an instance of it.
+        let file = dir.path().join(name.replace("@.", "@a."));
+        std::fs::write(&file, text.replace("/usr/bin/ringrelay", BIN)).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert!(err.trim().is_empty(), "{name}: {err}");
+    }
+}
