@@ -17,6 +17,7 @@ usage:
   ringrelay size     --eps N --bytes B [--retention 1h] [--feeds N]
                                         ring, disk and VM sizing for a feed
   ringrelay selftest [--seconds N]      relay through a simulated SIEM outage on loopback
+                                        (N: 3 to 120, default 20)
   ringrelay --version
 ";
 
@@ -98,6 +99,9 @@ impl Args {
 /// Runs the command line `args` (without the program name).
 pub fn main(args: Vec<String>) -> ExitCode {
     let args = Args::parse(args);
+    if !matches!(args.cmd.as_str(), "run" | "selftest") {
+        default_sigpipe();
+    }
     if args.has("--help") || matches!(args.cmd.as_str(), "" | "help" | "-h" | "--help") {
         print!("{USAGE}");
         return ExitCode::SUCCESS;
@@ -110,6 +114,20 @@ pub fn main(args: Vec<String>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A closed stdout ends the printing commands (`check`, `inspect`, `size`, `--version`, the
+/// usage) the way it ends `cat`: killed by SIGPIPE, quietly (a shell shows status 141). Without
+/// this, Rust ignores SIGPIPE, `println!` panics on EPIPE and the release build aborts (134)
+/// with a message. Not for `run`, whose sockets must see EPIPE as an error, nor for
+/// `selftest`, which must stop its relay process and remove its work directory first: it
+/// handles EPIPE itself and exits 0.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler, so no code of ours runs in signal context; this
+    // runs in `main` before any thread is started.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 fn dispatch(args: &Args) -> Result<ExitCode, String> {
@@ -205,7 +223,7 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
         "selftest" => {
             args.check_known(&["--seconds"])?;
             let secs = args.number("--seconds")?.unwrap_or(20);
-            Ok(crate::selftest::run(Duration::from_secs(secs.max(4))))
+            Ok(crate::selftest::run(crate::selftest::Plan::new(secs)?))
         }
         other => Err(format!("ringrelay: unknown command {other:?}")),
     }

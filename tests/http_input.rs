@@ -477,3 +477,95 @@ fn https_batches_with_a_client_certificate_are_taken_and_a_client_without_one_is
         (1.0, 1.0)
     );
 }
+
+/// Sends a request head with `Expect: 100-continue` and waits, as curl does (for a second; here
+/// up to 2 s), for the relay's word before the body. Returns the interim or final response
+/// head's status and how long it took; `None` if nothing came within 2 s.
+fn head_expecting_continue(
+    s: &mut TcpStream,
+    secret: &str,
+    body_len: usize,
+) -> Option<(u16, Duration)> {
+    let head = format!(
+        "POST /nss HTTP/1.1\r\nHost: relay\r\nContent-Length: {body_len}\r\n\
+         x-panther-zscaler: {secret}\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let status = String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()?;
+    // A final response has a body to read; the 100 has none.
+    if status != 100 {
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let len: usize = text
+            .split("content-length:")
+            .nth(1)
+            .and_then(|v| v.split("\r\n").next())
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+    }
+    Some((status, t.elapsed()))
+}
+
+#[test]
+fn expect_100_continue_is_answered_at_once_and_a_refused_head_gets_its_status_without_the_body() {
+    let dir = TempDir::new("http-in-continue");
+    let siem = Sink::new(true);
+    let relay = RelayProc::start(&config(&dir, siem.addr, "", ""), 1);
+    let addr = relay.addr("h");
+    let body = json_array(0..50);
+
+    // Twice on one keep-alive connection: 100 Continue in well under a second, then the body,
+    // then 200.
+    let mut s = connect(addr);
+    for _ in 0..2 {
+        let (status, took) =
+            head_expecting_continue(&mut s, SECRET, body.len()).expect("no 100 Continue in 2 s");
+        println!("100-continue: {status} after {took:?}");
+        assert_eq!(status, 100);
+        assert!(took < Duration::from_millis(300), "{took:?}");
+        s.write_all(&body).unwrap();
+        let r = read_response(&mut s);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "{\"status\":200,\"records\":50}")
+        );
+    }
+
+    // A wrong secret: 401 at once, the body never sent; the relay closes the connection.
+    let mut s = connect(addr);
+    let (status, took) =
+        head_expecting_continue(&mut s, "wrong", body.len()).expect("no answer in 2 s");
+    println!("wrong secret: {status} after {took:?}");
+    assert_eq!(status, 401);
+    assert!(took < Duration::from_millis(300), "{took:?}");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+
+    // A body over max_body_bytes: 413 at once, nothing else sent.
+    let mut s = connect(addr);
+    let (status, _) = head_expecting_continue(&mut s, SECRET, 1 << 30).expect("no answer in 2 s");
+    assert_eq!(status, 413);
+
+    assert!(wait_until(Duration::from_secs(10), || received(&siem)
+        .len()
+        == 100));
+    let mut want: Vec<u64> = (0..50).chain(0..50).collect();
+    want.sort_unstable();
+    assert_eq!(received(&siem), want);
+}

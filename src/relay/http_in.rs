@@ -55,6 +55,8 @@ pub struct HttpConn {
     answered: Option<Instant>,
     /// Records its 200s accepted (for its `connection_closed` line).
     pub(super) records: u64,
+    /// `100 Continue` was sent for the request being read (`Expect: 100-continue`).
+    continued: bool,
 }
 
 impl HttpConn {
@@ -71,6 +73,7 @@ impl HttpConn {
     fn answered(&mut self, now: Instant) {
         self.started = None;
         self.head_done = false;
+        self.continued = false;
         self.answered = Some(now);
     }
 }
@@ -148,6 +151,8 @@ impl Relay {
                     conn.last_active = now;
                     continue;
                 }
+                // A `100 Continue` to write before the body can come.
+                Step::More if !http.out.is_empty() => continue,
                 Step::More if conn.eof => {
                     break Some(if conn.pending.is_empty() {
                         ("sender closed", None)
@@ -286,6 +291,13 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
             respond(http, feed, peer, &r, None);
             return Step::Answered(r.skip);
         }
+        // The sender waits for our word before it sends the body (`Expect: 100-continue`):
+        // the final status now, and the connection closed after it (RFC 9110 §10.1.1: a
+        // body it sends anyway is read and discarded while the connection lingers).
+        Err(r) if expects_continue(pending) => {
+            respond(http, feed, peer, &Refusal { close: true, ..r }, None);
+            return Step::Answered(pending.len());
+        }
         Err(_) => return Step::More,
     };
     let Head {
@@ -295,6 +307,12 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
         keep_alive,
     } = head;
     if pending.len() < len + body_len {
+        // Path, secret and length are acceptable: tell a sender that waits for it (curl waits
+        // a second) to send the body.
+        if !http.continued && pending.len() == len && expects_continue(&pending[..len]) {
+            http.out.extend_from_slice(CONTINUE);
+            http.continued = true;
+        }
         return Step::More;
     }
     let body = &pending[len..len + body_len];
@@ -332,6 +350,23 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
         }
     }
     Step::Answered(len + body_len)
+}
+
+/// The interim response to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Whether the complete request head at the start of `buf` is HTTP/1.1 and carries
+/// `Expect: 100-continue` (an HTTP/1.0 sender gets no interim response: RFC 9110 §10.1.1).
+fn expects_continue(buf: &[u8]) -> bool {
+    // As many as `http_batch::parse_head` takes; a head with more was refused (431) already.
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(buf), Ok(httparse::Status::Complete(_)))
+        && req.version == Some(1)
+        && req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("expect")
+                && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        })
 }
 
 /// Appends every record of `body` to the feed's ring, or none of them.
