@@ -27,6 +27,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// `[[feed]]`, in file order.
     pub feeds: Vec<FeedConfig>,
+    /// What works but should not be left so (a placeholder secret, a secret in clear text).
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `[relay]`.
@@ -539,9 +541,21 @@ struct Ctx<'t> {
     text: &'t str,
     base: PathBuf,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Ctx<'_> {
+    /// Something that works but should not be left so (`check` prints it, `run` logs it).
+    fn warn(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let (line, col) = self.at(span.start);
+        self.warnings.push(ConfigError {
+            path: self.path.clone(),
+            line,
+            col,
+            msg: msg.into(),
+        });
+    }
+
     fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
         let (line, col) = self.at(span.start);
         self.errors.push(ConfigError {
@@ -577,6 +591,31 @@ struct Tbl<'a, 'i> {
     t: &'a DeTable<'i>,
     span: Range<usize>,
     what: String,
+}
+
+/// Warns about a secret or token that looks like an example's placeholder.
+fn warn_placeholder(key: &str, value: &str, span: Range<usize>, cx: &mut Ctx<'_>) {
+    let v = value.to_ascii_lowercase();
+    let placeholder = [
+        "change-me",
+        "changeme",
+        "change_me",
+        "replace-me",
+        "example",
+        "placeholder",
+        "todo",
+        "xxxx",
+    ]
+    .iter()
+    .any(|p| v.contains(p))
+        || matches!(v.as_str(), "secret" | "password" | "token")
+        || (!v.is_empty() && v.chars().all(|c| matches!(c, '0' | '-')));
+    if placeholder {
+        cx.warn(
+            span,
+            format!("{key} = {value:?} looks like a placeholder: set the real value before this goes live"),
+        );
+    }
 }
 
 /// How errors name the `i`-th table of `kind`: by its `name` when it has one.
@@ -828,6 +867,7 @@ impl Config {
             text,
             base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             errors: Vec::new(),
+            warnings: Vec::new(),
         };
         let (root, syntax) = DeTable::parse_recoverable(text);
         for e in syntax {
@@ -839,7 +879,8 @@ impl Config {
             .and_then(|root| build(&root, &mut cx));
         let mut errors = cx.errors;
         if errors.is_empty() {
-            if let Some(cfg) = cfg {
+            if let Some(mut cfg) = cfg {
+                cfg.warnings = cx.warnings;
                 return Ok(cfg);
             }
         }
@@ -945,6 +986,7 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
         path: cx.path.clone(),
         relay,
         feeds,
+        warnings: Vec::new(),
     })
 }
 
@@ -1242,6 +1284,16 @@ fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
             None
         }
     });
+    if let (Some(Some(h)), Some(addr)) = (&http, &listen) {
+        let addr: &SocketAddr = addr;
+        if h.auth.is_some() && h.tls.is_none() && !addr.ip().is_loopback() {
+            let span = t.get("secret").map_or(t.span.clone(), Spanned::span);
+            cx.warn(
+                span,
+                format!("the shared secret travels in clear text: this http input listens on {addr} without cert and key; give it cert and key (HTTPS), or listen on loopback behind a TLS proxy"),
+            );
+        }
+    }
     let max_connections = t.count("max_connections", 1..=65_536, cx).unwrap_or(256) as usize;
     // Unset, it is 64 or max_connections, whichever is lower.
     let max_connections_per_source = match t.count("max_connections_per_source", 0..=65_536, cx) {
@@ -1292,6 +1344,7 @@ fn http_input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpInputConfi
     let secret = t.str("secret", "the shared secret", cx);
     let auth = match (header, secret) {
         (Some((h, _)), Some((s, span))) => {
+            warn_placeholder("secret", s, span.clone(), cx);
             if s.is_empty() {
                 cx.err(
                     span,
@@ -1606,6 +1659,7 @@ fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutput> {
     let auth_header = t.str("auth_header", "a header name", cx);
     for (k, v) in [("token", &token), ("secret", &secret)] {
         if let Some((s, span)) = v.clone() {
+            warn_placeholder(k, s, span.clone(), cx);
             if s.is_empty() || !valid_header_value(s) {
                 cx.err(
                     span,

@@ -171,3 +171,42 @@ fn size_takes_the_units_and_limits_of_the_configuration() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--bytes 20971520 is out of range"));
 }
+
+#[test]
+fn check_warns_about_placeholder_secrets_and_a_secret_over_plain_http() {
+    let dir = TempDir::new("check-warnings");
+    let data = dir.path().join("data").display().to_string();
+    let text = format!(
+        r#"[relay]
+data_dir = "{data}"
+
+[[feed]]
+name = "cloud-nss"
+input = {{ kind = "http", listen = "0.0.0.0:0", auth_header = "x-key", secret = "change-me" }}
+buffer = {{ size = "4MiB" }}
+max_record_bytes = "4KiB"
+
+[[feed.output]]
+name = "hec"
+kind = "http"
+preset = "splunk_hec"
+url = "http://127.0.0.1:8088/services/collector/raw"
+token = "00000000-0000-0000-0000-000000000000"
+"#
+    );
+    let cfg = dir.path().join("ringrelay.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let o = ringrelay(&["check", "--config", &cfg.display().to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(":6:")
+            && out.contains("warning: secret = \"change-me\" looks like a placeholder"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: the shared secret travels in clear text"),
+        "{out}"
+    );
+    assert!(out.contains(":15:9: warning: token = "), "{out}");
+}

@@ -445,63 +445,72 @@ pub struct Relay {
     next_watchdog: Option<Instant>,
 }
 
-/// `ringrelay check --config FILE`.
+/// `ringrelay check --config FILE`: the file's errors, warnings, and what only this machine can
+/// tell ([`crate::preflight`]); exit 2 on any error.
 pub fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(cfg) if !crate::preflight::preflight(&cfg).is_empty() => {
-            // What `run` would fail on, or start the feed without, on this machine.
-            let findings = crate::preflight::preflight(&cfg);
-            for f in &findings {
-                eprintln!("{}", f.error);
-            }
-            eprintln!("{}: {} error(s)", path.display(), findings.len());
-            ExitCode::from(2)
-        }
-        Ok(cfg) => {
-            // Expired certificates are warnings, not errors (the relay still starts).
-            for f in &cfg.feeds {
-                let mut expired = Vec::new();
-                if let InputKind::Tls(t) = &f.input.kind {
-                    if let Ok((_, e)) = crate::tls::server_config(&t.files) {
-                        expired.extend(e);
-                    }
-                }
-                for o in &f.outputs {
-                    if let crate::config::OutputKind::Tls(t) = &o.kind {
-                        if let Ok((_, e)) = crate::tls::client_config(&t.files) {
-                            expired.extend(e);
-                        }
-                    }
-                }
-                for e in expired {
-                    println!(
-                        "{}: warning: feed {}: {}: certificate {:?} expired at {}",
-                        path.display(),
-                        f.name,
-                        e.path.display(),
-                        e.subject,
-                        e.not_after
-                    );
-                }
-            }
-            let outputs: usize = cfg.feeds.iter().map(|f| f.outputs.len()).sum();
-            println!(
-                "{}: ok: {} feed(s), {} output(s), data_dir {}",
-                path.display(),
-                cfg.feeds.len(),
-                outputs,
-                cfg.relay.data_dir.display()
-            );
-            ExitCode::SUCCESS
-        }
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
             }
             eprintln!("{}: {} error(s)", path.display(), errors.len());
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    for w in &cfg.warnings {
+        println!(
+            "{}:{}:{}: warning: {}",
+            w.path.display(),
+            w.line,
+            w.col,
+            w.msg
+        );
+    }
+    // What `run` would fail on, or start the feed without, on this machine.
+    let findings = crate::preflight::preflight(&cfg);
+    if !findings.is_empty() {
+        for f in &findings {
+            eprintln!("{}", f.error);
+        }
+        eprintln!("{}: {} error(s)", path.display(), findings.len());
+        return ExitCode::from(2);
+    }
+    // Expired certificates are warnings, not errors (the relay still starts).
+    for f in &cfg.feeds {
+        let mut expired = Vec::new();
+        if let InputKind::Tls(t) = &f.input.kind {
+            if let Ok((_, e)) = crate::tls::server_config(&t.files) {
+                expired.extend(e);
+            }
+        }
+        for o in &f.outputs {
+            if let crate::config::OutputKind::Tls(t) = &o.kind {
+                if let Ok((_, e)) = crate::tls::client_config(&t.files) {
+                    expired.extend(e);
+                }
+            }
+        }
+        for e in expired {
+            println!(
+                "{}: warning: feed {}: {}: certificate {:?} expired at {}",
+                path.display(),
+                f.name,
+                e.path.display(),
+                e.subject,
+                e.not_after
+            );
         }
     }
+    let outputs: usize = cfg.feeds.iter().map(|f| f.outputs.len()).sum();
+    println!(
+        "{}: ok: {} feed(s), {} output(s), data_dir {}",
+        path.display(),
+        cfg.feeds.len(),
+        outputs,
+        cfg.relay.data_dir.display()
+    );
+    ExitCode::SUCCESS
 }
 
 /// `ringrelay run --config FILE`: exit 0 after SIGTERM/SIGINT, 2 for a bad config, 1 when the
@@ -522,6 +531,9 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in &cfg.warnings {
+        crate::log!(Level::Warn, "config_warning", warning = w);
+    }
     for finding in crate::preflight::preflight(&cfg) {
         let error = finding.error.to_string();
         match finding.scope {
