@@ -504,7 +504,14 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match std::env::current_exe() {
+    // `/proc/self/exe` runs this very binary even after a package upgrade replaced the file
+    // (the helper must speak this relay's protocol); the path otherwise.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
+    match if exe.exists() {
+        Ok(exe)
+    } else {
+        std::env::current_exe()
+    } {
         Ok(exe) => relay.use_sync_helper(exe),
         Err(e) => crate::log!(
             Level::Warn,

@@ -33,6 +33,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -81,6 +82,7 @@ fn spawn(exe: &Path) -> io::Result<(Child, StdUnixStream)> {
     let (ours, theirs) = StdUnixStream::pair()?;
     let out = theirs.try_clone()?;
     let child = Command::new(exe)
+        .arg0("ringrelay")
         .arg(SUBCOMMAND)
         .arg(std::process::id().to_string())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
