@@ -210,6 +210,9 @@ pub struct Feed {
     /// Inputs are paused until the ring's background sync finishes: it had not when the next
     /// was due, so the disk is slower than the input (`buffer-spec.md` §10).
     sync_wait: bool,
+    /// The sync helper's ticket for this ring's sync in flight: only its report completes it
+    /// (not that of an earlier ring at the same path, removed by a reload).
+    helper_ticket: Option<u64>,
     next_sync: Instant,
     refuse_log: Limiter,
     /// `ring_sync_behind` lines: a disk slower than the sync period.
@@ -245,7 +248,7 @@ impl Feed {
             BackgroundCheckpoint::Started => Ok(()),
             BackgroundCheckpoint::ForHelper => {
                 if let Some(h) = helper {
-                    h.request(self.ring.path());
+                    self.helper_ticket = Some(h.request(self.ring.path()));
                 }
                 Ok(())
             }
@@ -696,9 +699,14 @@ impl Relay {
         };
         for ev in h.on_event(self.poll.registry(), now) {
             match ev {
-                sync_helper::Event::Done(path, res) => {
+                sync_helper::Event::Done(ticket, res) => {
                     // A feed removed by a reload meanwhile has no ring to tell.
-                    if let Some(f) = self.feeds.iter_mut().find(|f| f.ring.path() == path) {
+                    if let Some(f) = self
+                        .feeds
+                        .iter_mut()
+                        .find(|f| f.helper_ticket == Some(ticket))
+                    {
+                        f.helper_ticket = None;
                         f.ring.helper_sync_done(res);
                     }
                 }
@@ -1044,6 +1052,7 @@ impl Relay {
             dirty: true,
             paused: false,
             sync_wait: false,
+            helper_ticket: None,
             next_sync: now,
             refuse_log: Limiter::new(5, Duration::from_secs(60)),
             sync_log: Limiter::new(3, Duration::from_secs(60)),

@@ -60,8 +60,9 @@ pub struct SyncHelper {
     out: Vec<u8>,
     /// Reply bytes without their LF yet.
     replies: Vec<u8>,
-    /// Rings handed to the helper and not reported yet, in order.
-    pending: VecDeque<PathBuf>,
+    /// Syncs handed to the helper and not reported yet, in order: ticket and ring path.
+    pending: VecDeque<(u64, PathBuf)>,
+    next_ticket: u64,
     /// When the helper was restarted, within [`RESTART_WINDOW`].
     restarts: VecDeque<Instant>,
     /// Helpers that exited and were not reaped yet.
@@ -70,8 +71,8 @@ pub struct SyncHelper {
 
 /// What the helper's socket brought.
 pub enum Event {
-    /// A ring's sync is done (or failed).
-    Done(PathBuf, io::Result<()>),
+    /// The sync of [`SyncHelper::request`]'s ticket is done (or failed).
+    Done(u64, io::Result<()>),
     /// The helper died; a new one has the pending syncs.
     Restarted,
     /// The helper died and will not be restarted: the rings go back to the kernel's sync.
@@ -106,6 +107,7 @@ impl SyncHelper {
             out: Vec::new(),
             replies: Vec::new(),
             pending: VecDeque::new(),
+            next_ticket: 0,
             restarts: VecDeque::new(),
             exited: Vec::new(),
         })
@@ -116,12 +118,16 @@ impl SyncHelper {
         self.child.id()
     }
 
-    /// Hands the sync of the ring file at `path` to the helper.
-    pub fn request(&mut self, path: &Path) {
+    /// Hands the sync of the ring file at `path` to the helper; the ticket its
+    /// [`Event::Done`] will carry.
+    pub fn request(&mut self, path: &Path) -> u64 {
+        self.next_ticket += 1;
         self.out.extend_from_slice(path.as_os_str().as_bytes());
         self.out.push(0);
-        self.pending.push_back(path.to_path_buf());
+        self.pending
+            .push_back((self.next_ticket, path.to_path_buf()));
         self.flush();
+        self.next_ticket
     }
 
     fn flush(&mut self) {
@@ -154,7 +160,7 @@ impl SyncHelper {
         };
         while let Some(at) = self.replies.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.replies.drain(..=at).collect();
-            let Some(path) = self.pending.pop_front() else {
+            let Some((ticket, _)) = self.pending.pop_front() else {
                 continue;
             };
             let res = match std::str::from_utf8(&line[..at])
@@ -165,7 +171,7 @@ impl SyncHelper {
                 Some(errno) => Err(io::Error::from_raw_os_error(errno)),
                 None => Err(io::Error::other("sync helper: unreadable reply")),
             };
-            events.push(Event::Done(path, res));
+            events.push(Event::Done(ticket, res));
         }
         if let Some(why) = closed {
             events.push(self.restart(registry, &why, now));
@@ -248,7 +254,7 @@ impl SyncHelper {
         self.replies.clear();
         // The syncs the old helper did not report: the new one runs them again.
         self.out.clear();
-        for p in &self.pending {
+        for (_, p) in &self.pending {
             self.out.extend_from_slice(p.as_os_str().as_bytes());
             self.out.push(0);
         }
