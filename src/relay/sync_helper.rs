@@ -4,28 +4,18 @@
 //!
 //! ## Why a process
 //! The kernel's background sync (Linux AIO, [`crate::ring::Ring::checkpoint_in_background`])
-//! keeps the loop free too, but a process with an AIO request in flight cannot die before it
-//! completes: `do_exit` waits for it in `exit_aio` before it closes the process's files. A
-//! SIGKILL of the relay then leaves its sockets open for the rest of the sync (35–50 ms on a
-//! local disk, longer on slow or network storage) and every record the senders write into them
-//! meanwhile is lost: 580–960 records per kill at 20,000 records/s (`benches/crash_window.rs`).
-//! A sync in another process holds nothing of the relay: its sockets close at once.
+//! keeps the loop free too, but a process that has an AIO context cannot die before the kernel
+//! has torn it down, a sync in flight included: `do_exit` waits in `exit_aio` before it closes
+//! the process's files. A SIGKILL of the relay then left its sockets open for about 33 ms even
+//! when no sync was in flight (0.3 ms without the context; longer with a sync in flight on slow
+//! or network storage), and every record the senders wrote into them meanwhile was lost: a
+//! median of 675 records per kill at 20,000 records/s of 870 B (`benches/crash_window.rs`;
+//! with the helper, 60). A sync in another process holds nothing of the relay.
 //!
-//! ## Protocol
-//! The relay spawns the helper with one end of a Unix socket pair as its stdin and stdout, and
-//! sends it ring paths, each followed by a NUL byte. The helper opens each path read-only (so it
-//! never takes or holds the ring's lock), runs `fdatasync` on it (which writes the pages the
-//! relay dirtied through its mapping, as the kernel shares them, and flushes the disk's cache),
-//! and answers one line per request, in order: `0`, or the error number. A ring's sync counts as
-//! done only when that line arrives ([`crate::ring::Ring::helper_sync_done`]).
-//!
-//! ## Lifecycle
-//! The helper exits at EOF on its stdin (the relay closed its end or died), after finishing the
-//! sync in progress; it also asks the kernel for SIGTERM when its parent dies, which takes effect
-//! only once that `fdatasync` has returned (its waits for the disk are not interruptible). If
-//! the helper dies, the relay logs it, starts a new one and hands it again the syncs the old
-//! one did not report. If it cannot be started, or dies [`MAX_RESTARTS`] times within
-//! [`RESTART_WINDOW`], the relay goes back to the kernel's background sync and logs why.
+//! The other ways weighed: `sync_file_range` and then a short `fdatasync` in the loop makes the
+//! loop wait for the disk's cache flush every period (35–50 ms here); io_uring needs a new
+//! dependency and more `unsafe`, and a process's rings are torn down at its exit too (not
+//! measured).
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;

@@ -1229,7 +1229,8 @@ impl Ring {
 
     /// `sync = "interval"` without holding the event loop: writes the older metadata slot, then
     /// starts an `fdatasync` of the file in the kernel's background (`buffer-spec.md` §10) and
-    /// returns. Once it finishes, the records appended before this call and the slot are on
+    /// returns; with a sync helper ([`Ring::set_sync_helper`]), leaves that sync to the caller
+    /// ([`BackgroundCheckpoint::ForHelper`]). Once it finishes, the records appended before this call and the slot are on
     /// disk. If the previous one has not finished (the disk is slower than the period), writes
     /// the slot only and returns [`BackgroundCheckpoint::Busy`].
     pub fn checkpoint_in_background(&mut self, now_ns: u64) -> io::Result<BackgroundCheckpoint> {
