@@ -225,6 +225,13 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
             let secs = args.number("--seconds")?.unwrap_or(20);
             Ok(crate::selftest::run(crate::selftest::Plan::new(secs)?))
         }
+        // Hidden: the relay's sync helper process (`relay::sync_helper`), started by `run`.
+        crate::relay::sync_helper::SUBCOMMAND => {
+            let [parent] = args.positional.as_slice() else {
+                return Err("ringrelay sync-helper is started by ringrelay run".into());
+            };
+            Ok(crate::relay::sync_helper::run(parent))
+        }
         other => Err(format!("ringrelay: unknown command {other:?}")),
     }
 }

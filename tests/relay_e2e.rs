@@ -598,8 +598,8 @@ fn mapping_dirty_kib(pid: u32, suffix: &str) -> u64 {
     kib
 }
 
-/// Under `sync = "interval"` the relay syncs the ring every period (in the kernel's background
-/// where it can, `buffer-spec.md` §10): once the records have gone through, the ring's pages
+/// Under `sync = "interval"` the relay syncs the ring every period (in its sync helper process,
+/// which opens the ring on its own, `buffer-spec.md` §10): once the records have gone through, the ring's pages
 /// in the relay's mapping are written to disk (clean) within a few periods, while the relay
 /// keeps serving.
 #[test]

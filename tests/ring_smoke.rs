@@ -312,6 +312,7 @@ fn background_checkpoints_take_turns_with_the_sync_in_flight() {
             BackgroundCheckpoint::Unavailable(_) => {
                 ring.checkpoint(round + 10, true).unwrap();
             }
+            BackgroundCheckpoint::ForHelper => panic!("no sync helper was set"),
         }
     }
     assert_eq!(ring.syncs_behind(), busy);
@@ -330,6 +331,68 @@ fn background_checkpoints_take_turns_with_the_sync_in_flight() {
     assert_eq!(ring.head().seq - 1, last);
     let got = collect(&ring, ring.tail());
     assert_eq!(got.last().unwrap().0, last);
+    assert!(got.iter().all(|(_, p)| *p == payload));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With a sync helper (`Ring::set_sync_helper`), a background checkpoint writes the slot and
+/// leaves the sync to the caller; until the helper reports it done, the next ones write the slot
+/// only and are counted, and a blocking checkpoint syncs the file itself; a helper that is gone
+/// leaves the ring syncing by itself again, after syncing what it did not report.
+#[test]
+fn background_checkpoints_with_a_sync_helper_wait_for_its_report() {
+    let dir = tmpdir("helper");
+    let path = dir.join("f.ring");
+    let mut ring = Ring::open(&path, &opts(WhenFull::DropOldest)).unwrap();
+    let payload = vec![b'y'; 900];
+    ring.set_sync_helper(true).unwrap();
+    for i in 0..100u64 {
+        ring.append(&payload, i, false).unwrap();
+    }
+    assert!(matches!(
+        ring.checkpoint_in_background(1).unwrap(),
+        BackgroundCheckpoint::ForHelper
+    ));
+    assert!(!ring.background_sync_finished().unwrap(), "not reported");
+    assert!(matches!(
+        ring.checkpoint_in_background(2).unwrap(),
+        BackgroundCheckpoint::Busy
+    ));
+    assert_eq!(ring.syncs_behind(), 1);
+    ring.helper_sync_done(Ok(()));
+    assert!(ring.background_sync_finished().unwrap());
+    assert!(matches!(
+        ring.checkpoint_in_background(3).unwrap(),
+        BackgroundCheckpoint::ForHelper
+    ));
+    // A failure the helper reports is the ring's error, once.
+    ring.helper_sync_done(Err(std::io::Error::from_raw_os_error(5)));
+    assert_eq!(
+        ring.background_sync_finished().unwrap_err().raw_os_error(),
+        Some(5)
+    );
+    assert!(ring.background_sync_finished().unwrap());
+    assert!(matches!(
+        ring.checkpoint_in_background(4).unwrap(),
+        BackgroundCheckpoint::ForHelper
+    ));
+    for i in 100..200u64 {
+        ring.append(&payload, i, false).unwrap();
+    }
+    // The helper is gone with a sync unreported: the ring syncs the file itself.
+    ring.set_sync_helper(false).unwrap();
+    assert!(ring.background_sync_finished().unwrap());
+    assert!(!matches!(
+        ring.checkpoint_in_background(5).unwrap(),
+        BackgroundCheckpoint::ForHelper
+    ));
+    let last = ring.head().seq - 1;
+    ring.checkpoint(100, true).unwrap();
+    drop(ring);
+    let ring = Ring::open(&path, &opts(WhenFull::DropOldest)).unwrap();
+    assert_eq!(ring.head().seq - 1, last);
+    let got = collect(&ring, ring.tail());
+    assert_eq!(got.len(), 200);
     assert!(got.iter().all(|(_, p)| *p == payload));
     std::fs::remove_dir_all(&dir).unwrap();
 }

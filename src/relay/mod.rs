@@ -37,6 +37,7 @@ pub mod lock;
 pub mod notify;
 pub mod output;
 pub mod reload;
+pub mod sync_helper;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -63,6 +64,8 @@ use notify::Notifier;
 use output::{Output, Pass};
 
 const SIGNALS: Token = Token(0);
+/// The sync helper's socket ([`sync_helper`]).
+const SYNC_HELPER: Token = Token(998);
 const LISTENER_BASE: usize = 1;
 const OUTPUT_BASE: usize = 1_000;
 const CONN_BASE: usize = 10_000;
@@ -209,6 +212,9 @@ pub struct Feed {
     /// Inputs are paused until the ring's background sync finishes: it had not when the next
     /// was due, so the disk is slower than the input (`buffer-spec.md` §10).
     sync_wait: bool,
+    /// The sync helper's ticket for this ring's sync in flight: only its report completes it
+    /// (not that of an earlier ring at the same path, removed by a reload).
+    helper_ticket: Option<u64>,
     next_sync: Instant,
     refuse_log: Limiter,
     /// `ring_sync_behind` lines: a disk slower than the sync period.
@@ -266,11 +272,24 @@ const RATE_SMOOTHING_SECS: f64 = 30.0;
 
 impl Feed {
     /// A `sync = "interval"` checkpoint with the sync in the kernel's background
-    /// ([`Ring::checkpoint_in_background`]); in the loop where the kernel refuses that. A sync
-    /// still running from the last period pauses the inputs until it finishes.
-    fn checkpoint_in_background(&mut self, wall: u64, now: Instant) -> std::io::Result<()> {
+    /// ([`Ring::checkpoint_in_background`]), or by the sync helper process when there is one
+    /// ([`sync_helper`]); in the loop where the kernel refuses that. A sync still running from
+    /// the last period pauses the inputs until it finishes.
+    fn checkpoint_in_background(
+        &mut self,
+        wall: u64,
+        now: Instant,
+        helper: Option<&mut sync_helper::SyncHelper>,
+    ) -> std::io::Result<()> {
+        self.ring.set_sync_helper(helper.is_some())?;
         match self.ring.checkpoint_in_background(wall)? {
             BackgroundCheckpoint::Started => Ok(()),
+            BackgroundCheckpoint::ForHelper => {
+                if let Some(h) = helper {
+                    self.helper_ticket = Some(h.request(self.ring.path()));
+                }
+                Ok(())
+            }
             BackgroundCheckpoint::Busy => {
                 // What is not read waits in the senders' sockets, not in unsynced pages: a
                 // power loss takes about two periods of records at most.
@@ -443,6 +462,9 @@ pub struct Relay {
     /// `READY=1` was sent: role changes are announced from then on.
     announced: bool,
     next_watchdog: Option<Instant>,
+    /// The process that runs the rings' `interval` syncs ([`Relay::use_sync_helper`]); without
+    /// one, the kernel's background sync does.
+    sync_helper: Option<sync_helper::SyncHelper>,
 }
 
 /// `ringrelay check --config FILE`: the file's errors, warnings, and what only this machine can
@@ -565,6 +587,22 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // `/proc/self/exe` runs this very binary even after a package upgrade replaced the file
+    // (the helper must speak this relay's protocol); the path otherwise.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
+    match if exe.exists() {
+        Ok(exe)
+    } else {
+        std::env::current_exe()
+    } {
+        Ok(exe) => relay.use_sync_helper(exe),
+        Err(e) => crate::log!(
+            Level::Warn,
+            "sync_helper_unavailable",
+            error = e,
+            reason = "cannot find our own binary; rings sync in the kernel's background (a SIGKILL of the relay then waits for a sync in flight)"
+        ),
+    }
     match relay.run_until(None) {
         Ok(Outcome::Fenced) => ExitCode::from(EXIT_FENCED),
         Ok(_) => ExitCode::SUCCESS,
@@ -689,6 +727,7 @@ impl Relay {
             notify,
             announced: false,
             next_watchdog,
+            sync_helper: None,
         };
         crate::log!(
             Level::Info,
@@ -708,6 +747,55 @@ impl Relay {
         relay.notify(&format!("READY=1\n{status}"), now);
         relay.announced = true;
         Ok(relay)
+    }
+
+    /// Has the rings' `sync = "interval"` syncs run by a helper process, our binary `exe`
+    /// ([`sync_helper`]): a SIGKILL of the relay then closes its sockets at once. If it cannot
+    /// start, logs why; the kernel's background sync runs them as before.
+    pub fn use_sync_helper(&mut self, exe: std::path::PathBuf) {
+        match sync_helper::SyncHelper::start(exe, self.poll.registry(), SYNC_HELPER) {
+            Ok(h) => {
+                crate::log!(Level::Info, "sync_helper_started", pid = h.pid());
+                self.sync_helper = Some(h);
+            }
+            Err(e) => crate::log!(
+                Level::Warn,
+                "sync_helper_unavailable",
+                error = e,
+                reason = "cannot start it; rings sync in the kernel's background (a SIGKILL of the relay then waits for a sync in flight)"
+            ),
+        }
+    }
+
+    /// The sync helper's process id, while there is one.
+    pub fn sync_helper_pid(&self) -> Option<u32> {
+        self.sync_helper.as_ref().map(sync_helper::SyncHelper::pid)
+    }
+
+    /// The sync helper's socket: syncs done, or the helper gone.
+    fn on_sync_helper(&mut self, now: Instant) {
+        let Some(h) = self.sync_helper.as_mut() else {
+            return;
+        };
+        for ev in h.on_event(self.poll.registry(), now) {
+            match ev {
+                sync_helper::Event::Done(ticket, res) => {
+                    // A feed removed by a reload meanwhile has no ring to tell.
+                    if let Some(f) = self
+                        .feeds
+                        .iter_mut()
+                        .find(|f| f.helper_ticket == Some(ticket))
+                    {
+                        f.helper_ticket = None;
+                        f.ring.helper_sync_done(res);
+                    }
+                }
+                sync_helper::Event::Restarted => {}
+                // The rings go back to the kernel's sync at their next checkpoint, syncing
+                // there what the helper did not report.
+                sync_helper::Event::Gone => self.sync_helper = None,
+            }
+        }
     }
 
     /// The role now.
@@ -1135,6 +1223,7 @@ impl Relay {
             dirty: true,
             paused: false,
             sync_wait: false,
+            helper_ticket: None,
             next_sync: now,
             refuse_log: Limiter::new(5, Duration::from_secs(60)),
             sync_log: Limiter::new(3, Duration::from_secs(60)),
@@ -1254,6 +1343,7 @@ impl Relay {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
         match token.0 {
             0 => self.on_signal(now),
+            t if t == SYNC_HELPER.0 => self.on_sync_helper(now),
             t if t == admin::LISTENER.0 => {
                 if let Some(a) = self.admin.as_mut() {
                     a.accept(self.poll.registry(), now);
@@ -1430,6 +1520,9 @@ impl Relay {
         if let Some(a) = self.admin.as_mut() {
             a.expire(registry, now);
         }
+        if let Some(h) = self.sync_helper.as_mut() {
+            h.reap();
+        }
         self.resume_after_sync()?;
         self.resume_accepts(now);
         if now >= self.next_checkpoint {
@@ -1471,6 +1564,7 @@ impl Relay {
     /// Checkpoints every ring; syncs those whose policy says so now (or all, with `force_sync`).
     fn checkpoint_all(&mut self, now: Instant, force_sync: bool) -> Result<(), String> {
         let wall = clock::wall_ns();
+        let helper = &mut self.sync_helper;
         for feed in &mut self.feeds {
             for out in &feed.outputs {
                 feed.ring.set_cursor_state(out.cursor(), out.health());
@@ -1503,7 +1597,7 @@ impl Relay {
             let sync = sync && !matches!(feed.cfg.sync, SyncPolicy::Never);
             let res = if sync && !force_sync && matches!(feed.cfg.sync, SyncPolicy::Interval(_)) {
                 // The disk works while the loop goes on; `always` and shutdown wait for it.
-                feed.checkpoint_in_background(wall, now)
+                feed.checkpoint_in_background(wall, now, helper.as_mut())
             } else {
                 feed.ring.checkpoint(wall, sync)
             };

@@ -266,12 +266,21 @@ pub enum BackgroundCheckpoint {
     /// fsync for AIO, no AIO resources): no sync started, now or from now on; the caller syncs
     /// with [`Ring::checkpoint`]. Carries the error the first time only.
     Unavailable(Option<io::Error>),
+    /// The slot is written; the caller has the sync helper process sync the file (records and
+    /// slot) and reports its end with [`Ring::helper_sync_done`] ([`Ring::set_sync_helper`]).
+    ForHelper,
 }
 
 /// The ring's background sync, set up on first use.
 enum Background {
     Untried,
     Ready(backing::BackgroundSync),
+    /// Another process (the relay's sync helper) runs the syncs: `in_flight` until it reports
+    /// the one handed to it done; `failed`, its error, until the ring returns it.
+    Helper {
+        in_flight: bool,
+        failed: Option<io::Error>,
+    },
     Refused,
 }
 
@@ -1130,8 +1139,20 @@ impl Ring {
     /// Forces the records appended since the last sync to disk (`msync`), after waiting for a
     /// background sync in flight, which has the records appended before it.
     pub fn sync_data(&mut self) -> io::Result<()> {
-        if let Background::Ready(b) = &mut self.background {
-            b.finished(true)?;
+        match &mut self.background {
+            Background::Ready(b) => {
+                b.finished(true)?;
+            }
+            Background::Helper {
+                in_flight: true, ..
+            } => {
+                // The records handed to the helper are not known to be on disk: one
+                // `fdatasync` here has them and everything since.
+                self.file.sync_data()?;
+                self.mark_synced();
+                return Ok(());
+            }
+            _ => {}
         }
         if self.dirty_bytes == 0 {
             return Ok(());
@@ -1173,7 +1194,7 @@ impl Ring {
     ///
     /// Does nothing once the ring syncs in the background ([`Ring::checkpoint_in_background`]).
     pub fn start_writeback(&mut self) -> io::Result<()> {
-        if let Background::Ready(_) = self.background {
+        if let Background::Ready(_) | Background::Helper { .. } = self.background {
             // The background sync writes them without holding the loop, where
             // `sync_file_range` blocks once the disk's queue is full.
             return Ok(());
@@ -1241,12 +1262,13 @@ impl Ring {
 
     /// `sync = "interval"` without holding the event loop: writes the older metadata slot, then
     /// starts an `fdatasync` of the file in the kernel's background (`buffer-spec.md` §10) and
-    /// returns. Once it finishes, the records appended before this call and the slot are on
+    /// returns; with a sync helper ([`Ring::set_sync_helper`]), leaves that sync to the caller
+    /// ([`BackgroundCheckpoint::ForHelper`]). Once it finishes, the records appended before this call and the slot are on
     /// disk. If the previous one has not finished (the disk is slower than the period), writes
     /// the slot only and returns [`BackgroundCheckpoint::Busy`].
     pub fn checkpoint_in_background(&mut self, now_ns: u64) -> io::Result<BackgroundCheckpoint> {
         match self.background {
-            Background::Ready(_) => {}
+            Background::Ready(_) | Background::Helper { .. } => {}
             Background::Refused => return Ok(BackgroundCheckpoint::Unavailable(None)),
             Background::Untried => match backing::BackgroundSync::new() {
                 Ok(b) => self.background = Background::Ready(b),
@@ -1263,6 +1285,12 @@ impl Ring {
         if !finished {
             self.syncs_behind += 1;
             return Ok(BackgroundCheckpoint::Busy);
+        }
+        if let Background::Helper { in_flight, .. } = &mut self.background {
+            // Everything appended so far is in the sync the caller hands to the helper.
+            *in_flight = true;
+            self.mark_synced();
+            return Ok(BackgroundCheckpoint::ForHelper);
         }
         if let Background::Ready(b) = &mut self.background {
             if let Err(e) = b.start(&self.file) {
@@ -1284,7 +1312,55 @@ impl Ring {
     pub fn background_sync_finished(&mut self) -> io::Result<bool> {
         match &mut self.background {
             Background::Ready(b) => b.finished(false),
+            Background::Helper { in_flight, failed } => match failed.take() {
+                Some(e) => Err(e),
+                None => Ok(!*in_flight),
+            },
             _ => Ok(true),
+        }
+    }
+
+    /// With `on`, [`Ring::checkpoint_in_background`] leaves the sync to the relay's sync
+    /// helper process from now on ([`BackgroundCheckpoint::ForHelper`]); without, it goes back
+    /// to the kernel's background sync. Turning it off while a sync handed to the helper was
+    /// not reported done (the helper is gone) syncs the file here, waiting for the disk.
+    pub fn set_sync_helper(&mut self, on: bool) -> io::Result<()> {
+        match (&mut self.background, on) {
+            (Background::Helper { .. }, true) | (Background::Refused, false) => Ok(()),
+            (Background::Helper { in_flight, failed }, false) => {
+                let (in_flight, failed) = (*in_flight, failed.take());
+                self.background = Background::Untried;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                if in_flight {
+                    self.file.sync_data()?;
+                }
+                Ok(())
+            }
+            (_, false) => Ok(()),
+            (b, true) => {
+                if let Background::Ready(aio) = b {
+                    aio.finished(true)?;
+                }
+                self.background = Background::Helper {
+                    in_flight: false,
+                    failed: None,
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// The sync helper reports the sync it was handed done (or failed): the records appended
+    /// before the [`BackgroundCheckpoint::ForHelper`] checkpoint, and its slot, are on disk. A
+    /// failure is returned by the next [`Ring::background_sync_finished`].
+    pub fn helper_sync_done(&mut self, res: io::Result<()>) {
+        if let Background::Helper { in_flight, failed } = &mut self.background {
+            *in_flight = false;
+            if let Err(e) = res {
+                *failed = Some(e);
+            }
         }
     }
 
