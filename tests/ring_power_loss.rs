@@ -481,10 +481,17 @@ fn run(actions: &[Action], past_damage: bool, losses: u64) -> Result<(), TestCas
                 let mem_tail = ring.tail().seq;
                 let mem_head = ring.head().seq;
                 drop(ring);
+                let by_file = open_as_file(&image);
                 ring = Ring::open_backing(&path(), CrashBacking::new(image), &opts())
                     .map_err(|e| TestCaseError::fail(format!("step {step}: reopen: {e}")))?;
                 lives += 1;
                 let rec = ring.recovery().clone();
+                prop_assert_eq!(
+                    by_file,
+                    format!("{:?} {:?} {rec:?}", ring.tail(), ring.head()),
+                    "step {}: Ring::open of the image as a file recovers otherwise",
+                    step
+                );
                 let ctx = format!(
                     "step {step}: {adv:?}; before: tail {mem_tail} head {mem_head} durable {}; \
                      after: tail {} head {}; {rec:?}",
@@ -584,6 +591,22 @@ fn run(actions: &[Action], past_damage: bool, losses: u64) -> Result<(), TestCas
         }
     }
     Ok(())
+}
+
+/// The production path on the same image: written to a file, opened with [`Ring::open`] (the
+/// memory map); its tail, head and recovery.
+fn open_as_file(image: &[u8]) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringrelay-pl-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("crash.ring");
+    std::fs::write(&path, image).unwrap();
+    let ring = Ring::open(&path, &opts()).unwrap();
+    let out = format!("{:?} {:?} {:?}", ring.tail(), ring.head(), ring.recovery());
+    drop(ring);
+    std::fs::remove_dir_all(&dir).unwrap();
+    out
 }
 
 /// `3, 4, 5, 9` → `3..=5, 9`.
