@@ -18,15 +18,137 @@
 //! `ringrelay inspect` maps read-only and without the lock, so it may read a live ring while
 //! the relay writes it; it then sees a moving target (records at the head may look torn), never
 //! undefined behaviour in the relay.
+//!
+//! # The seam
+//! The ring reaches its file only through [`Backing`]: the bytes, and the syncs that make them
+//! durable. [`MmapBacking`] (the mapping and the file) is the only one the relay uses; the ring
+//! is generic over it (`Ring<B: Backing = MmapBacking>`), so the hot path calls the mapping
+//! directly, as before. `tests/ring_power_loss.rs` runs the ring on an in-memory page cache and
+//! disk and cuts the power between any two operations; the trait's docs say what a sync
+//! promises, which is all such a test may rely on.
 
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::ptr;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
+use nix::fcntl::Flock;
+
+/// What the ring needs of its file: the whole file's bytes, to read and write in place, and the
+/// operations that move them to disk. [`MmapBacking`] is the file itself (a shared mapping); a
+/// test may put the ring on another backing to simulate a power loss
+/// (`tests/ring_power_loss.rs`).
+///
+/// # What each operation promises
+/// The bytes (`Deref<Target = [u8]>`, the file from offset 0) are the page cache: a write is
+/// seen by every later read and survives a process crash, and nothing in them is durable until
+/// a sync covering it completes. A power loss leaves the file as the disk last had it: every
+/// page synced since it last changed, plus any of the other changed ("dirty") pages, each one
+/// whole, old, or torn at a sector boundary (`buffer-spec.md` §10).
+/// - [`Backing::flush_range`]: when it returns `Ok`, the pages that hold `offset..offset + len`
+///   (whole pages: the range is widened to page boundaries) are durable as they are now.
+/// - [`Backing::start_writeback`]: starts writing pages back without waiting; promises nothing.
+/// - [`Backing::populate_write`]: makes pages writable ahead of use; changes no byte, promises
+///   nothing; an error means it is not supported (the ring stops asking).
+/// - The background sync: [`Backing::background_sync`] sets one up (an error: the backing has
+///   none, the ring syncs in the loop); [`Backing::start_background_sync`] starts a sync of the
+///   whole file (one at a time); once [`Backing::background_sync_finished`] has returned
+///   `Ok(true)` for it (with `wait`, it waits), every page that was dirty when it started is
+///   durable, as it was then or as it is now. Until then, nothing more is durable than before
+///   it started.
+pub trait Backing: Deref<Target = [u8]> + DerefMut {
+    /// The state of a background sync ([`Backing::background_sync`]).
+    type Sync;
+
+    /// Makes the pages holding `offset..offset + len` durable (`msync(MS_SYNC)`).
+    fn flush_range(&mut self, offset: usize, len: usize) -> io::Result<()>;
+
+    /// Starts writing the dirty pages of `offset..offset + len` to disk without waiting
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Nothing is durable by it.
+    fn start_writeback(&mut self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Makes the pages of `offset..offset + len` writable in one go (`MADV_POPULATE_WRITE`).
+    fn populate_write(&mut self, offset: usize, len: usize) -> io::Result<()>;
+
+    /// Sets up a background sync, or says why there is none.
+    fn background_sync(&mut self) -> io::Result<Self::Sync>;
+
+    /// Starts a sync of the whole file in the background (`fdatasync` by Linux AIO). Not while
+    /// another is in flight. An error means it did not start.
+    fn start_background_sync(&mut self, sync: &mut Self::Sync) -> io::Result<()>;
+
+    /// Whether the sync started last has completed (true when none is in flight); with `wait`,
+    /// waits until it has. The sync's own error is returned once, when it completes.
+    fn background_sync_finished(&mut self, sync: &mut Self::Sync, wait: bool) -> io::Result<bool>;
+}
+
+/// The ring file itself: a shared read-write mapping of all of it, and the file, held under its
+/// exclusive `flock` for as long as the mapping (see the module docs).
+pub struct MmapBacking {
+    map: MmapMut,
+    // Declared after the map, so dropped after it: the lock outlives the mapping.
+    file: Flock<File>,
+}
+
+impl MmapBacking {
+    /// `map` must be [`map_rw`] of `file`, which holds the file's exclusive lock.
+    pub(super) fn new(map: MmapMut, file: Flock<File>) -> MmapBacking {
+        MmapBacking { map, file }
+    }
+}
+
+impl Deref for MmapBacking {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl DerefMut for MmapBacking {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+}
+
+impl Backing for MmapBacking {
+    type Sync = BackgroundSync;
+
+    fn flush_range(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        self.map.flush_range(offset, len)
+    }
+
+    fn start_writeback(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        start_writeback(&self.file, offset, len)
+    }
+
+    fn populate_write(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        self.map
+            .advise_range(memmap2::Advice::PopulateWrite, offset, len)
+    }
+
+    fn background_sync(&mut self) -> io::Result<BackgroundSync> {
+        BackgroundSync::new()
+    }
+
+    fn start_background_sync(&mut self, sync: &mut BackgroundSync) -> io::Result<()> {
+        sync.start(&self.file)
+    }
+
+    fn background_sync_finished(
+        &mut self,
+        sync: &mut BackgroundSync,
+        wait: bool,
+    ) -> io::Result<bool> {
+        sync.finished(wait)
+    }
+}
 
 /// Maps `len` bytes of `file` for reading and writing.
 pub fn map_rw(file: &File, len: u64) -> io::Result<MmapMut> {

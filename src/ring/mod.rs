@@ -30,9 +30,10 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::Mmap;
 use nix::fcntl::{Flock, FlockArg};
 
+pub use backing::{Backing, MmapBacking};
 pub use format::{record_stride, CursorState, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
 use format::{
     CursorSlot, Meta, RecordHeader, Superblock, SuperblockError, CURSOR_NAME, DATA_OFFSET,
@@ -272,9 +273,9 @@ pub enum BackgroundCheckpoint {
 }
 
 /// The ring's background sync, set up on first use.
-enum Background {
+enum Background<S> {
     Untried,
-    Ready(backing::BackgroundSync),
+    Ready(S),
     /// Another process (the relay's sync helper) runs the syncs: `in_flight` until it reports
     /// the one handed to it done; `failed`, its error, until the ring returns it.
     Helper {
@@ -344,11 +345,9 @@ impl Stats {
 }
 
 /// A ring file opened for writing.
-pub struct Ring {
+pub struct Ring<B: Backing = MmapBacking> {
     path: PathBuf,
-    map: MmapMut,
-    // The file, held (and so its exclusive flock) for as long as the map.
-    file: Flock<File>,
+    map: B,
     capacity: u64,
     /// Largest payload `append` accepts (the configured limit).
     max_record: u32,
@@ -372,7 +371,7 @@ pub struct Ring {
     /// The [`PREFAULT_STEP`] the head is in; `u64::MAX` once `MADV_POPULATE_WRITE` failed
     /// (a kernel before 5.14): pages then fault one by one.
     prefault_step: u64,
-    background: Background,
+    background: Background<B::Sync>,
     /// Background checkpoints that found the previous sync still running.
     syncs_behind: u64,
     /// Room made for a lines entry, not committed yet.
@@ -382,7 +381,7 @@ pub struct Ring {
     recovery: Recovery,
 }
 
-impl fmt::Debug for Ring {
+impl<B: Backing> fmt::Debug for Ring<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
             .field("path", &self.path)
@@ -531,7 +530,7 @@ impl Ring {
         };
         let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| OpenError::Locked { path: path.into() })?;
-        let mut sb = read_superblock(&file, path)?;
+        let sb = read_superblock(&file, path)?;
         // A ring renamed from another feed would send that feed's records to this feed's
         // outputs. (A reader, `inspect`, opens any ring.)
         if sb.name != opts.name {
@@ -548,8 +547,61 @@ impl Ring {
                 configured: opts.capacity,
             });
         }
-        let mut map =
-            backing::map_rw(&file, DATA_OFFSET + sb.capacity).map_err(io_err(path, "map"))?;
+        let map = backing::map_rw(&file, DATA_OFFSET + sb.capacity).map_err(io_err(path, "map"))?;
+        Self::open_on(path, sb, MmapBacking::new(map, file), opts)
+    }
+}
+
+impl<B: Backing> Ring<B> {
+    /// Opens the ring file image that `backing` holds and recovers it as [`Ring::open`] does
+    /// (the superblock's geometry is checked; `path` only names the ring in errors). For tests
+    /// that run the ring on a simulated disk (`tests/ring_power_loss.rs`); the relay uses
+    /// [`Ring::open`].
+    pub fn open_backing(path: &Path, backing: B, opts: &RingOptions) -> Result<Ring<B>, OpenError> {
+        let damaged = |why| OpenError::DamagedSuperblock {
+            path: path.into(),
+            why,
+        };
+        let sb = backing
+            .get(..SUPERBLOCK_LEN)
+            .ok_or(damaged("shorter than a superblock"))
+            .and_then(|b| Superblock::parse(b).map_err(|_| damaged("does not parse")))?;
+        let len = backing.len() as u64;
+        if len != DATA_OFFSET + sb.capacity {
+            return Err(OpenError::Length {
+                path: path.into(),
+                len,
+                expected: DATA_OFFSET + sb.capacity,
+            });
+        }
+        if sb.capacity != opts.capacity {
+            return Err(OpenError::Capacity {
+                path: path.into(),
+                on_disk: sb.capacity,
+                configured: opts.capacity,
+            });
+        }
+        Self::open_on(path, sb, backing, opts)
+    }
+
+    /// The backing (for tests on a simulated disk).
+    pub fn backing(&self) -> &B {
+        &self.map
+    }
+
+    /// The backing, to change (for tests on a simulated disk: a power loss, a sync that
+    /// completes).
+    pub fn backing_mut(&mut self) -> &mut B {
+        &mut self.map
+    }
+
+    /// [`Ring::open`] once the file is mapped and its superblock checked.
+    fn open_on(
+        path: &Path,
+        mut sb: Superblock,
+        mut map: B,
+        opts: &RingOptions,
+    ) -> Result<Ring<B>, OpenError> {
         // A larger record limit only widens what is valid: raise it in place. A version 1 ring
         // is a version 2 ring without lines entries: say version 2 before writing any.
         if opts.max_record > sb.max_record || sb.version < format::VERSION {
@@ -565,7 +617,6 @@ impl Ring {
         let mut ring = Ring {
             path: path.into(),
             map,
-            file,
             capacity: sb.capacity,
             max_record: opts.max_record.min(sb.max_record),
             read_max: sb.max_record,
@@ -885,11 +936,7 @@ impl Ring {
         };
         let len = PREFAULT_STEP.min(self.capacity - start);
         let at = (DATA_OFFSET + start) as usize;
-        if self
-            .map
-            .advise_range(memmap2::Advice::PopulateWrite, at, len as usize)
-            .is_err()
-        {
+        if self.map.populate_write(at, len as usize).is_err() {
             self.prefault_step = u64::MAX;
         }
     }
@@ -1141,14 +1188,15 @@ impl Ring {
     pub fn sync_data(&mut self) -> io::Result<()> {
         match &mut self.background {
             Background::Ready(b) => {
-                b.finished(true)?;
+                self.map.background_sync_finished(b, true)?;
             }
             Background::Helper {
                 in_flight: true, ..
             } => {
-                // The records handed to the helper are not known to be on disk: one
-                // `fdatasync` here has them and everything since.
-                self.file.sync_data()?;
+                // The records handed to the helper are not known to be on disk: one sync of
+                // the whole file here has them and everything since.
+                let len = self.map.len();
+                self.map.flush_range(0, len)?;
                 self.mark_synced();
                 return Ok(());
             }
@@ -1211,10 +1259,9 @@ impl Ring {
             let len = (to - from).min(self.capacity);
             let start = (self.dirty_from + from) % self.capacity;
             let first = len.min(self.capacity - start);
-            let file: &File = &self.file;
-            backing::start_writeback(file, DATA_OFFSET + start, first)?;
+            self.map.start_writeback(DATA_OFFSET + start, first)?;
             if len > first {
-                backing::start_writeback(file, DATA_OFFSET, len - first)?;
+                self.map.start_writeback(DATA_OFFSET, len - first)?;
             }
             self.writeback_started = to;
         }
@@ -1270,7 +1317,7 @@ impl Ring {
         match self.background {
             Background::Ready(_) | Background::Helper { .. } => {}
             Background::Refused => return Ok(BackgroundCheckpoint::Unavailable(None)),
-            Background::Untried => match backing::BackgroundSync::new() {
+            Background::Untried => match self.map.background_sync() {
                 Ok(b) => self.background = Background::Ready(b),
                 Err(e) => {
                     self.background = Background::Refused;
@@ -1293,7 +1340,7 @@ impl Ring {
             return Ok(BackgroundCheckpoint::ForHelper);
         }
         if let Background::Ready(b) = &mut self.background {
-            if let Err(e) = b.start(&self.file) {
+            if let Err(e) = self.map.start_background_sync(b) {
                 // EINVAL: the file system has no fsync for AIO; EAGAIN: the kernel is out of
                 // AIO resources. Either way nothing started: sync in the loop from now on. (A
                 // sync that starts and fails, EIO, is an error of the next `finished`, as of
@@ -1311,7 +1358,7 @@ impl Ring {
     /// error, if it failed.
     pub fn background_sync_finished(&mut self) -> io::Result<bool> {
         match &mut self.background {
-            Background::Ready(b) => b.finished(false),
+            Background::Ready(b) => self.map.background_sync_finished(b, false),
             Background::Helper { in_flight, failed } => match failed.take() {
                 Some(e) => Err(e),
                 None => Ok(!*in_flight),
@@ -1334,14 +1381,15 @@ impl Ring {
                     return Err(e);
                 }
                 if in_flight {
-                    self.file.sync_data()?;
+                    let len = self.map.len();
+                    self.map.flush_range(0, len)?;
                 }
                 Ok(())
             }
             (_, false) => Ok(()),
             (b, true) => {
                 if let Background::Ready(aio) = b {
-                    aio.finished(true)?;
+                    self.map.background_sync_finished(aio, true)?;
                 }
                 self.background = Background::Helper {
                     in_flight: false,
