@@ -129,7 +129,7 @@ impl CrashBacking {
             let take = match adv.pages {
                 Pages::None => false,
                 Pages::All => true,
-                Pages::Subset => rng.next() % 2 == 0,
+                Pages::Subset => rng.next().is_multiple_of(2),
             };
             if take {
                 img[p * PAGE..(p + 1) * PAGE].copy_from_slice(Self::page(&self.live, p));
@@ -455,6 +455,8 @@ fn run(actions: &[Action], past_damage: bool, losses: u64) -> Result<(), TestCas
                     BackgroundCheckpoint::Started => m.in_flight = Some(head),
                     BackgroundCheckpoint::Busy => {}
                     BackgroundCheckpoint::Unavailable(e) => panic!("unavailable: {e:?}"),
+                    // The relay's sync helper is never set up on a simulated disk.
+                    BackgroundCheckpoint::ForHelper => unreachable!("no sync helper here"),
                 }
             }
             Action::Complete => {
@@ -466,7 +468,7 @@ fn run(actions: &[Action], past_damage: bool, losses: u64) -> Result<(), TestCas
             Action::StartWriteback => ring.start_writeback().expect("writeback"),
             Action::Writeback(seed) => {
                 let mut r = Rng(*seed);
-                ring.backing_mut().writeback(|_| r.next() % 3 == 0);
+                ring.backing_mut().writeback(|_| r.next().is_multiple_of(3));
             }
             Action::PowerLoss(adv) => {
                 let image = ring.backing().crash_image(adv);
