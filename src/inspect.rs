@@ -153,7 +153,10 @@ pub fn run(path: &Path, verify: bool) -> ExitCode {
     for file in &files {
         let code = match RingReader::open(file) {
             Ok(r) => print_ring(file, &r, verify),
-            Err(e @ (OpenError::Io { .. } | OpenError::NotARing { .. })) => {
+            // Not there, not a ring, or of a format this build does not read: not damage.
+            Err(
+                e @ (OpenError::Io { .. } | OpenError::NotARing { .. } | OpenError::Version { .. }),
+            ) => {
                 eprintln!("ringrelay inspect: {e}");
                 2
             }

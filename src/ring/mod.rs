@@ -372,6 +372,11 @@ pub struct Ring<B: Backing = MmapBacking> {
     /// (a kernel before 5.14): pages then fault one by one.
     prefault_step: u64,
     background: Background<B::Sync>,
+    /// The metadata slot the last completed sync made durable: never written over until the
+    /// next sync completes (`buffer-spec.md` §4).
+    durable_slot: Option<usize>,
+    /// The slot written when the sync in flight started: durable once it completes.
+    syncing_slot: Option<usize>,
     /// Background checkpoints that found the previous sync still running.
     syncs_behind: u64,
     /// Room made for a lines entry, not committed yet.
@@ -630,6 +635,8 @@ impl<B: Backing> Ring<B> {
             fresh_from: head_seq,
             prefault_step: 0,
             background: Background::Untried,
+            durable_slot: None,
+            syncing_slot: None,
             syncs_behind: 0,
             reserved: None,
             appended_bytes: 0,
@@ -1174,6 +1181,12 @@ impl<B: Backing> Ring<B> {
 
     fn write_meta(&mut self, now_ns: u64) -> usize {
         self.meta.generation += 1;
+        // Never over the slot of the last completed sync: two slot writes without a sync
+        // between them would put the second there, and a power loss that tears it would
+        // leave only the other slot, which may be a lap old. Generations may skip a number.
+        if self.durable_slot == Some((self.meta.generation % 2) as usize) {
+            self.meta.generation += 1;
+        }
         self.meta.checkpoint_ns = now_ns;
         let slot = (self.meta.generation % 2) as usize;
         let at = SLOT_OFFSETS[slot] as usize;
@@ -1189,6 +1202,7 @@ impl<B: Backing> Ring<B> {
         match &mut self.background {
             Background::Ready(b) => {
                 self.map.background_sync_finished(b, true)?;
+                self.sync_completed();
             }
             Background::Helper {
                 in_flight: true, ..
@@ -1197,6 +1211,7 @@ impl<B: Backing> Ring<B> {
                 // the whole file here has them and everything since.
                 let len = self.map.len();
                 self.map.flush_range(0, len)?;
+                self.sync_completed();
                 self.mark_synced();
                 return Ok(());
             }
@@ -1303,6 +1318,8 @@ impl<B: Backing> Ring<B> {
         if sync {
             self.map
                 .flush_range(SLOT_OFFSETS[slot] as usize, PAGE as usize)?;
+            self.durable_slot = Some(slot);
+            self.syncing_slot = None;
         }
         Ok(())
     }
@@ -1328,7 +1345,7 @@ impl<B: Backing> Ring<B> {
         let finished = self.background_sync_finished()?;
         // As in `checkpoint`: nothing stays fresh longer than a checkpoint interval.
         self.fresh_from = self.meta.head.seq;
-        self.write_meta(now_ns);
+        let slot = self.write_meta(now_ns);
         if !finished {
             self.syncs_behind += 1;
             return Ok(BackgroundCheckpoint::Busy);
@@ -1336,6 +1353,7 @@ impl<B: Backing> Ring<B> {
         if let Background::Helper { in_flight, .. } = &mut self.background {
             // Everything appended so far is in the sync the caller hands to the helper.
             *in_flight = true;
+            self.syncing_slot = Some(slot);
             self.mark_synced();
             return Ok(BackgroundCheckpoint::ForHelper);
         }
@@ -1350,6 +1368,7 @@ impl<B: Backing> Ring<B> {
             }
         }
         // Everything appended so far is in that sync.
+        self.syncing_slot = Some(slot);
         self.mark_synced();
         Ok(BackgroundCheckpoint::Started)
     }
@@ -1357,13 +1376,24 @@ impl<B: Backing> Ring<B> {
     /// Whether the background sync started last has finished (true when there is none); its
     /// error, if it failed.
     pub fn background_sync_finished(&mut self) -> io::Result<bool> {
-        match &mut self.background {
+        let done = match &mut self.background {
             Background::Ready(b) => self.map.background_sync_finished(b, false),
             Background::Helper { in_flight, failed } => match failed.take() {
                 Some(e) => Err(e),
                 None => Ok(!*in_flight),
             },
             _ => Ok(true),
+        };
+        if matches!(done, Ok(true)) {
+            self.sync_completed();
+        }
+        done
+    }
+
+    /// The sync in flight completed: the slot written when it started is the durable one.
+    fn sync_completed(&mut self) {
+        if let Some(slot) = self.syncing_slot.take() {
+            self.durable_slot = Some(slot);
         }
     }
 
@@ -1383,6 +1413,7 @@ impl<B: Backing> Ring<B> {
                 if in_flight {
                     let len = self.map.len();
                     self.map.flush_range(0, len)?;
+                    self.sync_completed();
                 }
                 Ok(())
             }
@@ -1390,6 +1421,7 @@ impl<B: Backing> Ring<B> {
             (b, true) => {
                 if let Background::Ready(aio) = b {
                     self.map.background_sync_finished(aio, true)?;
+                    self.sync_completed();
                 }
                 self.background = Background::Helper {
                     in_flight: false,
@@ -1406,8 +1438,9 @@ impl<B: Backing> Ring<B> {
     pub fn helper_sync_done(&mut self, res: io::Result<()>) {
         if let Background::Helper { in_flight, failed } = &mut self.background {
             *in_flight = false;
-            if let Err(e) = res {
-                *failed = Some(e);
+            match res {
+                Ok(()) => self.sync_completed(),
+                Err(e) => *failed = Some(e),
             }
         }
     }
