@@ -35,6 +35,8 @@ const SB_LEN: usize = 128;
 // §4 metadata slot
 const SLOT_CRC_AT: usize = 1152;
 const SLOT_LEN: usize = 1156;
+/// §4: the cursor-state table, after the slot's CRC (offsets 1160..1684; its own CRC).
+const STATE_TABLE_END: usize = 1684;
 const CURSORS_AT: usize = 128;
 const CURSOR_LEN: usize = 64;
 const MAX_CURSORS: usize = 16;
@@ -224,7 +226,7 @@ fn parse_slot(page: &[u8], cap: u64) -> Option<Slot> {
     assert_eq!(u32_at(b, 12), 0, "slot reserved 12..16");
     assert!(b[80..128].iter().all(|&c| c == 0), "slot reserved 80..128");
     assert!(
-        page[SLOT_LEN..].iter().all(|&c| c == 0),
+        page[STATE_TABLE_END..].iter().all(|&c| c == 0),
         "slot page past the structure"
     );
     let mut cursors = Vec::new();
@@ -482,19 +484,29 @@ fn walk(data: &[u8], sb: &Superblock, run: u32, tail: (u64, u64), head: (u64, u6
 struct Scan {
     head: (u64, u64),
     records: u64,
+    /// Records skipped as damage between accepted entries.
+    damaged: u64,
     newest: Option<Header>,
 }
 
 /// §8 step 3: from the slot's head, accept entries that chain (seq, run, ts, header and body
-/// valid); a wrap marker only together with a valid entry at 0; at most one lap.
+/// valid); a wrap marker only together with a valid entry at 0. Past an entry that is not
+/// accepted, look up to `R` bytes from the slot's head for one that is, with a higher seq (at
+/// most one per byte skipped), this run and a ts that does not go back: the records between are
+/// damaged. At most one lap.
 fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> Scan {
     let cap = data.len() as u64;
-    let (mut o, mut n) = (normalise(slot.head.0, cap), slot.head.1);
+    let start = normalise(slot.head.0, cap);
+    let (mut o, mut n) = (start, slot.head.1);
+    let reach = cap.min(cap / 4 + 2 * stride(u64::from(sb.max_record.max(LINES_MAX))));
     let mut ts = slot.last_ts;
     let mut records = 0;
+    let mut damaged = 0;
     let mut newest = None;
+    // Bytes from the slot's head to `o`, in ring order.
     let mut spent = 0;
-    loop {
+    // The entry accepted at `o` for `n`: where it is, its header, the bytes from `o` to its end.
+    let accept = |o: u64, n: u64, ts: u64| -> Option<(u64, Header, u64)> {
         let valid = |o: u64| {
             header_at(data, o, sb.max_record, slot.run).filter(|h| {
                 h.seq == n
@@ -503,33 +515,64 @@ fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> Scan {
                     && (h.kind == KIND_WRAP || body_valid(body(data, o, h), h))
             })
         };
-        let Some(mut h) = valid(o) else { break };
-        let mut at = o;
-        let mut used = 0;
-        if h.kind == KIND_WRAP {
-            match valid(0) {
-                Some(h0) if h0.kind == KIND_DATA => {
-                    used = cap - o;
-                    at = 0;
-                    h = h0;
-                }
-                _ => break,
+        let h = valid(o)?;
+        if h.kind == KIND_DATA {
+            return Some((o, h, h.stride()));
+        }
+        match valid(0) {
+            Some(h0) if h0.kind == KIND_DATA => Some((0, h0, cap - o + h0.stride())),
+            _ => None,
+        }
+    };
+    loop {
+        if let Some((at, h, used)) = accept(o, n, ts) {
+            if spent + used > cap {
+                break;
             }
+            spent += used;
+            ts = h.ts;
+            newest = Some(h);
+            records += h.records();
+            let end = at + h.stride();
+            o = normalise(end, cap);
+            if o != end {
+                spent += cap - end;
+            }
+            n += h.records();
+            continue;
         }
-        used += h.stride();
-        if spent + used > cap {
-            break;
+        // Not accepted: look past it.
+        let known = header_at(data, o, sb.max_record, slot.run)
+            .filter(|h| h.seq == n && h.run == slot.run && h.kind == KIND_DATA);
+        let mut d = spent + known.map_or(8, |h| h.stride());
+        let mut found = None;
+        while d < reach {
+            let p = (start + d) % cap;
+            if p + HEADER > cap {
+                d += cap - p;
+                continue;
+            }
+            if let Some(h) = header_at(data, p, sb.max_record, slot.run) {
+                if h.seq > n
+                    && h.run == slot.run
+                    && h.ts >= ts
+                    && h.seq - n <= d - spent
+                    && accept(p, h.seq, ts).is_some_and(|(_, _, used)| d + used <= cap)
+                {
+                    found = Some((d, p, h.seq));
+                    break;
+                }
+            }
+            d += 8;
         }
-        spent += used;
-        ts = h.ts;
-        newest = Some(h);
-        records += h.records();
-        o = normalise(at + h.stride(), cap);
-        n += h.records();
+        let Some((d, p, seq)) = found else { break };
+        damaged += seq - n;
+        (spent, o, n) = (d, p, seq);
     }
     Scan {
         head: (o, n),
         records,
+        damaged,
         newest,
     }
 }
@@ -1227,6 +1270,7 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
     assert_eq!(view.head, Pos::at(scan.head.0, scan.head.1));
     assert_eq!(view.tail, Pos::at(t, th.seq));
     assert_eq!(reader.recovery.scanned, scan.records);
+    assert_eq!((reader.recovery.damaged, scan.damaged), (0, 0));
     let want: Vec<Got> = all.records.iter().map(expected).collect();
     assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
 }
@@ -1289,6 +1333,77 @@ fn a_lines_entry_wrapped_for_its_room_though_its_body_fits_parses_with_the_spec_
     assert_eq!(view.tail, Pos::at(t, th.seq));
     let want: Vec<Got> = w.records.iter().map(expected).collect();
     assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
+}
+
+/// §8 step 3: damage past the checkpoint followed by entries of the same run is skipped; the
+/// spec's scan and the code's recovery agree on the head, the records kept and the damaged
+/// ones, for a damaged body (length known), a damaged header (resynchronised) and two damaged
+/// entries in a row; damage in the last entry is the torn tail.
+#[test]
+fn damage_past_the_checkpoint_is_skipped_by_the_spec_scan_and_the_code_alike() {
+    let dir = TempDir::new("salvage");
+    let path = dir.file("salvage.ring");
+    let mut ring = Ring::open(&path, &opts("salvage")).unwrap();
+    for i in 0..200 {
+        ring.append(&payload_of(i), T0 + i, false).unwrap();
+    }
+    ring.checkpoint(T0 + 200, true).unwrap();
+    let mut after = Vec::new();
+    for i in 200..260 {
+        after.push(ring.append(&payload_of(i), T0 + i, false).unwrap());
+    }
+    let end = ring.head();
+    drop(ring);
+    let pristine = std::fs::read(&path).unwrap();
+    // (what, bytes flipped: data offsets, damaged records, torn)
+    let cases: [(&str, Vec<u64>, u64, bool); 5] = [
+        ("body", vec![after[0].off + HEADER + 1], 1, false),
+        ("header", vec![after[0].off + 8], 1, false),
+        (
+            "two entries",
+            vec![after[3].off + 2, after[4].off + HEADER],
+            2,
+            false,
+        ),
+        (
+            "far apart",
+            vec![after[1].off + 8, after[58].off + 8],
+            2,
+            false,
+        ),
+        ("the last", vec![after[59].off + HEADER], 0, true),
+    ];
+    for (what, flips, damaged, torn) in cases {
+        let mut file = pristine.clone();
+        for f in flips {
+            file[DATA_AT + f as usize] ^= 0x40;
+        }
+        std::fs::write(&path, &file).unwrap();
+        let sb = parse_superblock(&file);
+        let (_, slot) = current_slot(&file, CAP);
+        let scan = scan_forward(&file[DATA_AT..], &sb, &slot);
+        let head = if torn {
+            (after[59].off, 259)
+        } else {
+            (end.off, end.seq)
+        };
+        assert_eq!(scan.head, head, "{what}");
+        assert_eq!(scan.damaged, damaged, "{what}");
+        assert_eq!(scan.records, head.1 - 200 - damaged, "{what}");
+        let reader = RingReader::open(&path).unwrap();
+        let rec = &reader.recovery;
+        assert_eq!(reader.view().head, Pos::at(head.0, head.1), "{what}");
+        assert_eq!(
+            (rec.scanned, rec.damaged, rec.torn),
+            (scan.records, damaged, torn),
+            "{what}"
+        );
+        let lost: u64 = reader.view().verify().iter().map(|d| d.2).sum();
+        assert_eq!(
+            lost, damaged,
+            "{what}: readers skip exactly the damaged records"
+        );
+    }
 }
 
 /// Holds what a reader must find in [`spec_ring_with_lines`]: the records the recovery scan

@@ -272,6 +272,10 @@ pub struct Recovery {
     pub generation: u64,
     /// Records found past the last checkpoint (written before a crash and kept).
     pub scanned: u64,
+    /// Records past the last checkpoint found damaged, with valid entries of the same run after
+    /// them: kept in the ring, where readers report and skip them (`inspect --verify` lists
+    /// them). Not a torn tail.
+    pub damaged: u64,
     /// The scan ended on a record with the right sequence number but a bad CRC: a torn write.
     pub torn: bool,
     /// Damaged records at the tail dropped (an interrupted write over the oldest records).
@@ -436,6 +440,7 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
         slot,
         generation: meta.generation,
         scanned: scan.records,
+        damaged: scan.damaged,
         torn: scan.torn,
         last_checkpoint_ns: meta.checkpoint_ns,
         ..Recovery::default()
