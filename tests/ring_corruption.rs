@@ -746,7 +746,7 @@ fn a_ring_of_another_format_version_is_refused_with_the_version_in_the_message()
         ringrelay::ring::format::MIN_VERSION,
         ringrelay::ring::format::VERSION
     );
-    for version in [3u32, 0, u32::MAX] {
+    for version in [4u32, 0, u32::MAX] {
         let mut bytes = b.bytes.clone();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let crc = crc32fast::hash(&bytes[..124]);

@@ -29,8 +29,11 @@ const CAP: u64 = 1 << 20;
 const MAX_RECORD: u32 = 64 << 10;
 const HEADER: u64 = 48;
 /// The largest body a reservation may ask for in this ring ([`Ring::lines_max`]): a lines entry
-/// may hold up to 1 MiB (§5), but no entry takes more than a quarter of the ring.
-const LINES_MAX: u64 = CAP / 4 - HEADER;
+/// may hold up to 1 MiB (§5), but no entry (its chunk table included) takes more than a quarter
+/// of the ring.
+const LINES_MAX: u64 = lines_body_fitting(CAP / 4 - HEADER);
+/// §5: a chunked lines entry has a table of 8 bytes per 4096 bytes of body after its body.
+const CHUNK: u64 = 4096;
 const T0: u64 = 1_700_000_000_000_000_000;
 const CURSORS: [&str; 2] = ["siem-a", "siem-b"];
 
@@ -82,6 +85,17 @@ fn opts(when_full: WhenFull) -> RingOptions {
 
 fn stride(len: u64) -> u64 {
     (HEADER + len + 7) & !7
+}
+
+/// §5: the stride of a chunked lines entry (every lines entry the code writes).
+fn lines_stride(len: u64) -> u64 {
+    stride(len + 8 * len.div_ceil(CHUNK))
+}
+
+/// The longest lines body whose entry, chunk table included, fits in `bytes` after its header.
+const fn lines_body_fitting(bytes: u64) -> u64 {
+    let per = CHUNK + 8;
+    (bytes / per) * CHUNK + (bytes % per).saturating_sub(8)
 }
 
 /// `buffer-spec.md` §6: fewer than a header's bytes before the end are never used.
@@ -162,6 +176,14 @@ impl Data {
         }
     }
 
+    fn stride(&self) -> u64 {
+        if self.lines {
+            lines_stride(self.body.len() as u64)
+        } else {
+            stride(self.body.len() as u64)
+        }
+    }
+
     fn lines(records: &[Vec<u8>], ts: u64) -> Data {
         let mut body = Vec::new();
         let mut starts = Vec::new();
@@ -191,10 +213,7 @@ impl Data {
 
     /// Where the next entry goes (or its wrap marker).
     fn next(&self) -> Pos {
-        Pos::at(
-            norm(self.off + stride(self.body.len() as u64)),
-            self.seq + self.records(),
-        )
+        Pos::at(norm(self.off + self.stride()), self.seq + self.records())
     }
 
     /// Record `i` of the entry; in a lines entry its position says where it starts in the body.
@@ -435,7 +454,7 @@ impl Model {
     /// Writes `d` at the head (at 0 after a wrap marker if `wraps`), room made.
     fn write_entry(&mut self, wraps: bool, mut d: Data) -> Pos {
         let h = self.head;
-        let s = stride(d.body.len() as u64);
+        let s = d.stride();
         let need = if wraps { CAP - h.off + s } else { s };
         self.ghosts.clear();
         d.ts = d.ts.max(self.last_ts);
@@ -486,10 +505,10 @@ impl Model {
             return Err(AppendError::TooLarge);
         }
         let h = self.head;
-        let to_end = CAP - h.off - HEADER;
+        let to_end = lines_body_fitting(CAP - h.off - HEADER);
         let wraps = to_end < min;
         let room = if wraps { max } else { max.min(to_end) };
-        let s = stride(room);
+        let s = lines_stride(room);
         let result = self.make_room(if wraps { CAP - h.off + s } else { s });
         if result.is_err() {
             self.seen.note("reserve refused: full");

@@ -1,4 +1,4 @@
-//! The bytes on disk, exactly as `buffer-spec.md` (format version 2) lays them out.
+//! The bytes on disk, exactly as `buffer-spec.md` (format version 3) lays them out.
 //!
 //! ```text
 //! file offset   size        what
@@ -10,7 +10,10 @@
 //!
 //! An entry is a 48-byte header and a body. A plain entry holds one record (its body is the
 //! payload); a *lines* entry ([`FLAG_LINES`]) holds `count` records, each followed by an LF.
-//! Version 1 files hold plain entries only, so they read as version 2.
+//! Version 3 writes lines entries *chunked* ([`FLAG_CHUNKED`]): a table after the body holds a
+//! CRC per [`CHUNK`] bytes of body and the LFs counted up to each chunk's end, so damage costs
+//! only the records that touch a damaged chunk. Version 1 files hold plain entries only and
+//! version 2 files unchunked lines entries: both read as version 3.
 //!
 //! All integers are little-endian. Every structure carries its own CRC-32 (IEEE, as computed by
 //! `crc32fast`). Offsets inside the data area are relative to [`DATA_OFFSET`].
@@ -22,7 +25,7 @@
 /// CR LF / ^Z pair to catch line-ending conversions, as PNG does.
 pub const MAGIC: [u8; 8] = [0x89, b'R', b'I', b'N', b'G', b'\r', b'\n', 0x1a];
 /// The format version this code writes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The oldest format version this code reads (version 1 has no lines entries).
 pub const MIN_VERSION: u32 = 1;
 /// Page size the layout is built on; each metadata slot has a page of its own.
@@ -57,6 +60,27 @@ pub const KIND_WRAP: u8 = 2;
 pub const FLAG_TRUNCATED: u8 = 1;
 /// Entry flag: a lines entry, whose body is `count` records each followed by an LF.
 pub const FLAG_LINES: u8 = 2;
+/// Entry flag (version 3, lines entries only): the body is followed by a chunk table, one
+/// [`CHUNK_ENTRY`] per [`CHUNK`] bytes of body, and `pcrc` is the CRC of that table.
+pub const FLAG_CHUNKED: u8 = 4;
+/// Bytes of body each entry of a chunk table covers (the last chunk may be shorter).
+pub const CHUNK: u64 = 4096;
+/// Bytes of a chunk-table entry: the chunk's CRC-32 (u32), then the LFs in the body from its
+/// start to the chunk's end (u32).
+pub const CHUNK_ENTRY: u64 = 8;
+
+/// Bytes of the chunk table of a chunked entry with a body of `len` bytes.
+pub const fn chunk_table_len(len: u64) -> u64 {
+    len.div_ceil(CHUNK) * CHUNK_ENTRY
+}
+
+/// The longest body whose chunked entry (body and chunk table) fits in `bytes`.
+pub const fn chunked_body_fitting(bytes: u64) -> u64 {
+    let per = CHUNK + CHUNK_ENTRY;
+    let rem = bytes % per;
+    (bytes / per) * CHUNK + rem.saturating_sub(CHUNK_ENTRY)
+}
+
 /// Lines entries may have a body of up to this many bytes even in a ring whose `max_record` is
 /// smaller (`buffer-spec.md` §5).
 pub const LINES_MAX: u32 = 1 << 20;
@@ -527,7 +551,7 @@ impl RecordHeader {
             |h: &RecordHeader| h.count >= 1 && h.len >= h.count && h.flags & FLAG_TRUNCATED == 0;
         match h.kind {
             KIND_DATA if h.flags & FLAG_LINES != 0 => lines_ok(&h).then_some(h),
-            KIND_DATA if h.count == 0 => Some(h),
+            KIND_DATA if h.count == 0 && h.flags & FLAG_CHUNKED == 0 => Some(h),
             KIND_WRAP if h.len == 0 && h.count == 0 => Some(h),
             _ => None,
         }
@@ -548,6 +572,21 @@ impl RecordHeader {
         }
     }
 
+    /// Whether this is a chunked lines entry: a chunk table follows the body.
+    pub fn is_chunked(&self) -> bool {
+        self.is_lines() && self.flags & FLAG_CHUNKED != 0
+    }
+
+    /// Bytes after the header: the body, and the chunk table of a chunked entry.
+    pub fn extent(&self) -> u64 {
+        let len = u64::from(self.len);
+        if self.is_chunked() {
+            len + chunk_table_len(len)
+        } else {
+            len
+        }
+    }
+
     /// Largest body this entry may have in a ring whose records are at most `max_record`.
     pub fn max_len(&self, max_record: u32) -> u32 {
         if self.is_lines() {
@@ -559,7 +598,7 @@ impl RecordHeader {
 
     /// Bytes this record occupies in the data area.
     pub fn stride(&self) -> u64 {
-        record_stride(u64::from(self.len))
+        record_stride(self.extent())
     }
 }
 
