@@ -1152,7 +1152,7 @@ fn a_new_ring_is_allocated_whole_and_has_one_valid_metadata_slot() {
     );
     let file = std::fs::read(&path).unwrap();
     let sb = parse_superblock(&file);
-    assert_eq!(sb.version, VERSION, "a new ring is version 2");
+    assert_eq!(sb.version, VERSION, "a new ring is version 3");
     assert_eq!(sb.name, "zia-web");
     assert_eq!(sb.capacity, CAP);
     assert_eq!(sb.max_record, 16 << 10);
@@ -1644,9 +1644,9 @@ struct Checkpointed {
 /// three quarters of the ring are used. Slot B (generation 5) is current, checkpointed 10
 /// entries before the end; slot A (generation 4) is older still. Cursor `siem` is on the third
 /// record of the first lines entry holding three, and names that entry.
-fn spec_ring_with_lines(start: (u64, u64)) -> (SpecRing, Checkpointed) {
+fn spec_ring_with_lines(version: u32, start: (u64, u64)) -> (SpecRing, Checkpointed) {
     let max_record: u32 = 8 << 10;
-    let mut ring = SpecRing::new(VERSION, CAP, max_record, 3, start);
+    let mut ring = SpecRing::new(version, CAP, max_record, 3, start);
     for k in 0u64.. {
         let n = ring.head.1;
         // Equal receive times in a row are allowed: they never decrease.
@@ -1695,12 +1695,16 @@ fn spec_ring_with_lines(start: (u64, u64)) -> (SpecRing, Checkpointed) {
 #[test]
 fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_code() {
     let dir = TempDir::new("write");
-    for start in [
-        (CAP - 3000, 1000),
-        (CAP - 48, 0),
-        (CAP / 2, u64::MAX - 100_000),
+    // §3, §12: a version 2 ring's lines entries are unchunked; the code reads them, upgrades the
+    // superblock to version 3 and appends chunked ones after them.
+    for (version, start) in [
+        (VERSION, (CAP - 3000, 1000)),
+        (VERSION, (CAP - 48, 0)),
+        (VERSION, (CAP / 2, u64::MAX - 100_000)),
+        (VERSION_2, (CAP - 3000, 1000)),
+        (VERSION_2, (CAP / 2, u64::MAX - 100_000)),
     ] {
-        let (spec, ck) = spec_ring_with_lines(start);
+        let (spec, ck) = spec_ring_with_lines(version, start);
         let want: Vec<Got> = spec.written.iter().map(expected).collect();
         // The spec's reader and writer agree.
         let sb = parse_superblock(&spec.file);
@@ -1714,6 +1718,11 @@ fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_co
             .entries
             .iter()
             .any(|(_, h)| h.is_lines() && h.len > sb.max_record));
+        assert_eq!(sb.version, version);
+        assert!(w
+            .entries
+            .iter()
+            .all(|(_, h)| !h.is_lines() || h.is_chunked() == (version == VERSION)));
 
         let path = dir.file("handmade.ring");
         std::fs::write(&path, &spec.file).unwrap();
@@ -1793,6 +1802,14 @@ fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_co
         assert_eq!((sb.version, sb.name.as_str()), (VERSION, "handmade"));
         let (_, slot) = current_slot(&file, CAP);
         assert_eq!(slot.run, 4, "the next run");
+        let w = walk(&file[DATA_AT..], &sb, slot.run, slot.tail, slot.head);
+        assert!(
+            w.entries
+                .iter()
+                .filter(|(_, h)| h.is_lines() && h.run == 4)
+                .all(|(_, h)| h.is_chunked()),
+            "the code writes chunked lines entries"
+        );
         assert_eq!(slot.head, (end.off, end.seq));
         assert!(slot.tail.1 > start.1, "start {start:?}: nothing evicted");
         let w = walk(&file[DATA_AT..], &sb, slot.run, slot.tail, slot.head);

@@ -681,6 +681,30 @@ mod tests {
         };
         assert_eq!(parse(plain).map(|h| h.records()), Some(1));
         assert_eq!(parse(RecordHeader { count: 1, ..plain }), None);
+        // Chunked (version 3): lines entries only; the chunk table follows the body.
+        let chunked = RecordHeader {
+            len: 10_000,
+            flags: FLAG_LINES | FLAG_CHUNKED,
+            ..lines
+        };
+        let h = parse(chunked).expect("a chunked lines entry");
+        assert!(h.is_chunked());
+        assert_eq!(h.extent(), 10_000 + 3 * CHUNK_ENTRY);
+        assert_eq!(h.stride(), record_stride(10_024));
+        let plain_chunked = RecordHeader {
+            flags: FLAG_CHUNKED,
+            ..plain
+        };
+        assert_eq!(parse(plain_chunked), None);
+    }
+
+    #[test]
+    fn the_longest_chunked_body_that_fits_fits_and_one_more_byte_does_not() {
+        for bytes in [0, 7, 8, 9, 4103, 4104, 4105, 4112, 4113, 262_096, 1 << 20] {
+            let body = chunked_body_fitting(bytes);
+            assert!(body + chunk_table_len(body) <= bytes, "{bytes}");
+            assert!(body + 1 + chunk_table_len(body + 1) > bytes, "{bytes}");
+        }
     }
 
     #[test]
