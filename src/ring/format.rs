@@ -81,6 +81,27 @@ pub const fn chunked_body_fitting(bytes: u64) -> u64 {
     (bytes / per) * CHUNK + rem.saturating_sub(CHUNK_ENTRY)
 }
 
+/// The LFs in `bytes`, counted 32 bytes at a time in byte-wide counters the compiler turns
+/// into vector compares: a chunk's count costs about what its CRC does, whatever the density
+/// of LFs (an iterator over matches pays per LF).
+pub fn count_lfs(bytes: &[u8]) -> u32 {
+    const LANES: usize = 32;
+    let mut total = 0u32;
+    // At most 255 rounds, so that no byte counter overflows.
+    for block in bytes.chunks(LANES * 255) {
+        let mut acc = [0u8; LANES];
+        let mut words = block.chunks_exact(LANES);
+        for w in &mut words {
+            for (a, &b) in acc.iter_mut().zip(w) {
+                *a += u8::from(b == b'\n');
+            }
+        }
+        total += acc.iter().map(|&a| u32::from(a)).sum::<u32>();
+        total += words.remainder().iter().filter(|&&b| b == b'\n').count() as u32;
+    }
+    total
+}
+
 /// Lines entries may have a body of up to this many bytes even in a ring whose `max_record` is
 /// smaller (`buffer-spec.md` §5).
 pub const LINES_MAX: u32 = 1 << 20;
@@ -696,6 +717,19 @@ mod tests {
             ..plain
         };
         assert_eq!(parse(plain_chunked), None);
+    }
+
+    #[test]
+    fn count_lfs_counts_every_lf_at_every_length_and_density() {
+        for len in [0, 1, 31, 32, 33, 4096, 8160, 8161, 20_000] {
+            for every in [1, 2, 7, 100, 5000] {
+                let b: Vec<u8> = (0..len)
+                    .map(|i| if i % every == 0 { b'\n' } else { b'x' })
+                    .collect();
+                let want = b.iter().filter(|&&c| c == b'\n').count() as u32;
+                assert_eq!(count_lfs(&b), want, "len {len} every {every}");
+            }
+        }
     }
 
     #[test]

@@ -766,7 +766,7 @@ impl Ring {
             .chunks(CHUNK as usize)
             .zip(table.chunks_exact_mut(CHUNK_ENTRY as usize))
         {
-            lfs += memchr::memchr_iter(b'\n', chunk).count() as u32;
+            lfs += format::count_lfs(chunk);
             entry[..4].copy_from_slice(&crc32fast::hash(chunk).to_le_bytes());
             entry[4..].copy_from_slice(&lfs.to_le_bytes());
         }

@@ -710,7 +710,7 @@ impl<'a> Chunked<'a> {
             }
         }
         for i in 0..self.chunks() {
-            let found = memchr::memchr_iter(b'\n', self.chunk(i)).count() as u64;
+            let found = u64::from(super::format::count_lfs(self.chunk(i)));
             if found + u64::from(self.lfs_before(i)) != u64::from(self.lfs(i)) {
                 return Err(Damage::Lines {
                     count: self.count,
