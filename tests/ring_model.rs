@@ -1264,7 +1264,11 @@ fn a_flipped_bit_in_a_lines_entry_loses_only_the_records_touching_its_chunk() {
                         r.pos.seq
                     );
                     if let Some((off, start)) = place {
-                        assert_eq!((r.pos.off, u64::from(r.pos.sub)), (*off, *start));
+                        assert_eq!(r.pos.off, *off);
+                        // In the damaged entry a record is checked again when looked for.
+                        if r.pos.sub != ringrelay::ring::view::IN_DAMAGED_ENTRY {
+                            assert_eq!(u64::from(r.pos.sub), *start);
+                        }
                     }
                     read.push(r.pos.seq);
                     pos = r.next;

@@ -605,7 +605,8 @@ fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> Scan {
     let cap = data.len() as u64;
     let start = normalise(slot.head.0, cap);
     let (mut o, mut n) = (start, slot.head.1);
-    let reach = cap.min(cap / 4 + 2 * stride(u64::from(sb.max_record.max(LINES_MAX))));
+    let l = u64::from(sb.max_record.max(LINES_MAX));
+    let reach = cap.min(cap / 4 + 2 * stride(extent(l, true)));
     let mut ts = slot.last_ts;
     let mut records = 0;
     let mut damaged = 0;
@@ -1615,6 +1616,31 @@ fn a_flipped_bit_in_a_chunked_lines_entry_costs_only_the_records_that_touch_its_
                 read, want,
                 "chunk {chunk_no}: the records the spec says are intact"
             );
+            // From any record of the entry, as a cursor read back from a slot names it (the
+            // entry and the seq), reading on never returns a record that touches the chunk.
+            for k in (0..records.len()).step_by(37) {
+                let mut pos = Pos::at(entry.off, entry.seq + k as u64);
+                while pos.off == entry.off && pos.seq < entry.seq + records.len() as u64 {
+                    match view.read(pos) {
+                        Read::Record(r) => {
+                            let i = (r.pos.seq - entry.seq) as usize;
+                            assert!(intact[i], "chunk {chunk_no}: record {i} from {k}");
+                            assert_eq!(r.payload, records[i].as_slice());
+                            // Looked for again where it was found, it is the same record.
+                            let Read::Record(again) = view.read(r.pos) else {
+                                panic!("record {i} looked for again")
+                            };
+                            assert_eq!(again.payload, r.payload);
+                            pos = r.next;
+                        }
+                        Read::Corrupt { at, next, .. } => {
+                            assert!((at.seq..next.seq).all(|s| !intact[(s - entry.seq) as usize]));
+                            pos = next;
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
             assert_eq!(skipped, lost, "chunk {chunk_no}");
             let rec = &reader.recovery;
             if !checkpointed {

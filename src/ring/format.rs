@@ -249,8 +249,9 @@ pub struct Pos {
     pub seq: u64,
     /// Where the record starts in the body of a lines entry, once a reader has found it; 0 for
     /// the first record of an entry, and for a record not looked for yet (a cursor read back
-    /// from a metadata slot): reading it then checks the entry and counts LFs to find it. Never
-    /// written to disk.
+    /// from a metadata slot): reading it then checks the entry and counts LFs to find it; or
+    /// [`crate::ring::view::IN_DAMAGED_ENTRY`] for a record of a partly damaged chunked entry,
+    /// which every read checks again. Never written to disk.
     pub sub: u32,
 }
 

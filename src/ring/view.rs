@@ -454,10 +454,12 @@ impl<'a> View<'a> {
         let next = in_entry((k + 1 < h.count).then_some(k + 1));
         let line = &c.body[start..=end];
         Read::Record(Record {
+            // Looked for again, it is checked again: a position inside a partly damaged entry
+            // never leads a reader on without checking the chunks.
             pos: Pos {
                 off,
                 seq: pos.seq,
-                sub: start as u32,
+                sub: IN_DAMAGED_ENTRY,
             },
             ts: h.ts,
             truncated: false,
@@ -815,7 +817,8 @@ pub struct Scan {
 /// of the capacity, so every entry written after the checkpoint lies within a quarter plus one
 /// entry and its wrap (`buffer-spec.md` §8).
 pub fn salvage_reach(cap: u64, max_record: u32) -> u64 {
-    let entry = record_stride(u64::from(max_record.max(super::format::LINES_MAX)));
+    let len = u64::from(max_record.max(super::format::LINES_MAX));
+    let entry = record_stride(len + chunk_table_len(len));
     (cap / 4 + 2 * entry).min(cap)
 }
 
