@@ -802,8 +802,9 @@ pub struct Scan {
     pub head: Pos,
     /// Valid records found past the checkpoint.
     pub records: u64,
-    /// Records past the checkpoint that are damaged but followed by valid entries of this run:
-    /// kept in the ring, where readers report and skip them (`buffer-spec.md` §8).
+    /// Records past the checkpoint that are damaged but followed by valid entries of this run,
+    /// or that touch a damaged chunk of an entry kept: they stay in the ring, where readers
+    /// report and skip them (`buffer-spec.md` §8).
     pub damaged: u64,
     /// The newest entry's header, if any was found.
     pub newest: Option<RecordHeader>,
