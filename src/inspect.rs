@@ -300,8 +300,9 @@ fn print_ring(path: &Path, r: &RingReader, verify: bool) -> u8 {
         rec.generation
     );
     println!(
-        "  since checkpoint {} records; torn tail: {}; damaged tail records dropped: {}",
+        "  since checkpoint {} records, {} damaged (kept, skipped by readers); torn tail: {}; damaged tail records dropped: {}",
         rec.scanned,
+        rec.damaged,
         if rec.torn { "yes" } else { "no" },
         rec.tail_dropped
     );

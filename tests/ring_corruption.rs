@@ -554,15 +554,80 @@ fn random_bit_flips_anywhere_never_yield_a_damaged_record_and_keep_every_intact_
 }
 
 #[test]
-fn damage_past_the_last_checkpoint_ends_recovery_there_and_nothing_after_it_returns() {
+fn damage_past_the_last_checkpoint_is_skipped_and_the_intact_records_after_it_are_kept() {
     let dir = TempDir::new("scan");
     let b = build(&dir, 400, 100);
-    // A record written after the checkpoint, its payload damaged: a torn write.
-    let victim = b
+    // The first record written after the checkpoint, one byte flipped in its payload: the
+    // page cache reaches the disk in no order, so damage followed by valid entries.
+    let first = b
         .records()
-        .find(|e| e.pos.seq == b.head.seq - 60)
+        .find(|e| e.pos.seq == b.head.seq - 100)
         .copied()
         .unwrap();
+    for (what, victim, header) in [
+        ("payload", first, false),
+        ("header", first, true),
+        (
+            "later",
+            b.records()
+                .find(|e| e.pos.seq == b.head.seq - 60)
+                .copied()
+                .unwrap(),
+            false,
+        ),
+    ] {
+        let mut bytes = b.bytes.clone();
+        let byte = if header {
+            victim.pos.off + 9
+        } else {
+            victim.payload().start + 3
+        };
+        bytes[(DATA + byte) as usize] ^= 0x10;
+        let path = b.write_damaged(&dir, "scan.ring", &bytes);
+        let flipped = byte..byte + 1;
+        let (want_places, want) = predict(&b, std::slice::from_ref(&flipped));
+        assert_eq!(want_places, vec![(victim.pos, header)], "{what}");
+        let (seqs, places) = read_all(&path);
+        assert_eq!(places, want_places, "{what}: damaged places");
+        assert_eq!(seqs, want, "{what}: every intact record is kept");
+        let reader = RingReader::open(&path).unwrap();
+        let rec = &reader.recovery;
+        assert!(
+            !rec.torn,
+            "{what}: damage followed by valid entries is not a torn tail"
+        );
+        assert_eq!((rec.damaged, rec.tail_dropped), (1, 0), "{what}");
+        assert_eq!(rec.scanned, 99, "{what}");
+        assert_eq!(reader.view().head, b.head, "{what}");
+        drop(reader);
+        let out = inspect(&path);
+        assert_eq!(out.code, Some(1), "{what}: {}{}", out.stdout, out.stderr);
+        assert_eq!(
+            inspect_places(&out.stdout),
+            vec![(victim.pos.off, victim.pos.seq)]
+        );
+        assert!(
+            out.stdout.contains("99 records, 1 damaged"),
+            "{}",
+            out.stdout
+        );
+        // The writer agrees: it continues after the last intact record.
+        let mut ring = Ring::open(&path, &opts()).unwrap();
+        assert_eq!(ring.head(), b.head, "{what}");
+        assert_eq!(ring.recovery().damaged, 1);
+        ring.append(b"new", 10_000, false).unwrap();
+        ring.checkpoint(10_001, true).unwrap();
+        drop(ring);
+        let ring = Ring::open(&path, &opts()).unwrap();
+        assert_eq!(ring.head().seq, b.head.seq + 1);
+    }
+}
+
+#[test]
+fn damage_in_the_last_entry_past_the_checkpoint_is_a_torn_tail_and_never_returns() {
+    let dir = TempDir::new("torn");
+    let b = build(&dir, 400, 100);
+    let victim = *b.records().last().unwrap();
     let mut bytes = b.bytes.clone();
     bytes[(DATA + victim.payload().start + 3) as usize] ^= 0x10;
     let path = b.write_damaged(&dir, "torn.ring", &bytes);
@@ -571,6 +636,7 @@ fn damage_past_the_last_checkpoint_ends_recovery_there_and_nothing_after_it_retu
     assert_eq!(seqs.last(), Some(&(victim.pos.seq - 1)));
     let reader = RingReader::open(&path).unwrap();
     assert!(reader.recovery.torn, "the torn record is reported");
+    assert_eq!(reader.recovery.damaged, 0);
     assert_eq!(reader.view().head, victim.pos);
     drop(reader);
     // The writer agrees, continues at the torn record, and the old records after it never
@@ -681,7 +747,7 @@ fn a_ring_of_another_format_version_is_refused_with_the_version_in_the_message()
         ringrelay::ring::format::MIN_VERSION,
         ringrelay::ring::format::VERSION
     );
-    for version in [3u32, 0, u32::MAX] {
+    for version in [4u32, 0, u32::MAX] {
         let mut bytes = b.bytes.clone();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let crc = crc32fast::hash(&bytes[..124]);

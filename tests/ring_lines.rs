@@ -1,4 +1,4 @@
-//! Lines entries (`buffer-spec.md` §5, format version 2) on a real ring file: records read one
+//! Lines entries (`buffer-spec.md` §5, format version 3) on a real ring file: records read one
 //! by one inside an entry and as one run, cursors inside entries across reopens, `block` waiting
 //! for a whole entry, damage to a lines body, seeks into entries, recovery after a crash, and
 //! reservations that are given up.

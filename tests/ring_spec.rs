@@ -1,11 +1,12 @@
-//! `buffer-spec.md` (format version 2) against the code, both ways:
+//! `buffer-spec.md` (format version 3) against the code, both ways:
 //! - a ring written by the code, plain entries (`Ring::append`) and lines entries
 //!   (`reserve` / `reserved_mut` / `commit_lines`) mixed, is parsed by a reader written here
 //!   from the spec's offsets and constants only (no `ringrelay::ring::format`): superblock, both
 //!   metadata slots, every entry from tail to head with its CRCs, sequence numbers and wrap
 //!   markers, the records inside lines entries, and the §8 recovery scan;
-//! - rings written here from the spec (version 2 with lines entries, version 1 with plain
-//!   entries only) are opened, read record for record and continued by the code;
+//! - rings written here from the spec (version 3 with chunked lines entries, version 2 with
+//!   unchunked ones, version 1 with plain entries only) are opened, read record for record and
+//!   continued by the code;
 //! - entries §5 refuses, written here with valid CRCs, are reported damaged by the code and
 //!   their records never returned.
 //!
@@ -27,8 +28,9 @@ const SLOT_AT: [usize; 2] = [4096, 8192];
 const DATA_AT: usize = 12288;
 // §3 superblock
 const MAGIC: [u8; 8] = [0x89, 0x52, 0x49, 0x4E, 0x47, 0x0D, 0x0A, 0x1A];
-/// §3 `version`: `2`; a version 1 file is read as version 2.
-const VERSION: u32 = 2;
+/// §3 `version`: `3`; version 1 and 2 files are read as version 3.
+const VERSION: u32 = 3;
+const VERSION_2: u32 = 2;
 const VERSION_1: u32 = 1;
 const SB_CRC_AT: usize = 124;
 const SB_LEN: usize = 128;
@@ -55,6 +57,11 @@ const KIND_WRAP: u8 = 2;
 const TRUNCATED: u8 = 1 << 0;
 /// §5 `flags` bit 1: a lines entry.
 const LINES: u8 = 1 << 1;
+/// §5 `flags` bit 2: a chunked lines entry (a chunk table after the body).
+const CHUNKED: u8 = 1 << 2;
+/// §5: a chunk table entry per 4096 bytes of body, 8 bytes each (crc, lfs).
+const CHUNK: u64 = 4096;
+const CHUNK_ENTRY: u64 = 8;
 /// §5: a lines body may have up to `max(max_record, 1048576)` bytes.
 const LINES_MAX: u32 = 1_048_576;
 /// §5: every record of a lines entry is followed by one LF.
@@ -163,7 +170,7 @@ fn parse_superblock(file: &[u8]) -> Superblock {
     );
     let version = u32_at(b, 8);
     assert!(
-        version == VERSION_1 || version == VERSION,
+        version == VERSION_1 || version == VERSION_2 || version == VERSION,
         "version {version}"
     );
     assert_eq!(u32_at(b, 12), 0, "flags");
@@ -339,8 +346,26 @@ impl Header {
         }
     }
 
+    fn is_chunked(&self) -> bool {
+        self.is_lines() && self.flags & CHUNKED != 0
+    }
+
+    /// §5: bytes after the header: the body, then a chunked entry's table.
+    fn extent(&self) -> u64 {
+        extent(u64::from(self.len), self.is_chunked())
+    }
+
     fn stride(&self) -> u64 {
-        stride(u64::from(self.len))
+        stride(self.extent())
+    }
+}
+
+/// §5: the body's `len` bytes, and `8 * ceil(len / 4096)` of chunk table if chunked.
+fn extent(len: u64, chunked: bool) -> u64 {
+    if chunked {
+        len + CHUNK_ENTRY * len.div_ceil(CHUNK)
+    } else {
+        len
     }
 }
 
@@ -369,7 +394,9 @@ fn header_at(data: &[u8], o: u64, max_record: u32, run: u32) -> Option<Header> {
     let fits = o + h.stride() <= cap;
     let ok = match h.kind {
         // A plain entry: no count, a record of at most max_record.
-        KIND_DATA if h.flags & LINES == 0 => h.count == 0 && h.len <= max_record && fits,
+        KIND_DATA if h.flags & LINES == 0 => {
+            h.count == 0 && h.flags & CHUNKED == 0 && h.len <= max_record && fits
+        }
         // A lines entry: never truncated, 1 <= count <= len, a body up to max(max_record, 1 MiB).
         KIND_DATA => {
             h.flags & TRUNCATED == 0
@@ -387,6 +414,83 @@ fn header_at(data: &[u8], o: u64, max_record: u32, run: u32) -> Option<Header> {
 fn body<'a>(data: &'a [u8], o: u64, h: &Header) -> &'a [u8] {
     let start = (o + HEADER) as usize;
     &data[start..start + h.len as usize]
+}
+
+/// §5: the chunk table of the chunked entry at `o`.
+fn table<'a>(data: &'a [u8], o: u64, h: &Header) -> &'a [u8] {
+    let start = (o + HEADER) as usize + h.len as usize;
+    &data[start..start + (h.extent() - u64::from(h.len)) as usize]
+}
+
+/// §5: the chunk table's entries (crc, lfs) if the table is intact: `pcrc` is its CRC, its
+/// `lfs` never decrease, grow by at most the chunk's length, and end at `count`.
+fn intact_table(data: &[u8], o: u64, h: &Header) -> Option<Vec<(u32, u32)>> {
+    let t = table(data, o, h);
+    if crc32fast::hash(t) != h.pcrc {
+        return None;
+    }
+    let entries: Vec<(u32, u32)> = t
+        .chunks(CHUNK_ENTRY as usize)
+        .map(|e| (u32_at(e, 0), u32_at(e, 4)))
+        .collect();
+    let mut before = 0;
+    for (i, &(_, lfs)) in entries.iter().enumerate() {
+        let chunk_len = (u64::from(h.len) - i as u64 * CHUNK).min(CHUNK);
+        if lfs < before || u64::from(lfs - before) > chunk_len {
+            return None;
+        }
+        before = lfs;
+    }
+    (before == h.count).then_some(entries)
+}
+
+/// §5: body bytes of chunk `i`.
+fn chunk(b: &[u8], i: usize) -> &[u8] {
+    let s = i * CHUNK as usize;
+    &b[s..(s + CHUNK as usize).min(b.len())]
+}
+
+/// §5: the body of the data entry at `o` is valid; for a chunked entry, its table is intact and
+/// every chunk matches its CRC and holds its LFs, the last byte being an LF.
+fn entry_valid(data: &[u8], o: u64, h: &Header) -> bool {
+    let b = body(data, o, h);
+    if !h.is_chunked() {
+        return body_valid(b, h);
+    }
+    let Some(t) = intact_table(data, o, h) else {
+        return false;
+    };
+    let mut before = 0;
+    for (i, &(crc, lfs)) in t.iter().enumerate() {
+        let c = chunk(b, i);
+        let n = c.iter().filter(|&&x| x == LF).count() as u32;
+        if crc32fast::hash(c) != crc || before + n != lfs {
+            return false;
+        }
+        before = lfs;
+    }
+    b.last() == Some(&LF)
+}
+
+/// §5: for a chunked entry whose table is intact, which of its records touch no damaged chunk
+/// (from the chunk holding the LF before the record to the one holding its own).
+fn intact_records(data: &[u8], o: u64, h: &Header) -> Option<Vec<bool>> {
+    let t = intact_table(data, o, h)?;
+    let b = body(data, o, h);
+    let ok: Vec<bool> = t
+        .iter()
+        .enumerate()
+        .map(|(i, &(crc, _))| crc32fast::hash(chunk(b, i)) == crc)
+        .collect();
+    let chunk_of_lf = |j: u32| t.iter().position(|&(_, lfs)| lfs > j).unwrap();
+    Some(
+        (0..h.count)
+            .map(|k| {
+                let first = if k == 0 { 0 } else { chunk_of_lf(k - 1) };
+                ok[first..=chunk_of_lf(k)].iter().all(|&x| x)
+            })
+            .collect(),
+    )
 }
 
 /// §5: the body is valid when its CRC matches `pcrc` and, in a lines entry, it holds exactly
@@ -475,14 +579,17 @@ fn walk(data: &[u8], sb: &Superblock, run: u32, tail: (u64, u64), head: (u64, u6
             h = h0;
         }
         let b = body(data, o, &h);
-        assert!(body_valid(b, &h), "body of the entry at {o} (seq {n})");
+        assert!(
+            entry_valid(data, o, &h),
+            "body of the entry at {o} (seq {n})"
+        );
         assert!(h.ts >= last_ts, "receive times never decrease");
         assert!(
             h.tail.is_multiple_of(8) && h.tail + HEADER <= cap,
             "tail field of seq {n}"
         );
         assert_eq!(
-            h.flags & !(TRUNCATED | LINES),
+            h.flags & !(TRUNCATED | LINES | CHUNKED),
             0,
             "unknown flags on seq {n}"
         );
@@ -515,54 +622,103 @@ fn walk(data: &[u8], sb: &Superblock, run: u32, tail: (u64, u64), head: (u64, u6
 struct Scan {
     head: (u64, u64),
     records: u64,
+    /// Records skipped as damage between accepted entries.
+    damaged: u64,
     newest: Option<Header>,
 }
 
 /// §8 step 3: from the slot's head, accept entries that chain (seq, run, ts, header and body
-/// valid); a wrap marker only together with a valid entry at 0; at most one lap.
+/// valid); a wrap marker only together with a valid entry at 0. Past an entry that is not
+/// accepted, look up to `R` bytes from the slot's head for one that is, with a higher seq (at
+/// most one per byte skipped), this run and a ts that does not go back: the records between are
+/// damaged. At most one lap.
 fn scan_forward(data: &[u8], sb: &Superblock, slot: &Slot) -> Scan {
     let cap = data.len() as u64;
-    let (mut o, mut n) = (normalise(slot.head.0, cap), slot.head.1);
+    let start = normalise(slot.head.0, cap);
+    let (mut o, mut n) = (start, slot.head.1);
+    let l = u64::from(sb.max_record.max(LINES_MAX));
+    let reach = cap.min(cap / 4 + 2 * stride(extent(l, true)));
     let mut ts = slot.last_ts;
     let mut records = 0;
+    let mut damaged = 0;
     let mut newest = None;
+    // Bytes from the slot's head to `o`, in ring order.
     let mut spent = 0;
-    loop {
+    // The entry accepted at `o` for `n`: where it is, its header, the bytes from `o` to its end,
+    // its records that touch a damaged chunk (a chunked entry whose table is intact).
+    let accept = |o: u64, n: u64, ts: u64| -> Option<(u64, Header, u64, u64)> {
         let valid = |o: u64| {
-            header_at(data, o, sb.max_record, slot.run).filter(|h| {
-                h.seq == n
+            let h = header_at(data, o, sb.max_record, slot.run)
+                .filter(|h| h.seq == n && h.run == slot.run && h.ts >= ts)?;
+            if h.kind == KIND_WRAP || entry_valid(data, o, &h) {
+                return Some((h, 0));
+            }
+            let intact = if h.is_chunked() {
+                intact_records(data, o, &h)?
+            } else {
+                return None;
+            };
+            Some((h, intact.iter().filter(|&&x| !x).count() as u64))
+        };
+        let (h, bad) = valid(o)?;
+        if h.kind == KIND_DATA {
+            return Some((o, h, h.stride(), bad));
+        }
+        match valid(0) {
+            Some((h0, bad)) if h0.kind == KIND_DATA => Some((0, h0, cap - o + h0.stride(), bad)),
+            _ => None,
+        }
+    };
+    loop {
+        if let Some((at, h, used, bad)) = accept(o, n, ts) {
+            if spent + used > cap {
+                break;
+            }
+            spent += used;
+            ts = h.ts;
+            newest = Some(h);
+            records += h.records() - bad;
+            damaged += bad;
+            let end = at + h.stride();
+            o = normalise(end, cap);
+            if o != end {
+                spent += cap - end;
+            }
+            n += h.records();
+            continue;
+        }
+        // Not accepted: look past it.
+        let known = header_at(data, o, sb.max_record, slot.run)
+            .filter(|h| h.seq == n && h.run == slot.run && h.kind == KIND_DATA);
+        let mut d = spent + known.map_or(8, |h| h.stride());
+        let mut found = None;
+        while d < reach {
+            let p = (start + d) % cap;
+            if p + HEADER > cap {
+                d += cap - p;
+                continue;
+            }
+            if let Some(h) = header_at(data, p, sb.max_record, slot.run) {
+                if h.seq > n
                     && h.run == slot.run
                     && h.ts >= ts
-                    && (h.kind == KIND_WRAP || body_valid(body(data, o, h), h))
-            })
-        };
-        let Some(mut h) = valid(o) else { break };
-        let mut at = o;
-        let mut used = 0;
-        if h.kind == KIND_WRAP {
-            match valid(0) {
-                Some(h0) if h0.kind == KIND_DATA => {
-                    used = cap - o;
-                    at = 0;
-                    h = h0;
+                    && h.seq - n <= d - spent
+                    && accept(p, h.seq, ts).is_some_and(|(_, _, used, _)| d + used <= cap)
+                {
+                    found = Some((d, p, h.seq));
+                    break;
                 }
-                _ => break,
             }
+            d += 8;
         }
-        used += h.stride();
-        if spent + used > cap {
-            break;
-        }
-        spent += used;
-        ts = h.ts;
-        newest = Some(h);
-        records += h.records();
-        o = normalise(at + h.stride(), cap);
-        n += h.records();
+        let Some((d, p, seq)) = found else { break };
+        damaged += seq - n;
+        (spent, o, n) = (d, p, seq);
     }
     Scan {
         head: (o, n),
         records,
+        damaged,
         newest,
     }
 }
@@ -595,6 +751,8 @@ struct SpecEntry {
 /// A ring file written from the spec alone (§2–6): a superblock, entries appended from a start
 /// position (wrapping, never evicting) and metadata slots.
 struct SpecRing {
+    /// §3 `version`: lines entries are chunked from version 3 on.
+    version: u32,
     file: Vec<u8>,
     cap: u64,
     run: u32,
@@ -649,6 +807,7 @@ impl SpecRing {
         let crc = crc32fast::hash(&b[..SB_CRC_AT]);
         put_u32(b, SB_CRC_AT, crc);
         SpecRing {
+            version,
             file,
             cap,
             run,
@@ -662,8 +821,8 @@ impl SpecRing {
 
     /// §6: ring bytes an entry with a `len`-byte body takes at the head: its stride, plus the
     /// unused end of the lap when it wraps.
-    fn need(&self, len: usize) -> u64 {
-        let s = stride(len as u64);
+    fn need(&self, len: u64) -> u64 {
+        let s = stride(len);
         if self.head.0 + s > self.cap {
             self.cap - self.head.0 + s
         } else {
@@ -674,15 +833,17 @@ impl SpecRing {
     /// Whether such an entry keeps the ring within three quarters full (this writer never
     /// evicts, and leaves room for the code to append).
     fn has_room(&self, len: usize) -> bool {
-        self.used + self.need(len) <= self.cap * 3 / 4
+        self.used + self.need(len as u64) <= self.cap * 3 / 4
     }
 
     /// §6 write order: the body, the wrap marker if the entry does not fit before the end, the
     /// header last. The entry takes `records` sequence numbers, whatever its header says.
     fn entry(&mut self, flags: u8, count: u32, b: &[u8], ts: u64, records: u64) -> SpecEntry {
         let (o, n) = self.head;
-        let s = stride(b.len() as u64);
-        self.used += self.need(b.len());
+        let chunked = flags & (LINES | CHUNKED) == LINES | CHUNKED;
+        let ext = extent(b.len() as u64, chunked);
+        let s = stride(ext);
+        self.used += self.need(ext);
         assert!(self.used <= self.cap, "the spec writer does not evict");
         let at = if o + s > self.cap { 0 } else { o };
         let h = Header {
@@ -702,6 +863,21 @@ impl SpecRing {
         data[start..start + b.len()].copy_from_slice(b);
         // §5: padding bytes are unspecified (and not an LF here).
         data[start + b.len()..(at + s) as usize].fill(0xEE);
+        let mut h = h;
+        if chunked {
+            // §5: the chunk table after the body: per 4096 bytes, their CRC and the LFs so far;
+            // `pcrc` is the table's CRC.
+            let mut t = Vec::new();
+            let mut lfs = 0u32;
+            for c in b.chunks(CHUNK as usize) {
+                lfs += c.iter().filter(|&&x| x == LF).count() as u32;
+                t.extend_from_slice(&crc32fast::hash(c).to_le_bytes());
+                t.extend_from_slice(&lfs.to_le_bytes());
+            }
+            let at_t = start + b.len();
+            data[at_t..at_t + t.len()].copy_from_slice(&t);
+            h.pcrc = crc32fast::hash(&t);
+        }
         if at != o {
             let marker = Header {
                 len: 0,
@@ -753,10 +929,16 @@ impl SpecRing {
         e
     }
 
-    /// A lines entry (§5): bit 1, `count` records each followed by an LF.
+    /// A lines entry (§5): bit 1, `count` records each followed by an LF; chunked (bit 2) in a
+    /// version 3 ring.
     fn lines(&mut self, records: &[Vec<u8>], ts: u64) -> SpecEntry {
         let b = lines_body(records);
-        let e = self.entry(LINES, records.len() as u32, &b, ts, records.len() as u64);
+        let flags = if self.version >= VERSION {
+            LINES | CHUNKED
+        } else {
+            LINES
+        };
+        let e = self.entry(flags, records.len() as u32, &b, ts, records.len() as u64);
         let mut sub = 0;
         for (i, p) in records.iter().enumerate() {
             let r = Record {
@@ -1002,7 +1184,7 @@ fn a_new_ring_is_allocated_whole_and_has_one_valid_metadata_slot() {
     );
     let file = std::fs::read(&path).unwrap();
     let sb = parse_superblock(&file);
-    assert_eq!(sb.version, VERSION, "a new ring is version 2");
+    assert_eq!(sb.version, VERSION, "a new ring is version 3");
     assert_eq!(sb.name, "zia-web");
     assert_eq!(sb.capacity, CAP);
     assert_eq!(sb.max_record, 16 << 10);
@@ -1277,6 +1459,7 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
     assert_eq!(view.head, Pos::at(scan.head.0, scan.head.1));
     assert_eq!(view.tail, Pos::at(t, th.seq));
     assert_eq!(reader.recovery.scanned, scan.records);
+    assert_eq!((reader.recovery.damaged, scan.damaged), (0, 0));
     let want: Vec<Got> = all.records.iter().map(expected).collect();
     assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
 }
@@ -1341,6 +1524,188 @@ fn a_lines_entry_wrapped_for_its_room_though_its_body_fits_parses_with_the_spec_
     assert_reads(&read_all(|p| view.read(p), view.tail), &want, "RingReader");
 }
 
+/// §8 step 3: damage past the checkpoint followed by entries of the same run is skipped; the
+/// spec's scan and the code's recovery agree on the head, the records kept and the damaged
+/// ones, for a damaged body (length known), a damaged header (resynchronised) and two damaged
+/// entries in a row; damage in the last entry is the torn tail.
+#[test]
+fn damage_past_the_checkpoint_is_skipped_by_the_spec_scan_and_the_code_alike() {
+    let dir = TempDir::new("salvage");
+    let path = dir.file("salvage.ring");
+    let mut ring = Ring::open(&path, &opts("salvage")).unwrap();
+    for i in 0..200 {
+        ring.append(&payload_of(i), T0 + i, false).unwrap();
+    }
+    ring.checkpoint(T0 + 200, true).unwrap();
+    let mut after = Vec::new();
+    for i in 200..260 {
+        after.push(ring.append(&payload_of(i), T0 + i, false).unwrap());
+    }
+    let end = ring.head();
+    drop(ring);
+    let pristine = std::fs::read(&path).unwrap();
+    // (what, bytes flipped: data offsets, damaged records, torn)
+    let cases: [(&str, Vec<u64>, u64, bool); 5] = [
+        ("body", vec![after[0].off + HEADER + 1], 1, false),
+        ("header", vec![after[0].off + 8], 1, false),
+        (
+            "two entries",
+            vec![after[3].off + 2, after[4].off + HEADER],
+            2,
+            false,
+        ),
+        (
+            "far apart",
+            vec![after[1].off + 8, after[58].off + 8],
+            2,
+            false,
+        ),
+        ("the last", vec![after[59].off + HEADER], 0, true),
+    ];
+    for (what, flips, damaged, torn) in cases {
+        let mut file = pristine.clone();
+        for f in flips {
+            file[DATA_AT + f as usize] ^= 0x40;
+        }
+        std::fs::write(&path, &file).unwrap();
+        let sb = parse_superblock(&file);
+        let (_, slot) = current_slot(&file, CAP);
+        let scan = scan_forward(&file[DATA_AT..], &sb, &slot);
+        let head = if torn {
+            (after[59].off, 259)
+        } else {
+            (end.off, end.seq)
+        };
+        assert_eq!(scan.head, head, "{what}");
+        assert_eq!(scan.damaged, damaged, "{what}");
+        assert_eq!(scan.records, head.1 - 200 - damaged, "{what}");
+        let reader = RingReader::open(&path).unwrap();
+        let rec = &reader.recovery;
+        assert_eq!(reader.view().head, Pos::at(head.0, head.1), "{what}");
+        assert_eq!(
+            (rec.scanned, rec.damaged, rec.torn),
+            (scan.records, damaged, torn),
+            "{what}"
+        );
+        let lost: u64 = reader.view().verify().iter().map(|d| d.2).sum();
+        assert_eq!(
+            lost, damaged,
+            "{what}: readers skip exactly the damaged records"
+        );
+    }
+}
+
+/// §5, §7, §8: a 256 KiB lines entry written by the code carries a CRC per 4096 bytes; one
+/// flipped bit in it costs only the records that touch that chunk, by the spec's rules and the
+/// code's alike, before the checkpoint (reading) and after it (recovery keeps the entry and
+/// counts those records as damaged).
+#[test]
+fn a_flipped_bit_in_a_chunked_lines_entry_costs_only_the_records_that_touch_its_chunk() {
+    let dir = TempDir::new("chunk");
+    let path = dir.file("chunk.ring");
+    let mut ring = Ring::open(&path, &opts("chunk")).unwrap();
+    ring.append(b"before", T0, false).unwrap();
+    // Records of 1 to 300 bytes: some span a chunk boundary, some end right at one.
+    let records: Vec<Vec<u8>> = (0..1700u64)
+        .map(|i| vec![b'a' + (i % 26) as u8; 1 + (i * 7919 % 300) as usize])
+        .collect();
+    let all: usize = records.iter().map(|r| r.len() + 1).sum();
+    assert!(all > 200 << 10 && all < 256 << 10, "{all}");
+    for checkpointed in [true, false] {
+        let at = append_lines(&mut ring, &records, 0, true, T0 + 1);
+        assert_eq!(at.len(), 1, "one entry");
+        ring.append(b"after", T0 + 2, false).unwrap();
+        if checkpointed {
+            ring.checkpoint(T0 + 3, true).unwrap();
+        }
+        let entry = at[0];
+        let file = std::fs::read(&path).unwrap();
+        for chunk_no in [0u64, 17, 40, (all as u64 - 1) / CHUNK] {
+            let mut file = file.clone();
+            let byte =
+                entry.off + HEADER + chunk_no * CHUNK + 1000.min(all as u64 - chunk_no * CHUNK - 1);
+            file[DATA_AT + byte as usize] ^= 0x08;
+            let data = &file[DATA_AT..];
+            let sb = parse_superblock(&file);
+            let (_, slot) = current_slot(&file, CAP);
+            let h = header_at(data, entry.off, sb.max_record, slot.run).expect("header intact");
+            assert!(h.is_chunked() && !entry_valid(data, entry.off, &h));
+            let intact = intact_records(data, entry.off, &h).expect("table intact");
+            let lost = intact.iter().filter(|&&x| !x).count() as u64;
+            // Only records touching one chunk: at most a chunk's worth plus the two at its ends.
+            assert!((1..=40).contains(&lost), "chunk {chunk_no}: {lost} lost");
+            std::fs::write(dir.file("damaged.ring"), &file).unwrap();
+            let reader = RingReader::open(&dir.file("damaged.ring")).unwrap();
+            let view = reader.view();
+            let mut read = Vec::new();
+            let mut skipped = 0;
+            let mut pos = view.tail;
+            loop {
+                match view.read(pos) {
+                    Read::Record(r) => {
+                        if r.pos.off == entry.off {
+                            let k = (r.pos.seq - entry.seq) as usize;
+                            assert_eq!(r.payload, records[k].as_slice());
+                            read.push(k);
+                        }
+                        pos = r.next;
+                    }
+                    Read::Corrupt { at, next, .. } => {
+                        assert_eq!(at.off, entry.off);
+                        skipped += next.seq - at.seq;
+                        pos = next;
+                    }
+                    Read::End => break,
+                    Read::Overrun { tail } => pos = tail,
+                }
+            }
+            let want: Vec<usize> = (0..intact.len()).filter(|&k| intact[k]).collect();
+            assert_eq!(
+                read, want,
+                "chunk {chunk_no}: the records the spec says are intact"
+            );
+            // From any record of the entry, as a cursor read back from a slot names it (the
+            // entry and the seq), reading on never returns a record that touches the chunk.
+            for k in (0..records.len()).step_by(37) {
+                let mut pos = Pos::at(entry.off, entry.seq + k as u64);
+                while pos.off == entry.off && pos.seq < entry.seq + records.len() as u64 {
+                    match view.read(pos) {
+                        Read::Record(r) => {
+                            let i = (r.pos.seq - entry.seq) as usize;
+                            assert!(intact[i], "chunk {chunk_no}: record {i} from {k}");
+                            assert_eq!(r.payload, records[i].as_slice());
+                            // Looked for again where it was found, it is the same record.
+                            let Read::Record(again) = view.read(r.pos) else {
+                                panic!("record {i} looked for again")
+                            };
+                            assert_eq!(again.payload, r.payload);
+                            pos = r.next;
+                        }
+                        Read::Corrupt { at, next, .. } => {
+                            assert!((at.seq..next.seq).all(|s| !intact[(s - entry.seq) as usize]));
+                            pos = next;
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+            assert_eq!(skipped, lost, "chunk {chunk_no}");
+            let rec = &reader.recovery;
+            if !checkpointed {
+                let scan = scan_forward(data, &sb, &slot);
+                assert_eq!(
+                    (scan.damaged, rec.damaged),
+                    (lost, lost),
+                    "chunk {chunk_no}"
+                );
+                assert_eq!(rec.scanned, scan.records);
+                assert!(!rec.torn);
+            }
+            assert_eq!(view.head, ring.head(), "nothing dropped");
+        }
+    }
+}
+
 /// Holds what a reader must find in [`spec_ring_with_lines`]: the records the recovery scan
 /// finds past slot B's head, and the record of cursor `siem`.
 struct Checkpointed {
@@ -1353,9 +1718,9 @@ struct Checkpointed {
 /// three quarters of the ring are used. Slot B (generation 5) is current, checkpointed 10
 /// entries before the end; slot A (generation 4) is older still. Cursor `siem` is on the third
 /// record of the first lines entry holding three, and names that entry.
-fn spec_ring_with_lines(start: (u64, u64)) -> (SpecRing, Checkpointed) {
+fn spec_ring_with_lines(version: u32, start: (u64, u64)) -> (SpecRing, Checkpointed) {
     let max_record: u32 = 8 << 10;
-    let mut ring = SpecRing::new(VERSION, CAP, max_record, 3, start);
+    let mut ring = SpecRing::new(version, CAP, max_record, 3, start);
     for k in 0u64.. {
         let n = ring.head.1;
         // Equal receive times in a row are allowed: they never decrease.
@@ -1404,12 +1769,16 @@ fn spec_ring_with_lines(start: (u64, u64)) -> (SpecRing, Checkpointed) {
 #[test]
 fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_code() {
     let dir = TempDir::new("write");
-    for start in [
-        (CAP - 3000, 1000),
-        (CAP - 48, 0),
-        (CAP / 2, u64::MAX - 100_000),
+    // §3, §12: a version 2 ring's lines entries are unchunked; the code reads them, upgrades the
+    // superblock to version 3 and appends chunked ones after them.
+    for (version, start) in [
+        (VERSION, (CAP - 3000, 1000)),
+        (VERSION, (CAP - 48, 0)),
+        (VERSION, (CAP / 2, u64::MAX - 100_000)),
+        (VERSION_2, (CAP - 3000, 1000)),
+        (VERSION_2, (CAP / 2, u64::MAX - 100_000)),
     ] {
-        let (spec, ck) = spec_ring_with_lines(start);
+        let (spec, ck) = spec_ring_with_lines(version, start);
         let want: Vec<Got> = spec.written.iter().map(expected).collect();
         // The spec's reader and writer agree.
         let sb = parse_superblock(&spec.file);
@@ -1423,6 +1792,11 @@ fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_co
             .entries
             .iter()
             .any(|(_, h)| h.is_lines() && h.len > sb.max_record));
+        assert_eq!(sb.version, version);
+        assert!(w
+            .entries
+            .iter()
+            .all(|(_, h)| !h.is_lines() || h.is_chunked() == (version == VERSION)));
 
         let path = dir.file("handmade.ring");
         std::fs::write(&path, &spec.file).unwrap();
@@ -1502,6 +1876,14 @@ fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_co
         assert_eq!((sb.version, sb.name.as_str()), (VERSION, "handmade"));
         let (_, slot) = current_slot(&file, CAP);
         assert_eq!(slot.run, 4, "the next run");
+        let w = walk(&file[DATA_AT..], &sb, slot.run, slot.tail, slot.head);
+        assert!(
+            w.entries
+                .iter()
+                .filter(|(_, h)| h.is_lines() && h.run == 4)
+                .all(|(_, h)| h.is_chunked()),
+            "the code writes chunked lines entries"
+        );
         assert_eq!(slot.head, (end.off, end.seq));
         assert!(slot.tail.1 > start.1, "start {start:?}: nothing evicted");
         let w = walk(&file[DATA_AT..], &sb, slot.run, slot.tail, slot.head);
@@ -1768,13 +2150,15 @@ fn entries_that_section_5_refuses_are_reported_damaged_by_the_code_and_never_rea
             u32_at(hb, HCRC_AT),
             "{what}"
         );
-        assert_eq!(crc32fast::hash(&e.body), u32_at(hb, 36), "{what}: body CRC");
+        if hb[5] & CHUNKED == 0 {
+            assert_eq!(crc32fast::hash(&e.body), u32_at(hb, 36), "{what}: body CRC");
+        }
         match (header_at(data, at.off, max_record, 1), e.verdict) {
             (None, Verdict::Refused) => {}
             (Some(h), Verdict::Damaged(_)) => {
-                assert!(!body_valid(body(data, at.off, &h), &h), "{what}")
+                assert!(!entry_valid(data, at.off, &h), "{what}")
             }
-            (Some(h), Verdict::Valid) => assert!(body_valid(body(data, at.off, &h), &h), "{what}"),
+            (Some(h), Verdict::Valid) => assert!(entry_valid(data, at.off, &h), "{what}"),
             (h, v) => panic!("{what}: header {h:?}, expected {v:?}"),
         }
 

@@ -14,8 +14,10 @@ use std::sync::OnceLock;
 use ringrelay::framing::{Framer, FramerConfig, FramerStats, Framing, Oversize};
 use ringrelay::http_batch::{self, Expect, Limits};
 use ringrelay::relay::http::{self, Response, ResponseReader, MAX_RESPONSE_BODY};
-use ringrelay::ring::format::{RecordHeader, KIND_DATA};
-use ringrelay::ring::view::scan_forward;
+use ringrelay::ring::format::{
+    chunk_table_len, RecordHeader, CHUNK, FLAG_CHUNKED, FLAG_LINES, KIND_DATA,
+};
+use ringrelay::ring::view::{scan_forward, IN_DAMAGED_ENTRY};
 use ringrelay::ring::{
     record_stride, Pos, Read, Record, Ring, RingOptions, RingReader, View, WhenFull, RECORD_HEADER,
 };
@@ -66,6 +68,19 @@ pub struct Entry {
     pub len: u64,
     /// Whether it is a lines entry.
     pub lines: bool,
+}
+
+impl Entry {
+    /// Bytes it takes in the ring: a lines entry (chunked, as the code writes them) has its
+    /// chunk table after the body.
+    pub fn stride(&self) -> u64 {
+        let table = if self.lines {
+            chunk_table_len(self.len)
+        } else {
+            0
+        };
+        record_stride(self.len + table)
+    }
 }
 
 /// A valid ring file written by the code, and what it holds.
@@ -177,7 +192,7 @@ fn build_template() -> Template {
                 lines: false,
             }
         };
-        written += record_stride(entry.len);
+        written += entry.stride();
         entries.push(entry);
         if !checkpointed && written > CAP * 11 / 5 && entry.lines && count >= 3 {
             // An output stopped in the middle of a lines entry.
@@ -255,10 +270,30 @@ pub fn patch(base: &[u8], mut patches: &[u8]) -> Vec<u8> {
 /// Rewrites the header at data offset `off` of `data` with its body CRC and header CRC computed
 /// again over whatever its fields and body now hold.
 fn seal(data: &mut [u8], off: usize) {
-    let h = &data[off..off + RECORD_HEADER as usize];
-    let len = u32_le(h, 0);
+    let len = u32_le(&data[off..], 0);
+    let flags = data[off + 5];
     let body = off + RECORD_HEADER as usize;
     let end = (body + len as usize).min(data.len());
+    let mut pcrc = crc32(&data[body..end]);
+    let chunked = FLAG_LINES | FLAG_CHUNKED;
+    let table_end = end + chunk_table_len(u64::from(len)) as usize;
+    if flags & chunked == chunked && end == body + len as usize && table_end <= data.len() {
+        // A chunked entry: its chunk table (a CRC and the LFs so far per chunk), then its CRC.
+        let mut lfs = 0u32;
+        let mut at = end;
+        let chunks: Vec<Vec<u8>> = data[body..end]
+            .chunks(CHUNK as usize)
+            .map(<[u8]>::to_vec)
+            .collect();
+        for chunk in chunks {
+            lfs += chunk.iter().filter(|&&b| b == b'\n').count() as u32;
+            data[at..at + 4].copy_from_slice(&crc32(&chunk).to_le_bytes());
+            data[at + 4..at + 8].copy_from_slice(&lfs.to_le_bytes());
+            at += 8;
+        }
+        pcrc = crc32(&data[end..table_end]);
+    }
+    let h = &data[off..off + RECORD_HEADER as usize];
     let header = RecordHeader {
         len,
         kind: h[4],
@@ -267,7 +302,7 @@ fn seal(data: &mut [u8], off: usize) {
         ts: u64_le(h, 16),
         tail: u64_le(h, 24),
         run: u32_le(h, 32),
-        pcrc: crc32(&data[body..end]),
+        pcrc,
         count: u32_le(h, 40),
     };
     header.write(&mut data[off..off + RECORD_HEADER as usize]);
@@ -287,7 +322,7 @@ pub fn sealed(mut patches: &[u8]) -> (Vec<u8>, Vec<bool>) {
     let mut forged = Vec::new();
     while patches.len() >= 5 {
         let e = t.entries[usize::from(u16_le(patches, 0)) % t.entries.len()];
-        let at = e.off as usize + usize::from(u16_le(patches, 2)) % record_stride(e.len) as usize;
+        let at = e.off as usize + usize::from(u16_le(patches, 2)) % e.stride() as usize;
         let len = usize::from(patches[4]).min(patches.len() - 5);
         let end = (at + len).min(data.len());
         data[at..end].copy_from_slice(&patches[5..5 + end - at]);
@@ -298,7 +333,7 @@ pub fn sealed(mut patches: &[u8]) -> (Vec<u8>, Vec<bool>) {
         patches = &patches[5 + len..];
     }
     let touched = |e: &Entry| {
-        let span = e.off..e.off + record_stride(e.len);
+        let span = e.off..e.off + e.stride();
         ranges
             .iter()
             .any(|r| r.start < span.end && span.start < r.end)
@@ -401,11 +436,23 @@ fn check_record(view: &View<'_>, asked: Pos, r: &Record<'_>) -> bool {
     }
     assert!(!r.truncated, "a lines record is never truncated");
     assert!(!r.payload.contains(&b'\n'), "a lines record holds no LF");
-    assert_eq!(r.pos.sub as usize, start, "sub is where the record starts");
     let line = r.line.expect("a lines record has its LF");
     assert!(same(line, &body[start..start + r.payload.len() + 1]));
     assert_eq!(line.last(), Some(&b'\n'));
     let l = r.lines.expect("a lines record has the rest of its entry");
+    if r.pos.sub == IN_DAMAGED_ENTRY {
+        assert!(h.is_chunked(), "only a chunked entry is partly damaged");
+        // A record of a partly damaged chunked entry: it alone, the next one checked again.
+        assert!(same(l.bytes, line) && l.records == 1 && l.next == r.next);
+        let again = Pos {
+            off: r.pos.off,
+            seq: r.pos.seq + 1,
+            sub: IN_DAMAGED_ENTRY,
+        };
+        assert!(r.next == next_entry || r.next == again, "{:?}", r.next);
+        return true;
+    }
+    assert_eq!(r.pos.sub as usize, start, "sub is where the record starts");
     assert!(
         same(l.bytes, &body[start..]),
         "lines is the rest of the entry"
@@ -485,8 +532,12 @@ pub fn exercise(view: &View<'_>, keep: bool) -> Seen {
                 if check_record(view, pos, &r) {
                     seen.in_lines += 1;
                 }
+                // In a partly damaged chunked entry the next record is checked again.
+                let in_damaged = r.next.sub == IN_DAMAGED_ENTRY;
                 if r.next.sub != 0 {
-                    rest = r.lines.map(|l| &l.bytes[r.line.map_or(0, <[u8]>::len)..]);
+                    if !in_damaged {
+                        rest = r.lines.map(|l| &l.bytes[r.line.map_or(0, <[u8]>::len)..]);
+                    }
                     if r.pos.seq % 8 == 0 {
                         let (found, again) = (view.read(r.next), view.read(r.next.recheck()));
                         match (found, again) {
@@ -494,6 +545,11 @@ pub fn exercise(view: &View<'_>, keep: bool) -> Seen {
                                 assert!(a.pos == b.pos && a.payload == b.payload)
                             }
                             (Read::End, Read::End) => {}
+                            (Read::Corrupt { next: a, .. }, Read::Corrupt { next: b, .. })
+                                if in_damaged =>
+                            {
+                                assert_eq!(a.seq, b.seq)
+                            }
                             (a, b) => panic!("{:?} read {a:?}, looked for again {b:?}", r.next),
                         }
                     }

@@ -1144,6 +1144,7 @@ impl Relay {
             records = st.records,
             span_s = format!("{:.0}", st.span_secs()),
             recovered_after_checkpoint = rec.scanned,
+            damaged_after_checkpoint = rec.damaged,
             torn_tail = rec.torn,
             damaged_tail_dropped = rec.tail_dropped
         );

@@ -1,4 +1,4 @@
-//! The bytes on disk, exactly as `buffer-spec.md` (format version 2) lays them out.
+//! The bytes on disk, exactly as `buffer-spec.md` (format version 3) lays them out.
 //!
 //! ```text
 //! file offset   size        what
@@ -10,7 +10,10 @@
 //!
 //! An entry is a 48-byte header and a body. A plain entry holds one record (its body is the
 //! payload); a *lines* entry ([`FLAG_LINES`]) holds `count` records, each followed by an LF.
-//! Version 1 files hold plain entries only, so they read as version 2.
+//! Version 3 writes lines entries *chunked* ([`FLAG_CHUNKED`]): a table after the body holds a
+//! CRC per [`CHUNK`] bytes of body and the LFs counted up to each chunk's end, so damage costs
+//! only the records that touch a damaged chunk. Version 1 files hold plain entries only and
+//! version 2 files unchunked lines entries: both read as version 3.
 //!
 //! All integers are little-endian. Every structure carries its own CRC-32 (IEEE, as computed by
 //! `crc32fast`). Offsets inside the data area are relative to [`DATA_OFFSET`].
@@ -22,7 +25,7 @@
 /// CR LF / ^Z pair to catch line-ending conversions, as PNG does.
 pub const MAGIC: [u8; 8] = [0x89, b'R', b'I', b'N', b'G', b'\r', b'\n', 0x1a];
 /// The format version this code writes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The oldest format version this code reads (version 1 has no lines entries).
 pub const MIN_VERSION: u32 = 1;
 /// Page size the layout is built on; each metadata slot has a page of its own.
@@ -57,6 +60,48 @@ pub const KIND_WRAP: u8 = 2;
 pub const FLAG_TRUNCATED: u8 = 1;
 /// Entry flag: a lines entry, whose body is `count` records each followed by an LF.
 pub const FLAG_LINES: u8 = 2;
+/// Entry flag (version 3, lines entries only): the body is followed by a chunk table, one
+/// [`CHUNK_ENTRY`] per [`CHUNK`] bytes of body, and `pcrc` is the CRC of that table.
+pub const FLAG_CHUNKED: u8 = 4;
+/// Bytes of body each entry of a chunk table covers (the last chunk may be shorter).
+pub const CHUNK: u64 = 4096;
+/// Bytes of a chunk-table entry: the chunk's CRC-32 (u32), then the LFs in the body from its
+/// start to the chunk's end (u32).
+pub const CHUNK_ENTRY: u64 = 8;
+
+/// Bytes of the chunk table of a chunked entry with a body of `len` bytes.
+pub const fn chunk_table_len(len: u64) -> u64 {
+    len.div_ceil(CHUNK) * CHUNK_ENTRY
+}
+
+/// The longest body whose chunked entry (body and chunk table) fits in `bytes`.
+pub const fn chunked_body_fitting(bytes: u64) -> u64 {
+    let per = CHUNK + CHUNK_ENTRY;
+    let rem = bytes % per;
+    (bytes / per) * CHUNK + rem.saturating_sub(CHUNK_ENTRY)
+}
+
+/// The LFs in `bytes`, counted 32 bytes at a time in byte-wide counters the compiler turns
+/// into vector compares: a chunk's count costs about what its CRC does, whatever the density
+/// of LFs (an iterator over matches pays per LF).
+pub fn count_lfs(bytes: &[u8]) -> u32 {
+    const LANES: usize = 32;
+    let mut total = 0u32;
+    // At most 255 rounds, so that no byte counter overflows.
+    for block in bytes.chunks(LANES * 255) {
+        let mut acc = [0u8; LANES];
+        let mut words = block.chunks_exact(LANES);
+        for w in &mut words {
+            for (a, &b) in acc.iter_mut().zip(w) {
+                *a += u8::from(b == b'\n');
+            }
+        }
+        total += acc.iter().map(|&a| u32::from(a)).sum::<u32>();
+        total += words.remainder().iter().filter(|&&b| b == b'\n').count() as u32;
+    }
+    total
+}
+
 /// Lines entries may have a body of up to this many bytes even in a ring whose `max_record` is
 /// smaller (`buffer-spec.md` §5).
 pub const LINES_MAX: u32 = 1 << 20;
@@ -204,8 +249,9 @@ pub struct Pos {
     pub seq: u64,
     /// Where the record starts in the body of a lines entry, once a reader has found it; 0 for
     /// the first record of an entry, and for a record not looked for yet (a cursor read back
-    /// from a metadata slot): reading it then checks the entry and counts LFs to find it. Never
-    /// written to disk.
+    /// from a metadata slot): reading it then checks the entry and counts LFs to find it; or
+    /// [`crate::ring::view::IN_DAMAGED_ENTRY`] for a record of a partly damaged chunked entry,
+    /// which every read checks again. Never written to disk.
     pub sub: u32,
 }
 
@@ -527,7 +573,7 @@ impl RecordHeader {
             |h: &RecordHeader| h.count >= 1 && h.len >= h.count && h.flags & FLAG_TRUNCATED == 0;
         match h.kind {
             KIND_DATA if h.flags & FLAG_LINES != 0 => lines_ok(&h).then_some(h),
-            KIND_DATA if h.count == 0 => Some(h),
+            KIND_DATA if h.count == 0 && h.flags & FLAG_CHUNKED == 0 => Some(h),
             KIND_WRAP if h.len == 0 && h.count == 0 => Some(h),
             _ => None,
         }
@@ -548,6 +594,21 @@ impl RecordHeader {
         }
     }
 
+    /// Whether this is a chunked lines entry: a chunk table follows the body.
+    pub fn is_chunked(&self) -> bool {
+        self.is_lines() && self.flags & FLAG_CHUNKED != 0
+    }
+
+    /// Bytes after the header: the body, and the chunk table of a chunked entry.
+    pub fn extent(&self) -> u64 {
+        let len = u64::from(self.len);
+        if self.is_chunked() {
+            len + chunk_table_len(len)
+        } else {
+            len
+        }
+    }
+
     /// Largest body this entry may have in a ring whose records are at most `max_record`.
     pub fn max_len(&self, max_record: u32) -> u32 {
         if self.is_lines() {
@@ -559,7 +620,7 @@ impl RecordHeader {
 
     /// Bytes this record occupies in the data area.
     pub fn stride(&self) -> u64 {
-        record_stride(u64::from(self.len))
+        record_stride(self.extent())
     }
 }
 
@@ -642,6 +703,43 @@ mod tests {
         };
         assert_eq!(parse(plain).map(|h| h.records()), Some(1));
         assert_eq!(parse(RecordHeader { count: 1, ..plain }), None);
+        // Chunked (version 3): lines entries only; the chunk table follows the body.
+        let chunked = RecordHeader {
+            len: 10_000,
+            flags: FLAG_LINES | FLAG_CHUNKED,
+            ..lines
+        };
+        let h = parse(chunked).expect("a chunked lines entry");
+        assert!(h.is_chunked());
+        assert_eq!(h.extent(), 10_000 + 3 * CHUNK_ENTRY);
+        assert_eq!(h.stride(), record_stride(10_024));
+        let plain_chunked = RecordHeader {
+            flags: FLAG_CHUNKED,
+            ..plain
+        };
+        assert_eq!(parse(plain_chunked), None);
+    }
+
+    #[test]
+    fn count_lfs_counts_every_lf_at_every_length_and_density() {
+        for len in [0, 1, 31, 32, 33, 4096, 8160, 8161, 20_000] {
+            for every in [1, 2, 7, 100, 5000] {
+                let b: Vec<u8> = (0..len)
+                    .map(|i| if i % every == 0 { b'\n' } else { b'x' })
+                    .collect();
+                let want = b.iter().filter(|&&c| c == b'\n').count() as u32;
+                assert_eq!(count_lfs(&b), want, "len {len} every {every}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_chunked_body_that_fits_fits_and_one_more_byte_does_not() {
+        for bytes in [0, 7, 8, 9, 4103, 4104, 4105, 4112, 4113, 262_096, 1 << 20] {
+            let body = chunked_body_fitting(bytes);
+            assert!(body + chunk_table_len(body) <= bytes, "{bytes}");
+            assert!(body + 1 + chunk_table_len(body + 1) > bytes, "{bytes}");
+        }
     }
 
     #[test]

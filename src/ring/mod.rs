@@ -34,12 +34,13 @@ use memmap2::Mmap;
 use nix::fcntl::{Flock, FlockArg};
 
 pub use backing::{Backing, MmapBacking};
-pub use format::{record_stride, CursorState, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
 use format::{
-    CursorSlot, Meta, RecordHeader, Superblock, SuperblockError, CURSOR_NAME, DATA_OFFSET,
-    FLAG_LINES, FLAG_TRUNCATED, KIND_DATA, KIND_WRAP, MAX_RECORD_LIMIT, META_LEN, PAGE,
-    SLOT_OFFSETS, SUPERBLOCK_LEN,
+    chunk_table_len, chunked_body_fitting, CursorSlot, Meta, RecordHeader, Superblock,
+    SuperblockError, CHUNK, CHUNK_ENTRY, CURSOR_NAME, DATA_OFFSET, FLAG_CHUNKED, FLAG_LINES,
+    FLAG_TRUNCATED, KIND_DATA, KIND_WRAP, MAX_RECORD_LIMIT, META_LEN, PAGE, SLOT_OFFSETS,
+    SUPERBLOCK_LEN,
 };
+pub use format::{record_stride, CursorState, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
 pub use view::{Damage, Read, Record, View};
 
 /// How many bytes [`Ring::start_writeback`] lets the head move before it starts more disk
@@ -303,6 +304,10 @@ pub struct Recovery {
     pub generation: u64,
     /// Records found past the last checkpoint (written before a crash and kept).
     pub scanned: u64,
+    /// Records past the last checkpoint found damaged, with valid entries of the same run after
+    /// them: kept in the ring, where readers report and skip them (`inspect --verify` lists
+    /// them). Not a torn tail.
+    pub damaged: u64,
     /// The scan ended on a record with the right sequence number but a bad CRC: a torn write.
     pub torn: bool,
     /// Damaged records at the tail dropped (an interrupted write over the oldest records).
@@ -470,6 +475,7 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
         slot,
         generation: meta.generation,
         scanned: scan.records,
+        damaged: scan.damaged,
         torn: scan.torn,
         last_checkpoint_ns: meta.checkpoint_ns,
         ..Recovery::default()
@@ -607,8 +613,8 @@ impl<B: Backing> Ring<B> {
         mut map: B,
         opts: &RingOptions,
     ) -> Result<Ring<B>, OpenError> {
-        // A larger record limit only widens what is valid: raise it in place. A version 1 ring
-        // is a version 2 ring without lines entries: say version 2 before writing any.
+        // A larger record limit only widens what is valid: raise it in place. A version 1 or 2
+        // ring is a version 3 ring without chunked entries: say version 3 before writing any.
         if opts.max_record > sb.max_record || sb.version < format::VERSION {
             validate_options(path, opts)?;
             sb.max_record = sb.max_record.max(opts.max_record);
@@ -803,7 +809,8 @@ impl<B: Backing> Ring<B> {
     /// The largest body a lines entry may have in this ring: what [`Ring::reserve`] takes.
     pub fn lines_max(&self) -> usize {
         let limit = u64::from(self.max_record.max(format::LINES_MAX));
-        limit.min(self.capacity / 4 - RECORD_HEADER) as usize
+        // The body and its chunk table in a quarter of the ring.
+        limit.min(chunked_body_fitting(self.capacity / 4 - RECORD_HEADER)) as usize
     }
 
     /// Makes room at the head for the body of a lines entry, of `max` bytes, or of at least
@@ -818,9 +825,12 @@ impl<B: Backing> Ring<B> {
         if min > max || max > self.lines_max() {
             return Err(AppendError::TooLarge);
         }
-        let to_end = (self.capacity - self.meta.head.off - RECORD_HEADER) as usize;
+        let to_end = self.capacity - self.meta.head.off - RECORD_HEADER;
+        let to_end = chunked_body_fitting(to_end) as usize;
         let room = if to_end >= min { max.min(to_end) } else { max };
-        let (wraps, need) = self.placement(room as u64);
+        // Room for the body and, after the part of it the read fills, its chunk table.
+        let room_table = room as u64 + chunk_table_len(room as u64);
+        let (wraps, need) = self.placement(room_table);
         self.make_room(need)?;
         self.reserved = Some(Reserved { wraps, room });
         Ok(room)
@@ -846,17 +856,28 @@ impl<B: Backing> Ring<B> {
             return Err(NotReserved);
         }
         let at = (if r.wraps { 0 } else { self.meta.head.off } + RECORD_HEADER) as usize;
-        let body = &self.data()[at..at + len];
+        // The chunk table goes right after the body, in the room reserved for it: per 4 KiB
+        // chunk, its CRC and the LFs up to its end (`buffer-spec.md` §5).
+        let table_len = chunk_table_len(len as u64) as usize;
+        let (body, table) = self.data_mut()[at..at + len + table_len].split_at_mut(len);
+        let mut lfs = 0u32;
+        for (chunk, entry) in body
+            .chunks(CHUNK as usize)
+            .zip(table.chunks_exact_mut(CHUNK_ENTRY as usize))
+        {
+            lfs += format::count_lfs(chunk);
+            entry[..4].copy_from_slice(&crc32fast::hash(chunk).to_le_bytes());
+            entry[4..].copy_from_slice(&lfs.to_le_bytes());
+        }
         debug_assert!(
-            body.last() == Some(&b'\n')
-                && memchr::memchr_iter(b'\n', body).count() == count as usize,
+            body.last() == Some(&b'\n') && lfs == count,
             "commit_lines: the body is not {count} LF-terminated records"
         );
-        let pcrc = crc32fast::hash(body);
+        let pcrc = crc32fast::hash(table);
         Ok(self.write_entry(NewEntry {
             wraps: r.wraps,
             len: len as u32,
-            flags: FLAG_LINES,
+            flags: FLAG_LINES | FLAG_CHUNKED,
             count,
             pcrc,
             ts: ts_ns,
@@ -889,7 +910,13 @@ impl<B: Backing> Ring<B> {
         let ts = e.ts.max(self.meta.last_ts);
         let (tail, run) = (self.meta.tail.off, self.meta.run);
         let at = if e.wraps { 0 } else { head.off };
-        let len = u64::from(e.len);
+        // The bytes after the header: the body, and a chunk table after it.
+        let len = u64::from(e.len)
+            + if e.flags & FLAG_CHUNKED != 0 {
+                chunk_table_len(u64::from(e.len))
+            } else {
+                0
+            };
         let need = self.room_taken(e.wraps, len);
         let header = |len, kind, flags, pcrc, count| RecordHeader {
             len,

@@ -6,8 +6,14 @@
 //! offset is checked against the capacity before it is sliced.
 
 use super::format::{
-    record_stride, Pos, RecordHeader, ALIGN, FLAG_TRUNCATED, KIND_WRAP, RECORD_HEADER,
+    chunk_table_len, record_stride, Pos, RecordHeader, ALIGN, CHUNK, CHUNK_ENTRY, FLAG_TRUNCATED,
+    KIND_WRAP, RECORD_HEADER,
 };
+
+/// `Pos::sub` of a record in a chunked lines entry found partly damaged: reading it checks the
+/// chunk table and the chunks the record touches, since a position does not remember which
+/// chunks of its entry are intact (`buffer-spec.md` §7).
+pub const IN_DAMAGED_ENTRY: u32 = u32::MAX;
 
 /// What is wrong with a damaged entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,7 +301,29 @@ impl<'a> View<'a> {
         let body = self.payload(off, h);
         let at = Pos { off, ..pos };
         let next_entry = Pos::at(self.norm(off + h.stride()), end);
-        if check {
+        if h.is_chunked() && (check || pos.sub == IN_DAMAGED_ENTRY) {
+            let c = Chunked::new(self.data, off, h);
+            let whole = match c.check_table(h.pcrc) {
+                Ok(()) if pos.sub == IN_DAMAGED_ENTRY => Err(None),
+                Ok(()) => c
+                    .check_all()
+                    .map_err(|d| matches!(d, Damage::Lines { .. }).then_some(d)),
+                Err(d) => Err(Some(d)),
+            };
+            match whole {
+                Ok(()) => {}
+                // Damage to the whole entry: a table whose CRC does not match (the entry's
+                // length is known: go on after it), or that the writer got wrong.
+                Err(Some(damage)) => {
+                    let next = match damage {
+                        Damage::Lines { .. } => self.after_damaged(self.lin(off) + h.stride(), pos),
+                        _ => next_entry,
+                    };
+                    return Read::Corrupt { at, damage, next };
+                }
+                Err(None) => return self.record_in_damaged(&c, off, h, pos, next_entry),
+            }
+        } else if check {
             if let Err(damage) = body_check(h, body) {
                 // A lines body that does not hold `count` records: the count cannot be
                 // trusted, so the next entry is found by its header, as after header damage.
@@ -377,6 +405,88 @@ impl<'a> View<'a> {
             }),
             next,
         })
+    }
+
+    /// The record `pos` names in the chunked lines entry at `off`, whose table is intact and
+    /// some of whose chunks are not: the record is valid when every chunk it touches is
+    /// (`buffer-spec.md` §7). The next position checks again.
+    fn record_in_damaged(
+        &self,
+        c: &Chunked<'a>,
+        off: u64,
+        h: &RecordHeader,
+        pos: Pos,
+        next_entry: Pos,
+    ) -> Read<'a> {
+        let at = Pos { off, ..pos };
+        let k = (pos.seq - h.seq) as u32;
+        let in_entry = |j: Option<u32>| {
+            j.map_or(next_entry, |j| Pos {
+                off,
+                seq: h.seq + u64::from(j),
+                sub: IN_DAMAGED_ENTRY,
+            })
+        };
+        let (first, last) = c.span(k);
+        if let Some(e) = c.last_damaged(first, last) {
+            return Read::Corrupt {
+                at,
+                damage: Damage::Payload {
+                    stored: c.stored(e),
+                    computed: c.computed(e),
+                },
+                next: in_entry(c.next_intact(c.lfs(e) + 1)),
+            };
+        }
+        let start = c.start(k);
+        let end = start.and_then(|s| memchr::memchr(b'\n', &c.body[s..]).map(|n| s + n));
+        let (Some(start), Some(end)) = (start, end) else {
+            // An intact chunk that does not hold the LFs its table counts: a writer bug.
+            return Read::Corrupt {
+                at,
+                damage: Damage::Lines {
+                    count: h.count,
+                    found: memchr::memchr_iter(b'\n', c.body).count() as u64,
+                },
+                next: next_entry,
+            };
+        };
+        let next = in_entry((k + 1 < h.count).then_some(k + 1));
+        let line = &c.body[start..=end];
+        Read::Record(Record {
+            // Looked for again, it is checked again: a position inside a partly damaged entry
+            // never leads a reader on without checking the chunks.
+            pos: Pos {
+                off,
+                seq: pos.seq,
+                sub: IN_DAMAGED_ENTRY,
+            },
+            ts: h.ts,
+            truncated: false,
+            payload: &c.body[start..end],
+            line: Some(line),
+            lines: Some(Lines {
+                bytes: line,
+                records: 1,
+                next,
+            }),
+            next,
+        })
+    }
+
+    /// Checks the body of the data entry `h` at `off` (`buffer-spec.md` §5): how many of its
+    /// records touch a damaged chunk (0 unless it is chunked), or what is wrong with it whole.
+    pub(crate) fn entry_check(&self, off: u64, h: &RecordHeader) -> Result<u64, Damage> {
+        if !h.is_chunked() {
+            return body_check(h, self.payload(off, h)).map(|()| 0);
+        }
+        let c = Chunked::new(self.data, off, h);
+        c.check_table(h.pcrc)?;
+        match c.check_all() {
+            Ok(()) => Ok(0),
+            Err(d @ Damage::Lines { .. }) => Err(d),
+            Err(_) => Ok(c.damaged_records()),
+        }
     }
 
     /// Where reading goes on after damage at `pos`: the first acceptable header at or after
@@ -501,6 +611,190 @@ fn body_check(h: &RecordHeader, body: &[u8]) -> Result<(), Damage> {
     Ok(())
 }
 
+/// The body and chunk table of a chunked lines entry (`buffer-spec.md` §5).
+struct Chunked<'a> {
+    body: &'a [u8],
+    table: &'a [u8],
+    count: u32,
+}
+
+impl<'a> Chunked<'a> {
+    /// The entry with header `h` at `off` (acceptable, so its body and table are in the area).
+    fn new(data: &'a [u8], off: u64, h: &RecordHeader) -> Chunked<'a> {
+        let start = (off + RECORD_HEADER) as usize;
+        let len = h.len as usize;
+        let table = chunk_table_len(len as u64) as usize;
+        Chunked {
+            body: &data[start..start + len],
+            table: &data[start + len..start + len + table],
+            count: h.count,
+        }
+    }
+
+    fn chunks(&self) -> usize {
+        self.table.len() / CHUNK_ENTRY as usize
+    }
+
+    fn field(&self, i: usize, at: usize) -> u32 {
+        let o = i * CHUNK_ENTRY as usize + at;
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.table[o..o + 4]);
+        u32::from_le_bytes(b)
+    }
+
+    /// The CRC the table holds for chunk `i`.
+    fn stored(&self, i: usize) -> u32 {
+        self.field(i, 0)
+    }
+
+    /// LFs in the body up to the end of chunk `i`.
+    fn lfs(&self, i: usize) -> u32 {
+        self.field(i, 4)
+    }
+
+    fn lfs_before(&self, i: usize) -> u32 {
+        if i == 0 {
+            0
+        } else {
+            self.lfs(i - 1)
+        }
+    }
+
+    fn chunk(&self, i: usize) -> &'a [u8] {
+        let s = i * CHUNK as usize;
+        &self.body[s..(s + CHUNK as usize).min(self.body.len())]
+    }
+
+    fn computed(&self, i: usize) -> u32 {
+        crc32fast::hash(self.chunk(i))
+    }
+
+    /// The table's CRC is `pcrc`, and its LF counts can be: never decreasing, at most a
+    /// chunk's bytes per chunk, `count` at the end.
+    fn check_table(&self, pcrc: u32) -> Result<(), Damage> {
+        let computed = crc32fast::hash(self.table);
+        if computed != pcrc {
+            return Err(Damage::Payload {
+                stored: pcrc,
+                computed,
+            });
+        }
+        let mut before = 0u32;
+        for i in 0..self.chunks() {
+            let lfs = self.lfs(i);
+            if lfs < before || (lfs - before) as usize > self.chunk(i).len() {
+                return Err(Damage::Lines {
+                    count: self.count,
+                    found: u64::from(lfs),
+                });
+            }
+            before = lfs;
+        }
+        if before != self.count {
+            return Err(Damage::Lines {
+                count: self.count,
+                found: u64::from(before),
+            });
+        }
+        Ok(())
+    }
+
+    /// After [`Chunked::check_table`]: every chunk intact and holding the LFs its table entry
+    /// counts, the last byte an LF. The first damaged chunk's CRCs otherwise.
+    fn check_all(&self) -> Result<(), Damage> {
+        for i in 0..self.chunks() {
+            let computed = self.computed(i);
+            if computed != self.stored(i) {
+                return Err(Damage::Payload {
+                    stored: self.stored(i),
+                    computed,
+                });
+            }
+        }
+        for i in 0..self.chunks() {
+            let found = u64::from(super::format::count_lfs(self.chunk(i)));
+            if found + u64::from(self.lfs_before(i)) != u64::from(self.lfs(i)) {
+                return Err(Damage::Lines {
+                    count: self.count,
+                    found: found + u64::from(self.lfs_before(i)),
+                });
+            }
+        }
+        if self.body.last() != Some(&b'\n') {
+            return Err(Damage::Lines {
+                count: self.count,
+                found: u64::from(self.count) - 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// The chunk that holds LF number `j` (from 0; `j < count`).
+    fn chunk_of_lf(&self, j: u32) -> usize {
+        let (mut lo, mut hi) = (0, self.chunks() - 1);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.lfs(mid) > j {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo
+    }
+
+    /// The chunks record `k` touches: from the one holding the LF before it (the first for
+    /// record 0) to the one holding its own LF.
+    fn span(&self, k: u32) -> (usize, usize) {
+        let first = if k == 0 { 0 } else { self.chunk_of_lf(k - 1) };
+        (first, self.chunk_of_lf(k))
+    }
+
+    fn last_damaged(&self, first: usize, last: usize) -> Option<usize> {
+        (first..=last)
+            .rev()
+            .find(|&i| self.computed(i) != self.stored(i))
+    }
+
+    /// The first record from `k` on that touches no damaged chunk.
+    fn next_intact(&self, mut k: u32) -> Option<u32> {
+        while k < self.count {
+            let (first, last) = self.span(k);
+            match self.last_damaged(first, last) {
+                None => return Some(k),
+                // Every record up to the one after that chunk's last LF touches it.
+                Some(e) => k = self.lfs(e) + 1,
+            }
+        }
+        None
+    }
+
+    /// Where record `k` starts in the body: after the LF before it, counted in its chunk.
+    fn start(&self, k: u32) -> Option<usize> {
+        if k == 0 {
+            return Some(0);
+        }
+        let c = self.chunk_of_lf(k - 1);
+        let nth = (k - 1 - self.lfs_before(c)) as usize;
+        memchr::memchr_iter(b'\n', self.chunk(c))
+            .nth(nth)
+            .map(|i| c * CHUNK as usize + i + 1)
+    }
+
+    /// Records that touch a damaged chunk.
+    fn damaged_records(&self) -> u64 {
+        let bad: Vec<bool> = (0..self.chunks())
+            .map(|i| self.computed(i) != self.stored(i))
+            .collect();
+        (0..self.count)
+            .filter(|&k| {
+                let (first, last) = self.span(k);
+                bad[first..=last].iter().any(|&b| b)
+            })
+            .count() as u64
+    }
+}
+
 /// What the recovery scan found past the checkpointed head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scan {
@@ -508,18 +802,44 @@ pub struct Scan {
     pub head: Pos,
     /// Valid records found past the checkpoint.
     pub records: u64,
+    /// Records past the checkpoint that are damaged but followed by valid entries of this run,
+    /// or that touch a damaged chunk of an entry kept: they stay in the ring, where readers
+    /// report and skip them (`buffer-spec.md` §8).
+    pub damaged: u64,
     /// The newest entry's header, if any was found.
     pub newest: Option<RecordHeader>,
     /// Bytes at the head that looked like the start of a record but failed validation (a torn
-    /// write); 0 when the scan ended on an old lap's bytes or on zeroes.
+    /// write); false when the scan ended on an old lap's bytes or on zeroes.
     pub torn: bool,
+}
+
+/// How far past the checkpointed head the recovery scan looks for a valid entry after damage:
+/// the writer writes a metadata slot once the bytes appended since the last one pass a quarter
+/// of the capacity, so every entry written after the checkpoint lies within a quarter plus one
+/// entry and its wrap (`buffer-spec.md` §8).
+pub fn salvage_reach(cap: u64, max_record: u32) -> u64 {
+    let len = u64::from(max_record.max(super::format::LINES_MAX));
+    let entry = record_stride(len + chunk_table_len(len));
+    (cap / 4 + 2 * entry).min(cap)
 }
 
 /// Scans forward from the checkpointed head `start`, accepting an entry only if its header and
 /// body check out, it carries the next sequence number, it was written by `run` and its
-/// receive time does not go backwards. Stops at the first entry that fails (`buffer-spec.md`
-/// §8). Never scans more than one lap.
+/// receive time does not go backwards (`buffer-spec.md` §8). Past an entry that fails, it
+/// resynchronises and goes on from the first entry that passes those checks with a sequence
+/// number at or above the expected one (no further than [`salvage_reach`]): the records in
+/// between are damaged. The head is after the last entry accepted; what fails after it is the
+/// torn tail. Never scans more than one lap.
 pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts: u64) -> Scan {
+    let cap = data.len() as u64;
+    let start = Pos::at(
+        if start.off.saturating_add(RECORD_HEADER) > cap {
+            0
+        } else {
+            start.off
+        },
+        start.seq,
+    );
     let view = View {
         data,
         max_record,
@@ -527,8 +847,8 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
         tail: start,
         head: Pos::at(start.off, u64::MAX),
     };
-    let cap = data.len() as u64;
-    let valid = |off: u64, seq: u64, ts: u64| -> Option<RecordHeader> {
+    // The header at `off` if it chains, with its records that touch a damaged chunk.
+    let valid = |off: u64, seq: u64, ts: u64| -> Option<(RecordHeader, u64)> {
         let h = view.header_at(off)?;
         let ok = h.seq == seq
             && h.run == run
@@ -538,45 +858,82 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
             return None;
         }
         if h.kind == KIND_WRAP {
-            return Some(h);
+            return Some((h, 0));
         }
-        body_check(&h, view.payload(off, &h)).ok().map(|()| h)
+        view.entry_check(off, &h).ok().map(|bad| (h, bad))
     };
+    // The entry at `off` (after its wrap marker, if it is one) if it is accepted: its offset,
+    // header, the ring bytes from `off` to its end, and its damaged records.
+    let accept = |off: u64, seq: u64, ts: u64| -> Option<(u64, RecordHeader, u64, u64)> {
+        let (h, bad) = valid(off, seq, ts)?;
+        if h.kind != KIND_WRAP {
+            return Some((off, h, h.stride(), bad));
+        }
+        // A wrap marker counts only together with the record it points to.
+        match valid(0, seq, ts) {
+            Some((h0, bad)) if h0.kind != KIND_WRAP => Some((0, h0, cap - off + h0.stride(), bad)),
+            _ => None,
+        }
+    };
+    let reach = salvage_reach(cap, max_record);
     let mut scan = Scan {
-        head: Pos::at(view.norm(start.off), start.seq),
+        head: start,
         records: 0,
+        damaged: 0,
         newest: None,
         torn: false,
     };
     let mut ts = last_ts;
-    let mut budget = cap;
+    // Distance of `scan.head` from `start`, in ring order.
+    let mut lin = 0u64;
     loop {
-        let off = scan.head.off;
-        let Some(mut h) = valid(off, scan.head.seq, ts) else {
-            scan.torn = view.header_at(off).is_some_and(|h| h.seq == scan.head.seq);
-            return scan;
+        let (off, seq) = (scan.head.off, scan.head.seq);
+        if let Some((rec_off, h, spent, bad)) = accept(off, seq, ts) {
+            let end = rec_off + h.stride();
+            let next = view.norm(end);
+            // The unused end of the lap after it, if the next entry goes at 0.
+            let skipped = if next == end { 0 } else { cap - end };
+            if lin + spent > cap {
+                return scan;
+            }
+            lin += spent + skipped;
+            ts = h.ts;
+            scan.records += h.records() - bad;
+            scan.damaged += bad;
+            scan.newest = Some(h);
+            scan.head = Pos::at(next, seq + h.records());
+            continue;
+        }
+        // Damage, or the end. An intact header of this run that carries the expected number
+        // gives its length: the next entry is after it. Otherwise its length is unknown.
+        let own = view
+            .header_at(off)
+            .filter(|h| h.seq == seq && h.run == run && h.kind != KIND_WRAP);
+        let mut from = lin + own.map_or(ALIGN, |h| h.stride());
+        let found = loop {
+            // Above the expected number: a damaged entry holds at least one record (a damaged
+            // wrap marker loses the entry after it, as a reader resynchronising there does).
+            let Some((at, p, h)) = view.resync(from, reach, seq + 1) else {
+                break None;
+            };
+            // Each record takes at least a byte of the ring: a sequence number further ahead
+            // than the bytes skipped is not this ring's (a forgery in an old payload).
+            let plausible = h.run == run && h.ts >= ts && h.seq - seq <= at - lin;
+            if plausible && accept(p.off, h.seq, ts).is_some_and(|(_, _, n, _)| at + n <= cap) {
+                break Some((at, p));
+            }
+            from = at + ALIGN;
         };
-        let mut rec_off = off;
-        let mut spent = 0;
-        if h.kind == KIND_WRAP {
-            // A wrap marker counts only together with the record it points to.
-            match valid(0, scan.head.seq, ts) {
-                Some(h0) if h0.kind != KIND_WRAP => {
-                    spent = cap - off;
-                    rec_off = 0;
-                    h = h0;
-                }
-                _ => return scan,
+        match found {
+            Some((at, p)) => {
+                scan.damaged += p.seq - seq;
+                lin = at;
+                scan.head = p;
+            }
+            None => {
+                scan.torn = view.header_at(off).is_some_and(|h| h.seq == seq);
+                return scan;
             }
         }
-        spent += record_stride(u64::from(h.len));
-        if spent > budget {
-            return scan;
-        }
-        budget -= spent;
-        ts = h.ts;
-        scan.records += h.records();
-        scan.newest = Some(h);
-        scan.head = Pos::at(view.norm(rec_off + h.stride()), scan.head.seq + h.records());
     }
 }
