@@ -675,7 +675,6 @@ proptest! {
 
     /// (c), with (a) and (b), one power loss per case.
     #[test]
-    #[ignore = "needs a recovery that scans past damage (branch `recovery`)"]
     fn power_loss_keeps_intact_records_past_damage(
         actions in prop::collection::vec(action(), 1..1500),
         adv in adversary(),
