@@ -23,9 +23,10 @@
 //! - `power_loss_loses_only_unsynced_records_and_never_returns_a_bad_one`: (a) and (b), one
 //!   power loss per case. Passes.
 //! - `power_loss_after_power_loss_loses_only_unsynced_records` (ignored): (a) and (b), power
-//!   lost again and again. Fails: records a recovery dropped come back, and can hide synced
-//!   records; `a_record_dropped_by_recovery_stays_dropped_when_a_slot_outruns_its_records`
-//!   (ignored) is that bug, reproduced step by step. Left open (issue 15).
+//!   lost again and again. It found that records a recovery dropped came back
+//!   (`a_record_dropped_by_recovery_stays_dropped_when_a_slot_outruns_its_records`, fixed by
+//!   the slots' run starts). It still fails: after repeated power losses some records the model
+//!   counts as synced read damaged (a chunked entry's payload CRC). Left open (issue 15).
 //! - `power_loss_keeps_intact_records_past_damage`: (c). Passes since recovery scans past
 //!   damage (§8).
 //! - `a_torn_slot_after_two_unsynced_slot_writes_keeps_what_the_last_sync_covered`: a second
@@ -679,7 +680,8 @@ proptest! {
     /// that a recovery dropped. Fails today: see
     /// `a_record_dropped_by_recovery_stays_dropped_when_a_slot_outruns_its_records`.
     #[test]
-    #[ignore = "bug: records a recovery dropped come back (issue 15, left open)"]
+    #[ignore = "still fails: after repeated power losses, records the model counts as synced read damaged (a chunked entry's payload), issue 15 left open; minimal input in ring_power_loss.proptest-regressions"]
+
     fn power_loss_after_power_loss_loses_only_unsynced_records(
         actions in prop::collection::vec(action(), 1..1500)
     ) {
@@ -696,20 +698,18 @@ proptest! {
     }
 }
 
-/// A bug the model found (run `power_loss_after_power_loss_loses_only_unsynced_records`), not
-/// fixed yet. Recovery drops what lies past the last entry it accepts (a torn tail, or intact
+/// A bug the model found (run `power_loss_after_power_loss_loses_only_unsynced_records`),
+/// fixed. Recovery drops what lies past the last entry it accepts (a torn tail, or intact
 /// entries beyond a damaged stretch longer than it looks past damage, §8) but leaves their
 /// bytes in the file; their sequence numbers are given again to the next run's records. When a
-/// later metadata slot reaches the disk ahead of the records it covers (§10 allows it: a slot
+/// later metadata slot reached the disk ahead of the records it covers (§10 allows it: a slot
 /// written without a sync and written back by the kernel, or the slot of a background sync),
-/// the range it vouches for holds the dropped entries of the earlier run, with the very
-/// sequence numbers expected there: they are read back as data (a record lost to the first
-/// power loss comes back in place of a record of the second, its receive time going
-/// backwards), where §10 says the reader finds damage. A bound in the slot on where its run
-/// began is not enough: the next run's recovery takes the slot's range as valid and the bound
-/// is lost with the run after it; see the issue note for what a fix needs.
+/// the range it vouches for held the dropped entries of the earlier run, with the very
+/// sequence numbers expected there: they were read back as data (a record lost to the first
+/// power loss came back in place of a record of the second). Now each slot records where the
+/// latest runs began (`run_starts`, §4), and from there on an earlier run's entry is not a
+/// record (§5).
 #[test]
-#[ignore = "bug: a record dropped by recovery comes back (issue 15, left open)"]
 fn a_record_dropped_by_recovery_stays_dropped_when_a_slot_outruns_its_records() {
     // A 16 MiB ring: recovery looks past damage for a quarter of the ring plus two of the
     // largest entries (about 6 MiB here); a longer damaged stretch ends the scan.

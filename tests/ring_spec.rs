@@ -225,6 +225,8 @@ struct Slot {
     last_ts: u64,
     checkpoint_ns: u64,
     evicted: u64,
+    /// §4 run starts, newest first: `(run, seq)`, `(0, 0)` unused.
+    run_starts: Vec<(u32, u64)>,
     cursors: Vec<Cursor>,
 }
 
@@ -241,7 +243,10 @@ fn parse_slot(page: &[u8], cap: u64) -> Option<Slot> {
         return None;
     }
     assert_eq!(u32_at(b, 12), 0, "slot reserved 12..16");
-    assert!(b[80..128].iter().all(|&c| c == 0), "slot reserved 80..128");
+    // §4: four run starts at 80..128, each `seq` (8 bytes) then `run` (4 bytes).
+    let run_starts: Vec<(u32, u64)> = (0..4)
+        .map(|i| (u32_at(b, 80 + 12 * i + 8), u64_at(b, 80 + 12 * i)))
+        .collect();
     assert!(
         page[SLOT_LEN..STATE_GENERATION_AT].iter().all(|&c| c == 0),
         "slot page between the structures"
@@ -291,6 +296,7 @@ fn parse_slot(page: &[u8], cap: u64) -> Option<Slot> {
         last_ts: u64_at(b, 56),
         checkpoint_ns: u64_at(b, 64),
         evicted: u64_at(b, 72),
+        run_starts,
         cursors,
     })
 }
@@ -1408,6 +1414,20 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
 
     // Checkpointed entries: tail to head.
     let w = walk(data, &sb, slot.run, slot.tail, slot.head);
+    // §4: the newest run start is this run's; §5: every entry at or after a run start is of
+    // that run or a later one.
+    assert_eq!(slot.run_starts[0].0, slot.run, "{:?}", slot.run_starts);
+    for (o, h) in &w.entries {
+        assert!(
+            slot.run_starts
+                .iter()
+                .all(|&(run, seq)| run == 0 || h.seq < seq || h.run >= run),
+            "entry at {o} (seq {}, run {}) under {:?}",
+            h.seq,
+            h.run,
+            slot.run_starts
+        );
+    }
     assert_eq!(w.records.len() as u64, stats.records);
     assert!(
         !w.markers.is_empty(),

@@ -42,6 +42,8 @@ pub const ALIGN: u64 = 8;
 pub const RECORD_HEADER: u64 = 48;
 /// Cursors kept per ring.
 pub const MAX_CURSORS: usize = 16;
+/// Run starts a metadata slot keeps (`buffer-spec.md` §4).
+pub const RUN_STARTS: usize = 4;
 /// Bytes of a cursor name (UTF-8, zero-padded; all zero = unused entry).
 pub const CURSOR_NAME: usize = 32;
 /// Bytes of the feed name kept in the superblock.
@@ -338,6 +340,9 @@ mod meta {
     pub const LAST_TS: usize = 56;
     pub const CHECKPOINT_NS: usize = 64;
     pub const EVICTED: usize = 72;
+    /// `RUN_STARTS` pairs of (seq: u64, run: u32), newest first.
+    pub const RUN_STARTS: usize = 80;
+    pub const RUN_START_LEN: usize = 12;
     pub const CURSORS: usize = 128;
     pub const CURSOR_LEN: usize = 64;
     pub const CURSOR_SEQ: usize = 32;
@@ -377,6 +382,10 @@ pub struct Meta {
     pub checkpoint_ns: u64,
     /// Records overwritten by `drop_oldest` since the ring was created.
     pub evicted: u64,
+    /// Where the latest runs began, newest first: `(run, seq)` of the head each writer
+    /// recovered when it opened the ring (`(0, 0)`: none recorded). From `seq` on, only entries
+    /// of that run or a later one are records (`buffer-spec.md` §4, §5).
+    pub run_starts: [(u32, u64); RUN_STARTS],
     /// Per-output cursors.
     pub cursors: [CursorSlot; MAX_CURSORS],
 }
@@ -396,6 +405,11 @@ impl Meta {
         put_u64(b, meta::LAST_TS, self.last_ts);
         put_u64(b, meta::CHECKPOINT_NS, self.checkpoint_ns);
         put_u64(b, meta::EVICTED, self.evicted);
+        for (i, &(run, seq)) in self.run_starts.iter().enumerate() {
+            let at = meta::RUN_STARTS + i * meta::RUN_START_LEN;
+            put_u64(b, at, seq);
+            put_u32(b, at + 8, run);
+        }
         for (i, c) in self.cursors.iter().enumerate() {
             let at = meta::CURSORS + i * meta::CURSOR_LEN;
             b[at..at + CURSOR_NAME].copy_from_slice(&c.name);
@@ -434,6 +448,10 @@ impl Meta {
             last_ts: u64_at(b, meta::LAST_TS),
             checkpoint_ns: u64_at(b, meta::CHECKPOINT_NS),
             evicted: u64_at(b, meta::EVICTED),
+            run_starts: std::array::from_fn(|i| {
+                let at = meta::RUN_STARTS + i * meta::RUN_START_LEN;
+                (u32_at(b, at + 8), u64_at(b, at))
+            }),
             cursors: [CursorSlot::default(); MAX_CURSORS],
         };
         for (i, c) in m.cursors.iter_mut().enumerate() {

@@ -489,6 +489,7 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
             data,
             max_record: sb.max_record,
             run: meta.run,
+            run_starts: meta.run_starts,
             tail: Pos::at(newest.tail, meta.tail.seq),
             head: meta.head,
         };
@@ -508,6 +509,7 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
             data,
             max_record: sb.max_record,
             run: meta.run,
+            run_starts: meta.run_starts,
             tail: meta.tail,
             head: meta.head,
         };
@@ -652,6 +654,11 @@ impl<B: Backing> Ring<B> {
         // A new run: records written from now on carry it, so nothing an earlier run left
         // beyond the recovered head can ever chain onto them (`buffer-spec.md` §8, step 5).
         ring.meta.run = ring.meta.run.saturating_add(1);
+        // And from the recovered head on, only this run's entries are records: what an earlier
+        // run left there (dropped by this recovery) is never read as one, even when a later
+        // slot reaches the disk before this run's entries do (`buffer-spec.md` §4, §5).
+        ring.meta.run_starts.rotate_right(1);
+        ring.meta.run_starts[0] = (ring.meta.run, ring.meta.head.seq);
         let now = ring.meta.checkpoint_ns.max(ring.meta.last_ts);
         ring.checkpoint(now, true)
             .map_err(io_err(path, "checkpoint after recovery"))?;
@@ -738,6 +745,7 @@ impl<B: Backing> Ring<B> {
             data: self.data(),
             max_record: self.read_max,
             run: self.meta.run,
+            run_starts: self.meta.run_starts,
             tail: self.meta.tail,
             head: self.meta.head,
         }
@@ -1572,6 +1580,7 @@ impl RingReader {
             data: &self.map[DATA_OFFSET as usize..],
             max_record: self.superblock.max_record,
             run: self.meta.run,
+            run_starts: self.meta.run_starts,
             tail: self.meta.tail,
             head: self.meta.head,
         }

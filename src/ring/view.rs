@@ -7,7 +7,7 @@
 
 use super::format::{
     chunk_table_len, record_stride, Pos, RecordHeader, ALIGN, CHUNK, CHUNK_ENTRY, FLAG_TRUNCATED,
-    KIND_WRAP, RECORD_HEADER,
+    KIND_WRAP, RECORD_HEADER, RUN_STARTS,
 };
 
 /// `Pos::sub` of a record in a chunked lines entry found partly damaged: reading it checks the
@@ -156,6 +156,10 @@ pub struct View<'a> {
     pub max_record: u32,
     /// Records with a higher run number than this are not valid.
     pub run: u32,
+    /// Where the latest runs began (`(run, seq)`, `(0, 0)`: none): from `seq` on, an entry of
+    /// an earlier run than `run` is a leftover its recovery dropped, not a record
+    /// (`buffer-spec.md` §5).
+    pub run_starts: [(u32, u64); RUN_STARTS],
     /// The oldest record.
     pub tail: Pos,
     /// Where the next record will go.
@@ -221,7 +225,12 @@ impl<'a> View<'a> {
             KIND_WRAP => off != 0,
             _ => h.len <= h.max_len(self.max_record) && off + h.stride() <= self.cap(),
         };
-        (fits && h.run <= self.run).then_some(h)
+        let of_its_run = h.run <= self.run
+            && self
+                .run_starts
+                .iter()
+                .all(|&(run, seq)| run == 0 || h.seq < seq || h.run >= run);
+        (fits && of_its_run).then_some(h)
     }
 
     fn payload(&self, off: u64, h: &RecordHeader) -> &'a [u8] {
@@ -844,6 +853,8 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
         data,
         max_record,
         run,
+        // The scan takes only entries of `run` itself.
+        run_starts: [(0, 0); RUN_STARTS],
         tail: start,
         head: Pos::at(start.off, u64::MAX),
     };
