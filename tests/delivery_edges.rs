@@ -114,6 +114,32 @@ impl Drop for Flaky {
     }
 }
 
+/// A config with one feed `f` (a ring of `buffer`, 4 KiB records at most) and one output
+/// `siem` of `output`'s kind and keys, down alert after 3 s; the admin endpoint on.
+fn one_output_config(dir: &std::path::Path, buffer: &str, output: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"[relay]
+data_dir = "{data}"
+admin_listen = "127.0.0.1:0"
+
+[[feed]]
+name = "f"
+input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
+buffer = {{ size = "{buffer}" }}
+max_record_bytes = "4KiB"
+
+[[feed.output]]
+name = "siem"
+{output}
+alert_after = "3s"
+"#,
+        data = dir.join("data").display()
+    );
+    let cfg = dir.join("ringrelay.toml");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 fn key(name: &str) -> String {
     format!("{name}{{feed=\"f\",output=\"siem\"}}")
 }
@@ -225,27 +251,11 @@ fn unauthorized() -> (SocketAddr, Arc<AtomicUsize>) {
 fn an_http_receiver_answering_401_gets_a_growing_backoff_and_raises_output_down() {
     let dir = TempDir::new("edges-401");
     let (addr, requests) = unauthorized();
-    let text = format!(
-        r#"[relay]
-data_dir = "{data}"
-admin_listen = "127.0.0.1:0"
-
-[[feed]]
-name = "f"
-input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
-buffer = {{ size = "1MiB" }}
-max_record_bytes = "4KiB"
-
-[[feed.output]]
-name = "siem"
-kind = "http"
-url = "http://{addr}/collect"
-alert_after = "3s"
-"#,
-        data = dir.path().join("data").display()
+    let cfg = one_output_config(
+        dir.path(),
+        "1MiB",
+        &format!("kind = \"http\"\nurl = \"http://{addr}/collect\""),
     );
-    let cfg = dir.path().join("ringrelay.toml");
-    std::fs::write(&cfg, text).unwrap();
     let relay = RelayProc::start(&cfg, 1);
     let admin = admin_addr(&relay);
     send_records(relay.addr("f"), 0..100, LEN);
@@ -289,28 +299,11 @@ fn file_records(path: &std::path::Path) -> Result<HashMap<u64, u32>, String> {
 fn a_file_output_on_a_full_disk_never_writes_a_torn_record_and_backs_off() {
     let dir = TempDir::new("edges-enospc");
     let out = dir.path().join("out").join("f.log");
-    let text = format!(
-        r#"[relay]
-data_dir = "{data}"
-admin_listen = "127.0.0.1:0"
-
-[[feed]]
-name = "f"
-input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
-buffer = {{ size = "4MiB" }}
-max_record_bytes = "4KiB"
-
-[[feed.output]]
-name = "siem"
-kind = "file"
-path = "{out}"
-alert_after = "3s"
-"#,
-        data = dir.path().join("data").display(),
-        out = out.display()
+    let cfg = one_output_config(
+        dir.path(),
+        "4MiB",
+        &format!("kind = \"file\"\npath = \"{}\"", out.display()),
     );
-    let cfg = dir.path().join("ringrelay.toml");
-    std::fs::write(&cfg, text).unwrap();
     // The ring is created (allocated in full) by a first run without a limit.
     let mut first = RelayProc::start(&cfg, 1);
     first.terminate();
