@@ -18,6 +18,7 @@ use nix::unistd::{access, AccessFlags};
 
 use crate::config::{Config, ConfigError, FeedConfig};
 use crate::ring::format::{Superblock, DATA_OFFSET, SUPERBLOCK_LEN};
+use crate::ring::human_bytes_approx as human_bytes;
 
 /// What a finding stops.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,20 +119,6 @@ fn nearest_existing(dir: &Path) -> PathBuf {
         }
     };
     std::fs::canonicalize(&found).unwrap_or(found)
-}
-
-/// `n` bytes to one decimal in the largest binary unit it reaches.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1 << 40, "TiB"),
-        (1 << 30, "GiB"),
-        (1 << 20, "MiB"),
-        (1 << 10, "KiB"),
-    ];
-    match UNITS.iter().find(|(u, _)| n >= *u) {
-        Some((u, name)) => format!("{:.1} {name}", n as f64 / *u as f64),
-        None => format!("{n} bytes"),
-    }
 }
 
 /// Whether `dir` exists as a writable directory, or can be created in `existing`.

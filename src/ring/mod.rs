@@ -1624,3 +1624,17 @@ pub fn human_bytes(n: u64) -> String {
     }
     format!("{n} B")
 }
+
+/// `n` bytes to one decimal in the largest binary unit it reaches (`85.0 GiB`, `4.0 MiB`).
+pub fn human_bytes_approx(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    match UNITS.iter().find(|(u, _)| n >= *u) {
+        Some((u, name)) => format!("{:.1} {name}", n as f64 / *u as f64),
+        None => format!("{n} bytes"),
+    }
+}
