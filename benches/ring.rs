@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use memmap2::MmapMut;
-use ringrelay::framing::{Framer, FramerConfig, Framing, Oversize};
+use ringrelay::input::framing::{Framer, FramerConfig, Framing, Oversize};
 use ringrelay::ring::{record_stride, Read, Ring, RingOptions, RingReader, WhenFull};
 
 const MIB: f64 = 1024.0 * 1024.0;

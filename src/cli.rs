@@ -213,24 +213,24 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
         "check" => {
             args.check_known(&["--config"])?;
             let path = PathBuf::from(args.required("--config")?);
-            Ok(crate::relay::check(&path))
+            Ok(crate::event_loop::check(&path))
         }
         "run" => {
             args.check_known(&["--config"])?;
             let path = PathBuf::from(args.required("--config")?);
-            Ok(crate::relay::run(&path))
+            Ok(crate::event_loop::run(&path))
         }
         "selftest" => {
             args.check_known(&["--seconds"])?;
             let secs = args.number("--seconds")?.unwrap_or(20);
             Ok(crate::selftest::run(crate::selftest::Plan::new(secs)?))
         }
-        // Hidden: the relay's sync helper process (`relay::sync_helper`), started by `run`.
-        crate::relay::sync_helper::SUBCOMMAND => {
+        // Hidden: the relay's sync helper process (`ring::sync_helper`), started by `run`.
+        crate::ring::sync_helper::SUBCOMMAND => {
             let [parent] = args.positional.as_slice() else {
                 return Err("ringrelay sync-helper is started by ringrelay run".into());
             };
-            Ok(crate::relay::sync_helper::run(parent))
+            Ok(crate::ring::sync_helper::run(parent))
         }
         other => Err(format!("ringrelay: unknown command {other:?}")),
     }

@@ -13,9 +13,9 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::framing::{Framing, Oversize};
+use crate::input::framing::{Framing, Oversize};
+use crate::output::syslog::{Format, SyslogConfig, APP_NAME_MAX, FACILITIES, SEVERITIES};
 use crate::ring::{record_stride, WhenFull, MIN_CAPACITY};
-use crate::syslog::{Format, SyslogConfig, APP_NAME_MAX, FACILITIES, SEVERITIES};
 use crate::tls::{ClientFiles, ServerFiles};
 
 /// The relay's whole configuration.

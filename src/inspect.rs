@@ -55,7 +55,7 @@ pub fn export(path: &Path, format: ExportFormat) -> ExitCode {
                 line.push_str(",\"ts\":\"");
                 line.push_str(&rfc3339(r.ts));
                 line.push_str("\",\"record\":");
-                crate::relay::alert::json_str(&mut line, &String::from_utf8_lossy(r.payload));
+                crate::alert::json_str(&mut line, &String::from_utf8_lossy(r.payload));
                 if r.truncated {
                     line.push_str(",\"truncated\":true");
                 }

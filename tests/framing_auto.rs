@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use ringrelay::framing::{Detected, Framer, FramerConfig, FramerStats, Framing, Oversize};
+use ringrelay::input::framing::{Detected, Framer, FramerConfig, FramerStats, Framing, Oversize};
 
 const MAX: usize = 4096;
 

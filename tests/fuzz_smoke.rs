@@ -12,7 +12,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use ringrelay::framing::{FramerConfig, Framing, Oversize};
+use ringrelay::input::framing::{FramerConfig, Framing, Oversize};
 use ringrelay::ring::Read;
 
 fn watchdog() {

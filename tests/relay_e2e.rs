@@ -751,7 +751,7 @@ fn a_sync_period_shorter_than_the_disk_needs_loses_nothing() {
 /// from one read to the next.
 #[test]
 fn newline_records_read_into_the_ring_arrive_as_the_framer_frames_them() {
-    use ringrelay::framing::{Framer, FramerConfig, Framing, Oversize};
+    use ringrelay::input::framing::{Framer, FramerConfig, Framing, Oversize};
     const MAX: usize = 96 << 10;
     let dir = TempDir::new("e2e-in-place");
     let siem = Sink::new(true);

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use ringrelay::framing::{Framer, FramerConfig, FramerStats, Framing, Oversize};
-use ringrelay::http_batch::{self, Expect, Limits};
-use ringrelay::relay::http::{self, Response, ResponseReader, MAX_RESPONSE_BODY};
+use ringrelay::input::framing::{Framer, FramerConfig, FramerStats, Framing, Oversize};
+use ringrelay::input::http::request::{self, Expect, Limits};
+use ringrelay::output::http::protocol::{self, Response, ResponseReader, MAX_RESPONSE_BODY};
 use ringrelay::ring::format::{
     chunk_table_len, RecordHeader, CHUNK, FLAG_CHUNKED, FLAG_LINES, KIND_DATA,
 };
@@ -1095,8 +1095,8 @@ pub fn http_response(data: &[u8]) {
     let whole = read_responses(&[data]);
     let parts = read_responses(&[&data[..split], &data[split..]]);
     assert_eq!(whole, parts, "split at {split}");
-    let _ = http::hec_ack_id(data);
-    let _ = http::hec_acks(data, |_, _| {});
+    let _ = protocol::hec_ack_id(data);
+    let _ = protocol::hec_acks(data, |_, _| {});
 }
 
 /// Any bytes as an HTTP input's request stream: the head parser never panics and never claims
@@ -1113,7 +1113,7 @@ pub fn http_request(data: &[u8]) {
         path: "/nss",
         auth: Some(("x-key", b"k")),
     };
-    let (body, gzip) = match http_batch::parse_head(data, &expect, &limits) {
+    let (body, gzip) = match request::parse_head(data, &expect, &limits) {
         Ok(Some(h)) => {
             assert!(h.len <= data.len() && h.body_len <= limits.max_body);
             (&data[h.len..data.len().min(h.len + h.body_len)], h.gzip)
@@ -1129,7 +1129,7 @@ pub fn http_request(data: &[u8]) {
         }
     };
     let mut decoded = Vec::new();
-    let body = if gzip && http_batch::gunzip(body, limits.max_decoded, &mut decoded).is_ok() {
+    let body = if gzip && request::gunzip(body, limits.max_decoded, &mut decoded).is_ok() {
         assert!(decoded.len() <= limits.max_decoded);
         &decoded[..]
     } else {
@@ -1138,7 +1138,7 @@ pub fn http_request(data: &[u8]) {
     let range = body.as_ptr_range();
     let array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let mut total = 0;
-    http_batch::split_records(body, &mut |r| {
+    request::split_records(body, &mut |r| {
         assert!(!r.is_empty());
         assert!(range.contains(&r.as_ptr()) && r.len() <= body.len());
         if !array {

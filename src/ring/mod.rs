@@ -22,6 +22,7 @@
 mod backing;
 pub mod format;
 pub mod salvage;
+pub mod sync_helper;
 pub mod view;
 
 use std::fmt;

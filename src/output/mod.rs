@@ -59,14 +59,15 @@ use crate::clock;
 use crate::config::{OutFraming, OutputConfig, OutputKind};
 use crate::log::{Level, Limiter};
 use crate::ring::{CursorState, Pos, Read, Ring};
-use crate::syslog::{Header, HEADER_MAX};
 use crate::tls::{self, ClientFiles};
+use syslog::{Header, HEADER_MAX};
 
-use super::alert::{Alert, AlertKind, Value};
+use crate::alert::{Alert, AlertKind, Value};
 
-mod http_delivery;
-use http_delivery::HttpSink;
-pub use http_delivery::HttpStats;
+pub mod http;
+pub mod syslog;
+use http::HttpSink;
+pub use http::HttpStats;
 
 /// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
 const FRAMES_PER_WRITE: usize = 256;
@@ -1547,7 +1548,7 @@ fn client_tls(
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>), String> {
     let (config, expired) = tls::client_config(files)
         .map_err(|e| format!("feed {feed} output {output}: {}: {}", e.key, e.msg))?;
-    super::log_expired(feed, Some(output), &expired);
+    crate::event_loop::log_expired(feed, Some(output), &expired);
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("feed {feed} output {output}: server_name {server_name:?}: {e}"))?;
     Ok((config, name))

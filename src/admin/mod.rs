@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
-use super::Feed;
+use crate::alert::AlertStats;
 use crate::clock;
+use crate::feed::{FailedFeed, Feed};
 use crate::log::{Level, Limiter};
+use crate::output::Output;
 
 /// Token of the admin listener.
 pub const LISTENER: Token = Token(999);
@@ -48,6 +50,16 @@ pub struct Admin {
     log: Limiter,
 }
 
+/// What the event loop did, for `/metrics`: a turn is one poll and the work it woke.
+#[derive(Default)]
+pub struct LoopStats {
+    pub turns: u64,
+    /// The longest turn: how long every other socket, timer and signal had to wait.
+    pub turn_max: Duration,
+    /// Reads of input connections that returned data.
+    pub input_reads: u64,
+}
+
 /// What the endpoint reports about the relay as a whole.
 pub struct Summary<'a> {
     pub instance: &'a str,
@@ -55,10 +67,10 @@ pub struct Summary<'a> {
     /// The fencing epoch this instance holds (0 on a standby).
     pub epoch: u64,
     pub started_ns: u64,
-    pub alerts: &'a super::AlertStats,
-    pub event_loop: &'a super::LoopStats,
+    pub alerts: &'a AlertStats,
+    pub event_loop: &'a LoopStats,
     /// Feeds whose ring could not be opened.
-    pub failed: &'a [super::FailedFeed],
+    pub failed: &'a [FailedFeed],
 }
 
 impl Admin {
@@ -295,10 +307,10 @@ fn readiness(feeds: &[Feed], summary: &Summary<'_>) -> (bool, String) {
         return (false, format!("role is {}", summary.role));
     }
     for f in feeds {
-        if f.listener.is_none() {
+        if f.input.listener.is_none() {
             return (false, format!("feed {} is not listening", f.cfg.name));
         }
-        if f.paused || !f.ring.has_room(READY_ROOM) {
+        if f.input.paused || !f.ring.has_room(READY_ROOM) {
             return (
                 false,
                 format!(
@@ -314,7 +326,7 @@ fn readiness(feeds: &[Feed], summary: &Summary<'_>) -> (bool, String) {
 fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
     let (ready, _) = readiness(feeds, summary);
     let mut s = String::from("{\"instance\":");
-    super::alert::json_str(&mut s, summary.instance);
+    crate::alert::json_str(&mut s, summary.instance);
     let _ = write!(
         s,
         ",\"role\":\"{}\",\"ready\":{ready},\"feeds\":[",
@@ -332,7 +344,7 @@ fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
             st.capacity,
             st.span_secs(),
             json_seconds(f.coverage_secs()),
-            f.conns,
+            f.input.conns,
         );
         for (j, o) in f.outputs.iter().enumerate() {
             let (lag, _) = o.lag(&f.ring);
@@ -355,9 +367,9 @@ fn health(feeds: &[Feed], summary: &Summary<'_>) -> String {
             if i + feeds.len() > 0 { "," } else { "" },
             f.name
         );
-        super::alert::json_str(&mut s, &f.path.display().to_string());
+        crate::alert::json_str(&mut s, &f.path.display().to_string());
         s.push_str(",\"error\":");
-        super::alert::json_str(&mut s, &f.error);
+        crate::alert::json_str(&mut s, &f.error);
         s.push_str(",\"outputs\":[]}");
     }
     s.push_str("]}\n");
@@ -525,67 +537,67 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             "ringrelay_feed_records_received_total",
             "counter",
             "Records accepted into the ring.",
-            |f| f.stats.records.to_string(),
+            |f| f.input.stats.records.to_string(),
         ),
         (
             "ringrelay_feed_bytes_received_total",
             "counter",
             "Payload bytes accepted into the ring.",
-            |f| f.stats.bytes.to_string(),
+            |f| f.input.stats.bytes.to_string(),
         ),
         (
             "ringrelay_feed_records_truncated_total",
             "counter",
             "Records cut at max_record_bytes (and kept).",
-            |f| f.stats.truncated.to_string(),
+            |f| f.input.stats.truncated.to_string(),
         ),
         (
             "ringrelay_feed_bad_frames_total",
             "counter",
             "Octet-counting frames with an invalid header, kept as lines.",
-            |f| f.stats.bad_frames.to_string(),
+            |f| f.input.stats.bad_frames.to_string(),
         ),
         (
             "ringrelay_feed_framing_fallbacks_total",
             "counter",
             "Connections with framing auto that started with digits and a space but were not a plausible octet frame, so were framed by newline.",
-            |f| f.stats.framing_fallbacks.to_string(),
+            |f| f.input.stats.framing_fallbacks.to_string(),
         ),
         (
             "ringrelay_feed_connections_total",
             "counter",
             "Input connections accepted.",
-            |f| f.stats.accepted.to_string(),
+            |f| f.input.stats.accepted.to_string(),
         ),
         (
             "ringrelay_feed_connections_open",
             "gauge",
             "Input connections open now.",
-            |f| f.conns.to_string(),
+            |f| f.input.conns.to_string(),
         ),
         (
             "ringrelay_feed_connections_evicted_total",
             "counter",
             "Silent input connections closed to make room for a new one (max_connections, max_connections_per_source).",
-            |f| f.stats.evicted.to_string(),
+            |f| f.input.stats.evicted.to_string(),
         ),
         (
             "ringrelay_feed_accept_paused_total",
             "counter",
             "Times the feed stopped accepting at max_connections with nothing to evict (new connections wait in the listen backlog).",
-            |f| f.stats.accept_paused.to_string(),
+            |f| f.input.stats.accept_paused.to_string(),
         ),
         (
             "ringrelay_feed_accept_paused_seconds_total",
             "counter",
             "Time spent not accepting at max_connections, episodes that ended.",
-            |f| format!("{:.3}", f.stats.accept_paused_ms as f64 / 1000.0),
+            |f| format!("{:.3}", f.input.stats.accept_paused_ms as f64 / 1000.0),
         ),
         (
             "ringrelay_feed_connections_idle_closed_total",
             "counter",
             "Input connections closed after idle_timeout of silence.",
-            |f| f.stats.idle_closed.to_string(),
+            |f| f.input.stats.idle_closed.to_string(),
         ),
         (
             "ringrelay_ring_capacity_bytes",
@@ -655,8 +667,8 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     m.head(name, "counter", "Records not accepted, by reason.");
     for f in feeds {
         for (reason, v) in [
-            ("oversize", f.stats.dropped_oversize),
-            ("incomplete_at_close", f.stats.incomplete_at_eof),
+            ("oversize", f.input.stats.dropped_oversize),
+            ("incomplete_at_close", f.input.stats.incomplete_at_eof),
         ] {
             m.sample(
                 name,
@@ -676,7 +688,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         m.sample(
             name,
             &format!("feed=\"{}\",reason=\"per_source\"", f.cfg.name),
-            f.stats.refused,
+            f.input.stats.refused,
         );
     }
 
@@ -690,14 +702,17 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         m.sample(
             name,
             &format!("feed=\"{}\"", f.cfg.name),
-            f.stats.header_timeouts,
+            f.input.stats.header_timeouts,
         );
     }
 
     let name = "ringrelay_feed_http_responses_total";
     m.head(name, "counter", "HTTP input responses, by status code.");
     for f in feeds.iter().filter(|f| f.cfg.input.http.is_some()) {
-        for (code, v) in super::http_in::STATUSES.iter().zip(f.stats.http_responses) {
+        for (code, v) in crate::input::http::STATUSES
+            .iter()
+            .zip(f.input.stats.http_responses)
+        {
             m.sample(name, &format!("code=\"{code}\",feed=\"{}\"", f.cfg.name), v);
         }
     }
@@ -708,7 +723,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         m.sample(
             name,
             &format!("feed=\"{}\"", f.cfg.name),
-            f.stats.tls_handshakes,
+            f.input.stats.tls_handshakes,
         );
     }
     let name = "ringrelay_feed_tls_handshake_failures_total";
@@ -718,7 +733,10 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         "TLS input handshakes failed, by reason (unknown_ca, expired, no_client_certificate, not_tls, timeout, ...).",
     );
     for f in tls_feeds() {
-        for (reason, v) in crate::tls::FAILURE_REASONS.iter().zip(f.stats.tls_failures) {
+        for (reason, v) in crate::tls::FAILURE_REASONS
+            .iter()
+            .zip(f.input.stats.tls_failures)
+        {
             m.sample(
                 name,
                 &format!("feed=\"{}\",reason=\"{reason}\"", f.cfg.name),
@@ -727,7 +745,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
         }
     }
 
-    type OutValue = fn(&Feed, &super::Output, u64) -> String;
+    type OutValue = fn(&Feed, &Output, u64) -> String;
     let out_families: [(&str, &str, &str, OutValue); 12] = [
         (
             "ringrelay_output_records_delivered_total",
@@ -841,7 +859,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
             }
         }
     }
-    type HttpValue = fn(&super::Output) -> Option<u64>;
+    type HttpValue = fn(&Output) -> Option<u64>;
     let http_families: [(&str, &str, &str, HttpValue); 3] = [
         (
             "ringrelay_output_records_dead_lettered_total",
@@ -875,7 +893,7 @@ fn metrics(feeds: &[Feed], summary: &Summary<'_>) -> String {
     }
     let name = "ringrelay_alerts_total";
     m.head(name, "counter", "Alerts raised (transitions), by kind.");
-    for kind in super::AlertKind::ALL {
+    for kind in crate::alert::AlertKind::ALL {
         m.sample(
             name,
             &format!("kind=\"{}\"", kind.name()),

@@ -8,20 +8,22 @@
 //! `sync = "always"`). A `block` ring without room for the whole batch answers 503 with
 //! `Retry-After` before taking any of it, so a retry brings no duplicates. While a response is
 //! being written nothing more is read: a client that does not read its responses stalls only
-//! itself. See `crate::http_batch` for the status codes.
+//! itself. See [`request`] for the status codes.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{Feed, Relay, READS_PER_TURN};
+pub mod request;
+
+use super::{FeedIn, Feeds, Inputs, READS_PER_TURN};
 use crate::clock;
 use crate::config::SyncPolicy;
-use crate::framing::Oversize;
-use crate::http_batch::{self, Expect, Head, Limits, Refusal};
+use crate::input::framing::Oversize;
 use crate::log::Level;
 use crate::ring::WhenFull;
 use crate::ring::{record_stride, AppendError};
+use request::{Expect, Head, Limits, Refusal};
 
 /// Request line and headers, at most.
 const MAX_HEAD: usize = 16 << 10;
@@ -63,7 +65,7 @@ impl HttpConn {
     /// Since when the connection has been waiting for a request head (opened at `opened`):
     /// `None` while a request's body is read, a response is written, or the connection closes.
     /// An idle keep-alive connection and a slow head (slowloris) both wait.
-    pub(super) fn head_wait_since(&self, opened: Instant) -> Option<Instant> {
+    pub fn head_wait_since(&self, opened: Instant) -> Option<Instant> {
         let busy =
             self.head_done || !self.out.is_empty() || self.close_after || self.lingering.is_some();
         (!busy).then(|| self.answered.unwrap_or(opened))
@@ -86,22 +88,21 @@ enum Step {
     More,
 }
 
-impl Relay {
+impl Inputs {
     /// Serves HTTP connection `id`: writes what is owed, answers complete requests, reads more
     /// up to the turn's budget (everything, when `drain`).
-    pub(super) fn service_http(&mut self, id: usize, now: Instant, drain: bool) {
-        let Relay {
+    pub fn service_http(&mut self, feeds: &mut dyn Feeds, id: usize, now: Instant, drain: bool) {
+        let Inputs {
             conns,
-            feeds,
             ready,
             bytes_in,
-            loop_stats,
+            reads: input_reads,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        let feed = &mut feeds[conn.feed];
+        let mut feed = feeds.feed(conn.feed);
         // Out of the connection while it is served, so both can be borrowed.
         let Some(mut http) = conn.http.take() else {
             return;
@@ -130,8 +131,8 @@ impl Relay {
                 let mut sink = [0u8; 16 << 10];
                 match conn.read_plain(
                     &mut sink,
-                    (&feed.cfg.name, &mut feed.stats),
-                    &mut feed.logs.tls,
+                    (&feed.cfg.name, &mut feed.input.stats),
+                    &mut feed.input.logs.tls,
                     now,
                 ) {
                     Ok(0) => break Some(("response sent; connection: close", None)),
@@ -145,7 +146,7 @@ impl Relay {
                 }
                 continue;
             }
-            match answer(&mut http, feed, &conn.pending, conn.peer) {
+            match answer(&mut http, &mut feed, &conn.pending, conn.peer) {
                 Step::Answered(n) => {
                     conn.pending.drain(..n);
                     conn.last_active = now;
@@ -171,8 +172,8 @@ impl Relay {
             let mut buf = std::mem::take(&mut conn.pending);
             let res = conn.read_plain(
                 &mut buf[old..],
-                (&feed.cfg.name, &mut feed.stats),
-                &mut feed.logs.tls,
+                (&feed.cfg.name, &mut feed.input.stats),
+                &mut feed.input.logs.tls,
                 now,
             );
             conn.pending = buf;
@@ -181,7 +182,7 @@ impl Relay {
                 Ok(0) => conn.eof = true,
                 Ok(n) => {
                     reads += 1;
-                    loop_stats.input_reads += 1;
+                    *input_reads += 1;
                     *bytes_in += n as u64;
                     conn.last_active = now;
                     http.started.get_or_insert(now);
@@ -193,19 +194,19 @@ impl Relay {
         };
         conn.http = Some(http);
         if let Some((why, err)) = closing {
-            self.close_conn(id, why, err, now);
+            self.close_conn(feeds, id, why, err, now);
         }
     }
 
     /// Answers requests that have taken longer than their feed's `request_timeout` with 408
     /// and closes their connections; closes connections whose request head did not arrive
     /// within `header_timeout` (with a 408 if part of it did).
-    pub(super) fn expire_requests(&mut self, now: Instant) {
+    pub fn expire_requests(&mut self, feeds: &mut dyn Feeds, now: Instant) {
         for id in 0..self.conns.len() {
             let Some(conn) = self.conns[id].as_mut() else {
                 continue;
             };
-            let feed = &mut self.feeds[conn.feed];
+            let mut feed = feeds.feed(conn.feed);
             let Some((http, cfg)) = conn.http.as_deref_mut().zip(feed.cfg.input.http.as_ref())
             else {
                 continue;
@@ -215,6 +216,7 @@ impl Relay {
                 .is_some_and(|(since, _)| now.duration_since(since) > LINGER)
             {
                 self.close_conn(
+                    feeds,
                     id,
                     "response sent; sender kept the connection open",
                     None,
@@ -226,10 +228,10 @@ impl Relay {
                 .head_wait_since(conn.opened)
                 .is_some_and(|s| now.duration_since(s) > cfg.header_timeout)
             {
-                feed.stats.header_timeouts += 1;
+                feed.input.stats.header_timeouts += 1;
                 if conn.pending.is_empty() {
                     // Nothing of a request: nobody to answer.
-                    self.close_conn(id, "header_timeout", None, now);
+                    self.close_conn(feeds, id, "header_timeout", None, now);
                     continue;
                 }
                 let refusal = Refusal {
@@ -238,8 +240,8 @@ impl Relay {
                     close: true,
                     skip: 0,
                 };
-                respond(http, feed, conn.peer, &refusal, None);
-                self.service_http(id, now, false);
+                respond(http, &mut feed, conn.peer, &refusal, None);
+                self.service_http(feeds, id, now, false);
                 continue;
             }
             if http
@@ -252,15 +254,15 @@ impl Relay {
                     close: true,
                     skip: 0,
                 };
-                respond(http, feed, conn.peer, &refusal, None);
-                self.service_http(id, now, false);
+                respond(http, &mut feed, conn.peer, &refusal, None);
+                self.service_http(feeds, id, now, false);
             }
         }
     }
 }
 
 /// Answers the request at the start of `pending`, if it is complete.
-fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr) -> Step {
+fn answer(http: &mut HttpConn, feed: &mut FeedIn<'_>, pending: &[u8], peer: SocketAddr) -> Step {
     let Some(cfg) = feed.cfg.input.http.as_ref() else {
         return Step::More;
     };
@@ -276,7 +278,7 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
     if pending.is_empty() {
         return Step::More;
     }
-    let head = match http_batch::parse_head(pending, &expect, &limits) {
+    let head = match request::parse_head(pending, &expect, &limits) {
         Ok(None) => return Step::More,
         Ok(Some(head)) => {
             http.head_done = true;
@@ -318,7 +320,7 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
     let body = &pending[len..len + body_len];
     let mut decoded = Vec::new();
     let body = if gzip {
-        if let Err(r) = http_batch::gunzip(body, limits.max_decoded, &mut decoded) {
+        if let Err(r) = request::gunzip(body, limits.max_decoded, &mut decoded) {
             let r = Refusal {
                 close: !keep_alive,
                 ..r
@@ -333,12 +335,12 @@ fn answer(http: &mut HttpConn, feed: &mut Feed, pending: &[u8], peer: SocketAddr
     match take_batch(feed, body) {
         Ok(records) => {
             let text = format!("{{\"status\":200,\"records\":{records}}}");
-            let r = http_batch::response(200, &text, keep_alive, None);
+            let r = request::response(200, &text, keep_alive, None);
             http.out.extend_from_slice(&r);
             http.close_after |= !keep_alive;
             http.answered(clock::now());
             http.records += records;
-            feed.stats.http_responses[0] += 1;
+            feed.input.stats.http_responses[0] += 1;
         }
         Err(r) => {
             let r = Refusal {
@@ -358,7 +360,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Whether the complete request head at the start of `buf` is HTTP/1.1 and carries
 /// `Expect: 100-continue` (an HTTP/1.0 sender gets no interim response: RFC 9110 §10.1.1).
 fn expects_continue(buf: &[u8]) -> bool {
-    // As many as `http_batch::parse_head` takes; a head with more was refused (431) already.
+    // As many as `request::parse_head` takes; a head with more was refused (431) already.
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     matches!(req.parse(buf), Ok(httparse::Status::Complete(_)))
@@ -370,17 +372,17 @@ fn expects_continue(buf: &[u8]) -> bool {
 }
 
 /// Appends every record of `body` to the feed's ring, or none of them.
-fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
-    let max = feed.framer.max_record;
-    let drop_oversize = feed.framer.oversize == Oversize::Drop;
-    let shape = http_batch::shape(body);
+fn take_batch(feed: &mut FeedIn<'_>, body: &[u8]) -> Result<u64, Refusal> {
+    let max = feed.input.framer.max_record;
+    let drop_oversize = feed.input.framer.oversize == Oversize::Drop;
+    let shape = request::shape(body);
     // A record of one byte and its separator take 2 body bytes and a 56-byte stride: a ring
     // that overwrites and holds 64 times the body takes it without counting.
     let roomy = feed.cfg.when_full == WhenFull::DropOldest
         && (body.len() as u64 + 1).saturating_mul(64) <= feed.ring.capacity();
     let mut need = 0u64;
     if !roomy {
-        http_batch::split(body, shape, &mut |r| {
+        request::split(body, shape, &mut |r| {
             if r.len() <= max || !drop_oversize {
                 need += record_stride(r.len().min(max) as u64);
             }
@@ -388,7 +390,7 @@ fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
     }
     // Room for every record and one wrap.
     if !roomy && !feed.ring.has_room(need + record_stride(max as u64)) {
-        feed.stats.blocked += 1;
+        feed.input.stats.blocked += 1;
         return Err(Refusal {
             status: 503,
             reason: "ring full (when_full = block); retry later",
@@ -397,10 +399,10 @@ fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
         });
     }
     let ts = clock::wall_ns();
-    let (ring, stats) = (&mut feed.ring, &mut feed.stats);
+    let (ring, stats) = (&mut feed.ring, &mut feed.input.stats);
     let mut taken = 0u64;
     let mut full = false;
-    http_batch::split(body, shape, &mut |r| {
+    request::split(body, shape, &mut |r| {
         if full {
             return;
         }
@@ -445,21 +447,21 @@ fn take_batch(feed: &mut Feed, body: &[u8]) -> Result<u64, Refusal> {
 /// Queues a refusal, counts it and logs it (rate-limited).
 fn respond(
     http: &mut HttpConn,
-    feed: &mut Feed,
+    feed: &mut FeedIn<'_>,
     peer: SocketAddr,
     r: &Refusal,
     retry: Option<u32>,
 ) {
     let body = format!("{{\"status\":{},\"error\":\"{}\"}}", r.status, r.reason);
     http.out
-        .extend_from_slice(&http_batch::response(r.status, &body, !r.close, retry));
+        .extend_from_slice(&request::response(r.status, &body, !r.close, retry));
     http.close_after |= r.close;
     let now = clock::now();
     http.answered(now);
     if let Some(i) = STATUSES.iter().position(|&s| s == r.status) {
-        feed.stats.http_responses[i] += 1;
+        feed.input.stats.http_responses[i] += 1;
     }
-    if let Some(suppressed) = feed.refuse_log.allow(now) {
+    if let Some(suppressed) = feed.input.refuse_log.allow(now) {
         crate::log!(
             Level::Warn,
             "http_request_refused",

@@ -38,8 +38,10 @@ use crate::config::HttpOutput;
 use crate::log::{Level, Limiter};
 use crate::ring::{Pos, Read, Ring};
 
-use super::super::http::{self, Response, ResponseReader, Transport};
+pub mod protocol;
+
 use super::{Output, Pass, Sink, State, CONNECT_TIMEOUT};
+use protocol::{Response, ResponseReader, Transport};
 
 /// Batches sent and waiting for their HEC acknowledgement, at most.
 const MAX_PENDING: usize = 64;
@@ -552,7 +554,7 @@ impl Output {
                 h.next_poll = Some(now + h.cfg.ack_poll);
                 if (200..300).contains(&status) {
                     let pending = &mut h.pending;
-                    let parsed = http::hec_acks(&resp.body, |id, acked| {
+                    let parsed = protocol::hec_acks(&resp.body, |id, acked| {
                         if acked {
                             for p in pending.iter_mut().filter(|p| p.ack_id == Some(id)) {
                                 p.acked = true;
@@ -627,7 +629,7 @@ impl Output {
             self.commit_upto(ring, to);
             return;
         }
-        let ack_id = http::hec_ack_id(&resp.body);
+        let ack_id = protocol::hec_ack_id(&resp.body);
         h.pending.push_back(Pending {
             from,
             to,
@@ -702,7 +704,7 @@ impl Output {
     fn dead_letter(&mut self, ring: &mut Ring, from: Pos, to: Pos, resp: &Response, now: Instant) {
         let (line, seq) = match ring.read(from) {
             Read::Record(r) => (
-                http::dead_letter_line(
+                protocol::dead_letter_line(
                     &clock::rfc3339(clock::wall_ns()),
                     &self.feed,
                     &self.name,
@@ -892,7 +894,7 @@ impl Output {
                     .filter_map(|p| p.ack_id)
                     .collect();
                 let HttpSink { head, cfg, .. } = &mut *h;
-                http::ack_request(head, cfg, ids.into_iter());
+                protocol::ack_request(head, cfg, ids.into_iter());
                 h.sent = 0;
                 h.exchange = Exchange::Sending {
                     req: Req::AckPoll,
@@ -945,7 +947,7 @@ impl Output {
         while !scan.full && scan.records < limit {
             match ring.read(scan.to) {
                 Read::Record(r) => {
-                    let cost = http::record_cost(format, r.payload, scan.records);
+                    let cost = protocol::record_cost(format, r.payload, scan.records);
                     if scan.records > 0 && scan.bytes + cost > max {
                         scan.full = true;
                         break;
@@ -1003,15 +1005,15 @@ impl Output {
             let Read::Record(r) = ring.read(pos) else {
                 break;
             };
-            http::push_record(&mut h.body, format, r.payload);
+            protocol::push_record(&mut h.body, format, r.payload);
             last_ts = r.ts;
             records += 1;
             pos = r.next;
         }
-        http::finish_body(&mut h.body, format);
+        protocol::finish_body(&mut h.body, format);
         if h.cfg.gzip {
             let HttpSink { body, gz, .. } = &mut *h;
-            if let Err(e) = http::gzip_into(body, gz) {
+            if let Err(e) = protocol::gzip_into(body, gz) {
                 crate::log!(
                     Level::Error,
                     "http_gzip_failed",
@@ -1025,7 +1027,7 @@ impl Output {
         let h = self.http();
         let len = if h.cfg.gzip { h.gz.len() } else { h.body.len() };
         let HttpSink { head, cfg, .. } = &mut *h;
-        http::data_head(head, cfg, len, cfg.gzip);
+        protocol::data_head(head, cfg, len, cfg.gzip);
         h.sent = 0;
         h.exchange = Exchange::Sending {
             req: Req::Data {

@@ -20,20 +20,301 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Interest, Token};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
 use rustls::ServerConnection;
 
-use super::http_in::HttpConn;
-use super::{Feed, FeedStats, Relay, CONN_BASE, LINES_READ, READS_PER_TURN, READ_CHUNK};
+pub mod framing;
+pub mod http;
+
 use crate::clock;
-use crate::config::InputKind;
-use crate::framing::{Detected, Fallback, Framer, InPlace};
+use crate::config::{FeedConfig, InputKind, SyncPolicy};
 use crate::log::{Level, Limiter};
-use crate::ring::{AppendError, NotReserved};
+use crate::ring::{AppendError, NotReserved, Ring};
 use crate::tls;
+use framing::{Detected, Fallback, Framer, FramerConfig, InPlace};
+use http::HttpConn;
+
+/// Bytes read per `read` call, on top of room for one partial record.
+pub const READ_CHUNK: usize = 64 << 10;
+/// Bytes read per `read` call of a newline-framed TCP or TLS connection, straight into the ring
+/// (at most a quarter of the ring's largest lines entry, [`Ring::lines_max`]): a lines entry
+/// each, so the larger, the fewer entries and system calls.
+pub const LINES_READ: usize = 256 << 10;
+/// Reads one connection may do per turn.
+pub const READS_PER_TURN: usize = 4;
+
+/// Counters of one feed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FeedStats {
+    /// Records accepted into the ring.
+    pub records: u64,
+    /// Payload bytes accepted.
+    pub bytes: u64,
+    /// Records truncated at `max_record_bytes`.
+    pub truncated: u64,
+    /// Records dropped for being over `max_record_bytes`.
+    pub dropped_oversize: u64,
+    /// Octet frames with an invalid header.
+    pub bad_frames: u64,
+    /// `auto` connections that started with `<digits> ` but were framed by newline (not a
+    /// plausible octet frame).
+    pub framing_fallbacks: u64,
+    /// Partial frames lost when the sender closed.
+    pub incomplete_at_eof: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections closed at once: their source was at `max_connections_per_source` with
+    /// nothing to evict.
+    pub refused: u64,
+    /// Silent connections closed to make room for a new one, at `max_connections` or at
+    /// `max_connections_per_source`.
+    pub evicted: u64,
+    /// Times accepting stopped at `max_connections` with nothing to evict.
+    pub accept_paused: u64,
+    /// Milliseconds spent so, finished episodes.
+    pub accept_paused_ms: u64,
+    /// HTTP connections closed for a request head not complete within `header_timeout`.
+    pub header_timeouts: u64,
+    /// Connections closed for idling.
+    pub idle_closed: u64,
+    /// Times the ring was full in `block` mode.
+    pub blocked: u64,
+    /// HTTP responses, by status (`http::STATUSES`).
+    pub http_responses: [u64; http::STATUSES.len()],
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed, by [`crate::tls::FAILURE_REASONS`].
+    pub tls_failures: [u64; crate::tls::FAILURE_REASONS.len()],
+}
+
+/// A feed's limits on per-connection log lines, one per kind: one feed's churn (or a flood of
+/// one kind) never hides another feed's lines, or a mutual-TLS client's `tls_established`.
+struct ConnLogs {
+    open: Limiter,
+    closed: Limiter,
+    tls: Limiter,
+    framing: Limiter,
+}
+
+impl ConnLogs {
+    fn new() -> ConnLogs {
+        let per_minute = |n| Limiter::new(n, Duration::from_secs(60));
+        ConnLogs {
+            open: per_minute(20),
+            closed: per_minute(20),
+            tls: per_minute(20),
+            framing: per_minute(10),
+        }
+    }
+}
+
+/// A feed's input side: its listener, its connections' count and accept state, its counters and
+/// log limits. The event loop owns it inside its feed and lends it out with the feed's
+/// configuration and ring as a [`FeedIn`].
+pub struct FeedInput {
+    /// The listener; `None` while standby or after a failed bind.
+    pub listener: Option<TcpListener>,
+    /// The address the listener is bound to.
+    pub local_addr: SocketAddr,
+    /// TLS input: the configuration new handshakes use (replaced by a reload).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    tls_log: Limiter,
+    /// Connection log lines, limited per kind for this feed alone.
+    logs: ConnLogs,
+    /// Counters.
+    pub stats: FeedStats,
+    /// How its connections frame records.
+    pub framer: FramerConfig,
+    /// Open connections.
+    pub conns: usize,
+    /// Since when accepting is stopped: at `max_connections`, nothing to evict. New
+    /// connections wait in the listen backlog.
+    accept_paused: Option<Instant>,
+    /// Try accepting again this turn: a connection closed while accepting was stopped.
+    accept_due: bool,
+    /// Try accepting again then: a connection becomes evictable.
+    pub accept_retry: Option<Instant>,
+    /// `connections_at_limit` and `connection_evicted` lines.
+    limit_log: Limiter,
+    /// `connection_refused` lines.
+    refuse_log: Limiter,
+    /// Records were appended since the outputs last wrote.
+    pub dirty: bool,
+    /// Connections are paused because the ring is full (`block`).
+    pub paused: bool,
+    /// Inputs are paused until the ring's background sync finishes: it had not when the next
+    /// was due, so the disk is slower than the input (`buffer-spec.md` §10).
+    pub sync_wait: bool,
+}
+
+impl FeedInput {
+    /// A feed's input side with `listener` bound at `local_addr` (none while standby).
+    pub fn new(
+        listener: Option<TcpListener>,
+        local_addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        framer: FramerConfig,
+    ) -> FeedInput {
+        FeedInput {
+            listener,
+            local_addr,
+            tls,
+            tls_log: Limiter::new(10, Duration::from_secs(60)),
+            logs: ConnLogs::new(),
+            stats: FeedStats::default(),
+            framer,
+            conns: 0,
+            accept_paused: None,
+            accept_due: false,
+            accept_retry: None,
+            limit_log: Limiter::new(5, Duration::from_secs(60)),
+            refuse_log: Limiter::new(5, Duration::from_secs(60)),
+            // The outputs look at the ring once at start.
+            dirty: true,
+            paused: false,
+            sync_wait: false,
+        }
+    }
+}
+
+/// A feed as its inputs see it: its configuration, its ring, its input side.
+pub struct FeedIn<'a> {
+    pub cfg: &'a FeedConfig,
+    pub ring: &'a mut Ring,
+    pub input: &'a mut FeedInput,
+}
+
+impl FeedIn<'_> {
+    /// After records were appended at `ts`: the outputs have work; under `sync = "always"`
+    /// the records are forced to disk now, under `interval` their disk writes are started
+    /// (the periodic sync then waits only for what is left). A failure is logged and returned.
+    pub fn appended(&mut self, ts: u64) -> std::io::Result<()> {
+        self.input.dirty = true;
+        let res = match self.cfg.sync {
+            SyncPolicy::Always => self.ring.checkpoint(ts, true),
+            SyncPolicy::Interval(_) => self.ring.start_writeback(),
+            SyncPolicy::Never => Ok(()),
+        };
+        if let Err(e) = &res {
+            crate::log!(
+                Level::Error,
+                "ring_sync_failed",
+                feed = self.cfg.name,
+                path = self.ring.path().display(),
+                error = e
+            );
+        }
+        res
+    }
+}
+
+/// The feeds, as the inputs see them: the event loop owns them and lends one at a time.
+pub trait Feeds {
+    /// Feed `i` (a connection's `feed` index).
+    fn feed(&mut self, i: usize) -> FeedIn<'_>;
+    /// How many feeds there are.
+    fn count(&self) -> usize;
+}
+
+/// Every input connection of every feed, and the buffers they share.
+pub struct Inputs {
+    /// Registers and deregisters the connections' sockets with the loop's `Poll`.
+    registry: Registry,
+    /// A connection's token is `token_base + slot`.
+    token_base: usize,
+    conns: Vec<Option<Conn>>,
+    free_slots: Vec<usize>,
+    /// Connections with data left after their turn's budget.
+    ready: Vec<usize>,
+    /// Last turn's `ready`, served this turn (two lists swapped: no allocation per turn).
+    serving: Vec<usize>,
+    /// Where reads land that do not go straight into a ring: a partial record, a read, and a
+    /// frame header's slack.
+    scratch: Vec<u8>,
+    /// Bytes read from input connections (the shutdown drain watches it).
+    pub bytes_in: u64,
+    /// Reads of input connections that returned data.
+    pub reads: u64,
+}
+
+impl Inputs {
+    /// No connections yet; sockets registered through `registry` with tokens from
+    /// `token_base` up.
+    pub fn new(registry: Registry, token_base: usize) -> Inputs {
+        Inputs {
+            registry,
+            token_base,
+            conns: Vec::new(),
+            free_slots: Vec::new(),
+            ready: Vec::new(),
+            serving: Vec::new(),
+            scratch: Vec::new(),
+            bytes_in: 0,
+            reads: 0,
+        }
+    }
+
+    /// Makes the scratch buffer large enough for records of `max_record` bytes.
+    pub fn size_scratch(&mut self, max_record: usize) {
+        let want = max_record + 64 + LINES_READ.max(READ_CHUNK);
+        if self.scratch.len() < want {
+            self.scratch.resize(want, 0);
+        }
+    }
+
+    /// Whether connections wait for their next turn (the loop then polls without waiting).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Starts a turn: the connections whose budget ran out last turn are set aside, to be
+    /// served once each by [`Inputs::serve_ready`] after the turn's events, which skip them
+    /// (`Conn::queued`). The id of one closed meanwhile can reach the next list twice through
+    /// the connection that took its slot: deduplicated.
+    pub fn begin_turn(&mut self) {
+        std::mem::swap(&mut self.ready, &mut self.serving);
+        self.ready.clear();
+        self.serving.sort_unstable();
+        self.serving.dedup();
+    }
+
+    /// Serves the connections set aside by [`Inputs::begin_turn`], once each.
+    pub fn serve_ready(&mut self, feeds: &mut dyn Feeds, now: Instant) {
+        for i in 0..self.serving.len() {
+            let id = self.serving[i];
+            if let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) {
+                c.queued = false;
+            }
+            self.service_conn(feeds, id, now, false);
+        }
+        self.serving.clear();
+    }
+
+    /// An event for token `t`, if it is a connection's.
+    pub fn owns(&self, t: usize) -> Option<usize> {
+        t.checked_sub(self.token_base)
+    }
+
+    /// Queues feed `fi`'s paused connections: its ring has room again, or its sync finished.
+    pub fn resume_feed(&mut self, fi: usize) {
+        for (id, c) in self.conns.iter_mut().enumerate() {
+            if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
+                c.queue(&mut self.ready, id);
+            }
+        }
+    }
+
+    /// Reads everything the connections have (the shutdown drain).
+    pub fn drain(&mut self, feeds: &mut dyn Feeds, now: Instant) {
+        for id in 0..self.conns.len() {
+            self.service_conn(feeds, id, now, true);
+        }
+    }
+}
 
 /// What carries a connection's bytes.
 enum Transport {
@@ -271,37 +552,38 @@ impl Conn {
     }
 }
 
-impl Relay {
+impl Inputs {
     /// Accepts the connections waiting on feed `fi`'s listener. At `max_connections` a new
     /// connection takes the place of an evictable one ([`Relay::evictable`]); with none,
     /// accepting stops and the rest wait in the listen backlog (their senders' data with
     /// them) until a connection closes or one becomes evictable ([`Relay::resume_accepts`]).
     /// A connection is never accepted only to be closed, but for one from a source at
     /// `max_connections_per_source` with nothing of its own to evict.
-    pub(super) fn accept(&mut self, fi: usize, now: Instant) {
+    pub fn accept(&mut self, feeds: &mut dyn Feeds, fi: usize, now: Instant) {
         loop {
-            let feed = &self.feeds[fi];
-            if feed.listener.is_none() {
+            let feed = feeds.feed(fi);
+            if feed.input.listener.is_none() {
                 return;
             }
-            let at_limit = feed.conns >= feed.cfg.input.max_connections;
+            let at_limit = feed.input.conns >= feed.cfg.input.max_connections;
             let victim = if at_limit {
-                match self.evictable(fi, None, now) {
+                match self.evictable(feeds, fi, None, now) {
                     Evictable::Conn(id) => Some(id),
                     Evictable::Freed => None,
-                    Evictable::None(retry) => return self.pause_accept(fi, retry, now),
+                    Evictable::None(retry) => return self.pause_accept(feeds, fi, retry, now),
                 }
             } else {
                 None
             };
-            let feed = &mut self.feeds[fi];
-            let Some(listener) = feed.listener.as_ref() else {
+            let feed = feeds.feed(fi);
+            let Some(listener) = feed.input.listener.as_ref() else {
                 return;
             };
             let (mut stream, peer) = match listener.accept() {
                 Ok(x) => {
-                    if let Some(since) = feed.accept_paused.take() {
-                        feed.stats.accept_paused_ms += now.duration_since(since).as_millis() as u64;
+                    if let Some(since) = feed.input.accept_paused.take() {
+                        feed.input.stats.accept_paused_ms +=
+                            now.duration_since(since).as_millis() as u64;
                     }
                     x
                 }
@@ -320,13 +602,13 @@ impl Relay {
             };
             let per_source = feed.cfg.input.max_connections_per_source;
             if per_source > 0 && self.source_conns(fi, peer) >= per_source {
-                match self.evictable(fi, Some(peer), now) {
-                    Evictable::Conn(id) => self.evict(id, "max_connections_per_source", now),
+                match self.evictable(feeds, fi, Some(peer), now) {
+                    Evictable::Conn(id) => self.evict(feeds, id, "max_connections_per_source", now),
                     Evictable::Freed => {}
                     Evictable::None(_) => {
-                        let feed = &mut self.feeds[fi];
-                        feed.stats.refused += 1;
-                        if let Some(suppressed) = feed.refuse_log.allow(now) {
+                        let feed = feeds.feed(fi);
+                        feed.input.stats.refused += 1;
+                        if let Some(suppressed) = feed.input.refuse_log.allow(now) {
                             crate::log!(
                                 Level::Warn,
                                 "connection_refused",
@@ -342,10 +624,10 @@ impl Relay {
                     }
                 }
             } else if let Some(id) = victim {
-                self.evict(id, "max_connections", now);
+                self.evict(feeds, id, "max_connections", now);
             }
-            let feed = &mut self.feeds[fi];
-            let transport = match &feed.tls {
+            let feed = feeds.feed(fi);
+            let transport = match &feed.input.tls {
                 None => Transport::Plain,
                 Some(cfg) => match ServerConnection::new(cfg.clone()) {
                     Ok(mut conn) => {
@@ -386,9 +668,8 @@ impl Relay {
                 interest
             };
             if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(&mut stream, Token(CONN_BASE + id), interest)
+                self.registry
+                    .register(&mut stream, Token(self.token_base + id), interest)
             {
                 crate::log!(
                     Level::Error,
@@ -400,9 +681,9 @@ impl Relay {
                 self.free_slots.push(id);
                 continue;
             }
-            feed.conns += 1;
-            feed.stats.accepted += 1;
-            if let Some(suppressed) = feed.logs.open.allow(now) {
+            feed.input.conns += 1;
+            feed.input.stats.accepted += 1;
+            if let Some(suppressed) = feed.input.logs.open.allow(now) {
                 crate::log!(
                     Level::Info,
                     "connection_open",
@@ -418,7 +699,7 @@ impl Relay {
                 heard: false,
                 feed: fi,
                 peer,
-                framer: Framer::new(feed.framer),
+                framer: Framer::new(feed.input.framer),
                 pending: Vec::new(),
                 last_active: now,
                 paused: false,
@@ -435,7 +716,13 @@ impl Relay {
     /// only after [`EVICT_GRACE`], so a sender that just connected is not cut before its first
     /// write. The candidate gets one read first: one that had data is not silent (its data is
     /// framed as usual) and the next candidate is tried.
-    fn evictable(&mut self, fi: usize, source: Option<SocketAddr>, now: Instant) -> Evictable {
+    fn evictable(
+        &mut self,
+        feeds: &mut dyn Feeds,
+        fi: usize,
+        source: Option<SocketAddr>,
+        now: Instant,
+    ) -> Evictable {
         for _ in 0..EVICT_READS {
             let mut best: Option<((u8, Instant), usize)> = None;
             let mut retry: Option<Instant> = None;
@@ -459,7 +746,7 @@ impl Relay {
             let Some((_, id)) = best else {
                 return Evictable::None(retry);
             };
-            self.service_conn(id, now, false);
+            self.service_conn(feeds, id, now, false);
             match self.conns[id].as_ref() {
                 None => return Evictable::Freed,
                 Some(c)
@@ -476,13 +763,13 @@ impl Relay {
     }
 
     /// Closes connection `id` to make room for a new one: counted, logged (rate-limited).
-    fn evict(&mut self, id: usize, reason: &'static str, now: Instant) {
+    fn evict(&mut self, feeds: &mut dyn Feeds, id: usize, reason: &'static str, now: Instant) {
         let Some(c) = self.conns.get(id).and_then(Option::as_ref) else {
             return;
         };
-        let feed = &mut self.feeds[c.feed];
-        feed.stats.evicted += 1;
-        if let Some(suppressed) = feed.limit_log.allow(now) {
+        let feed = feeds.feed(c.feed);
+        feed.input.stats.evicted += 1;
+        if let Some(suppressed) = feed.input.limit_log.allow(now) {
             crate::log!(
                 Level::Warn,
                 "connection_evicted",
@@ -493,7 +780,7 @@ impl Relay {
                 suppressed = suppressed
             );
         }
-        self.close_conn(id, "evicted", None, now);
+        self.close_conn(feeds, id, "evicted", None, now);
     }
 
     /// Connections of feed `fi` from `peer`'s address.
@@ -507,15 +794,21 @@ impl Relay {
 
     /// Stops accepting on feed `fi` (at `max_connections`, nothing to evict) until a
     /// connection closes or `retry`, when one becomes evictable.
-    fn pause_accept(&mut self, fi: usize, retry: Option<Instant>, now: Instant) {
-        let feed = &mut self.feeds[fi];
-        feed.accept_retry = retry;
-        if feed.accept_paused.is_some() {
+    fn pause_accept(
+        &mut self,
+        feeds: &mut dyn Feeds,
+        fi: usize,
+        retry: Option<Instant>,
+        now: Instant,
+    ) {
+        let feed = feeds.feed(fi);
+        feed.input.accept_retry = retry;
+        if feed.input.accept_paused.is_some() {
             return;
         }
-        feed.accept_paused = Some(now);
-        feed.stats.accept_paused += 1;
-        if let Some(suppressed) = feed.limit_log.allow(now) {
+        feed.input.accept_paused = Some(now);
+        feed.input.stats.accept_paused += 1;
+        if let Some(suppressed) = feed.input.limit_log.allow(now) {
             crate::log!(
                 Level::Warn,
                 "connections_at_limit",
@@ -528,20 +821,20 @@ impl Relay {
     }
 
     /// Accepts again on the feeds that stopped, where a connection closed or became evictable.
-    pub(super) fn resume_accepts(&mut self, now: Instant) {
-        for fi in 0..self.feeds.len() {
-            let feed = &mut self.feeds[fi];
-            if feed.accept_due || feed.accept_retry.is_some_and(|r| r <= now) {
-                feed.accept_due = false;
-                feed.accept_retry = None;
-                self.accept(fi, now);
+    pub fn resume_accepts(&mut self, feeds: &mut dyn Feeds, now: Instant) {
+        for fi in 0..feeds.count() {
+            let feed = feeds.feed(fi);
+            if feed.input.accept_due || feed.input.accept_retry.is_some_and(|r| r <= now) {
+                feed.input.accept_due = false;
+                feed.input.accept_retry = None;
+                self.accept(feeds, fi, now);
             }
         }
     }
 
     /// Reads and frames what connection `id` has, up to the turn's budget (all of it when
     /// `drain`, at shutdown).
-    pub(super) fn service_conn(&mut self, id: usize, now: Instant, drain: bool) {
+    pub fn service_conn(&mut self, feeds: &mut dyn Feeds, id: usize, now: Instant, drain: bool) {
         let Some(c) = self.conns.get(id).and_then(Option::as_ref) else {
             return;
         };
@@ -549,7 +842,7 @@ impl Relay {
             // Its turn comes from the ready list.
             return;
         }
-        if self.feeds[c.feed].sync_wait && !drain {
+        if feeds.feed(c.feed).input.sync_wait && !drain {
             // Until the ring's sync finishes; `resume_after_sync` queues it then.
             if let Some(c) = self.conns[id].as_mut() {
                 c.paused = true;
@@ -557,28 +850,27 @@ impl Relay {
             return;
         }
         if c.http.is_some() {
-            return self.service_http(id, now, drain);
+            return self.service_http(feeds, id, now, drain);
         }
-        let Relay {
+        let Inputs {
             conns,
-            feeds,
             scratch,
             ready,
             bytes_in,
-            loop_stats,
+            reads: input_reads,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        let feed = &mut feeds[conn.feed];
+        let mut feed = feeds.feed(conn.feed);
         let mut reads = 0;
         let outcome = loop {
             // First frame what is pending (records a full ring refused before).
             if conn.paused || conn.eof {
                 conn.paused = false;
                 let data = std::mem::take(&mut conn.pending);
-                let consumed = frame(conn, feed, &data, conn.eof, now);
+                let consumed = frame(conn, &mut feed, &data, conn.eof, now);
                 conn.pending.extend_from_slice(&data[consumed..]);
                 if conn.paused {
                     break Outcome::Open;
@@ -596,10 +888,10 @@ impl Relay {
             // connection kept, when the ring has a lines entry's room for both.
             let lines_read = LINES_READ.min(feed.ring.lines_max() / 4);
             if conn.framer.in_lines() && p + lines_read <= feed.ring.lines_max() {
-                match read_lines(conn, feed, scratch, (p, lines_read), now) {
+                match read_lines(conn, &mut feed, scratch, (p, lines_read), now) {
                     Lines::Read(n) => {
                         reads += 1;
-                        loop_stats.input_reads += 1;
+                        *input_reads += 1;
                         *bytes_in += n as u64;
                         conn.last_active = now;
                         if conn.paused {
@@ -624,8 +916,8 @@ impl Relay {
             conn.pending.clear();
             let res = conn.read_plain(
                 &mut scratch[p..p + READ_CHUNK],
-                (&feed.cfg.name, &mut feed.stats),
-                &mut feed.logs.tls,
+                (&feed.cfg.name, &mut feed.input.stats),
+                &mut feed.input.logs.tls,
                 now,
             );
             let n = match res {
@@ -645,23 +937,24 @@ impl Relay {
                 }
             };
             reads += 1;
-            loop_stats.input_reads += 1;
+            *input_reads += 1;
             *bytes_in += n as u64;
             conn.last_active = now;
             let data = &scratch[..p + n];
-            let consumed = frame(conn, feed, data, false, now);
+            let consumed = frame(conn, &mut feed, data, false, now);
             conn.pending.extend_from_slice(&data[consumed..]);
             if conn.paused {
                 break Outcome::Open;
             }
         };
         if let Outcome::Close(why, err) = outcome {
-            self.close_conn(id, why, err, now);
+            self.close_conn(feeds, id, why, err, now);
         }
     }
 
-    pub(super) fn close_conn(
+    pub fn close_conn(
         &mut self,
+        feeds: &mut dyn Feeds,
         id: usize,
         why: &str,
         err: Option<io::Error>,
@@ -676,13 +969,13 @@ impl Relay {
             // close (idle timeout, shutdown), not a truncation attack.
             let _ = conn.close_write();
         }
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.registry.deregister(&mut conn.stream);
         self.free_slots.push(id);
-        let feed = &mut self.feeds[conn.feed];
-        feed.conns -= 1;
+        let feed = feeds.feed(conn.feed);
+        feed.input.conns -= 1;
         // The listener reports the connections waiting in its backlog only when another
         // arrives (edge-triggered): accepting resumes this turn.
-        feed.accept_due |= feed.accept_paused.is_some();
+        feed.input.accept_due |= feed.input.accept_paused.is_some();
         if let Transport::Tls(t) = &conn.transport {
             let reason = match (&t.state, &t.error, why) {
                 (TlsState::Established, ..) => None,
@@ -693,8 +986,8 @@ impl Relay {
                 (TlsState::Handshaking, None, _) => Some("closed"),
             };
             if let Some(reason) = reason {
-                feed.stats.tls_failures[tls::reason_index(reason)] += 1;
-                if let Some(suppressed) = feed.tls_log.allow(now) {
+                feed.input.stats.tls_failures[tls::reason_index(reason)] += 1;
+                if let Some(suppressed) = feed.input.tls_log.allow(now) {
                     let error = match (&t.error, &err) {
                         (Some(e), _) => e.to_string(),
                         (None, Some(e)) => e.to_string(),
@@ -714,13 +1007,13 @@ impl Relay {
             }
         }
         let st = conn.framer.stats();
-        feed.stats.incomplete_at_eof += st.incomplete_at_eof;
+        feed.input.stats.incomplete_at_eof += st.incomplete_at_eof;
         let framing = match conn.framer.detected() {
             Detected::Newline => "newline",
             Detected::Octet => "octet",
             Detected::Undecided => "undecided",
         };
-        if let Some(suppressed) = feed.logs.closed.allow(now) {
+        if let Some(suppressed) = feed.input.logs.closed.allow(now) {
             let error = err.map_or(String::new(), |e| e.to_string());
             crate::log!(
                 Level::Info,
@@ -741,31 +1034,31 @@ impl Relay {
 
     /// Closes connections idle for longer than their feed's `idle_timeout`, and TLS
     /// connections still handshaking after `handshake_timeout`.
-    pub(super) fn close_idle(&mut self, now: Instant) {
+    pub fn close_idle(&mut self, feeds: &mut dyn Feeds, now: Instant) {
         for id in 0..self.conns.len() {
             let Some(c) = self.conns[id].as_ref() else {
                 continue;
             };
-            let input = &self.feeds[c.feed].cfg.input;
+            let input = &feeds.feed(c.feed).cfg.input;
             let handshaking = matches!(&c.transport, Transport::Tls(t) if matches!(t.state, TlsState::Handshaking));
             let past = |since: Instant, limit: Option<std::time::Duration>| {
                 limit.is_some_and(|t| now.duration_since(since) > t)
             };
             if handshaking && past(c.opened, input.tls().map(|t| t.handshake_timeout)) {
-                self.close_conn(id, "handshake_timeout", None, now);
+                self.close_conn(feeds, id, "handshake_timeout", None, now);
             } else if past(c.last_active, input.idle_timeout) {
-                self.feeds[c.feed].stats.idle_closed += 1;
-                self.close_conn(id, "idle_timeout", None, now);
+                feeds.feed(c.feed).input.stats.idle_closed += 1;
+                self.close_conn(feeds, id, "idle_timeout", None, now);
             } else if past(c.last_active, Some(UNDECIDED_WAIT)) {
-                self.decide_undecided(id, now);
+                self.decide_undecided(feeds, id, now);
             }
         }
     }
 
     /// Decides `auto` for connection `id` if its first frame has waited since its last read
     /// ([`Framer::decide_now`]), and frames its pending bytes as reading would have.
-    fn decide_undecided(&mut self, id: usize, now: Instant) {
-        let Relay { conns, feeds, .. } = self;
+    fn decide_undecided(&mut self, feeds: &mut dyn Feeds, id: usize, now: Instant) {
+        let Inputs { conns, .. } = self;
         let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -776,9 +1069,9 @@ impl Relay {
         {
             return;
         }
-        let feed = &mut feeds[conn.feed];
+        let mut feed = feeds.feed(conn.feed);
         let data = std::mem::take(&mut conn.pending);
-        let consumed = frame(conn, feed, &data, false, now);
+        let consumed = frame(conn, &mut feed, &data, false, now);
         conn.pending.extend_from_slice(&data[consumed..]);
     }
 }
@@ -809,7 +1102,7 @@ enum Lines {
 /// and what follows it) goes through [`frame`], from `scratch`, as before.
 fn read_lines(
     conn: &mut Conn,
-    feed: &mut Feed,
+    feed: &mut FeedIn<'_>,
     scratch: &mut [u8],
     (p, lines_read): (usize, usize),
     now: Instant,
@@ -818,25 +1111,24 @@ fn read_lines(
         Ok(_) => {}
         Err(AppendError::Full) => {
             conn.paused = true;
-            if !feed.paused {
-                feed.paused = true;
-                feed.stats.blocked += 1;
+            if !feed.input.paused {
+                feed.input.paused = true;
+                feed.input.stats.blocked += 1;
             }
             return Lines::Full;
         }
         // The caller asks for no more than `lines_max`; were it more, the scratch path reads.
         Err(AppendError::TooLarge) => return Lines::Refused,
     }
-    let Feed {
-        ring,
-        stats,
-        cfg,
-        logs,
-        ..
-    } = feed;
+    let FeedIn { ring, cfg, input } = feed;
     let room = ring.reserved_mut();
     room[..p].copy_from_slice(&conn.pending);
-    let n = match conn.read_plain(&mut room[p..], (&cfg.name, stats), &mut logs.tls, now) {
+    let n = match conn.read_plain(
+        &mut room[p..],
+        (&cfg.name, &mut input.stats),
+        &mut input.logs.tls,
+        now,
+    ) {
         Ok(0) => return Lines::Eof,
         Ok(n) => n,
         Err(e) => return Lines::Err(e),
@@ -859,12 +1151,12 @@ fn read_lines(
     if framed.records > 0 {
         match ring.commit_lines(framed.len, framed.records, ts) {
             Ok(_) => {
-                stats.records += u64::from(framed.records);
-                stats.bytes += (framed.len - framed.records as usize) as u64;
+                input.stats.records += u64::from(framed.records);
+                input.stats.bytes += (framed.len - framed.records as usize) as u64;
             }
             // A bug: `reserve` above made the room. Counted as dropped, never silent.
             Err(NotReserved) => {
-                stats.dropped_oversize += u64::from(framed.records);
+                input.stats.dropped_oversize += u64::from(framed.records);
                 crate::log!(
                     Level::Error,
                     "ring_commit_refused",
@@ -886,10 +1178,10 @@ fn read_lines(
 /// Frames `data` into the feed's ring; returns the bytes consumed. Sets `conn.paused` when the
 /// ring refused a record (`block`), in which case the refused record is not consumed.
 /// `auto` decides there, and logs a fallback (rate-limited by the connection log's `log`).
-fn frame(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool, now: Instant) -> usize {
+fn frame(conn: &mut Conn, feed: &mut FeedIn<'_>, data: &[u8], eof: bool, now: Instant) -> usize {
     let consumed = frame_records(conn, feed, data, eof);
     if let Some(why) = conn.framer.take_fallback() {
-        if let Some(suppressed) = feed.logs.framing.allow(now) {
+        if let Some(suppressed) = feed.input.logs.framing.allow(now) {
             log_fallback(conn, &feed.cfg.name, why, data, suppressed);
         }
     }
@@ -933,11 +1225,11 @@ impl std::fmt::Display for Escaped<'_> {
 }
 
 /// [`frame`] without the fallback log.
-fn frame_records(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool) -> usize {
+fn frame_records(conn: &mut Conn, feed: &mut FeedIn<'_>, data: &[u8], eof: bool) -> usize {
     let ts = clock::wall_ns();
     let before = conn.framer.stats();
     let ring = &mut feed.ring;
-    let stats = &mut feed.stats;
+    let stats = &mut feed.input.stats;
     let mut full = false;
     let consumed = conn
         .framer
@@ -966,8 +1258,8 @@ fn frame_records(conn: &mut Conn, feed: &mut super::Feed, data: &[u8], eof: bool
     stats.framing_fallbacks += after.auto_fallbacks - before.auto_fallbacks;
     if full {
         conn.paused = true;
-        if !feed.paused {
-            feed.paused = true;
+        if !feed.input.paused {
+            feed.input.paused = true;
             stats.blocked += 1;
         }
     }

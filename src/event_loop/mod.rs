@@ -14,7 +14,7 @@
 //! every `standby_poll` from the loop's timers and, once it gets it, becomes active through the
 //! same [`Relay::activate`] that a start uses (a promotion is a restart for the outputs: they
 //! resume from their persisted cursors with the replay window). An active re-reads the lock
-//! file's epoch and its rings' epochs every [`FENCE_CHECK`]; a higher one means another instance
+//! file's epoch and its rings' epochs every [`ha::FENCE_CHECK`]; a higher one means another instance
 //! became active behind its back, and it stops at once ([`Outcome::Fenced`], exit code 3)
 //! without writing to its rings again.
 //!
@@ -28,22 +28,13 @@
 //! `CONN_BASE + slot`. Events for tokens that no longer exist are ignored (a closed connection
 //! can still have a queued event).
 
-mod admin;
-pub mod alert;
-pub mod http;
-mod http_in;
-mod input;
-pub mod lock;
-pub mod notify;
-pub mod output;
 pub mod reload;
-pub mod sync_helper;
+pub mod sd_notify;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -52,16 +43,21 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::admin;
+use crate::admin::LoopStats;
+use crate::alert::{Alert, AlertKind, AlertStats, Value};
 use crate::clock;
 use crate::config::{Config, FeedConfig, InputKind, SyncPolicy};
-use crate::framing::FramerConfig;
+use crate::feed::{FailedFeed, Feed};
+use crate::ha::{self, lock, Ha, Role, EXIT_FENCED};
+use crate::input::framing::FramerConfig;
+use crate::input::{FeedInput, Inputs};
 use crate::log::{Level, Limiter};
-use crate::ring::{AppendError, BackgroundCheckpoint, OpenError, Ring, RingOptions};
-use alert::{Alert, AlertKind, AlertStats, Value};
-use input::Conn;
+use crate::output::{Output, Pass};
+use crate::ring::sync_helper;
+use crate::ring::{AppendError, OpenError, Ring, RingOptions};
 use lock::{LockFile, LockRecord};
-use notify::Notifier;
-use output::{Output, Pass};
+use sd_notify::Notifier;
 
 const SIGNALS: Token = Token(0);
 /// The sync helper's socket ([`sync_helper`]).
@@ -71,56 +67,12 @@ const OUTPUT_BASE: usize = 1_000;
 const CONN_BASE: usize = 10_000;
 /// Listen backlog of an input listener.
 const LISTEN_BACKLOG: i32 = 4096;
-/// Bytes read per `read` call, on top of room for one partial record.
-const READ_CHUNK: usize = 64 << 10;
-/// Bytes read per `read` call of a newline-framed TCP or TLS connection, straight into the ring
-/// (at most a quarter of the ring's largest lines entry, [`Ring::lines_max`]): a lines entry
-/// each, so the larger, the fewer entries and system calls.
-const LINES_READ: usize = 256 << 10;
-/// Reads one connection may do per turn.
-const READS_PER_TURN: usize = 4;
 /// How long a shutdown may spend reading what is already in socket buffers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long every input must have been silent for the shutdown drain to end early.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 /// How often a feed whose inputs wait for its ring's background sync asks whether it finished.
 const SYNC_WAIT_POLL: Duration = Duration::from_millis(5);
-/// How often an active re-reads the lock file's and its rings' fencing epochs.
-pub const FENCE_CHECK: Duration = Duration::from_millis(500);
-/// Exit code of an active that found a higher epoch than its own (it was fenced off).
-pub const EXIT_FENCED: u8 = 3;
-
-/// The instance's role in an active-standby pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Waiting for the lock: no listener bound, no ring opened.
-    Standby {
-        /// When to try the lock again.
-        next_try: Instant,
-    },
-    /// Holding the lock: rings open, listeners bound, delivering.
-    Active {
-        /// The fencing epoch this instance wrote into the lock file and its rings.
-        epoch: u64,
-    },
-    /// Another instance took over (a higher epoch was seen): delivering stopped for good.
-    Fenced {
-        /// This instance's epoch.
-        epoch: u64,
-    },
-}
-
-impl Role {
-    /// `standby`, `active` or `fenced`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Standby { .. } => "standby",
-            Role::Active { .. } => "active",
-            Role::Fenced { .. } => "fenced",
-        }
-    }
-}
-
 /// Why [`Relay::run_until`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -132,297 +84,6 @@ pub enum Outcome {
     TimeUp,
 }
 
-/// Counters of one feed.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FeedStats {
-    /// Records accepted into the ring.
-    pub records: u64,
-    /// Payload bytes accepted.
-    pub bytes: u64,
-    /// Records truncated at `max_record_bytes`.
-    pub truncated: u64,
-    /// Records dropped for being over `max_record_bytes`.
-    pub dropped_oversize: u64,
-    /// Octet frames with an invalid header.
-    pub bad_frames: u64,
-    /// `auto` connections that started with `<digits> ` but were framed by newline (not a
-    /// plausible octet frame).
-    pub framing_fallbacks: u64,
-    /// Partial frames lost when the sender closed.
-    pub incomplete_at_eof: u64,
-    /// Connections accepted.
-    pub accepted: u64,
-    /// Connections closed at once: their source was at `max_connections_per_source` with
-    /// nothing to evict.
-    pub refused: u64,
-    /// Silent connections closed to make room for a new one, at `max_connections` or at
-    /// `max_connections_per_source`.
-    pub evicted: u64,
-    /// Times accepting stopped at `max_connections` with nothing to evict.
-    pub accept_paused: u64,
-    /// Milliseconds spent so, finished episodes.
-    pub accept_paused_ms: u64,
-    /// HTTP connections closed for a request head not complete within `header_timeout`.
-    pub header_timeouts: u64,
-    /// Connections closed for idling.
-    pub idle_closed: u64,
-    /// Times the ring was full in `block` mode.
-    pub blocked: u64,
-    /// HTTP responses, by status (`http_in::STATUSES`).
-    pub http_responses: [u64; http_in::STATUSES.len()],
-    /// TLS handshakes completed.
-    pub tls_handshakes: u64,
-    /// TLS handshakes failed, by [`crate::tls::FAILURE_REASONS`].
-    pub tls_failures: [u64; crate::tls::FAILURE_REASONS.len()],
-}
-
-/// One feed: its ring, listener, outputs.
-pub struct Feed {
-    /// Its configuration.
-    pub cfg: FeedConfig,
-    /// Its ring.
-    pub ring: Ring,
-    listener: Option<TcpListener>,
-    /// TLS input: the configuration new handshakes use (replaced by a reload).
-    tls: Option<Arc<rustls::ServerConfig>>,
-    tls_log: Limiter,
-    /// Connection log lines, limited per kind for this feed alone.
-    logs: ConnLogs,
-    /// The address the listener is bound to.
-    pub local_addr: SocketAddr,
-    /// Its outputs.
-    pub outputs: Vec<Output>,
-    /// Counters.
-    pub stats: FeedStats,
-    framer: FramerConfig,
-    conns: usize,
-    /// Since when accepting is stopped: at `max_connections`, nothing to evict. New
-    /// connections wait in the listen backlog.
-    accept_paused: Option<Instant>,
-    /// Try accepting again this turn: a connection closed while accepting was stopped.
-    accept_due: bool,
-    /// Try accepting again then: a connection becomes evictable.
-    accept_retry: Option<Instant>,
-    /// `connections_at_limit` and `connection_evicted` lines.
-    limit_log: Limiter,
-    /// Records were appended since the outputs last wrote.
-    dirty: bool,
-    /// Connections are paused because the ring is full (`block`).
-    paused: bool,
-    /// Inputs are paused until the ring's background sync finishes: it had not when the next
-    /// was due, so the disk is slower than the input (`buffer-spec.md` §10).
-    sync_wait: bool,
-    /// The sync helper's ticket for this ring's sync in flight: only its report completes it
-    /// (not that of an earlier ring at the same path, removed by a reload).
-    helper_ticket: Option<u64>,
-    next_sync: Instant,
-    refuse_log: Limiter,
-    /// `ring_sync_behind` lines: a disk slower than the sync period.
-    sync_log: Limiter,
-    rate: InputRate,
-    /// Coverage is below `retention` (logged at the transition).
-    coverage_low: bool,
-}
-
-/// A feed whose ring could not be opened (truncated, damaged, of another feed, of another
-/// size): it binds no listener and runs no output, so its senders fail over or retry and
-/// nothing is accepted that could not be kept; every other feed runs. Logged once with the fix,
-/// alerted once ([`AlertKind::FeedFailed`]), shown by `/health` and `/metrics` until a restart
-/// finds the ring openable.
-#[derive(Clone, Debug)]
-pub struct FailedFeed {
-    /// The feed's name.
-    pub name: String,
-    /// Its ring file.
-    pub path: PathBuf,
-    /// Why the ring could not be opened.
-    pub error: String,
-}
-
-/// A feed's limits on per-connection log lines, one per kind: one feed's churn (or a flood of
-/// one kind) never hides another feed's lines, or a mutual-TLS client's `tls_established`.
-struct ConnLogs {
-    open: Limiter,
-    closed: Limiter,
-    tls: Limiter,
-    framing: Limiter,
-}
-
-impl ConnLogs {
-    fn new() -> ConnLogs {
-        let per_minute = |n| Limiter::new(n, Duration::from_secs(60));
-        ConnLogs {
-            open: per_minute(20),
-            closed: per_minute(20),
-            tls: per_minute(20),
-            framing: per_minute(10),
-        }
-    }
-}
-
-/// The feed's input rate in ring bytes per second, smoothed over about half a minute.
-#[derive(Clone, Copy, Debug)]
-struct InputRate {
-    last_bytes: u64,
-    last_at: Instant,
-    bytes_per_s: Option<f64>,
-}
-
-const RATE_SMOOTHING_SECS: f64 = 30.0;
-
-impl Feed {
-    /// A `sync = "interval"` checkpoint with the sync in the kernel's background
-    /// ([`Ring::checkpoint_in_background`]), or by the sync helper process when there is one
-    /// ([`sync_helper`]); in the loop where the kernel refuses that. A sync still running from
-    /// the last period pauses the inputs until it finishes.
-    fn checkpoint_in_background(
-        &mut self,
-        wall: u64,
-        now: Instant,
-        helper: Option<&mut sync_helper::SyncHelper>,
-    ) -> std::io::Result<()> {
-        self.ring.set_sync_helper(helper.is_some())?;
-        match self.ring.checkpoint_in_background(wall)? {
-            BackgroundCheckpoint::Started => Ok(()),
-            BackgroundCheckpoint::ForHelper => {
-                if let Some(h) = helper {
-                    self.helper_ticket = Some(h.request(self.ring.path()));
-                }
-                Ok(())
-            }
-            BackgroundCheckpoint::Busy => {
-                // What is not read waits in the senders' sockets, not in unsynced pages: a
-                // power loss takes about two periods of records at most.
-                self.sync_wait = true;
-                if let Some(suppressed) = self.sync_log.allow(now) {
-                    crate::log!(
-                        Level::Warn,
-                        "ring_sync_behind",
-                        feed = self.cfg.name,
-                        path = self.ring.path().display(),
-                        reason = "the previous sync has not finished: the disk is slower than the input; inputs wait for it",
-                        syncs_behind = self.ring.syncs_behind(),
-                        suppressed = suppressed
-                    );
-                }
-                Ok(())
-            }
-            BackgroundCheckpoint::Unavailable(why) => {
-                if let Some(e) = why {
-                    crate::log!(
-                        Level::Warn,
-                        "ring_sync_in_loop",
-                        feed = self.cfg.name,
-                        path = self.ring.path().display(),
-                        error = e,
-                        reason =
-                            "the kernel refuses background syncs; each sync holds the event loop"
-                    );
-                }
-                self.ring.checkpoint(wall, true)
-            }
-        }
-    }
-
-    /// After records were appended at `ts`: the outputs have work; under `sync = "always"`
-    /// the records are forced to disk now, under `interval` their disk writes are started
-    /// (the periodic sync then waits only for what is left). A failure is logged and returned.
-    fn appended(&mut self, ts: u64) -> std::io::Result<()> {
-        self.dirty = true;
-        let res = match self.cfg.sync {
-            SyncPolicy::Always => self.ring.checkpoint(ts, true),
-            SyncPolicy::Interval(_) => self.ring.start_writeback(),
-            SyncPolicy::Never => Ok(()),
-        };
-        if let Err(e) = &res {
-            crate::log!(
-                Level::Error,
-                "ring_sync_failed",
-                feed = self.cfg.name,
-                path = self.ring.path().display(),
-                error = e
-            );
-        }
-        res
-    }
-
-    /// Seconds of input the ring holds at the current input rate; `None` while idle.
-    pub fn coverage_secs(&self) -> Option<f64> {
-        self.rate
-            .bytes_per_s
-            .filter(|r| *r >= 1.0)
-            .map(|r| self.ring.capacity() as f64 / r)
-    }
-
-    /// Updates the input rate; logs and raises an alert when coverage crosses the configured
-    /// retention.
-    fn measure(&mut self, now: Instant, alerts: &mut Vec<Alert>) {
-        let dt = now
-            .saturating_duration_since(self.rate.last_at)
-            .as_secs_f64();
-        if dt < 0.5 {
-            return;
-        }
-        let bytes = self.ring.appended_bytes();
-        let sample = bytes.saturating_sub(self.rate.last_bytes) as f64 / dt;
-        let alpha = 1.0 - (-dt / RATE_SMOOTHING_SECS).exp();
-        self.rate.bytes_per_s = Some(match self.rate.bytes_per_s {
-            Some(r) => r + alpha * (sample - r),
-            None => sample,
-        });
-        self.rate.last_bytes = bytes;
-        self.rate.last_at = now;
-        let retention = self.cfg.retention.as_secs_f64();
-        let low = self.coverage_secs().is_some_and(|c| c < retention);
-        if low != self.coverage_low {
-            self.coverage_low = low;
-            let coverage = self.coverage_secs().unwrap_or(f64::INFINITY);
-            let rate = self.rate.bytes_per_s.unwrap_or(0.0);
-            crate::log!(
-                if low { Level::Warn } else { Level::Info },
-                if low {
-                    "coverage_below_retention"
-                } else {
-                    "coverage_ok"
-                },
-                feed = self.cfg.name,
-                coverage_s = format!("{coverage:.0}"),
-                retention_s = format!("{retention:.0}"),
-                input_bytes_per_s = format!("{rate:.0}"),
-                capacity = crate::ring::human_bytes(self.ring.capacity())
-            );
-            alerts.push(Alert {
-                kind: if low {
-                    AlertKind::CoverageBelowRetention
-                } else {
-                    AlertKind::CoverageOk
-                },
-                feed: self.cfg.name.clone(),
-                output: None,
-                detail: vec![
-                    (
-                        "coverage_s",
-                        Value::Num(coverage.min(u64::MAX as f64) as u64),
-                    ),
-                    ("retention_s", Value::Num(self.cfg.retention.as_secs())),
-                    ("input_bytes_per_s", Value::Num(rate as u64)),
-                    ("capacity_bytes", Value::Num(self.ring.capacity())),
-                ],
-            });
-        }
-    }
-}
-
-/// What the event loop did, for `/metrics`: a turn is one poll and the work it woke.
-#[derive(Default)]
-pub struct LoopStats {
-    pub turns: u64,
-    /// The longest turn: how long every other socket, timer and signal had to wait.
-    pub turn_max: Duration,
-    /// Reads of input connections that returned data.
-    pub input_reads: u64,
-}
-
 /// The running relay.
 pub struct Relay {
     poll: Poll,
@@ -431,20 +92,15 @@ pub struct Relay {
     pub feeds: Vec<Feed>,
     /// The feeds whose ring could not be opened, in configuration order.
     pub failed: Vec<FailedFeed>,
-    conns: Vec<Option<Conn>>,
-    free_slots: Vec<usize>,
-    /// Connections with data left after their turn's budget.
-    ready: Vec<usize>,
+    /// Every input connection.
+    inputs: Inputs,
     /// Outputs (feed, output) with data left after their turn's budget.
     more: Vec<(usize, usize)>,
     signals: SignalFd,
-    scratch: Vec<u8>,
     checkpoint_every: Duration,
     next_checkpoint: Instant,
     stopping: bool,
     admin: Option<admin::Admin>,
-    /// Bytes read from input connections, for the shutdown drain.
-    bytes_in: u64,
     instance: String,
     started_ns: u64,
     /// Alerts raised by feeds, waiting to be counted and written.
@@ -455,8 +111,7 @@ pub struct Relay {
     /// The configuration in force (what a reload compares against).
     cfg: Config,
     lock: LockFile,
-    role: Role,
-    next_fence_check: Instant,
+    ha: Ha,
     fence_log: Limiter,
     notify: Option<Notifier>,
     /// `READY=1` was sent: role changes are announced from then on.
@@ -613,16 +268,6 @@ pub fn run(path: &Path) -> ExitCode {
     }
 }
 
-/// Puts feed `fi`'s paused connections on the ready list: what paused them (a full `block`
-/// ring, a sync behind) may be over; one still in force pauses them again.
-fn queue_paused(conns: &mut [Option<Conn>], ready: &mut Vec<usize>, fi: usize) {
-    for (id, c) in conns.iter_mut().enumerate() {
-        if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
-            c.queue(ready, id);
-        }
-    }
-}
-
 fn blocked_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -683,12 +328,19 @@ impl Relay {
             )
             .map_err(|e| format!("register signalfd: {e}"))?;
         let now = clock::now();
-        let max_record = cfg
-            .feeds
-            .iter()
-            .map(|f| f.max_record_bytes)
-            .max()
-            .unwrap_or(0);
+        let mut inputs = Inputs::new(
+            poll.registry()
+                .try_clone()
+                .map_err(|e| format!("epoll registry: {e}"))?,
+            CONN_BASE,
+        );
+        inputs.size_scratch(
+            cfg.feeds
+                .iter()
+                .map(|f| f.max_record_bytes)
+                .max()
+                .unwrap_or(0),
+        );
         let admin = match cfg.relay.admin_listen {
             Some(addr) => Some(admin::Admin::bind(poll.registry(), addr)?),
             None => None,
@@ -704,25 +356,20 @@ impl Relay {
             alert_stats: AlertStats::default(),
             loop_stats: LoopStats::default(),
             admin,
-            bytes_in: 0,
             instance: cfg.relay.instance.clone(),
             started_ns: clock::wall_ns(),
             poll,
             feeds: Vec::new(),
             failed: Vec::new(),
-            conns: Vec::new(),
-            free_slots: Vec::new(),
-            ready: Vec::new(),
+            inputs,
             more: Vec::new(),
             signals,
-            scratch: vec![0u8; max_record + 64 + LINES_READ.max(READ_CHUNK)],
             checkpoint_every: cfg.relay.checkpoint_interval,
             next_checkpoint: now + cfg.relay.checkpoint_interval,
             stopping: false,
             cfg: cfg.clone(),
             lock,
-            role: Role::Standby { next_try: now },
-            next_fence_check: now + FENCE_CHECK,
+            ha: Ha::new(cfg.relay.standby_poll, &cfg.relay.lock_file, now),
             fence_log: Limiter::new(3, Duration::from_secs(60)),
             notify,
             announced: false,
@@ -800,28 +447,12 @@ impl Relay {
 
     /// The role now.
     pub fn role(&self) -> Role {
-        self.role
+        self.ha.role()
     }
 
     /// One place for role changes: logs `role=A=>B` and tells systemd.
-    fn set_role(&mut self, role: Role, reason: &str, now: Instant) {
-        let epoch = match role {
-            Role::Active { epoch } | Role::Fenced { epoch } => epoch,
-            Role::Standby { .. } => 0,
-        };
-        crate::log!(
-            if matches!(role, Role::Fenced { .. }) {
-                Level::Error
-            } else {
-                Level::Info
-            },
-            "role_changed",
-            role = format!("{}=>{}", self.role.name(), role.name()),
-            epoch = epoch,
-            lock_file = self.lock.path().display(),
-            reason = reason
-        );
-        self.role = role;
+    /// After every role change: systemd hears of it, once `READY=1` was sent.
+    fn role_changed(&mut self, now: Instant) {
         if self.announced {
             let status = self.status_line();
             self.notify(&status, now);
@@ -829,7 +460,7 @@ impl Relay {
     }
 
     fn status_line(&self) -> String {
-        match self.role {
+        match self.ha.role() {
             Role::Active { epoch } if !self.failed.is_empty() => format!(
                 "STATUS=role=active epoch={epoch} feeds={} failed={}",
                 self.feeds.len(),
@@ -868,9 +499,7 @@ impl Relay {
             holder = holder,
             poll_ms = self.cfg.relay.standby_poll.as_millis()
         );
-        self.role = Role::Standby {
-            next_try: now + self.cfg.relay.standby_poll,
-        };
+        self.ha.lock_busy(now);
     }
 
     /// Becomes active (the lock is held): a new epoch into the lock file, every ring opened and
@@ -945,7 +574,7 @@ impl Relay {
             .map(|f| f.ring.epoch().max(f.ring.stored_epoch()))
             .max()
             .unwrap_or(0);
-        if ring_max >= epoch {
+        if ha::next_epoch(previous.epoch, ring_max) > epoch {
             crate::log!(
                 Level::Warn,
                 "epoch_raised",
@@ -971,10 +600,7 @@ impl Relay {
         }
         // A standby's reload may have raised max_record_bytes since the buffer was sized.
         let max_record = self.feeds_max_record();
-        if self.scratch.len() < max_record + 64 + LINES_READ.max(READ_CHUNK) {
-            self.scratch
-                .resize(max_record + 64 + LINES_READ.max(READ_CHUNK), 0);
-        }
+        self.inputs.size_scratch(max_record);
         self.feeds = feeds;
         for f in &failed {
             self.pending_alerts.push(Alert {
@@ -988,13 +614,14 @@ impl Relay {
             });
         }
         self.failed = failed;
-        self.next_fence_check = now + FENCE_CHECK;
         self.next_checkpoint = now + self.checkpoint_every;
-        let reason = match self.role {
-            Role::Standby { .. } if previous.epoch > 0 => "lock acquired; previous active gone",
-            _ => "lock acquired",
+        let reason = if previous.epoch > 0 {
+            "lock acquired; previous active gone"
+        } else {
+            "lock acquired"
         };
-        self.set_role(Role::Active { epoch }, reason, now);
+        self.ha.activated(epoch, reason, now);
+        self.role_changed(now);
         Ok(())
     }
 
@@ -1018,22 +645,25 @@ impl Relay {
             .map_err(|e| e.to_string())
     }
 
-    /// Active: has anyone become active with a higher epoch? Returns the reason if so.
-    fn fence_reason(&mut self, epoch: u64, now: Instant) -> Option<String> {
+    /// An active's fencing check: tells [`Ha`] the lock file's epoch and every ring's. Returns
+    /// why it is fenced now, if it is.
+    fn check_epochs(&mut self, now: Instant) -> bool {
+        let lock_file = self.lock.path().display().to_string();
         match self.lock.check() {
-            Ok(rec) if rec.epoch > epoch => {
-                return Some(format!(
-                    "lock file {} holds epoch {} above this instance's {epoch}: another instance is active",
-                    self.lock.path().display(),
-                    rec.epoch
-                ))
+            Ok(rec) => {
+                if self
+                    .ha
+                    .epoch_seen(rec.epoch, &format!("lock file {lock_file}"))
+                {
+                    return true;
+                }
             }
-            Ok(_) => {}
             Err(lock::CheckError::Lost(why)) => {
-                return Some(format!(
-                    "lock file {}: {why}: the lock no longer excludes anyone",
-                    self.lock.path().display()
-                ))
+                let why =
+                    format!("lock file {lock_file}: {why}: the lock no longer excludes anyone");
+                if self.ha.lock_lost(&why) {
+                    return true;
+                }
             }
             Err(lock::CheckError::Unreadable(why)) => {
                 // Half-written by someone, or an I/O hiccup: the rings' epochs below still
@@ -1050,25 +680,22 @@ impl Relay {
         }
         for feed in &self.feeds {
             let stored = feed.ring.stored_epoch();
-            if stored > epoch {
-                return Some(format!(
-                    "ring {} holds epoch {stored} above this instance's {epoch}: another instance wrote it",
-                    feed.ring.path().display()
-                ));
+            let source = format!("ring {}", feed.ring.path().display());
+            if self.ha.epoch_seen(stored, &source) {
+                return true;
             }
         }
-        None
+        false
     }
 
     /// Stops delivering at once: nothing more is written to a socket, a file or a ring.
-    fn fence(&mut self, epoch: u64, why: &str, now: Instant) {
+    fn fence(&mut self, now: Instant) {
         self.notify("STOPPING=1", now);
-        self.set_role(Role::Fenced { epoch }, why, now);
+        self.role_changed(now);
         crate::log!(
             Level::Error,
             "fenced",
-            epoch = epoch,
-            reason = why,
+            epoch = self.ha.role().epoch(),
             action = format!(
                 "stopped delivering without writing the rings again; exiting with code {EXIT_FENCED}"
             )
@@ -1201,40 +828,18 @@ impl Relay {
             .register(&mut listener, Token(LISTENER_BASE + i), Interest::READABLE)
             .map_err(|e| format!("feed {}: register listener: {e}", fc.name))?;
         crate::log!(Level::Info, "listening", feed = fc.name, addr = local_addr);
-        Ok(Feed {
-            framer: FramerConfig {
-                framing: fc.framing,
-                max_record: fc.max_record_bytes,
-                oversize: fc.oversize,
-            },
-            cfg: fc.clone(),
+        let framer = FramerConfig {
+            framing: fc.framing,
+            max_record: fc.max_record_bytes,
+            oversize: fc.oversize,
+        };
+        Ok(Feed::new(
+            fc.clone(),
             ring,
-            listener: Some(listener),
-            tls,
-            tls_log: Limiter::new(10, Duration::from_secs(60)),
-            logs: ConnLogs::new(),
-            local_addr,
+            FeedInput::new(Some(listener), local_addr, tls, framer),
             outputs,
-            stats: FeedStats::default(),
-            conns: 0,
-            accept_paused: None,
-            accept_due: false,
-            accept_retry: None,
-            limit_log: Limiter::new(5, Duration::from_secs(60)),
-            dirty: true,
-            paused: false,
-            sync_wait: false,
-            helper_ticket: None,
-            next_sync: now,
-            refuse_log: Limiter::new(5, Duration::from_secs(60)),
-            sync_log: Limiter::new(3, Duration::from_secs(60)),
-            rate: InputRate {
-                last_bytes: 0,
-                last_at: now,
-                bytes_per_s: None,
-            },
-            coverage_low: false,
-        })
+            now,
+        ))
     }
 
     /// Runs until SIGTERM/SIGINT (then drains and checkpoints), until fenced, or until `until`.
@@ -1242,7 +847,7 @@ impl Relay {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = clock::now();
-            if matches!(self.role, Role::Fenced { .. }) {
+            if matches!(self.ha.role(), Role::Fenced { .. }) {
                 return Ok(Outcome::Fenced);
             }
             if self.stopping {
@@ -1251,7 +856,7 @@ impl Relay {
             if until.is_some_and(|u| now >= u) {
                 return Ok(Outcome::TimeUp);
             }
-            let timeout = if self.ready.is_empty() && self.more.is_empty() {
+            let timeout = if !self.inputs.has_ready() && self.more.is_empty() {
                 let next = self.next_deadline(now);
                 let next = until.map_or(next, |u| next.min(u));
                 next.saturating_duration_since(now)
@@ -1266,16 +871,12 @@ impl Relay {
             }
             let now = clock::now();
             // Fencing first: a fenced instance must not read, append or deliver another byte.
-            self.fence_timer(now);
-            if matches!(self.role, Role::Fenced { .. }) {
+            // A standby's try of the lock comes here too.
+            self.ha_timer(now)?;
+            if matches!(self.ha.role(), Role::Fenced { .. }) {
                 continue;
             }
-            // The connections whose budget ran out last turn are served once each, after the
-            // events, which skip them (`Conn::queued`). The id of one closed meanwhile can
-            // reach the next list twice through the connection that took its slot: deduplicated.
-            let mut ready = std::mem::take(&mut self.ready);
-            ready.sort_unstable();
-            ready.dedup();
+            self.inputs.begin_turn();
             for ev in events.iter() {
                 self.dispatch(
                     ev.token(),
@@ -1284,40 +885,36 @@ impl Relay {
                     now,
                 );
             }
-            for id in ready {
-                if let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) {
-                    c.queued = false;
-                }
-                self.service_conn(id, now, false);
-            }
+            self.inputs.serve_ready(&mut self.feeds, now);
             self.timers(now)?;
             self.write_outputs(now);
             self.raise_alerts();
             self.loop_stats.turns += 1;
+            self.loop_stats.input_reads = self.inputs.reads;
             self.loop_stats.turn_max = self.loop_stats.turn_max.max(now.elapsed());
         }
     }
 
-    /// An active's periodic fencing check.
-    fn fence_timer(&mut self, now: Instant) {
-        let Role::Active { epoch } = self.role else {
-            return;
-        };
-        if now < self.next_fence_check {
-            return;
+    /// What [`Ha`] has due: a standby's try of the lock, an active's fencing check.
+    fn ha_timer(&mut self, now: Instant) -> Result<(), String> {
+        match self.ha.on_tick(now) {
+            Some(ha::Action::TryLock) => {
+                if self.lock.try_lock().map_err(|e| e.to_string())? {
+                    self.activate(now)?;
+                } else {
+                    self.ha.lock_busy(now);
+                }
+            }
+            Some(ha::Action::CheckEpochs { .. }) if self.check_epochs(now) => self.fence(now),
+            Some(ha::Action::CheckEpochs { .. }) | None => {}
         }
-        self.next_fence_check = now + FENCE_CHECK;
-        if let Some(why) = self.fence_reason(epoch, now) {
-            self.fence(epoch, &why, now);
-        }
+        Ok(())
     }
 
     fn next_deadline(&self, now: Instant) -> Instant {
         let mut next = self.next_checkpoint.min(now + Duration::from_secs(1));
-        match self.role {
-            Role::Standby { next_try } => next = next.min(next_try),
-            Role::Active { .. } => next = next.min(self.next_fence_check),
-            Role::Fenced { .. } => {}
+        if let Some(at) = self.ha.poll_at() {
+            next = next.min(at);
         }
         if let Some(w) = self.next_watchdog {
             next = next.min(w);
@@ -1331,10 +928,10 @@ impl Relay {
                     next = next.min(d);
                 }
             }
-            if f.sync_wait {
+            if f.input.sync_wait {
                 next = next.min(now + SYNC_WAIT_POLL);
             }
-            if let Some(r) = f.accept_retry {
+            if let Some(r) = f.input.accept_retry {
                 next = next.min(r);
             }
         }
@@ -1354,11 +951,8 @@ impl Relay {
                 if let Some(a) = self.admin.as_mut() {
                     let summary = admin::Summary {
                         instance: &self.instance,
-                        role: self.role.name(),
-                        epoch: match self.role {
-                            Role::Active { epoch } | Role::Fenced { epoch } => epoch,
-                            Role::Standby { .. } => 0,
-                        },
+                        role: self.ha.role().name(),
+                        epoch: self.ha.role().epoch(),
                         started_ns: self.started_ns,
                         alerts: &self.alert_stats,
                         event_loop: &self.loop_stats,
@@ -1373,7 +967,7 @@ impl Relay {
                 }
             }
             t if (LISTENER_BASE..LISTENER_BASE + self.feeds.len()).contains(&t) => {
-                self.accept(t - LISTENER_BASE, now);
+                self.inputs.accept(&mut self.feeds, t - LISTENER_BASE, now);
             }
             t if (OUTPUT_BASE..CONN_BASE).contains(&t) => {
                 let (fi, oi) = ((t - OUTPUT_BASE) / 16, (t - OUTPUT_BASE) % 16);
@@ -1385,8 +979,9 @@ impl Relay {
                         // An HTTP output commits when a response (or an ack) arrives, here and
                         // not in `write_outputs`: a `block` feed paused on a full ring may take
                         // records again.
-                        if feed.paused && feed.ring.cursor_pos(out.cursor()).seq != committed {
-                            feed.dirty = true;
+                        if feed.input.paused && feed.ring.cursor_pos(out.cursor()).seq != committed
+                        {
+                            feed.input.dirty = true;
                         }
                         if out.can_write() {
                             self.more.push((fi, oi));
@@ -1394,7 +989,10 @@ impl Relay {
                     }
                 }
             }
-            t if t >= CONN_BASE => self.service_conn(t - CONN_BASE, now, false),
+            t if t >= CONN_BASE => {
+                let id = t - CONN_BASE;
+                self.inputs.service_conn(&mut self.feeds, id, now, false)
+            }
             // Sporadic events for tokens we no longer use are harmless.
             _ => {}
         }
@@ -1413,7 +1011,7 @@ impl Relay {
                         Level::Info,
                         "stopping",
                         signal = sig,
-                        role = self.role.name()
+                        role = self.ha.role().name()
                     );
                     if !self.stopping {
                         self.notify("STOPPING=1", now);
@@ -1435,7 +1033,7 @@ impl Relay {
                 match crate::tls::server_config(&t.files) {
                     Ok((cfg, expired)) => {
                         log_expired(&feed.cfg.name, None, &expired);
-                        feed.tls = Some(cfg);
+                        feed.input.tls = Some(cfg);
                         reloaded += 1;
                     }
                     Err(e) => {
@@ -1495,17 +1093,6 @@ impl Relay {
             self.next_watchdog = Some(now.max(w) + every);
             self.notify("WATCHDOG=1", now);
         }
-        if let Role::Standby { next_try } = self.role {
-            if now >= next_try {
-                if self.lock.try_lock().map_err(|e| e.to_string())? {
-                    self.activate(now)?;
-                } else {
-                    self.role = Role::Standby {
-                        next_try: now + self.cfg.relay.standby_poll,
-                    };
-                }
-            }
-        }
         let registry = self.poll.registry();
         for (fi, feed) in self.feeds.iter_mut().enumerate() {
             for (oi, out) in feed.outputs.iter_mut().enumerate() {
@@ -1513,7 +1100,7 @@ impl Relay {
                     let token = Token(OUTPUT_BASE + fi * 16 + oi);
                     out.on_timer(registry, token, &mut feed.ring, now);
                     if out.can_write() {
-                        feed.dirty = true;
+                        feed.input.dirty = true;
                     }
                 }
             }
@@ -1525,7 +1112,7 @@ impl Relay {
             h.reap();
         }
         self.resume_after_sync()?;
-        self.resume_accepts(now);
+        self.inputs.resume_accepts(&mut self.feeds, now);
         if now >= self.next_checkpoint {
             self.next_checkpoint = now + self.checkpoint_every;
             for feed in &mut self.feeds {
@@ -1534,8 +1121,8 @@ impl Relay {
                     out.tick(&feed.ring, now);
                 }
             }
-            self.close_idle(now);
-            self.expire_requests(now);
+            self.inputs.close_idle(&mut self.feeds, now);
+            self.inputs.expire_requests(&mut self.feeds, now);
             self.checkpoint_all(now, false)?;
         }
         Ok(())
@@ -1544,7 +1131,7 @@ impl Relay {
     /// Resumes the inputs of feeds whose background sync has finished.
     fn resume_after_sync(&mut self) -> Result<(), String> {
         for (fi, feed) in self.feeds.iter_mut().enumerate() {
-            if !feed.sync_wait {
+            if !feed.input.sync_wait {
                 continue;
             }
             let done = feed.ring.background_sync_finished().map_err(|e| {
@@ -1555,8 +1142,8 @@ impl Relay {
                 )
             })?;
             if done {
-                feed.sync_wait = false;
-                queue_paused(&mut self.conns, &mut self.ready, fi);
+                feed.input.sync_wait = false;
+                self.inputs.resume_feed(fi);
             }
         }
         Ok(())
@@ -1617,7 +1204,7 @@ impl Relay {
         let registry = self.poll.registry();
         let more = std::mem::take(&mut self.more);
         for (fi, feed) in self.feeds.iter_mut().enumerate() {
-            let dirty = std::mem::take(&mut feed.dirty);
+            let dirty = std::mem::take(&mut feed.input.dirty);
             let mut wrote = false;
             for (oi, out) in feed.outputs.iter_mut().enumerate() {
                 if !(dirty || more.contains(&(fi, oi))) || !out.can_write() {
@@ -1631,9 +1218,9 @@ impl Relay {
             // A `block` feed whose outputs may have moved on may take records again (a block
             // ring's tail moves only when an append needs the room, so a commit alone does not
             // show there); a ring still full pauses its senders again.
-            if feed.paused && (wrote || dirty) {
-                feed.paused = false;
-                queue_paused(&mut self.conns, &mut self.ready, fi);
+            if feed.input.paused && (wrote || dirty) {
+                feed.input.paused = false;
+                self.inputs.resume_feed(fi);
             }
         }
     }
@@ -1666,7 +1253,7 @@ impl Relay {
             match feed.ring.append(record.as_bytes(), now_ns, false) {
                 Ok(_) => {
                     self.alert_stats.written += 1;
-                    feed.dirty = true;
+                    feed.input.dirty = true;
                 }
                 Err(e @ (AppendError::Full | AppendError::TooLarge)) => {
                     self.alert_stats.refused += 1;
@@ -1714,7 +1301,7 @@ impl Relay {
             }
         };
         let changes = reload::diff(&self.cfg, &new);
-        let standby = matches!(self.role, Role::Standby { .. });
+        let standby = matches!(self.ha.role(), Role::Standby { .. });
         let (mut applied, mut restart) = (0, 0);
         for change in &changes {
             match change {
@@ -1775,6 +1362,7 @@ impl Relay {
                 }
                 reload::Change::RelayTiming { key } => {
                     self.cfg.relay.standby_poll = new.relay.standby_poll;
+                    self.ha.set_standby_poll(new.relay.standby_poll);
                     self.cfg.relay.checkpoint_interval = new.relay.checkpoint_interval;
                     self.checkpoint_every = new.relay.checkpoint_interval;
                     self.next_checkpoint = self.next_checkpoint.min(now + self.checkpoint_every);
@@ -1810,7 +1398,7 @@ impl Relay {
             Level::Info,
             "reloaded",
             config = path.display(),
-            role = self.role.name(),
+            role = self.ha.role().name(),
             changes = changes.len(),
             applied = applied,
             need_restart = restart
@@ -1820,7 +1408,7 @@ impl Relay {
     /// Stops accepting, reads what senders already sent, checkpoints every ring with a sync.
     pub fn finish(&mut self) -> Result<(), String> {
         for feed in &mut self.feeds {
-            if let Some(mut l) = feed.listener.take() {
+            if let Some(mut l) = feed.input.listener.take() {
                 let _ = self.poll.registry().deregister(&mut l);
             }
         }
@@ -1828,20 +1416,18 @@ impl Relay {
         // has been quiet for DRAIN_QUIET (longer than a sender's Nagle delay waiting for our
         // delayed ACK, 40 ms on Linux), or DRAIN_LIMIT.
         let start = clock::now();
-        let (mut passes, mut last_data, start_bytes) = (0, start, self.bytes_in);
+        let (mut passes, mut last_data, start_bytes) = (0, start, self.inputs.bytes_in);
         while clock::now() < start + DRAIN_LIMIT && clock::now() < last_data + DRAIN_QUIET {
             passes += 1;
-            let before = self.bytes_in;
-            for id in 0..self.conns.len() {
-                self.service_conn(id, clock::now(), true);
-            }
-            if self.bytes_in == before {
+            let before = self.inputs.bytes_in;
+            self.inputs.drain(&mut self.feeds, clock::now());
+            if self.inputs.bytes_in == before {
                 std::thread::sleep(Duration::from_millis(5));
             } else {
                 last_data = clock::now();
             }
         }
-        let received: u64 = self.feeds.iter().map(|f| f.stats.records).sum();
+        let received: u64 = self.feeds.iter().map(|f| f.input.stats.records).sum();
         let now = clock::now();
         for feed in &mut self.feeds {
             for out in &mut feed.outputs {
@@ -1853,7 +1439,7 @@ impl Relay {
             Level::Info,
             "stopped",
             records_received = received,
-            drained_bytes = self.bytes_in - start_bytes,
+            drained_bytes = self.inputs.bytes_in - start_bytes,
             drain_passes = passes
         );
         Ok(())
@@ -1861,6 +1447,6 @@ impl Relay {
 
     /// The address feed `i` listens on.
     pub fn listen_addr(&self, i: usize) -> SocketAddr {
-        self.feeds[i].local_addr
+        self.feeds[i].input.local_addr
     }
 }

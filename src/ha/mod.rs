@@ -1,0 +1,311 @@
+//! Active-standby: who delivers, decided by a lock file and fencing epochs.
+//!
+//! Two instances share one `lock_file` ([`lock`]). The one that holds its lock is **active**: it
+//! opens (recovers) the rings, binds the listeners and delivers. The other is **standby**: no
+//! data listener, no ring opened, only the admin endpoint; it retries the lock every
+//! `standby_poll` and, once it has it, becomes active the way a start does (a promotion is a
+//! restart for the outputs: they resume from their persisted cursors with the replay window).
+//! Every activation writes a new, higher **epoch** into the lock file and into every ring. An
+//! active re-reads the lock file's epoch and its rings' every [`FENCE_CHECK`]; a higher one
+//! means another instance became active behind its back (a lock that stopped excluding, on
+//! network storage or after the file was replaced), and it stops at once, without writing to
+//! its rings again: **fenced**, for good (the process exits with [`EXIT_FENCED`]).
+//!
+//! ```text
+//! Standby --(lock taken, rings opened)--> Active --(higher epoch seen, lock lost)--> Fenced
+//! ```
+//!
+//! [`Ha`] is the state machine, sans I/O: it takes the time and what the event loop observed
+//! (the lock taken or busy, the epochs it read) and says what to do next ([`Action`]) and when
+//! ([`Ha::poll_at`]). The event loop does the file I/O and the activation itself.
+
+pub mod lock;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::log::Level;
+
+/// How often an active re-reads the lock file's and its rings' fencing epochs.
+pub const FENCE_CHECK: Duration = Duration::from_millis(500);
+/// Exit code of an active that found a higher epoch than its own (it was fenced off).
+pub const EXIT_FENCED: u8 = 3;
+
+/// The instance's role in an active-standby pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Waiting for the lock: no listener bound, no ring opened.
+    Standby {
+        /// When to try the lock again.
+        next_try: Instant,
+    },
+    /// Holding the lock: rings open, listeners bound, delivering.
+    Active {
+        /// The fencing epoch this instance wrote into the lock file and its rings.
+        epoch: u64,
+    },
+    /// Another instance took over (a higher epoch was seen): delivering stopped for good.
+    Fenced {
+        /// This instance's epoch.
+        epoch: u64,
+    },
+}
+
+impl Role {
+    /// `standby`, `active` or `fenced`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Standby { .. } => "standby",
+            Role::Active { .. } => "active",
+            Role::Fenced { .. } => "fenced",
+        }
+    }
+
+    /// The epoch this instance holds (0 while standby).
+    pub fn epoch(&self) -> u64 {
+        match *self {
+            Role::Active { epoch } | Role::Fenced { epoch } => epoch,
+            Role::Standby { .. } => 0,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What [`Ha::on_tick`] asks the event loop to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Try to take the lock; report with [`Ha::lock_busy`] or, once the rings are open and
+    /// stamped, [`Ha::activated`].
+    TryLock,
+    /// Read the lock file's epoch and every ring's; report each with [`Ha::epoch_seen`], a lost
+    /// lock with [`Ha::lock_lost`].
+    CheckEpochs {
+        /// This instance's epoch: anything above it fences.
+        epoch: u64,
+    },
+}
+
+/// The active-standby state machine of one instance.
+#[derive(Debug)]
+pub struct Ha {
+    role: Role,
+    standby_poll: Duration,
+    next_fence_check: Instant,
+    /// For the log lines.
+    lock_file: PathBuf,
+}
+
+impl Ha {
+    /// A new instance of the pair that shares `lock_file`: standby, trying the lock at once.
+    pub fn new(standby_poll: Duration, lock_file: &Path, now: Instant) -> Ha {
+        Ha {
+            role: Role::Standby { next_try: now },
+            standby_poll,
+            next_fence_check: now,
+            lock_file: lock_file.to_path_buf(),
+        }
+    }
+
+    /// The role now.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// A reload changed `standby_poll`: the next try uses it.
+    pub fn set_standby_poll(&mut self, poll: Duration) {
+        self.standby_poll = poll;
+    }
+
+    /// When [`Ha::on_tick`] has something to do next; `None` once fenced.
+    pub fn poll_at(&self) -> Option<Instant> {
+        match self.role {
+            Role::Standby { next_try } => Some(next_try),
+            Role::Active { .. } => Some(self.next_fence_check),
+            Role::Fenced { .. } => None,
+        }
+    }
+
+    /// What is due at `now`: a standby's next try of the lock, an active's fencing check.
+    pub fn on_tick(&mut self, now: Instant) -> Option<Action> {
+        match self.role {
+            // The try is due: until the loop reports, the next one is a poll away.
+            Role::Standby { next_try } if now >= next_try => {
+                self.role = Role::Standby {
+                    next_try: now + self.standby_poll,
+                };
+                Some(Action::TryLock)
+            }
+            Role::Active { epoch } if now >= self.next_fence_check => {
+                self.next_fence_check = now + FENCE_CHECK;
+                Some(Action::CheckEpochs { epoch })
+            }
+            // Not due yet; a fenced instance does nothing ever again.
+            Role::Standby { .. } | Role::Active { .. } | Role::Fenced { .. } => None,
+        }
+    }
+
+    /// The lock is held elsewhere: stay standby, try again in `standby_poll`.
+    pub fn lock_busy(&mut self, now: Instant) {
+        if let Role::Standby { .. } = self.role {
+            self.role = Role::Standby {
+                next_try: now + self.standby_poll,
+            };
+        }
+    }
+
+    /// The lock is ours, epoch `epoch` is in the lock file and every ring: active.
+    pub fn activated(&mut self, epoch: u64, reason: &str, now: Instant) {
+        self.next_fence_check = now + FENCE_CHECK;
+        self.set_state(Role::Active { epoch }, reason);
+    }
+
+    /// An epoch read back by a fencing check, from `source` (the lock file or a ring). Returns
+    /// whether this instance is fenced now: the epoch is above its own.
+    pub fn epoch_seen(&mut self, seen: u64, source: &str) -> bool {
+        match self.role {
+            Role::Active { epoch } if seen > epoch => {
+                let why = format!(
+                    "{source} holds epoch {seen} above this instance's {epoch}: another instance is active"
+                );
+                self.set_state(Role::Fenced { epoch }, &why);
+                true
+            }
+            // Ours or an older one; a standby has no epoch to defend; fenced stays fenced.
+            Role::Active { .. } | Role::Standby { .. } | Role::Fenced { .. } => false,
+        }
+    }
+
+    /// The lock no longer excludes anyone (the file was removed or replaced): fenced, as if a
+    /// higher epoch had been seen, since one may be written any moment.
+    pub fn lock_lost(&mut self, why: &str) -> bool {
+        match self.role {
+            Role::Active { epoch } => {
+                self.set_state(Role::Fenced { epoch }, why);
+                true
+            }
+            Role::Standby { .. } | Role::Fenced { .. } => false,
+        }
+    }
+
+    /// Every role change goes through here, and is logged `role=A=>B`.
+    fn set_state(&mut self, role: Role, reason: &str) {
+        crate::log!(
+            if matches!(role, Role::Fenced { .. }) {
+                Level::Error
+            } else {
+                Level::Info
+            },
+            "role_changed",
+            role = format_args!("{}=>{}", self.role, role),
+            epoch = role.epoch(),
+            lock_file = self.lock_file.display(),
+            reason = reason
+        );
+        self.role = role;
+    }
+}
+
+/// The epoch a new active takes: above the lock file's and every ring's (a ring stamped above
+/// the lock file means the file was removed or replaced: going above it keeps the new active
+/// from fencing itself).
+pub fn next_epoch(lock_epoch: u64, rings_max: u64) -> u64 {
+    lock_epoch.max(rings_max).saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLL: Duration = Duration::from_secs(2);
+
+    fn active(now: Instant, epoch: u64) -> Ha {
+        let mut ha = Ha::new(POLL, Path::new("pair.lock"), now);
+        assert_eq!(ha.on_tick(now), Some(Action::TryLock));
+        ha.activated(epoch, "lock acquired", now);
+        ha
+    }
+
+    #[test]
+    fn standby_tries_the_lock_at_start_then_every_standby_poll() {
+        let t0 = Instant::now();
+        let mut ha = Ha::new(POLL, Path::new("pair.lock"), t0);
+        assert_eq!(ha.poll_at(), Some(t0));
+        assert_eq!(ha.on_tick(t0), Some(Action::TryLock));
+        ha.lock_busy(t0);
+        assert_eq!(ha.role().name(), "standby");
+        assert_eq!(ha.poll_at(), Some(t0 + POLL));
+        assert_eq!(ha.on_tick(t0 + POLL / 2), None);
+        assert_eq!(ha.on_tick(t0 + POLL), Some(Action::TryLock));
+    }
+
+    #[test]
+    fn standby_does_not_try_twice_while_a_try_is_outstanding() {
+        let t0 = Instant::now();
+        let mut ha = Ha::new(POLL, Path::new("pair.lock"), t0);
+        assert_eq!(ha.on_tick(t0), Some(Action::TryLock));
+        // The loop has not reported yet; a spurious wake-up must not try again at once.
+        assert_eq!(ha.on_tick(t0 + Duration::from_millis(1)), None);
+    }
+
+    #[test]
+    fn activated_checks_epochs_every_fence_check() {
+        let t0 = Instant::now();
+        let mut ha = active(t0, 7);
+        assert_eq!(ha.role(), Role::Active { epoch: 7 });
+        assert_eq!(ha.poll_at(), Some(t0 + FENCE_CHECK));
+        assert_eq!(ha.on_tick(t0 + FENCE_CHECK / 2), None);
+        assert_eq!(
+            ha.on_tick(t0 + FENCE_CHECK),
+            Some(Action::CheckEpochs { epoch: 7 })
+        );
+        assert_eq!(ha.poll_at(), Some(t0 + 2 * FENCE_CHECK));
+    }
+
+    #[test]
+    fn active_higher_epoch_seen_is_fenced_for_good() {
+        let t0 = Instant::now();
+        let mut ha = active(t0, 7);
+        assert!(!ha.epoch_seen(7, "lock file x"), "its own epoch");
+        assert!(!ha.epoch_seen(3, "ring a.ring"), "an older one");
+        assert!(ha.epoch_seen(8, "ring a.ring"));
+        assert_eq!(ha.role(), Role::Fenced { epoch: 7 });
+        // Terminal: nothing due, no more tries or checks, no way back.
+        assert_eq!(ha.poll_at(), None);
+        assert_eq!(ha.on_tick(t0 + Duration::from_secs(3600)), None);
+        assert!(!ha.epoch_seen(9, "lock file x"));
+        ha.lock_busy(t0);
+        assert_eq!(ha.role(), Role::Fenced { epoch: 7 });
+    }
+
+    #[test]
+    fn active_lock_lost_is_fenced() {
+        let t0 = Instant::now();
+        let mut ha = active(t0, 2);
+        assert!(ha.lock_lost("lock file x was replaced"));
+        assert_eq!(ha.role(), Role::Fenced { epoch: 2 });
+    }
+
+    #[test]
+    fn standby_ignores_epochs_and_lost_locks() {
+        let t0 = Instant::now();
+        let mut ha = Ha::new(POLL, Path::new("pair.lock"), t0);
+        assert!(!ha.epoch_seen(100, "lock file x"));
+        assert!(!ha.lock_lost("gone"));
+        assert_eq!(ha.role().name(), "standby");
+    }
+
+    #[test]
+    fn next_epoch_goes_above_the_lock_file_and_every_ring() {
+        assert_eq!(next_epoch(0, 0), 1);
+        assert_eq!(next_epoch(4, 2), 5);
+        // The lock file was replaced: a ring remembers a higher epoch.
+        assert_eq!(next_epoch(1, 9), 10);
+        assert_eq!(next_epoch(u64::MAX, 0), u64::MAX);
+    }
+}
