@@ -1,0 +1,240 @@
+//! Configuration: TOML as written ([`toml::de::DeTable`], every value with its byte span) →
+//! a validated [`Config`], ready to use. Every problem is reported at once, each with the file,
+//! line and column of the key or value at fault, so `ringrelay check` lists them all.
+//!
+//! Relative paths are resolved against the directory of the configuration file.
+//!
+//! One file per part of the file: [`relay`] (`[relay]`), [`feed`] (`[[feed]]` and its
+//! `buffer`), [`input`] (a feed's `input`), [`output`] (`[[feed.output]]` of kind `tcp`, `tls`
+//! and `file`, and the syslog header), [`http_output`] (kind `http`: URL, presets, headers),
+//! [`tls`] (TLS keys of inputs and outputs, checked by loading the files), [`units`] (sizes,
+//! counts and durations as written) and [`table`] (reading a TOML table and collecting errors
+//! with their positions: the one place that knows TOML's types).
+
+mod feed;
+mod http_output;
+mod input;
+mod output;
+mod relay;
+mod table;
+mod tls;
+mod units;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+pub use feed::FeedConfig;
+pub use http_output::{default_channel, parse_http_url, BodyFormat, HttpOutput, HttpUrl, Preset};
+pub use input::{HttpInputConfig, InputConfig, InputKind};
+pub use output::{FileOutput, OutFraming, OutputConfig, OutputKind, TcpOutput, TlsOutput};
+pub use relay::{RelayConfig, SyncPolicy};
+pub use tls::{TlsClient, TlsInput};
+pub use units::{parse_count, parse_duration, parse_size};
+
+use feed::feed_config;
+use relay::relay_config;
+use table::{named, Ctx, Tbl};
+
+/// The relay's whole configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[relay]`.
+    pub relay: RelayConfig,
+    /// `[[feed]]`, in file order.
+    pub feeds: Vec<FeedConfig>,
+    /// What works but should not be left so (a placeholder secret, a secret in clear text).
+    pub warnings: Vec<ConfigError>,
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line (0 when the error is about the whole file: it could not be read).
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong and, where it helps, how to fix it.
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.path.display(), self.msg);
+        }
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.col,
+            self.msg
+        )
+    }
+}
+
+/// Events per second a sizing may name (`buffer.eps`, `ringrelay size --eps`).
+pub const EPS_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000_000;
+/// Average event size a sizing may name (`buffer.bytes`, `ringrelay size --bytes`).
+pub const EVENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1..=16 << 20;
+/// Feeds a relay may have.
+pub const MAX_FEEDS: usize = 64;
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) => Err(vec![ConfigError {
+                path: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                msg: match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_string(),
+                    _ => format!("cannot read the configuration: {e}"),
+                },
+            }]),
+        }
+    }
+
+    /// Validates `text`, which came from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let mut cx = Ctx {
+            path: path.to_path_buf(),
+            text,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let (root, syntax) = DeTable::parse_recoverable(text);
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, format!("TOML syntax: {}", e.message().trim()));
+        }
+        let root_value = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
+        let cfg = Tbl::new(&root_value, "the configuration".into(), &mut cx)
+            .and_then(|root| build(&root, &mut cx));
+        let mut errors = cx.errors;
+        if errors.is_empty() {
+            if let Some(mut cfg) = cfg {
+                cfg.warnings = cx.warnings;
+                return Ok(cfg);
+            }
+        }
+        // A syntax error first: what follows from it may be noise.
+        errors.sort_by_key(|e| (!e.msg.starts_with("TOML syntax"), e.line, e.col));
+        errors.dedup();
+        Err(errors)
+    }
+}
+
+fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
+    root.check_keys(&["relay", "feed"], cx);
+    let relay_v = root.get("relay");
+    if relay_v.is_none() {
+        root.missing("relay", cx);
+    }
+    let relay = relay_v
+        .and_then(|v| Tbl::new(v, "[relay]".into(), cx))
+        .and_then(|t| relay_config(&t, cx));
+    let feeds_v = root.tables("feed", cx);
+    if feeds_v.is_empty() {
+        cx.err(
+            root.span.start..root.span.start,
+            "no feeds: add at least one [[feed]]",
+        );
+    }
+    if feeds_v.len() > MAX_FEEDS {
+        cx.err(
+            feeds_v[64].span(),
+            format!(
+                "{} feeds configured; at most 64 are supported",
+                feeds_v.len()
+            ),
+        );
+    }
+    let default_sync = relay
+        .as_ref()
+        .map_or(SyncPolicy::Interval(Duration::from_secs(1)), |r| r.sync);
+    let mut feeds = Vec::new();
+    let mut seen_names: Vec<String> = Vec::new();
+    let mut seen_listen: Vec<SocketAddr> = Vec::new();
+    let mut seen_files: Vec<PathBuf> = Vec::new();
+    for (i, fv) in feeds_v.iter().enumerate() {
+        let Some(t) = Tbl::new(fv, named("feed", fv, i), cx) else {
+            continue;
+        };
+        let Some(feed) = feed_config(&t, default_sync, cx) else {
+            continue;
+        };
+        if seen_names.contains(&feed.name) {
+            let span = t.get("name").map_or(t.span.clone(), Spanned::span);
+            cx.err(span, format!("feed name {:?} is used twice; each feed needs its own name (it names the ring file)", feed.name));
+        }
+        if seen_listen.contains(&feed.input.listen) && feed.input.listen.port() != 0 {
+            let span = t.get("input").map_or(t.span.clone(), Spanned::span);
+            cx.err(
+                span,
+                format!(
+                    "feed {:?} listens on {}, which another feed already uses",
+                    feed.name, feed.input.listen
+                ),
+            );
+        }
+        for o in &feed.outputs {
+            if let OutputKind::File(f) = &o.kind {
+                if seen_files.contains(&f.path) {
+                    cx.err(t.span.clone(), format!("feed {:?} output {:?} writes to {}, which another output already writes", feed.name, o.name, f.path.display()));
+                }
+                seen_files.push(f.path.clone());
+            }
+        }
+        seen_names.push(feed.name.clone());
+        seen_listen.push(feed.input.listen);
+        feeds.push(feed);
+    }
+    // Checked only when every feed parsed: a broken feed's name is unknown.
+    if let Some(r) = relay.as_ref().filter(|_| feeds.len() == feeds_v.len()) {
+        if let Some(name) = r.alert_feed.as_ref().filter(|n| !seen_names.contains(n)) {
+            let span = relay_v
+                .and_then(|v| Tbl::new(v, "[relay]".into(), cx))
+                .and_then(|t| t.get("alert_feed").map(Spanned::span))
+                .unwrap_or(0..0);
+            cx.err(
+                span,
+                format!(
+                    "alert_feed = {name:?} names no feed (feeds: {})",
+                    seen_names.join(", ")
+                ),
+            );
+        }
+    }
+    let relay = relay?;
+    for feed in &mut feeds {
+        for out in &mut feed.outputs {
+            if let OutputKind::Http(h) = &mut out.kind {
+                if h.channel.is_empty() {
+                    h.channel = default_channel(&relay.instance, &feed.name, &out.name);
+                }
+            }
+        }
+    }
+    Some(Config {
+        path: cx.path.clone(),
+        relay,
+        feeds,
+        warnings: Vec::new(),
+    })
+}
