@@ -47,35 +47,28 @@ pub(super) fn valid_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
+/// The keys of a `[[feed]]`.
+const FEED_KEYS: [&str; 11] = [
+    "name",
+    "input",
+    "framing",
+    "max_record_bytes",
+    "oversize",
+    "buffer",
+    "retention",
+    "when_full",
+    "sync",
+    "sync_interval",
+    "output",
+];
+
 pub(super) fn feed_config(
     t: &Tbl<'_, '_>,
     default_sync: SyncPolicy,
     cx: &mut Ctx<'_>,
 ) -> Option<FeedConfig> {
-    t.check_keys(
-        &[
-            "name",
-            "input",
-            "framing",
-            "max_record_bytes",
-            "oversize",
-            "buffer",
-            "retention",
-            "when_full",
-            "sync",
-            "sync_interval",
-            "output",
-        ],
-        cx,
-    );
-    let name = t.req_str("name", "a feed name", cx).and_then(|(s, span)| {
-        if valid_name(s) {
-            Some(s.to_string())
-        } else {
-            cx.err(span, format!("feed name {s:?}: use 1 to 32 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"));
-            None
-        }
-    });
+    t.check_keys(&FEED_KEYS, cx);
+    let name = feed_name(t, cx);
     let input_v = t.get("input");
     if input_v.is_none() {
         t.missing("input", cx);
@@ -125,6 +118,36 @@ pub(super) fn feed_config(
     let capacity = buffer_v
         .and_then(|v| Tbl::new(v, "buffer".into(), cx))
         .and_then(|b| buffer_capacity(&b, &mut retention, max_record_bytes, cx));
+    let outputs = feed_outputs(t, cx);
+    Some(FeedConfig {
+        buffer_at: cx.at(buffer_v.map_or(t.span.start, |v| v.span().start)),
+        name: name?,
+        input: input?,
+        framing,
+        max_record_bytes,
+        oversize,
+        capacity: capacity?,
+        retention,
+        when_full,
+        sync,
+        outputs,
+    })
+}
+
+/// `name`, which also names the ring file.
+fn feed_name(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<String> {
+    t.req_str("name", "a feed name", cx).and_then(|(s, span)| {
+        if valid_name(s) {
+            Some(s.to_string())
+        } else {
+            cx.err(span, format!("feed name {s:?}: use 1 to 32 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"));
+            None
+        }
+    })
+}
+
+/// `[[feed.output]]`: 1 to 8 outputs, each name used once in the feed.
+fn feed_outputs(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Vec<OutputConfig> {
     let mut outputs = Vec::new();
     let outs = t.tables("output", cx);
     if outs.is_empty() {
@@ -154,19 +177,7 @@ pub(super) fn feed_config(
             outputs.push(o);
         }
     }
-    Some(FeedConfig {
-        buffer_at: cx.at(buffer_v.map_or(t.span.start, |v| v.span().start)),
-        name: name?,
-        input: input?,
-        framing,
-        max_record_bytes,
-        oversize,
-        capacity: capacity?,
-        retention,
-        when_full,
-        sync,
-        outputs,
-    })
+    outputs
 }
 
 fn buffer_capacity(

@@ -223,20 +223,10 @@ fn valid_header_value(s: &str) -> bool {
     !s.chars().any(|c| c.is_control() && c != '\t')
 }
 
+/// An http output's keys besides the common ones. Read in a fixed order (errors at the same
+/// position come out in it); a bad `url` stops here, since the preset checks need its path.
 pub(super) fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutput> {
-    let url = t
-        .req_str(
-            "url",
-            "a URL like \"http://siem:8088/services/collector/raw\"",
-            cx,
-        )
-        .and_then(|(s, span)| match parse_http_url(s) {
-            Ok(u) => Some((u, span)),
-            Err(e) => {
-                cx.err(span, e);
-                None
-            }
-        });
+    let url = http_url(t, cx);
     let preset = t
         .choice(
             "preset",
@@ -264,7 +254,75 @@ pub(super) fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutpu
     let max_batch_age = t
         .duration("max_batch_age", cx)
         .unwrap_or(Duration::from_secs(1));
-    let request_timeout = match t.duration("request_timeout", cx) {
+    let request_timeout = request_timeout(t, cx);
+    let ack = t.bool("ack", cx).unwrap_or(false);
+    let ack_timeout = t
+        .duration("ack_timeout", cx)
+        .unwrap_or(Duration::from_secs(300));
+    let ack_poll = t
+        .duration("ack_poll", cx)
+        .unwrap_or(Duration::from_secs(10));
+    let channel = channel(t, cx);
+    let auth = auth_keys(t, cx);
+    let (url, url_span) = url?;
+    let mut ep = Endpoint {
+        path: url.path.clone(),
+        body: body_choice.unwrap_or(BodyFormat::Ndjson),
+        headers: Vec::new(),
+    };
+    match preset {
+        Preset::SplunkHec => splunk_hec(t, auth, body_choice.is_some(), url_span, &mut ep, cx),
+        Preset::Panther => panther(t, auth, &mut ep, cx),
+        Preset::Sekoia => sekoia(t, auth, &mut ep, cx),
+        Preset::Generic => generic(auth, &mut ep, cx),
+    }
+    if ack && preset != Preset::SplunkHec {
+        let span = t.get("ack").map_or(t.span.clone(), Spanned::span);
+        cx.err(
+            span,
+            "ack = true is Splunk HEC indexer acknowledgement: only with preset = \"splunk_hec\"",
+        );
+    }
+    extra_headers(t, &mut ep.headers, cx);
+    let tls = https_keys(t, &url, cx)?;
+    Some(HttpOutput {
+        tls,
+        host: url.host,
+        port: url.port,
+        path: ep.path,
+        preset,
+        headers: ep.headers,
+        body: ep.body,
+        gzip,
+        max_batch_bytes,
+        max_batch_age,
+        request_timeout: request_timeout?,
+        ack,
+        ack_timeout,
+        ack_poll,
+        channel: channel.unwrap_or_default(),
+    })
+}
+
+/// `url`, parsed, with its span (the preset checks point at it).
+fn http_url(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<(HttpUrl, Range<usize>)> {
+    t.req_str(
+        "url",
+        "a URL like \"http://siem:8088/services/collector/raw\"",
+        cx,
+    )
+    .and_then(|(s, span)| match parse_http_url(s) {
+        Ok(u) => Some((u, span)),
+        Err(e) => {
+            cx.err(span, e);
+            None
+        }
+    })
+}
+
+/// `request_timeout` (default 30s); `None` when it is 0, which is an error.
+fn request_timeout(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Duration> {
+    match t.duration("request_timeout", cx) {
         Some(d) if d.is_zero() => {
             let span = t
                 .get("request_timeout")
@@ -274,15 +332,12 @@ pub(super) fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutpu
         }
         Some(d) => Some(d),
         None => Some(Duration::from_secs(30)),
-    };
-    let ack = t.bool("ack", cx).unwrap_or(false);
-    let ack_timeout = t
-        .duration("ack_timeout", cx)
-        .unwrap_or(Duration::from_secs(300));
-    let ack_poll = t
-        .duration("ack_poll", cx)
-        .unwrap_or(Duration::from_secs(10));
-    let channel = t.str("channel", "a GUID", cx).map(|(s, span)| {
+    }
+}
+
+/// `channel`, a GUID; empty when it is not one (an error), `None` when unset.
+fn channel(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<String> {
+    t.str("channel", "a GUID", cx).map(|(s, span)| {
         if is_guid(s) {
             s.to_string()
         } else {
@@ -292,7 +347,28 @@ pub(super) fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutpu
             );
             String::new()
         }
-    });
+    })
+}
+
+/// A string key as written, with its span.
+type Key<'a> = Option<(&'a str, Range<usize>)>;
+
+/// The authentication keys as written; which of them a preset uses is its business.
+struct AuthKeys<'a> {
+    token: Key<'a>,
+    secret: Key<'a>,
+    auth_header: Key<'a>,
+}
+
+/// Where the data requests go and what they carry, as the preset fills it in.
+struct Endpoint {
+    path: String,
+    body: BodyFormat,
+    headers: Vec<(String, String)>,
+}
+
+/// `token`, `secret` and `auth_header`, each checked for what makes a bad header.
+fn auth_keys<'a>(t: &Tbl<'a, '_>, cx: &mut Ctx<'_>) -> AuthKeys<'a> {
     let token = t.str("token", "a string", cx);
     let secret = t.str("secret", "a string", cx);
     let auth_header = t.str("auth_header", "a header name", cx);
@@ -315,181 +391,190 @@ pub(super) fn http_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<HttpOutpu
             );
         }
     }
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let preset_span = t.get("preset").map_or(t.span.clone(), Spanned::span);
-    let refuse = |key: &str, v: &Option<(&str, Range<usize>)>, cx: &mut Ctx<'_>| {
-        if let Some((_, span)) = v.clone() {
-            cx.err(
-                span,
-                format!("{key} is not used by preset {:?}", preset.name()),
-            );
-        }
-    };
-    let (url, url_span) = url?;
-    let mut path = url.path.clone();
-    let mut body = body_choice.unwrap_or(BodyFormat::Ndjson);
-    match preset {
-        Preset::SplunkHec => {
-            refuse("secret", &secret, cx);
-            refuse("auth_header", &auth_header, cx);
-            match token {
-                Some((tok, _)) => headers.push(("Authorization".into(), format!("Splunk {tok}"))),
-                None => cx.err(
-                    preset_span.clone(),
-                    "preset \"splunk_hec\" needs token (the HEC token)",
-                ),
-            }
-            if path == "/" {
-                path = "/services/collector/raw".into();
-            }
-            let endpoint = path.split('?').next().unwrap_or("");
-            if endpoint == "/services/collector/event"
-                || endpoint == "/services/collector"
-                || endpoint == "/services/collector/event/1.0"
-            {
-                if let Some((_, span)) = t.str("body", "", cx).filter(|_| body_choice.is_some()) {
-                    cx.err(span, "body: the HEC /event endpoint takes {\"event\": ...} envelopes, which the output builds itself; remove body");
-                }
-                body = BodyFormat::HecEvent;
-            } else if !endpoint.starts_with("/services/collector/raw") {
-                cx.err(url_span.clone(), format!("url: preset \"splunk_hec\" posts to /services/collector/raw or /services/collector/event, not {endpoint:?}"));
-            }
-        }
-        Preset::Panther => {
-            refuse("token", &token, cx);
-            match secret {
-                Some((sec, _)) => {
-                    let name = auth_header.map_or("x-panther-zscaler", |(n, _)| n);
-                    headers.push((name.to_string(), sec.to_string()));
-                }
-                None => cx.err(
-                    preset_span.clone(),
-                    "preset \"panther\" needs secret (the HTTP source's shared secret)",
-                ),
-            }
-        }
-        Preset::Sekoia => {
-            refuse("secret", &secret, cx);
-            refuse("auth_header", &auth_header, cx);
-            match token {
-                Some((tok, _)) => headers.push(("X-SEKOIAIO-INTAKE-KEY".into(), tok.to_string())),
-                None => cx.err(
-                    preset_span.clone(),
-                    "preset \"sekoia\" needs token (the intake key)",
-                ),
-            }
-            if path == "/" {
-                path = "/plain/batch".into();
-            }
-            if body == BodyFormat::JsonArray {
-                let span = t.get("body").map_or(t.span.clone(), Spanned::span);
-                cx.err(span, "preset \"sekoia\" posts to /plain/batch, which takes LF-separated events: use body = \"ndjson\"");
-            }
-        }
-        Preset::Generic => {
-            refuse("token", &token, cx);
-            match (secret, auth_header) {
-                (Some((sec, _)), Some((name, _))) => {
-                    headers.push((name.to_string(), sec.to_string()))
-                }
-                (None, None) => {}
-                (Some((_, span)), None) | (None, Some((_, span))) => {
-                    cx.err(
-                        span,
-                        "secret and auth_header go together (the header that carries the secret)",
-                    );
-                }
-            }
-        }
+    AuthKeys {
+        token,
+        secret,
+        auth_header,
     }
-    if ack && preset != Preset::SplunkHec {
-        let span = t.get("ack").map_or(t.span.clone(), Spanned::span);
+}
+
+/// An error at `key` when it is set but `preset` has no use for it.
+fn refuse(key: &str, v: &Key<'_>, preset: Preset, cx: &mut Ctx<'_>) {
+    if let Some((_, span)) = v.clone() {
         cx.err(
             span,
-            "ack = true is Splunk HEC indexer acknowledgement: only with preset = \"splunk_hec\"",
+            format!("{key} is not used by preset {:?}", preset.name()),
         );
     }
-    if let Some(v) = t.get("headers") {
-        if let Some(h) = Tbl::new(v, "headers".into(), cx) {
-            for (k, v) in h.t.iter() {
-                let name = k.get_ref().as_ref();
-                let lower = name.to_ascii_lowercase();
-                if !valid_header_name(name) {
-                    cx.err(
-                        k.span(),
-                        format!("headers: {name:?} is not a valid header name"),
-                    );
-                    continue;
-                }
-                if [
-                    "host",
-                    "content-length",
-                    "content-encoding",
-                    "transfer-encoding",
-                    "connection",
-                ]
-                .contains(&lower.as_str())
-                {
-                    cx.err(
-                        k.span(),
-                        format!("headers: {name} is set by the output itself"),
-                    );
-                    continue;
-                }
-                match v.get_ref() {
-                    DeValue::String(s) if valid_header_value(s) => {
-                        headers.push((name.to_string(), s.to_string()))
-                    }
-                    DeValue::String(_) => cx.err(
-                        v.span(),
-                        format!("headers: the value of {name} holds a control character"),
-                    ),
-                    other => cx.err(
-                        v.span(),
-                        format!(
-                            "headers: the value of {name} must be a string, found {}",
-                            type_name(other)
-                        ),
-                    ),
-                }
-            }
+}
+
+/// The span errors about a missing preset key point at: `preset`, or the whole table.
+fn preset_span(t: &Tbl<'_, '_>) -> Range<usize> {
+    t.get("preset").map_or(t.span.clone(), Spanned::span)
+}
+
+/// Splunk HEC: `token` in `Authorization: Splunk …`, `/services/collector/raw` by default, and
+/// the `/event` endpoint's envelopes, which the output builds (so `body` may not be set).
+fn splunk_hec(
+    t: &Tbl<'_, '_>,
+    auth: AuthKeys<'_>,
+    body_set: bool,
+    url_span: Range<usize>,
+    ep: &mut Endpoint,
+    cx: &mut Ctx<'_>,
+) {
+    refuse("secret", &auth.secret, Preset::SplunkHec, cx);
+    refuse("auth_header", &auth.auth_header, Preset::SplunkHec, cx);
+    match auth.token {
+        Some((tok, _)) => ep
+            .headers
+            .push(("Authorization".into(), format!("Splunk {tok}"))),
+        None => cx.err(
+            preset_span(t),
+            "preset \"splunk_hec\" needs token (the HEC token)",
+        ),
+    }
+    if ep.path == "/" {
+        ep.path = "/services/collector/raw".into();
+    }
+    let endpoint = ep.path.split('?').next().unwrap_or("");
+    if endpoint == "/services/collector/event"
+        || endpoint == "/services/collector"
+        || endpoint == "/services/collector/event/1.0"
+    {
+        if let Some((_, span)) = t.str("body", "", cx).filter(|_| body_set) {
+            cx.err(span, "body: the HEC /event endpoint takes {\"event\": ...} envelopes, which the output builds itself; remove body");
+        }
+        ep.body = BodyFormat::HecEvent;
+    } else if !endpoint.starts_with("/services/collector/raw") {
+        cx.err(url_span, format!("url: preset \"splunk_hec\" posts to /services/collector/raw or /services/collector/event, not {endpoint:?}"));
+    }
+}
+
+/// Panther: `secret` in `auth_header` (default `x-panther-zscaler`).
+fn panther(t: &Tbl<'_, '_>, auth: AuthKeys<'_>, ep: &mut Endpoint, cx: &mut Ctx<'_>) {
+    refuse("token", &auth.token, Preset::Panther, cx);
+    match auth.secret {
+        Some((sec, _)) => {
+            let name = auth.auth_header.map_or("x-panther-zscaler", |(n, _)| n);
+            ep.headers.push((name.to_string(), sec.to_string()));
+        }
+        None => cx.err(
+            preset_span(t),
+            "preset \"panther\" needs secret (the HTTP source's shared secret)",
+        ),
+    }
+}
+
+/// Sekoia: `token` in `X-SEKOIAIO-INTAKE-KEY`, `/plain/batch` by default, LF-separated events.
+fn sekoia(t: &Tbl<'_, '_>, auth: AuthKeys<'_>, ep: &mut Endpoint, cx: &mut Ctx<'_>) {
+    refuse("secret", &auth.secret, Preset::Sekoia, cx);
+    refuse("auth_header", &auth.auth_header, Preset::Sekoia, cx);
+    match auth.token {
+        Some((tok, _)) => ep
+            .headers
+            .push(("X-SEKOIAIO-INTAKE-KEY".into(), tok.to_string())),
+        None => cx.err(
+            preset_span(t),
+            "preset \"sekoia\" needs token (the intake key)",
+        ),
+    }
+    if ep.path == "/" {
+        ep.path = "/plain/batch".into();
+    }
+    if ep.body == BodyFormat::JsonArray {
+        let span = t.get("body").map_or(t.span.clone(), Spanned::span);
+        cx.err(span, "preset \"sekoia\" posts to /plain/batch, which takes LF-separated events: use body = \"ndjson\"");
+    }
+}
+
+/// Generic: `secret` in `auth_header` when both are set, nothing otherwise.
+fn generic(auth: AuthKeys<'_>, ep: &mut Endpoint, cx: &mut Ctx<'_>) {
+    refuse("token", &auth.token, Preset::Generic, cx);
+    match (auth.secret, auth.auth_header) {
+        (Some((sec, _)), Some((name, _))) => ep.headers.push((name.to_string(), sec.to_string())),
+        (None, None) => {}
+        (Some((_, span)), None) | (None, Some((_, span))) => {
+            cx.err(
+                span,
+                "secret and auth_header go together (the header that carries the secret)",
+            );
         }
     }
-    let tls = match url.https {
-        true => Some(tls_client(t, &url.host, "url", cx)?),
-        false => {
-            for k in [
-                "ca",
-                "client_cert",
-                "client_key",
-                "server_name",
-                "insecure_skip_verify",
-            ] {
-                if let Some(v) = t.get(k) {
-                    cx.err(
-                        v.span(),
-                        format!("{k} is for https:// URLs; this url is http://"),
-                    );
-                }
-            }
-            None
-        }
+}
+
+/// The `headers` table, appended to `headers`: valid names and values only, and none of the
+/// headers the output sets itself.
+fn extra_headers(t: &Tbl<'_, '_>, headers: &mut Vec<(String, String)>, cx: &mut Ctx<'_>) {
+    let Some(h) = t
+        .get("headers")
+        .and_then(|v| Tbl::new(v, "headers".into(), cx))
+    else {
+        return;
     };
-    Some(HttpOutput {
-        tls,
-        host: url.host,
-        port: url.port,
-        path,
-        preset,
-        headers,
-        body,
-        gzip,
-        max_batch_bytes,
-        max_batch_age,
-        request_timeout: request_timeout?,
-        ack,
-        ack_timeout,
-        ack_poll,
-        channel: channel.unwrap_or_default(),
-    })
+    for (k, v) in h.t.iter() {
+        let name = k.get_ref().as_ref();
+        let lower = name.to_ascii_lowercase();
+        if !valid_header_name(name) {
+            cx.err(
+                k.span(),
+                format!("headers: {name:?} is not a valid header name"),
+            );
+            continue;
+        }
+        if [
+            "host",
+            "content-length",
+            "content-encoding",
+            "transfer-encoding",
+            "connection",
+        ]
+        .contains(&lower.as_str())
+        {
+            cx.err(
+                k.span(),
+                format!("headers: {name} is set by the output itself"),
+            );
+            continue;
+        }
+        match v.get_ref() {
+            DeValue::String(s) if valid_header_value(s) => {
+                headers.push((name.to_string(), s.to_string()))
+            }
+            DeValue::String(_) => cx.err(
+                v.span(),
+                format!("headers: the value of {name} holds a control character"),
+            ),
+            other => cx.err(
+                v.span(),
+                format!(
+                    "headers: the value of {name} must be a string, found {}",
+                    type_name(other)
+                ),
+            ),
+        }
+    }
+}
+
+/// The TLS keys: checked and loaded for an `https://` URL (`None` when they fail), refused
+/// one by one for an `http://` one.
+fn https_keys(t: &Tbl<'_, '_>, url: &HttpUrl, cx: &mut Ctx<'_>) -> Option<Option<TlsClient>> {
+    if url.https {
+        return Some(Some(tls_client(t, &url.host, "url", cx)?));
+    }
+    for k in [
+        "ca",
+        "client_cert",
+        "client_key",
+        "server_name",
+        "insecure_skip_verify",
+    ] {
+        if let Some(v) = t.get(k) {
+            cx.err(
+                v.span(),
+                format!("{k} is for https:// URLs; this url is http://"),
+            );
+        }
+    }
+    Some(None)
 }

@@ -67,35 +67,43 @@ pub enum InputKind {
     Tls(TlsInput),
 }
 
-pub(super) fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
-    let common = [
-        "kind",
-        "listen",
-        "max_connections",
-        "max_connections_per_source",
-        "idle_timeout",
-    ];
-    let tls_keys = ["cert", "key", "client_ca", "handshake_timeout"];
-    let http_keys = [
-        "path",
-        "auth_header",
-        "secret",
-        "max_body_bytes",
-        "max_decoded_bytes",
-        "request_timeout",
-        "header_timeout",
-    ];
-    let kind = match t.req_str("kind", "\"tcp\", \"tls\" or \"http\"", cx) {
+/// Keys every input has.
+const COMMON_KEYS: [&str; 5] = [
+    "kind",
+    "listen",
+    "max_connections",
+    "max_connections_per_source",
+    "idle_timeout",
+];
+/// Keys of a `tls` input, and of an `http` input served over HTTPS.
+const TLS_KEYS: [&str; 4] = ["cert", "key", "client_ca", "handshake_timeout"];
+/// Keys of an `http` input.
+const HTTP_KEYS: [&str; 7] = [
+    "path",
+    "auth_header",
+    "secret",
+    "max_body_bytes",
+    "max_decoded_bytes",
+    "request_timeout",
+    "header_timeout",
+];
+
+/// `kind`, and the keys it allows; a `tls` input's files are loaded here.
+fn input_kind(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputKind> {
+    match t.req_str("kind", "\"tcp\", \"tls\" or \"http\"", cx) {
         Some(("tcp", _)) => {
-            t.check_keys(&common, cx);
+            t.check_keys(&COMMON_KEYS, cx);
             Some(InputKind::Tcp)
         }
         Some(("http", _)) => {
-            t.check_keys(&[&common[..], &http_keys[..], &tls_keys[..]].concat(), cx);
+            t.check_keys(
+                &[&COMMON_KEYS[..], &HTTP_KEYS[..], &TLS_KEYS[..]].concat(),
+                cx,
+            );
             Some(InputKind::Http)
         }
         Some(("tls", _)) => {
-            t.check_keys(&[&common[..], &tls_keys[..]].concat(), cx);
+            t.check_keys(&[&COMMON_KEYS[..], &TLS_KEYS[..]].concat(), cx);
             tls_input(t, cx).map(InputKind::Tls)
         }
         Some((k, span)) => {
@@ -106,7 +114,11 @@ pub(super) fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputCon
             None
         }
         None => None,
-    };
+    }
+}
+
+pub(super) fn input_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<InputConfig> {
+    let kind = input_kind(t, cx);
     let http = (kind == Some(InputKind::Http)).then(|| http_input_config(t, cx));
     let listen = t.req_str("listen", "an address like \"0.0.0.0:9514\"", cx).and_then(|(s, span)| match s.parse() {
         Ok(a) => Some(a),

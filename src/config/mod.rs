@@ -24,7 +24,6 @@ mod units;
 mod tests;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,7 +40,7 @@ pub use units::{parse_count, parse_duration, parse_size};
 
 use feed::feed_config;
 use relay::relay_config;
-use table::{named, Ctx, Tbl};
+use table::{named, Ctx, Tbl, Value};
 
 /// The relay's whole configuration.
 #[derive(Clone, Debug)]
@@ -140,6 +139,8 @@ impl Config {
     }
 }
 
+/// `[relay]` and `[[feed]]`, then what needs both: the alert feed must exist, and an HTTP
+/// output's default HEC channel is derived from the instance, feed and output names.
 fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
     root.check_keys(&["relay", "feed"], cx);
     let relay_v = root.get("relay");
@@ -149,77 +150,13 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
     let relay = relay_v
         .and_then(|v| Tbl::new(v, "[relay]".into(), cx))
         .and_then(|t| relay_config(&t, cx));
-    let feeds_v = root.tables("feed", cx);
-    if feeds_v.is_empty() {
-        cx.err(
-            root.span.start..root.span.start,
-            "no feeds: add at least one [[feed]]",
-        );
-    }
-    if feeds_v.len() > MAX_FEEDS {
-        cx.err(
-            feeds_v[64].span(),
-            format!(
-                "{} feeds configured; at most 64 are supported",
-                feeds_v.len()
-            ),
-        );
-    }
     let default_sync = relay
         .as_ref()
         .map_or(SyncPolicy::Interval(Duration::from_secs(1)), |r| r.sync);
-    let mut feeds = Vec::new();
-    let mut seen_names: Vec<String> = Vec::new();
-    let mut seen_listen: Vec<SocketAddr> = Vec::new();
-    let mut seen_files: Vec<PathBuf> = Vec::new();
-    for (i, fv) in feeds_v.iter().enumerate() {
-        let Some(t) = Tbl::new(fv, named("feed", fv, i), cx) else {
-            continue;
-        };
-        let Some(feed) = feed_config(&t, default_sync, cx) else {
-            continue;
-        };
-        if seen_names.contains(&feed.name) {
-            let span = t.get("name").map_or(t.span.clone(), Spanned::span);
-            cx.err(span, format!("feed name {:?} is used twice; each feed needs its own name (it names the ring file)", feed.name));
-        }
-        if seen_listen.contains(&feed.input.listen) && feed.input.listen.port() != 0 {
-            let span = t.get("input").map_or(t.span.clone(), Spanned::span);
-            cx.err(
-                span,
-                format!(
-                    "feed {:?} listens on {}, which another feed already uses",
-                    feed.name, feed.input.listen
-                ),
-            );
-        }
-        for o in &feed.outputs {
-            if let OutputKind::File(f) = &o.kind {
-                if seen_files.contains(&f.path) {
-                    cx.err(t.span.clone(), format!("feed {:?} output {:?} writes to {}, which another output already writes", feed.name, o.name, f.path.display()));
-                }
-                seen_files.push(f.path.clone());
-            }
-        }
-        seen_names.push(feed.name.clone());
-        seen_listen.push(feed.input.listen);
-        feeds.push(feed);
-    }
+    let (mut feeds, all_parsed) = feeds(root, default_sync, cx);
     // Checked only when every feed parsed: a broken feed's name is unknown.
-    if let Some(r) = relay.as_ref().filter(|_| feeds.len() == feeds_v.len()) {
-        if let Some(name) = r.alert_feed.as_ref().filter(|n| !seen_names.contains(n)) {
-            let span = relay_v
-                .and_then(|v| Tbl::new(v, "[relay]".into(), cx))
-                .and_then(|t| t.get("alert_feed").map(Spanned::span))
-                .unwrap_or(0..0);
-            cx.err(
-                span,
-                format!(
-                    "alert_feed = {name:?} names no feed (feeds: {})",
-                    seen_names.join(", ")
-                ),
-            );
-        }
+    if let Some(r) = relay.as_ref().filter(|_| all_parsed) {
+        check_alert_feed(relay_v, r, &feeds, cx);
     }
     let relay = relay?;
     for feed in &mut feeds {
@@ -237,4 +174,93 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
         feeds,
         warnings: Vec::new(),
     })
+}
+
+/// Every `[[feed]]` that parsed, and whether all did. Across feeds, names, listen addresses
+/// and output files must differ.
+fn feeds(
+    root: &Tbl<'_, '_>,
+    default_sync: SyncPolicy,
+    cx: &mut Ctx<'_>,
+) -> (Vec<FeedConfig>, bool) {
+    let feeds_v = root.tables("feed", cx);
+    if feeds_v.is_empty() {
+        cx.err(
+            root.span.start..root.span.start,
+            "no feeds: add at least one [[feed]]",
+        );
+    }
+    if feeds_v.len() > MAX_FEEDS {
+        cx.err(
+            feeds_v[MAX_FEEDS].span(),
+            format!(
+                "{} feeds configured; at most {MAX_FEEDS} are supported",
+                feeds_v.len()
+            ),
+        );
+    }
+    let mut feeds: Vec<FeedConfig> = Vec::new();
+    let mut seen_files: Vec<PathBuf> = Vec::new();
+    for (i, fv) in feeds_v.iter().enumerate() {
+        let Some(t) = Tbl::new(fv, named("feed", fv, i), cx) else {
+            continue;
+        };
+        let Some(feed) = feed_config(&t, default_sync, cx) else {
+            continue;
+        };
+        if feeds.iter().any(|f| f.name == feed.name) {
+            let span = t.get("name").map_or(t.span.clone(), Spanned::span);
+            cx.err(span, format!("feed name {:?} is used twice; each feed needs its own name (it names the ring file)", feed.name));
+        }
+        let listen = feed.input.listen;
+        if feeds.iter().any(|f| f.input.listen == listen) && listen.port() != 0 {
+            let span = t.get("input").map_or(t.span.clone(), Spanned::span);
+            cx.err(
+                span,
+                format!(
+                    "feed {:?} listens on {}, which another feed already uses",
+                    feed.name, feed.input.listen
+                ),
+            );
+        }
+        for o in &feed.outputs {
+            if let OutputKind::File(f) = &o.kind {
+                if seen_files.contains(&f.path) {
+                    cx.err(t.span.clone(), format!("feed {:?} output {:?} writes to {}, which another output already writes", feed.name, o.name, f.path.display()));
+                }
+                seen_files.push(f.path.clone());
+            }
+        }
+        feeds.push(feed);
+    }
+    let all_parsed = feeds.len() == feeds_v.len();
+    (feeds, all_parsed)
+}
+
+/// `alert_feed` must name one of `feeds`.
+fn check_alert_feed(
+    relay_v: Option<&Value<'_>>,
+    relay: &RelayConfig,
+    feeds: &[FeedConfig],
+    cx: &mut Ctx<'_>,
+) {
+    let Some(name) = relay
+        .alert_feed
+        .as_ref()
+        .filter(|n| !feeds.iter().any(|f| &&f.name == n))
+    else {
+        return;
+    };
+    let span = relay_v
+        .and_then(|v| Tbl::new(v, "[relay]".into(), cx))
+        .and_then(|t| t.get("alert_feed").map(Spanned::span))
+        .unwrap_or(0..0);
+    let names: Vec<&str> = feeds.iter().map(|f| f.name.as_str()).collect();
+    cx.err(
+        span,
+        format!(
+            "alert_feed = {name:?} names no feed (feeds: {})",
+            names.join(", ")
+        ),
+    );
 }

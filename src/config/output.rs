@@ -91,23 +91,25 @@ pub struct FileOutput {
     pub framing: OutFraming,
 }
 
+/// Keys every output of kind `tcp`, `tls` or `file` has.
+const COMMON_KEYS: [&str; 13] = [
+    "name",
+    "kind",
+    "replay",
+    "framing",
+    "rate_limit_eps",
+    "alert_after",
+    "settle",
+    "syslog",
+    "app_name",
+    "hostname",
+    "facility",
+    "severity",
+    "syslog_sd",
+];
+
 pub(super) fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
     let (kind, kind_span) = t.req_str("kind", "\"tcp\", \"tls\", \"file\" or \"http\"", cx)?;
-    let common = [
-        "name",
-        "kind",
-        "replay",
-        "framing",
-        "rate_limit_eps",
-        "alert_after",
-        "settle",
-        "syslog",
-        "app_name",
-        "hostname",
-        "facility",
-        "severity",
-        "syslog_sd",
-    ];
     let framing_choices = [
         ("newline", OutFraming::Newline),
         ("octet", OutFraming::Octet),
@@ -128,59 +130,9 @@ pub(super) fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputC
     let framing = t.choice("framing", &framing_choices, cx);
     let syslog = syslog_config(t, cx);
     let (kind, default_replay) = match kind {
-        "tcp" => {
-            t.check_keys(&[&common[..], &["address"]].concat(), cx);
-            let address = host_port(t, cx);
-            let framing = framing.unwrap_or(OutFraming::Newline);
-            (
-                address.map(|address| OutputKind::Tcp(TcpOutput { address, framing })),
-                Duration::from_secs(900),
-            )
-        }
-        "tls" => {
-            t.check_keys(
-                &[
-                    &common[..],
-                    &[
-                        "address",
-                        "ca",
-                        "client_cert",
-                        "client_key",
-                        "server_name",
-                        "insecure_skip_verify",
-                    ],
-                ]
-                .concat(),
-                cx,
-            );
-            let address = host_port(t, cx);
-            let framing = framing.unwrap_or(OutFraming::Octet);
-            (
-                address.and_then(|address| tls_output(t, address, framing, cx)),
-                Duration::from_secs(900),
-            )
-        }
-        "file" => {
-            t.check_keys(
-                &[&common[..], &["path", "rotate_bytes", "rotate_keep"]].concat(),
-                cx,
-            );
-            let path = t
-                .req_str("path", "a file path", cx)
-                .map(|(s, _)| cx.resolve(s));
-            let rotate_bytes = t.size("rotate_bytes", 0..=u64::MAX, cx).unwrap_or(1 << 30);
-            let rotate_keep = t.count("rotate_keep", 1..=1000, cx).unwrap_or(5) as u32;
-            let framing = framing.unwrap_or(OutFraming::Newline);
-            let kind = path.map(|path| {
-                OutputKind::File(FileOutput {
-                    path,
-                    rotate_bytes,
-                    rotate_keep,
-                    framing,
-                })
-            });
-            (kind, Duration::ZERO)
-        }
+        "tcp" => (tcp_kind(t, framing, cx), Duration::from_secs(900)),
+        "tls" => (tls_kind(t, framing, cx), Duration::from_secs(900)),
+        "file" => (file_kind(t, framing, cx), Duration::ZERO),
         "http" => {
             // No framing and no syslog header: records go into request bodies as they are.
             let common_http = [
@@ -222,6 +174,58 @@ pub(super) fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputC
         replay,
         rate_limit_eps,
         syslog: syslog?,
+    })
+}
+
+/// Kind `tcp`: `address`, newline framing by default.
+fn tcp_kind(t: &Tbl<'_, '_>, framing: Option<OutFraming>, cx: &mut Ctx<'_>) -> Option<OutputKind> {
+    t.check_keys(&[&COMMON_KEYS[..], &["address"]].concat(), cx);
+    let address = host_port(t, cx);
+    let framing = framing.unwrap_or(OutFraming::Newline);
+    address.map(|address| OutputKind::Tcp(TcpOutput { address, framing }))
+}
+
+/// Kind `tls`: `address` and the client TLS keys, octet counting by default (RFC 5425).
+fn tls_kind(t: &Tbl<'_, '_>, framing: Option<OutFraming>, cx: &mut Ctx<'_>) -> Option<OutputKind> {
+    t.check_keys(
+        &[
+            &COMMON_KEYS[..],
+            &[
+                "address",
+                "ca",
+                "client_cert",
+                "client_key",
+                "server_name",
+                "insecure_skip_verify",
+            ],
+        ]
+        .concat(),
+        cx,
+    );
+    let address = host_port(t, cx);
+    let framing = framing.unwrap_or(OutFraming::Octet);
+    address.and_then(|address| tls_output(t, address, framing, cx))
+}
+
+/// Kind `file`: `path` (relative to the configuration's directory) and rotation.
+fn file_kind(t: &Tbl<'_, '_>, framing: Option<OutFraming>, cx: &mut Ctx<'_>) -> Option<OutputKind> {
+    t.check_keys(
+        &[&COMMON_KEYS[..], &["path", "rotate_bytes", "rotate_keep"]].concat(),
+        cx,
+    );
+    let path = t
+        .req_str("path", "a file path", cx)
+        .map(|(s, _)| cx.resolve(s));
+    let rotate_bytes = t.size("rotate_bytes", 0..=u64::MAX, cx).unwrap_or(1 << 30);
+    let rotate_keep = t.count("rotate_keep", 1..=1000, cx).unwrap_or(5) as u32;
+    let framing = framing.unwrap_or(OutFraming::Newline);
+    path.map(|path| {
+        OutputKind::File(FileOutput {
+            path,
+            rotate_bytes,
+            rotate_keep,
+            framing,
+        })
     })
 }
 
