@@ -6,6 +6,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::input::{input_config, InputConfig};
+use super::names::feed_name;
 use super::output::{output_config, OutputConfig};
 use super::relay::{sync_policy, SyncPolicy};
 use super::table::{named, Ctx, Tbl};
@@ -38,13 +39,6 @@ pub struct FeedConfig {
     pub sync: SyncPolicy,
     /// `[[feed.output]]`.
     pub outputs: Vec<OutputConfig>,
-}
-
-pub(super) fn valid_name(s: &str) -> bool {
-    (1..=32).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 /// The keys of a `[[feed]]`.
@@ -131,18 +125,6 @@ pub(super) fn feed_config(
         when_full,
         sync,
         outputs,
-    })
-}
-
-/// `name`, which also names the ring file.
-fn feed_name(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<String> {
-    t.req_str("name", "a feed name", cx).and_then(|(s, span)| {
-        if valid_name(s) {
-            Some(s.to_string())
-        } else {
-            cx.err(span, format!("feed name {s:?}: use 1 to 32 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"));
-            None
-        }
     })
 }
 

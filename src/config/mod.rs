@@ -4,16 +4,19 @@
 //!
 //! Relative paths are resolved against the directory of the configuration file.
 //!
-//! One file per part of the file: [`relay`] (`[relay]`), [`feed`] (`[[feed]]` and its
-//! `buffer`), [`input`] (a feed's `input`), [`output`] (`[[feed.output]]` of kind `tcp`, `tls`
-//! and `file`, and the syslog header), [`http_output`] (kind `http`: URL, presets, headers),
-//! [`tls`] (TLS keys of inputs and outputs, checked by loading the files), [`units`] (sizes,
-//! counts and durations as written) and [`table`] (reading a TOML table and collecting errors
-//! with their positions: the one place that knows TOML's types).
+//! One file per part of the file: `relay.rs` (`[relay]`), `feed.rs` (`[[feed]]` and its
+//! `buffer`), `input.rs` (a feed's `input`), `output.rs` (`[[feed.output]]` of kind `tcp`,
+//! `tls` and `file`, and the syslog header), `http_output.rs` (kind `http`: URL, presets,
+//! headers), `tls.rs` (TLS keys of inputs and outputs, checked by loading the files),
+//! `names.rs` (the instance, feed and output names, which end up in JSON, labels, file names
+//! and the lock file), `units.rs` (sizes, counts and durations as written) and `table.rs`
+//! (reading a TOML table and collecting errors with their positions: the one place that knows
+//! TOML's value types).
 
 mod feed;
 mod http_output;
 mod input;
+mod names;
 mod output;
 mod relay;
 mod table;
@@ -33,6 +36,7 @@ use toml::Spanned;
 pub use feed::FeedConfig;
 pub use http_output::{default_channel, parse_http_url, BodyFormat, HttpOutput, HttpUrl, Preset};
 pub use input::{HttpInputConfig, InputConfig, InputKind};
+pub use names::{FEED_NAME_MAX, NAME_MAX, OUTPUT_NAME_MAX};
 pub use output::{FileOutput, OutFraming, OutputConfig, OutputKind, TcpOutput, TlsOutput};
 pub use relay::{RelayConfig, SyncPolicy};
 pub use tls::{TlsClient, TlsInput};

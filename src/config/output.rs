@@ -7,8 +7,8 @@ use std::time::Duration;
 use toml::de::DeValue;
 use toml::Spanned;
 
-use super::feed::valid_name;
 use super::http_output::{http_output, HttpOutput, HTTP_KEYS};
+use super::names::output_name;
 use super::table::{type_name, Ctx, Tbl};
 use super::tls::{tls_client, TlsClient};
 use crate::syslog::{Format, SyslogConfig, APP_NAME_MAX, FACILITIES, SEVERITIES};
@@ -114,19 +114,7 @@ pub(super) fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputC
         ("newline", OutFraming::Newline),
         ("octet", OutFraming::Octet),
     ];
-    let name = t
-        .req_str("name", "an output name", cx)
-        .and_then(|(s, span)| {
-            if valid_name(s) {
-                Some(s.to_string())
-            } else {
-                cx.err(
-                    span,
-                    format!("output name {s:?}: use 1 to 32 characters of a-z, 0-9, '-' and '_'"),
-                );
-                None
-            }
-        });
+    let name = output_name(t, cx);
     let framing = t.choice("framing", &framing_choices, cx);
     let syslog = syslog_config(t, cx);
     let (kind, default_replay) = match kind {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::names::instance_name;
 use super::table::{Ctx, Tbl};
 
 /// `[relay]`.
@@ -20,7 +21,7 @@ pub struct RelayConfig {
     pub lock_file: PathBuf,
     /// Admin HTTP endpoint (default 127.0.0.1:9600; `"off"` disables).
     pub admin_listen: Option<SocketAddr>,
-    /// Instance name, for logs and metrics.
+    /// Instance name, for logs and metrics ([`super::names`] says what it may hold).
     pub instance: String,
     /// Default sync policy of the rings.
     pub sync: SyncPolicy,
@@ -97,9 +98,7 @@ pub(super) fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayCon
             }
         },
     };
-    let instance = t
-        .str("instance", "a name", cx)
-        .map_or("ringrelay".to_string(), |(s, _)| s.to_string());
+    let instance = instance_name(t, cx);
     let sync = sync_policy(t, SyncPolicy::Interval(Duration::from_secs(1)), cx);
     let checkpoint_interval = t
         .duration("checkpoint_interval", cx)
