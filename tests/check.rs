@@ -210,3 +210,100 @@ token = "00000000-0000-0000-0000-000000000000"
     );
     assert!(out.contains(":15:9: warning: token = "), "{out}");
 }
+
+/// A config whose names are `instance` (a whole TOML line, or empty for the default), `feed`
+/// and `output` (TOML literal strings' contents); the instance is on line 4, the feed's name
+/// on line 7 and the output's on line 13, each value at column 8 or 12.
+fn names_config(dir: &Path, instance: &str, feed: &str, output: &str) -> String {
+    let data = dir.join("data").display().to_string();
+    let text = format!(
+        r#"[relay]
+data_dir = "{data}"
+admin_listen = "off"
+{instance}
+
+[[feed]]
+name = '{feed}'
+input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
+buffer = {{ size = "4MiB" }}
+max_record_bytes = "4KiB"
+
+[[feed.output]]
+name = '{output}'
+kind = "tcp"
+address = "127.0.0.1:9"
+"#
+    );
+    let p = dir.join("ringrelay.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// `check` with the names given: its exit code and what it printed on stderr.
+fn check_names(instance: &str, feed: &str, output: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("check-names-rule");
+    let cfg = names_config(dir.path(), instance, feed, output);
+    let o = ringrelay(&["check", "--config", &cfg]);
+    (o.status.code(), stderr(&o))
+}
+
+/// Issue 17: the instance name went into `/health`'s JSON, the Prometheus labels and the lock
+/// file as written, so a quote broke the JSON and a newline added a line to the lock file.
+/// Names are now checked where they are read, and `check` says which one and where.
+#[test]
+fn names_that_would_break_json_labels_or_the_lock_file_are_refused_at_their_position() {
+    let instance_rule = "use 1 to 64 characters of A-Z, a-z, 0-9, '.', '-' and '_' (the name goes into JSON, metric labels and the lock file)";
+    let (code, e) = check_names("instance = 'relay \"a\"'", "zia-web", "siem");
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains(&format!(
+            ":4:12: instance = \"relay \\\"a\\\"\": {instance_rule}"
+        )),
+        "{e}"
+    );
+
+    let (code, e) = check_names("instance = \"relay\\nb\"", "zia-web", "siem");
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains(&format!(":4:12: instance = \"relay\\nb\": {instance_rule}")),
+        "{e}"
+    );
+
+    let (code, e) = check_names("", "zia web", "siem");
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains(":7:8: feed name \"zia web\": use 1 to 32 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+        "{e}"
+    );
+
+    let long = "o".repeat(33);
+    let (code, e) = check_names("", "zia-web", &long);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains(&format!(
+            ":13:8: output name \"{long}\": use 1 to 32 characters of a-z, 0-9, '-' and '_'"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn names_within_the_rules_pass_check() {
+    let longest_output = "o".repeat(32);
+    for (instance, feed, output) in [
+        ("", "zia-web", "siem"),
+        (
+            "instance = \"Relay_A.eu-west-1\"",
+            "zia_web-2",
+            &longest_output[..],
+        ),
+        (
+            &format!("instance = \"{}\"", "i".repeat(64)),
+            &"f".repeat(32),
+            "s",
+        ),
+    ] {
+        let (code, e) = check_names(instance, feed, output);
+        assert_eq!(code, Some(0), "{instance} {feed} {output}: {e}");
+    }
+}

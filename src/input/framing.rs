@@ -39,25 +39,7 @@
 //!   counting, as rsyslog takes it. A sender that sends one whole frame (or an incomplete first
 //!   frame with an LF in it) and then waits is decided by the caller's [`Framer::decide_now`].
 
-/// How records are delimited on an input connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    /// LF-terminated lines (NSS, LSS).
-    Newline,
-    /// RFC 6587 octet counting.
-    Octet,
-    /// Decided per connection from its first frame.
-    Auto,
-}
-
-/// What happens to a record longer than `max_record`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Oversize {
-    /// Keep its first `max_record` bytes, flagged truncated.
-    Truncate,
-    /// Drop it (counted).
-    Drop,
-}
+pub use crate::config::{Framing, Oversize};
 
 /// A decoder's settings.
 #[derive(Clone, Copy, Debug)]

@@ -11,86 +11,12 @@
 
 use std::io::Write as _;
 
+pub use crate::config::{Format, SyslogConfig, APP_NAME_MAX, FACILITIES, SEVERITIES};
+
 /// The longest header [`Header::write`] produces.
 pub const HEADER_MAX: usize = 768;
 const HOSTNAME_MAX: usize = 255;
-/// RFC 5424's APP-NAME limit.
-pub const APP_NAME_MAX: usize = 48;
 const INSTANCE_MAX: usize = 128;
-
-/// Which header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Records as received.
-    None,
-    /// RFC 5424.
-    Rfc5424,
-    /// RFC 3164 (BSD).
-    Rfc3164,
-}
-
-/// An output's syslog settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyslogConfig {
-    /// The header format.
-    pub format: Format,
-    /// APP-NAME / TAG.
-    pub app_name: String,
-    /// HOSTNAME; `None`: the machine's.
-    pub hostname: Option<String>,
-    /// Facility 0..=23.
-    pub facility: u8,
-    /// Severity 0..=7.
-    pub severity: u8,
-    /// RFC 5424 structured data with instance and sequence number.
-    pub sd: bool,
-}
-
-impl Default for SyslogConfig {
-    fn default() -> Self {
-        SyslogConfig {
-            format: Format::None,
-            app_name: "ringrelay".into(),
-            hostname: None,
-            facility: 16,
-            severity: 6,
-            sd: false,
-        }
-    }
-}
-
-/// Facility names (RFC 5424 table 1, with the usual names), index = code.
-pub const FACILITIES: [&str; 24] = [
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "authpriv",
-    "ftp",
-    "ntp",
-    "security",
-    "console",
-    "solaris-cron",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-];
-
-/// Severity names, index = code.
-pub const SEVERITIES: [&str; 8] = [
-    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
-];
 
 /// A printable-ASCII token without spaces (RFC 5424 PRINTUSASCII), cut to `max`.
 fn token(s: &str, max: usize) -> String {
