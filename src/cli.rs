@@ -213,7 +213,7 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
         "check" => {
             args.check_known(&["--config"])?;
             let path = PathBuf::from(args.required("--config")?);
-            Ok(crate::event_loop::check(&path))
+            Ok(crate::preflight::check(&path))
         }
         "run" => {
             args.check_known(&["--config"])?;

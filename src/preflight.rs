@@ -11,12 +11,13 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use nix::sys::statfs::{statfs, PROC_SUPER_MAGIC, SYSFS_MAGIC};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{access, AccessFlags};
 
-use crate::config::{Config, ConfigError, FeedConfig};
+use crate::config::{Config, ConfigError, FeedConfig, InputKind};
 use crate::ring::format::{Superblock, DATA_OFFSET, SUPERBLOCK_LEN};
 use crate::ring::human_bytes_approx as human_bytes;
 
@@ -159,4 +160,72 @@ fn stored_capacity(path: &Path) -> Option<u64> {
     let mut sb = [0u8; SUPERBLOCK_LEN];
     file.read_exact_at(&mut sb, 0).ok()?;
     Superblock::parse(&sb).ok().map(|s| s.capacity)
+}
+
+/// `ringrelay check --config FILE`: the file's errors, warnings, and what only this machine can
+/// tell ([`preflight`]); exit 2 on any error.
+pub fn check(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            return ExitCode::from(2);
+        }
+    };
+    for w in &cfg.warnings {
+        println!(
+            "{}:{}:{}: warning: {}",
+            w.path.display(),
+            w.line,
+            w.col,
+            w.msg
+        );
+    }
+    // What `run` would fail on, or start the feed without, on this machine.
+    let findings = preflight(&cfg);
+    if !findings.is_empty() {
+        for f in &findings {
+            eprintln!("{}", f.error);
+        }
+        eprintln!("{}: {} error(s)", path.display(), findings.len());
+        return ExitCode::from(2);
+    }
+    // Expired certificates are warnings, not errors (the relay still starts).
+    for f in &cfg.feeds {
+        let mut expired = Vec::new();
+        if let InputKind::Tls(t) = &f.input.kind {
+            if let Ok((_, e)) = crate::tls::server_config(&t.files) {
+                expired.extend(e);
+            }
+        }
+        for o in &f.outputs {
+            if let crate::config::OutputKind::Tls(t) = &o.kind {
+                if let Ok((_, e)) = crate::tls::client_config(&t.files) {
+                    expired.extend(e);
+                }
+            }
+        }
+        for e in expired {
+            println!(
+                "{}: warning: feed {}: {}: certificate {:?} expired at {}",
+                path.display(),
+                f.name,
+                e.path.display(),
+                e.subject,
+                e.not_after
+            );
+        }
+    }
+    let outputs: usize = cfg.feeds.iter().map(|f| f.outputs.len()).sum();
+    println!(
+        "{}: ok: {} feed(s), {} output(s), data_dir {}",
+        path.display(),
+        cfg.feeds.len(),
+        outputs,
+        cfg.relay.data_dir.display()
+    );
+    ExitCode::SUCCESS
 }

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::log::Level;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -496,6 +498,34 @@ fn first_san(mut r: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// Logs each already-expired certificate (a warning: the relay still starts): of the feed's
+/// input, or of its output named `output`.
+pub fn log_expired(feed: &str, output: Option<&str>, expired: &[Expired]) {
+    for e in expired {
+        match output {
+            None => crate::log!(
+                Level::Warn,
+                "certificate_expired",
+                feed = feed,
+                side = "input",
+                file = e.path.display(),
+                subject = e.subject,
+                not_after = e.not_after
+            ),
+            Some(output) => crate::log!(
+                Level::Warn,
+                "certificate_expired",
+                feed = feed,
+                side = "output",
+                output = output,
+                file = e.path.display(),
+                subject = e.subject,
+                not_after = e.not_after
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -391,10 +391,15 @@ fn rolling_upgrade_a_to_b_and_back_loses_no_confirmed_record() {
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     let end = confirmed.load(Ordering::Relaxed);
-    assert!(
-        wait_all_arrived(&siem, 0..end, Duration::from_secs(60)),
-        "confirmed records lost"
-    );
+    if !wait_all_arrived(&siem, 0..end, Duration::from_secs(60)) {
+        // Confirmed records lost: which ones (below), and what each instance said.
+        eprintln!(
+            "A:\n{}\nB:\n{}\nA again:\n{}",
+            a.log_text(),
+            b.log_text(),
+            a2.log_text()
+        );
+    }
     assert_all_arrived(&siem, 0..end);
     assert_eq!(lock_epoch(dir.path()), 3);
     eprintln!(

@@ -12,8 +12,13 @@
 //! to be reloaded from [`super::Relay::reload`] as well (see the hook there).
 
 use std::fmt::Debug;
+use std::time::Instant;
 
-use crate::config::{Config, OutputKind};
+use super::Relay;
+use crate::config::{Config, FeedConfig, OutputKind};
+use crate::ha::Role;
+use crate::log::Level;
+use crate::tls::log_expired;
 
 /// One difference between the running configuration and the new one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +61,18 @@ pub enum Change {
         /// `relay.key`.
         key: String,
     },
+}
+
+impl Change {
+    /// The key it concerns, as the log lines name it.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::RateLimit { .. } => "rate_limit_eps",
+            Change::Address { .. } => "address",
+            Change::RelayTiming { key } => key,
+            Change::FeedNeedsRestart { key } | Change::RelayNeedsRestart { key } => key,
+        }
+    }
 }
 
 fn differs<T: Debug>(a: &T, b: &T) -> bool {
@@ -135,41 +152,242 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
             });
             continue;
         }
-        for (oi, (oo, no)) in of.outputs.iter().zip(&nf.outputs).enumerate() {
-            let key = |k: &str| Change::FeedNeedsRestart {
-                key: format!("feed {} output {} {k}", of.name, oo.name),
-            };
-            if oo.rate_limit_eps != no.rate_limit_eps {
-                out.push(Change::RateLimit {
-                    feed: fi,
-                    output: oi,
-                    from: oo.rate_limit_eps,
-                    to: no.rate_limit_eps,
-                });
-            }
-            if oo.replay != no.replay {
-                out.push(key("replay"));
-            }
-            match (&oo.kind, &no.kind) {
-                (OutputKind::Tcp(a), OutputKind::Tcp(b)) => {
-                    if a.address != b.address {
-                        out.push(Change::Address {
-                            feed: fi,
-                            output: oi,
-                            from: a.address.clone(),
-                            to: b.address.clone(),
-                        });
-                    }
-                    if a.framing != b.framing {
-                        out.push(key("framing"));
-                    }
-                }
-                (a, b) if differs(a, b) => out.push(key("kind/path/rotation")),
-                _ => {}
-            }
-        }
+        diff_outputs(fi, of, nf, &mut out);
     }
     out
+}
+
+/// What changed in feed `fi`'s outputs (same names, same order) from `of` to `nf`.
+fn diff_outputs(fi: usize, of: &FeedConfig, nf: &FeedConfig, out: &mut Vec<Change>) {
+    for (oi, (oo, no)) in of.outputs.iter().zip(&nf.outputs).enumerate() {
+        let key = |k: &str| Change::FeedNeedsRestart {
+            key: format!("feed {} output {} {k}", of.name, oo.name),
+        };
+        if oo.rate_limit_eps != no.rate_limit_eps {
+            out.push(Change::RateLimit {
+                feed: fi,
+                output: oi,
+                from: oo.rate_limit_eps,
+                to: no.rate_limit_eps,
+            });
+        }
+        if oo.replay != no.replay {
+            out.push(key("replay"));
+        }
+        match (&oo.kind, &no.kind) {
+            (OutputKind::Tcp(a), OutputKind::Tcp(b)) => {
+                if a.address != b.address {
+                    out.push(Change::Address {
+                        feed: fi,
+                        output: oi,
+                        from: a.address.clone(),
+                        to: b.address.clone(),
+                    });
+                }
+                if a.framing != b.framing {
+                    out.push(key("framing"));
+                }
+            }
+            (a, b) if differs(a, b) => out.push(key("kind/path/rotation")),
+            _ => {}
+        }
+    }
+}
+
+impl Relay {
+    /// SIGHUP: re-reads every TLS input's and output's certificate, key and CA files. New
+    /// handshakes use the new files; established connections keep theirs. A file that does not
+    /// load is logged and the old configuration stays in use. (The rest of the configuration is
+    /// not reloaded here.)
+    pub(super) fn reload_tls(&mut self) {
+        let (mut reloaded, mut failed) = (0, 0);
+        for feed in &mut self.feeds {
+            if let Some(t) = feed.cfg.input.tls() {
+                match crate::tls::server_config(&t.files) {
+                    Ok((cfg, expired)) => {
+                        log_expired(&feed.cfg.name, None, &expired);
+                        feed.input.tls = Some(cfg);
+                        reloaded += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        crate::log!(
+                            Level::Error,
+                            "tls_reload_failed",
+                            feed = feed.cfg.name,
+                            side = "input",
+                            key = e.key,
+                            error = e.msg,
+                            keeping = "the certificates loaded before"
+                        );
+                    }
+                }
+            }
+            for out in &mut feed.outputs {
+                match out.reload_tls() {
+                    None => {}
+                    Some(Ok(expired)) => {
+                        log_expired(&feed.cfg.name, Some(&out.name), &expired);
+                        reloaded += 1;
+                    }
+                    Some(Err(e)) => {
+                        failed += 1;
+                        crate::log!(
+                            Level::Error,
+                            "tls_reload_failed",
+                            feed = feed.cfg.name,
+                            output = out.name,
+                            key = e.key,
+                            error = e.msg,
+                            keeping = "the certificates loaded before"
+                        );
+                    }
+                }
+            }
+        }
+        crate::log!(
+            Level::Info,
+            "tls_reloaded",
+            signal = "SIGHUP",
+            reloaded = reloaded,
+            failed = failed,
+            note = "only TLS files are reloaded; restart to apply other configuration changes"
+        );
+    }
+
+    /// SIGHUP: re-reads the configuration file; applies what can change live (output rate
+    /// limits, `tcp` output addresses, `standby_poll`, `checkpoint_interval`) and logs, per
+    /// changed key, what needs a restart. A file that no longer validates changes nothing.
+    ///
+    /// Hook for TLS (inputs and outputs, another issue): reload certificates and keys here,
+    /// after the file validated, and log `reload_applied key=...` per reloaded file.
+    pub fn reload(&mut self, now: Instant) {
+        let path = self.cfg.path.clone();
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors {
+                    crate::log!(Level::Warn, "reload_config_error", error = e);
+                }
+                crate::log!(
+                    Level::Warn,
+                    "reload_failed",
+                    config = path.display(),
+                    errors = errors.len(),
+                    action = "kept the running configuration"
+                );
+                return;
+            }
+        };
+        let changes = self::diff(&self.cfg, &new);
+        let standby = matches!(self.ha.role(), Role::Standby { .. });
+        let (mut applied, mut restart) = (0, 0);
+        for change in &changes {
+            if self.apply(change, &new, standby, now) {
+                applied += 1;
+            } else {
+                restart += 1;
+                crate::log!(
+                    Level::Warn,
+                    "reload_needs_restart",
+                    key = change.key(),
+                    config = path.display()
+                );
+            }
+        }
+        if standby {
+            // Nothing is open yet: the feeds as the file now says are what a promotion opens.
+            self.cfg.feeds = new.feeds;
+        }
+        crate::log!(
+            Level::Info,
+            "reloaded",
+            config = path.display(),
+            role = self.ha.role().name(),
+            changes = changes.len(),
+            applied = applied,
+            need_restart = restart
+        );
+    }
+
+    /// Applies one change live and logs it; `false` when it needs a restart.
+    fn apply(&mut self, change: &Change, new: &Config, standby: bool, now: Instant) -> bool {
+        match change {
+            self::Change::RateLimit {
+                feed,
+                output,
+                from,
+                to,
+            } => {
+                let name = &self.cfg.feeds[*feed].name;
+                if let Some(out) = self
+                    .feeds
+                    .iter_mut()
+                    .find(|f| &f.cfg.name == name)
+                    .and_then(|f| f.outputs.get_mut(*output))
+                {
+                    out.set_rate_limit(*to, now);
+                }
+                self.cfg.feeds[*feed].outputs[*output].rate_limit_eps = *to;
+                crate::log!(
+                    Level::Info,
+                    "reload_applied",
+                    feed = self.cfg.feeds[*feed].name,
+                    output = self.cfg.feeds[*feed].outputs[*output].name,
+                    key = "rate_limit_eps",
+                    from = from,
+                    to = to
+                );
+            }
+            self::Change::Address {
+                feed,
+                output,
+                from,
+                to,
+            } => {
+                let name = &self.cfg.feeds[*feed].name;
+                if let Some(f) = self.feeds.iter_mut().find(|f| &f.cfg.name == name) {
+                    if let Some(out) = f.outputs.get_mut(*output) {
+                        out.set_address(self.poll.registry(), to, now);
+                    }
+                }
+                if let crate::config::OutputKind::Tcp(t) =
+                    &mut self.cfg.feeds[*feed].outputs[*output].kind
+                {
+                    t.address.clone_from(to);
+                }
+                crate::log!(
+                    Level::Info,
+                    "reload_applied",
+                    feed = self.cfg.feeds[*feed].name,
+                    output = self.cfg.feeds[*feed].outputs[*output].name,
+                    key = "address",
+                    from = from,
+                    to = to
+                );
+            }
+            self::Change::RelayTiming { key } => {
+                self.cfg.relay.standby_poll = new.relay.standby_poll;
+                self.ha.set_standby_poll(new.relay.standby_poll);
+                self.cfg.relay.checkpoint_interval = new.relay.checkpoint_interval;
+                self.checkpoint_every = new.relay.checkpoint_interval;
+                self.next_checkpoint = self.next_checkpoint.min(now + self.checkpoint_every);
+                crate::log!(Level::Info, "reload_applied", key = key);
+            }
+            self::Change::FeedNeedsRestart { key } if standby => {
+                crate::log!(
+                    Level::Info,
+                    "reload_applied",
+                    key = key,
+                    note = "standby: takes effect when this instance becomes active"
+                );
+            }
+            self::Change::FeedNeedsRestart { .. } | self::Change::RelayNeedsRestart { .. } => {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]

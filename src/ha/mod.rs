@@ -166,18 +166,18 @@ impl Ha {
     }
 
     /// An epoch read back by a fencing check, from `source` (the lock file or a ring). Returns
-    /// whether this instance is fenced now: the epoch is above its own.
-    pub fn epoch_seen(&mut self, seen: u64, source: &str) -> bool {
+    /// why this instance is fenced now, if it is: the epoch is above its own.
+    pub fn epoch_seen(&mut self, seen: u64, source: &str) -> Option<String> {
         match self.role {
             Role::Active { epoch } if seen > epoch => {
                 let why = format!(
                     "{source} holds epoch {seen} above this instance's {epoch}: another instance is active"
                 );
                 self.set_state(Role::Fenced { epoch }, &why);
-                true
+                Some(why)
             }
             // Ours or an older one; a standby has no epoch to defend; fenced stays fenced.
-            Role::Active { .. } | Role::Standby { .. } | Role::Fenced { .. } => false,
+            Role::Active { .. } | Role::Standby { .. } | Role::Fenced { .. } => None,
         }
     }
 
@@ -271,14 +271,18 @@ mod tests {
     fn active_higher_epoch_seen_is_fenced_for_good() {
         let t0 = Instant::now();
         let mut ha = active(t0, 7);
-        assert!(!ha.epoch_seen(7, "lock file x"), "its own epoch");
-        assert!(!ha.epoch_seen(3, "ring a.ring"), "an older one");
-        assert!(ha.epoch_seen(8, "ring a.ring"));
+        assert_eq!(ha.epoch_seen(7, "lock file x"), None, "its own epoch");
+        assert_eq!(ha.epoch_seen(3, "ring a.ring"), None, "an older one");
+        let why = ha.epoch_seen(8, "ring a.ring").expect("fenced");
+        assert!(
+            why.contains("ring a.ring holds epoch 8 above this instance's 7"),
+            "{why}"
+        );
         assert_eq!(ha.role(), Role::Fenced { epoch: 7 });
         // Terminal: nothing due, no more tries or checks, no way back.
         assert_eq!(ha.poll_at(), None);
         assert_eq!(ha.on_tick(t0 + Duration::from_secs(3600)), None);
-        assert!(!ha.epoch_seen(9, "lock file x"));
+        assert_eq!(ha.epoch_seen(9, "lock file x"), None);
         ha.lock_busy(t0);
         assert_eq!(ha.role(), Role::Fenced { epoch: 7 });
     }
@@ -295,7 +299,7 @@ mod tests {
     fn standby_ignores_epochs_and_lost_locks() {
         let t0 = Instant::now();
         let mut ha = Ha::new(POLL, Path::new("pair.lock"), t0);
-        assert!(!ha.epoch_seen(100, "lock file x"));
+        assert_eq!(ha.epoch_seen(100, "lock file x"), None);
         assert!(!ha.lock_lost("gone"));
         assert_eq!(ha.role().name(), "standby");
     }

@@ -432,10 +432,10 @@ impl Conn {
 
 /// A new connection waits at least this long for its first byte before it can be evicted.
 const EVICT_GRACE: Duration = Duration::from_secs(1);
-/// Candidates [`Relay::evictable`] reads from, at most, in one call.
+/// Candidates [`Inputs::evictable`] reads from, at most, in one call.
 const EVICT_READS: usize = 8;
 
-/// What [`Relay::evictable`] found.
+/// What [`Inputs::evictable`] found.
 enum Evictable {
     /// This connection: silent, past its grace.
     Conn(usize),
@@ -554,9 +554,9 @@ impl Conn {
 
 impl Inputs {
     /// Accepts the connections waiting on feed `fi`'s listener. At `max_connections` a new
-    /// connection takes the place of an evictable one ([`Relay::evictable`]); with none,
+    /// connection takes the place of an evictable one ([`Inputs::evictable`]); with none,
     /// accepting stops and the rest wait in the listen backlog (their senders' data with
-    /// them) until a connection closes or one becomes evictable ([`Relay::resume_accepts`]).
+    /// them) until a connection closes or one becomes evictable ([`Inputs::resume_accepts`]).
     /// A connection is never accepted only to be closed, but for one from a source at
     /// `max_connections_per_source` with nothing of its own to evict.
     pub fn accept(&mut self, feeds: &mut dyn Feeds, fi: usize, now: Instant) {

@@ -60,11 +60,14 @@ use crate::config::{OutFraming, OutputConfig, OutputKind};
 use crate::log::{Level, Limiter};
 use crate::ring::{CursorState, Pos, Read, Ring};
 use crate::tls::{self, ClientFiles};
+pub use link::State;
+use link::{Due, Link};
 use syslog::{Header, HEADER_MAX};
 
 use crate::alert::{Alert, AlertKind, Value};
 
 pub mod http;
+pub mod link;
 pub mod syslog;
 use http::HttpSink;
 pub use http::HttpStats;
@@ -73,45 +76,9 @@ pub use http::HttpStats;
 const FRAMES_PER_WRITE: usize = 256;
 /// Bytes one output may write per loop turn before others get their turn.
 pub const WRITE_BUDGET: usize = 4 << 20;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a restart in the middle of an outage, how long the `output_down` alert waits at least
 /// for the first connect attempt (a SIEM that came back meanwhile is not reported down).
 const ALERT_AFTER_RESTART: Duration = Duration::from_secs(1);
-
-/// Connection state of an output.
-#[derive(Debug)]
-pub enum State {
-    /// Waiting to (re)connect.
-    Backoff {
-        /// When to try.
-        until: Instant,
-    },
-    /// A non-blocking connect is under way.
-    Connecting {
-        /// Give up at.
-        deadline: Instant,
-    },
-    /// The TLS handshake is under way.
-    Handshaking {
-        /// Give up at.
-        deadline: Instant,
-    },
-    /// Delivering.
-    Connected,
-}
-
-impl State {
-    fn name(&self) -> &'static str {
-        match self {
-            State::Backoff { .. } => "backoff",
-            State::Connecting { .. } => "connecting",
-            State::Handshaking { .. } => "handshaking",
-            State::Connected => "connected",
-        }
-    }
-}
 
 /// Counters of one output.
 #[derive(Clone, Copy, Debug, Default)]
@@ -271,9 +238,6 @@ pub struct Output {
     replay: Duration,
     /// How long a new connection must last before it counts as delivering.
     settle: Duration,
-    /// Connected but not proven yet (until then: a failure is a failed connect, the backoff
-    /// keeps growing, the outage goes on, and a stream output's cursor is not committed).
-    settle_until: Option<Instant>,
     cursor: usize,
     /// The next record to send.
     send: Pos,
@@ -287,10 +251,8 @@ pub struct Output {
     disconnect_ns: u64,
     /// The socket said `WouldBlock`: wait for a writable event.
     pub write_blocked: bool,
-    /// The connection state.
-    pub state: State,
-    attempt: u32,
-    rng: u64,
+    /// The connection's lifecycle: its state, backoff, proof and outage.
+    link: Link,
     /// Counters.
     pub stats: OutputStats,
     down_log: Limiter,
@@ -302,8 +264,6 @@ pub struct Output {
     last_sent_ts: u64,
     /// Down for longer than this raises an alert.
     alert_after: Option<Duration>,
-    /// Not connected since then (also set before the first connect).
-    down_since: Option<Instant>,
     /// Wall-clock time of `down_since`, ns.
     down_since_ns: u64,
     /// The `output_down` alert was raised for this outage.
@@ -315,8 +275,6 @@ pub struct Output {
     last_error: String,
     /// Alerts raised and not yet taken by the relay.
     pub alerts: Vec<Alert>,
-    /// The server's `Retry-After`, for the next backoff.
-    retry_after: Option<Duration>,
 }
 
 /// What stopped collecting frames, without the borrow of the ring.
@@ -433,7 +391,6 @@ impl Output {
             prefix_buf: Vec::new(),
             replay: cfg.replay,
             settle: cfg.settle,
-            settle_until: None,
             cursor,
             send,
             partial: 0,
@@ -441,9 +398,12 @@ impl Output {
             sent_high: send.seq,
             disconnect_ns: last_checkpoint_ns,
             write_blocked: false,
-            state: State::Backoff { until: now },
-            attempt: 0,
-            rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(cursor as u32) ^ clock::wall_ns(),
+            link: Link::new(
+                cfg.settle,
+                0x9E37_79B9_7F4A_7C15 ^ u64::from(cursor as u32) ^ clock::wall_ns(),
+                down_since,
+                now,
+            ),
             stats: OutputStats::default(),
             down_log: Limiter::new(3, Duration::from_secs(60)),
             bucket: (cfg.rate_limit_eps > 0).then(|| Bucket::new(cfg.rate_limit_eps, now)),
@@ -451,13 +411,11 @@ impl Output {
             episode,
             last_sent_ts: 0,
             alert_after: cfg.alert_after,
-            down_since: Some(down_since),
             down_since_ns,
             down_alerted: health.down_since_ns != 0 && health.down_alerted,
             alert_not_before: (health.down_since_ns != 0).then(|| now + ALERT_AFTER_RESTART),
             last_error: "not connected yet".to_string(),
             alerts: Vec::new(),
-            retry_after: None,
         })
     }
 
@@ -478,12 +436,11 @@ impl Output {
             return;
         };
         address.clone_into(a);
-        if !matches!(self.state, State::Backoff { .. }) {
+        if !matches!(self.link.state(), State::Backoff { .. }) {
             self.fail(registry, "address changed by a configuration reload", now);
         }
         // Reconnect at once rather than after a backoff.
-        self.attempt = 0;
-        self.state = State::Backoff { until: now };
+        self.link.reconnect_now(now);
     }
 
     /// The ring cursor this output commits.
@@ -493,9 +450,10 @@ impl Output {
 
     /// When this output wants to be woken up without an event.
     pub fn deadline(&self) -> Option<Instant> {
-        let state = match self.state {
-            State::Backoff { until } => Some(until),
-            State::Connecting { deadline } | State::Handshaking { deadline } => Some(deadline),
+        let state = match self.link.state() {
+            State::Backoff { .. } | State::Connecting { .. } | State::Handshaking { .. } => {
+                self.link.poll_at()
+            }
             State::Connected => {
                 let bucket = self
                     .bucket
@@ -505,7 +463,7 @@ impl Output {
                     Sink::Http(h) => h.deadline(bucket.is_none()),
                     _ => None,
                 };
-                earliest(earliest(bucket, http), self.settle_until)
+                earliest(earliest(bucket, http), self.link.poll_at())
             }
         };
         earliest(state, self.alert_due())
@@ -513,7 +471,7 @@ impl Output {
 
     /// When the `output_down` alert is due, if it is not raised yet.
     fn alert_due(&self) -> Option<Instant> {
-        match (self.down_since, self.alert_after) {
+        match (self.link.down_since(), self.alert_after) {
             (Some(since), Some(after)) if !self.down_alerted => {
                 Some((since + after).max(self.alert_not_before.unwrap_or(since)))
             }
@@ -523,7 +481,7 @@ impl Output {
 
     /// Raises `output_down` once the output has been down for `alert_after`.
     fn check_down_alert(&mut self, now: Instant) {
-        let (Some(due), Some(since)) = (self.alert_due(), self.down_since) else {
+        let (Some(due), Some(since)) = (self.alert_due(), self.link.down_since()) else {
             return;
         };
         if now < due {
@@ -556,7 +514,7 @@ impl Output {
 
     /// Whether the output is connected and not waiting on its socket.
     pub fn can_write(&self) -> bool {
-        matches!(self.state, State::Connected)
+        matches!(self.link.state(), State::Connected)
             && !self.write_blocked
             && self.bucket.as_ref().is_none_or(|b| b.empty_since.is_none())
             && !matches!(&self.sink, Sink::Http(h) if h.receiving())
@@ -580,35 +538,31 @@ impl Output {
 
     /// Whether the output is connected and has proven it (lasted `settle`, or got a 2xx).
     pub fn connected(&self) -> bool {
-        matches!(self.state, State::Connected) && self.settle_until.is_none()
+        self.link.delivering()
     }
 
     /// Fires an expired deadline: start a connect, or give up on one.
     pub fn on_timer(&mut self, registry: &Registry, token: Token, ring: &mut Ring, now: Instant) {
         self.check_down_alert(now);
-        if self.settle_until.is_some_and(|t| t <= now) && self.may_prove_by_time() {
-            self.prove(ring, now);
-        }
-        match self.state {
-            State::Backoff { until } if until <= now => self.connect(registry, token, ring, now),
-            State::Connecting { deadline } if deadline <= now => {
-                self.fail(registry, "connect timed out", now);
-            }
-            State::Handshaking { deadline } if deadline <= now => {
+        match self.link.due(now) {
+            Some(Due::Settled) if self.may_prove_by_time() => self.prove(ring, now),
+            Some(Due::Connect) => return self.connect(registry, token, ring, now),
+            Some(Due::ConnectTimeout) => return self.fail(registry, "connect timed out", now),
+            Some(Due::HandshakeTimeout) => {
                 self.stats.tls_failures += 1;
-                self.fail(registry, "TLS handshake timed out (reason=timeout)", now);
+                return self.fail(registry, "TLS handshake timed out (reason=timeout)", now);
             }
-            State::Connected => {
-                if matches!(self.sink, Sink::Http(_)) {
-                    self.http_on_timer(registry, now);
-                }
-                if let Some(b) = self.bucket.as_mut().filter(|b| b.wake <= now) {
-                    if let Some(since) = b.empty_since.take() {
-                        self.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
-                    }
+            Some(Due::Settled) | None => {}
+        }
+        if self.link.state() == State::Connected {
+            if matches!(self.sink, Sink::Http(_)) {
+                self.http_on_timer(registry, now);
+            }
+            if let Some(b) = self.bucket.as_mut().filter(|b| b.wake <= now) {
+                if let Some(since) = b.empty_since.take() {
+                    self.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
                 }
             }
-            _ => {}
         }
     }
 
@@ -660,9 +614,7 @@ impl Output {
                         }
                         *stream = Some(s);
                         *peer = Some(addr);
-                        self.state = State::Connecting {
-                            deadline: now + CONNECT_TIMEOUT,
-                        };
+                        self.link.connecting(now);
                     }
                     Err(e) => {
                         let why = format!("connect {addr}: {e}");
@@ -696,11 +648,10 @@ impl Output {
         self.replay_until = cursor.seq.max(self.sent_high);
         self.write_blocked = false;
         self.stats.connects += 1;
-        self.state = State::Connected;
-        self.settle_until = Some(now + self.settle);
+        let proven_now = self.link.connected(now);
         let replaying = cursor.seq - start.seq;
         // While connections keep failing, their lines share the output_down lines' limit.
-        let suppressed = if self.attempt < 2 {
+        let suppressed = if self.link.attempts() < 2 {
             Some(0)
         } else {
             self.down_log.allow(now)
@@ -714,11 +665,11 @@ impl Output {
                 peer = self.peer_name(),
                 resume_seq = start.seq,
                 replay_records = replaying,
-                failed_attempts = self.attempt,
+                failed_attempts = self.link.attempts(),
                 suppressed = suppressed
             );
         }
-        if self.settle.is_zero() {
+        if proven_now {
             self.prove(ring, now);
         }
     }
@@ -728,12 +679,11 @@ impl Output {
     /// `output_recovered` if it had raised its alert), and a stream output commits what it
     /// wrote meanwhile.
     fn prove(&mut self, ring: &mut Ring, now: Instant) {
-        if self.settle_until.take().is_none() {
+        let Some(outage) = self.link.prove() else {
             return;
-        }
-        self.attempt = 0;
+        };
         self.alert_not_before = None;
-        if let Some(since) = self.down_since.take() {
+        if let Some(since) = outage {
             if std::mem::take(&mut self.down_alerted) {
                 let down_s = now.saturating_duration_since(since).as_secs();
                 crate::log!(
@@ -764,7 +714,7 @@ impl Output {
     /// At shutdown: a connection still up has not failed within `settle` so far; it counts as
     /// proven, so what it delivered is committed (a restart still replays its window).
     pub fn on_shutdown(&mut self, ring: &mut Ring, now: Instant) {
-        if matches!(self.state, State::Connected) && self.may_prove_by_time() {
+        if matches!(self.link.state(), State::Connected) && self.may_prove_by_time() {
             self.prove(ring, now);
         }
     }
@@ -816,9 +766,7 @@ impl Output {
                 c.set_buffer_limit(Some(tls::BUFFER_LIMIT));
                 t.conn = Some(c);
                 t.held = 0;
-                self.state = State::Handshaking {
-                    deadline: now + CONNECT_TIMEOUT,
-                };
+                self.link.handshaking(now);
                 self.handshake(registry, ring, now);
             }
             Err(e) => {
@@ -897,10 +845,7 @@ impl Output {
 
     /// Closes the connection and schedules a retry with capped exponential backoff and jitter.
     fn fail(&mut self, registry: &Registry, why: &str, now: Instant) {
-        let was_connected = matches!(self.state, State::Connected);
-        // A connection that had not proven itself is a failed connect: the outage and the
-        // backoff go on, and nothing it wrote was committed.
-        let unproven = self.settle_until.take().is_some();
+        let was_connected = matches!(self.link.state(), State::Connected);
         if let Sink::Tcp { stream, tls, .. } = &mut self.sink {
             if let Some(mut s) = stream.take() {
                 let _ = registry.deregister(&mut s);
@@ -916,14 +861,16 @@ impl Output {
         if matches!(self.sink, Sink::Http(_)) {
             self.http_close(registry, was_connected);
         }
-        if was_connected && !unproven {
+        // A connection that had not proven itself is a failed connect: the outage and the
+        // backoff go on, and nothing it wrote was committed.
+        let failure = self.link.fail(now);
+        if failure.outage_starts {
             self.disconnect_ns = clock::wall_ns();
-            self.down_since = Some(now);
             self.down_since_ns = self.disconnect_ns;
         }
         self.last_error.clear();
         self.last_error.push_str(why);
-        if unproven {
+        if failure.unproven {
             let settle = self.settle.as_secs_f64();
             let _ = write!(
                 self.last_error,
@@ -931,20 +878,7 @@ impl Output {
             );
         }
         self.stats.failures += 1;
-        let exp = BACKOFF_MIN.saturating_mul(1u32 << self.attempt.min(16));
-        let base = exp.min(BACKOFF_MAX);
-        // xorshift64: jitter of -20%..+20%, so a fleet does not reconnect in lockstep.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let jitter = 0.8 + (self.rng % 1000) as f64 / 2500.0;
-        let delay = match self.retry_after.take() {
-            // The server said when: that, not our guess (but never a busy loop on "0").
-            Some(after) => after.max(BACKOFF_MIN),
-            None => base.mul_f64(jitter).min(BACKOFF_MAX),
-        };
-        self.attempt = self.attempt.saturating_add(1);
-        self.state = State::Backoff { until: now + delay };
+        let delay = failure.delay;
         if let Some(suppressed) = self.down_log.allow(now) {
             crate::log!(
                 Level::Warn,
@@ -968,7 +902,7 @@ impl Output {
         writable: bool,
         now: Instant,
     ) {
-        if let State::Connecting { .. } = self.state {
+        if let State::Connecting { .. } = self.link.state() {
             if !writable {
                 return;
             }
@@ -995,10 +929,10 @@ impl Output {
                 }
             }
         }
-        if let State::Handshaking { .. } = self.state {
+        if let State::Handshaking { .. } = self.link.state() {
             return self.handshake(registry, ring, now);
         }
-        if !matches!(self.state, State::Connected) {
+        if !matches!(self.link.state(), State::Connected) {
             return;
         }
         if matches!(self.sink, Sink::Http(_)) {
@@ -1395,7 +1329,7 @@ impl Output {
             None => (self.lost_seen, 0, false),
         };
         CursorState {
-            down_since_ns: if self.down_since.is_some() {
+            down_since_ns: if self.link.down_since().is_some() {
                 self.down_since_ns
             } else {
                 0
@@ -1443,7 +1377,7 @@ impl Output {
     /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it),
     /// unless the stream it went to has not proven itself yet.
     fn commit_upto(&mut self, ring: &mut Ring, pos: Pos) {
-        if self.settle_until.is_some() && self.defers_commits() {
+        if self.link.unproven() && self.defers_commits() {
             return;
         }
         if pos.seq > ring.cursor_pos(self.cursor).seq {
@@ -1507,7 +1441,7 @@ impl Output {
 
     /// A short description of the state, for progress lines.
     pub fn state_name(&self) -> &'static str {
-        self.state.name()
+        self.link.state().name()
     }
 }
 
@@ -1548,7 +1482,7 @@ fn client_tls(
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>), String> {
     let (config, expired) = tls::client_config(files)
         .map_err(|e| format!("feed {feed} output {output}: {}: {}", e.key, e.msg))?;
-    crate::event_loop::log_expired(feed, Some(output), &expired);
+    tls::log_expired(feed, Some(output), &expired);
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("feed {feed} output {output}: server_name {server_name:?}: {e}"))?;
     Ok((config, name))

@@ -20,7 +20,6 @@
 //!   `Retry-After` seconds when the server gives them. (Auth and path errors are configuration
 //!   problems: dead-lettering the feed record by record would be the wrong fix.)
 
-use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::{self, IoSlice, Write as _};
 use std::net::ToSocketAddrs;
@@ -38,13 +37,15 @@ use crate::config::HttpOutput;
 use crate::log::{Level, Limiter};
 use crate::ring::{Pos, Read, Ring};
 
+pub mod acks;
 pub mod protocol;
 
-use super::{Output, Pass, Sink, State, CONNECT_TIMEOUT};
+use super::link::State;
+use super::{Output, Pass, Sink};
+use acks::{verdict, Acks, Verdict};
 use protocol::{Response, ResponseReader, Transport};
 
 /// Batches sent and waiting for their HEC acknowledgement, at most.
-const MAX_PENDING: usize = 64;
 /// Bytes read from the socket per call.
 const READ_CHUNK: usize = 16 << 10;
 
@@ -92,19 +93,6 @@ struct Scan {
     full: bool,
 }
 
-/// A batch sent and answered 2xx, waiting for its acknowledgement (or settled already: a
-/// dead-lettered record or a skipped corrupt range, kept in order behind unacked batches).
-#[derive(Clone, Copy, Debug)]
-struct Pending {
-    from: Pos,
-    to: Pos,
-    /// Records delivered when it is committed.
-    records: u32,
-    ack_id: Option<u64>,
-    acked: bool,
-    sent_at: Instant,
-}
-
 /// An HTTP output's sink: its settings, connection and the batch machinery.
 pub(super) struct HttpSink {
     cfg: HttpOutput,
@@ -127,7 +115,8 @@ pub(super) struct HttpSink {
     limit: u32,
     /// The limit holds until the output reaches this sequence number.
     narrow_until: u64,
-    pending: VecDeque<Pending>,
+    /// Batches answered 2xx, waiting for their HEC acknowledgement.
+    acks: Acks,
     next_poll: Option<Instant>,
     /// Responses read on this connection.
     served: u32,
@@ -160,7 +149,7 @@ impl HttpSink {
             wait: None,
             limit: u32::MAX,
             narrow_until: 0,
-            pending: VecDeque::new(),
+            acks: Acks::default(),
             next_poll: None,
             served: 0,
             stats: HttpStats::default(),
@@ -196,7 +185,7 @@ impl HttpSink {
 
     /// Batches answered 2xx and not yet acknowledged.
     pub(super) fn acks_pending(&self) -> usize {
-        self.pending.iter().filter(|p| !p.acked).count()
+        self.acks.unacked()
     }
 
     /// No request in flight.
@@ -231,13 +220,9 @@ impl HttpSink {
             Exchange::Idle => {
                 let mut d = self.wait;
                 if self.cfg.ack {
-                    let unacked = self.pending.iter().any(|p| !p.acked);
+                    let unacked = self.acks.unacked() > 0;
                     let poll = self.next_poll.filter(|_| unacked);
-                    let timeout = self
-                        .pending
-                        .front()
-                        .filter(|p| !p.acked)
-                        .map(|p| p.sent_at + self.cfg.ack_timeout);
+                    let timeout = self.acks.timeout_at(self.cfg.ack_timeout);
                     for x in [poll, timeout].into_iter().flatten() {
                         d = Some(d.map_or(x, |d| d.min(x)));
                     }
@@ -250,14 +235,6 @@ impl HttpSink {
 
 fn class(status: u16) -> usize {
     usize::from((status / 100).clamp(1, 5))
-}
-
-/// Statuses retried as they are (the batch is not at fault).
-fn retryable(status: u16) -> bool {
-    let success = (200..300).contains(&status);
-    let batch_at_fault =
-        (400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 407 | 408 | 429);
-    !success && !batch_at_fault
 }
 
 impl Output {
@@ -324,9 +301,7 @@ impl Output {
                 h.conn = Some(Transport::new(s, session));
                 h.peer = Some(addr);
                 h.reader.reset();
-                self.state = State::Connecting {
-                    deadline: now + CONNECT_TIMEOUT,
-                };
+                self.link.connecting(now);
             }
             Err(e) => {
                 let why = format!("connect {addr}: {e}");
@@ -345,11 +320,7 @@ impl Output {
         h.exchange = Exchange::Idle;
         h.scan = None;
         h.wait = None;
-        let after = h
-            .pending
-            .back()
-            .map(|p| p.to)
-            .filter(|to| to.seq > send.seq);
+        let after = h.acks.resume_after().filter(|to| to.seq > send.seq);
         if let Some(to) = after {
             self.send = to;
         }
@@ -373,11 +344,11 @@ impl Output {
     /// unless the connection never proved itself (no 2xx, not up for `settle`): a server that
     /// accepts and closes is a failed connect, with its backoff and its alert.
     fn http_reconnect_now(&mut self, registry: &Registry, now: Instant) {
-        if self.settle_until.is_some() {
+        if self.link.unproven() {
             return self.fail(registry, "the server closed the connection", now);
         }
         self.http().close(registry);
-        self.state = State::Backoff { until: now };
+        self.link.reopen(now);
     }
 
     /// The server closed a reused connection before answering the request sent on it.
@@ -471,7 +442,7 @@ impl Output {
                 match h.reader.eof() {
                     Ok(resp) if in_flight => {
                         self.http_response(registry, ring, resp, now);
-                        if matches!(self.state, State::Connected) {
+                        if matches!(self.link.state(), State::Connected) {
                             self.http_reconnect_now(registry, now);
                         }
                         return;
@@ -503,7 +474,7 @@ impl Output {
                             return self.fail(registry, &why, now);
                         }
                         self.http_response(registry, ring, resp, now);
-                        if !matches!(self.state, State::Connected) {
+                        if !matches!(self.link.state(), State::Connected) {
                             return;
                         }
                         if early || close {
@@ -553,12 +524,10 @@ impl Output {
             Req::AckPoll => {
                 h.next_poll = Some(now + h.cfg.ack_poll);
                 if (200..300).contains(&status) {
-                    let pending = &mut h.pending;
+                    let acks = &mut h.acks;
                     let parsed = protocol::hec_acks(&resp.body, |id, acked| {
                         if acked {
-                            for p in pending.iter_mut().filter(|p| p.ack_id == Some(id)) {
-                                p.acked = true;
-                            }
+                            acks.acked(id);
                         }
                     });
                     if parsed.is_none() {
@@ -569,26 +538,25 @@ impl Output {
                     self.log_status("hec_ack_poll_refused", status, &resp, now);
                 }
             }
-            Req::Data { from, to, records } => {
-                if (200..300).contains(&status) {
-                    self.http_success(ring, from, to, records, &resp, now);
-                } else if retryable(status) {
+            Req::Data { from, to, records } => match verdict(status, records) {
+                Verdict::Delivered => self.http_success(ring, from, to, records, &resp, now),
+                Verdict::Retry => {
                     let h = self.http();
                     h.stats.batches_retried += 1;
-                    self.retry_after = resp.retry_after;
+                    self.link.retry_after(resp.retry_after);
                     let snippet = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
                         .into_owned();
                     let why = format!("HTTP {status}: {snippet}");
                     self.fail(registry, &why, now);
-                } else if records > 1 {
+                }
+                Verdict::Split { retry_with } => {
                     // The batch is refused as a whole: halve it until the records at fault
                     // stand alone.
                     let h = self.http();
                     h.stats.batches_retried += 1;
-                    h.limit = (records / 2).max(1);
+                    h.limit = retry_with;
                     h.narrow_until = h.narrow_until.max(to.seq);
                     h.scan = None;
-                    let limit = h.limit;
                     if let Some(suppressed) = h.status_log.allow(now) {
                         crate::log!(
                             Level::Warn,
@@ -597,15 +565,14 @@ impl Output {
                             output = self.name,
                             status = status,
                             records = records,
-                            retry_with = limit,
+                            retry_with = retry_with,
                             first_seq = from.seq,
                             suppressed = suppressed
                         );
                     }
-                } else {
-                    self.dead_letter(ring, from, to, &resp, now);
                 }
-            }
+                Verdict::DeadLetter => self.dead_letter(ring, from, to, &resp, now),
+            },
         }
     }
 
@@ -630,14 +597,7 @@ impl Output {
             return;
         }
         let ack_id = protocol::hec_ack_id(&resp.body);
-        h.pending.push_back(Pending {
-            from,
-            to,
-            records,
-            ack_id,
-            acked: ack_id.is_none(),
-            sent_at: now,
-        });
+        h.acks.push(from, to, records, ack_id, now);
         if ack_id.is_none() {
             if let Some(suppressed) = h.status_log.allow(now) {
                 crate::log!(
@@ -668,15 +628,14 @@ impl Output {
     /// Commits the cursor across acknowledged batches, oldest first, stopping at the first one
     /// still unacknowledged.
     fn commit_acked(&mut self, ring: &mut Ring) {
-        while let Some(p) = self.http().pending.front().copied().filter(|p| p.acked) {
-            self.http().pending.pop_front();
+        while let Some(p) = self.http().acks.pop_committable() {
             if p.records > 0 {
                 self.count_delivered(p.from, p.to);
             }
             self.commit_upto(ring, p.to);
         }
         let h = self.http();
-        if h.pending.is_empty() {
+        if h.acks.is_empty() {
             h.next_poll = None;
         }
     }
@@ -684,15 +643,8 @@ impl Output {
     /// Records `from..to` are done without being delivered (dead-lettered, or skipped as
     /// corrupt): the cursor passes them once everything before them is.
     fn settle_skipped(&mut self, ring: &mut Ring, from: Pos, to: Pos, now: Instant) {
-        if self.http().cfg.ack && !self.http().pending.is_empty() {
-            self.http().pending.push_back(Pending {
-                from,
-                to,
-                records: 0,
-                ack_id: None,
-                acked: true,
-                sent_at: now,
-            });
+        if self.http().cfg.ack && !self.http().acks.is_empty() {
+            self.http().acks.push(from, to, 0, None, now);
             self.commit_acked(ring);
         } else {
             self.commit_upto(ring, to);
@@ -863,38 +815,31 @@ impl Output {
         let h = self.http();
         if h.cfg.ack {
             // The oldest unacknowledged batch timed out: send it, and all after it, again.
-            if let Some(p) = h.pending.front().copied().filter(|p| !p.acked) {
-                if p.sent_at + h.cfg.ack_timeout <= now {
-                    let n = h.pending.len() as u64;
-                    h.stats.batches_retried += n;
-                    h.pending.clear();
-                    h.next_poll = None;
-                    h.scan = None;
-                    let ack_timeout_s = h.cfg.ack_timeout.as_secs();
-                    crate::log!(
-                        Level::Warn,
-                        "hec_ack_timeout",
-                        feed = self.feed,
-                        output = self.name,
-                        ack_id = p.ack_id.map_or("none".to_string(), |i| i.to_string()),
-                        first_seq = p.from.seq,
-                        batches_resent = n,
-                        ack_timeout_s = ack_timeout_s
-                    );
-                    self.send = p.from;
-                }
+            if let Some(p) = h.acks.timed_out(h.cfg.ack_timeout, now) {
+                let n = h.acks.clear() as u64;
+                h.stats.batches_retried += n;
+                h.next_poll = None;
+                h.scan = None;
+                let ack_timeout_s = h.cfg.ack_timeout.as_secs();
+                crate::log!(
+                    Level::Warn,
+                    "hec_ack_timeout",
+                    feed = self.feed,
+                    output = self.name,
+                    ack_id = p.ack_id.map_or("none".to_string(), |i| i.to_string()),
+                    first_seq = p.from.seq,
+                    batches_resent = n,
+                    ack_timeout_s = ack_timeout_s
+                );
+                self.send = p.from;
             }
             let h = self.http();
             let due = h.next_poll.is_some_and(|t| t <= now);
-            if due && h.pending.iter().any(|p| !p.acked && p.ack_id.is_some()) {
-                let ids: Vec<u64> = h
-                    .pending
-                    .iter()
-                    .filter(|p| !p.acked)
-                    .filter_map(|p| p.ack_id)
-                    .collect();
-                let HttpSink { head, cfg, .. } = &mut *h;
-                protocol::ack_request(head, cfg, ids.into_iter());
+            if due && h.acks.poll_ids().next().is_some() {
+                let HttpSink {
+                    head, cfg, acks, ..
+                } = &mut *h;
+                protocol::ack_request(head, cfg, acks.poll_ids());
                 h.sent = 0;
                 h.exchange = Exchange::Sending {
                     req: Req::AckPoll,
@@ -902,7 +847,7 @@ impl Output {
                 };
                 return None;
             }
-            if h.pending.len() >= MAX_PENDING {
+            if h.acks.is_full() {
                 return Some(Pass::Blocked);
             }
         }
