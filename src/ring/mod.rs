@@ -489,7 +489,7 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
             data,
             max_record: sb.max_record,
             run: meta.run,
-            run_starts: meta.run_starts,
+            run_starts: &meta.run_starts,
             tail: Pos::at(newest.tail, meta.tail.seq),
             head: meta.head,
         };
@@ -509,7 +509,7 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
             data,
             max_record: sb.max_record,
             run: meta.run,
-            run_starts: meta.run_starts,
+            run_starts: &meta.run_starts,
             tail: meta.tail,
             head: meta.head,
         };
@@ -656,9 +656,10 @@ impl<B: Backing> Ring<B> {
         ring.meta.run = ring.meta.run.saturating_add(1);
         // And from the recovered head on, only this run's entries are records: what an earlier
         // run left there (dropped by this recovery) is never read as one, even when a later
-        // slot reaches the disk before this run's entries do (`buffer-spec.md` §4, §5).
-        ring.meta.run_starts.rotate_right(1);
-        ring.meta.run_starts[0] = (ring.meta.run, ring.meta.head.seq);
+        // slot reaches the disk before this run's entries do (`buffer-spec.md` §4, §5). The
+        // earlier starts stay as long as the records they guard are in the ring: damage a
+        // power loss left there may uncover an earlier run's leftovers at any later time.
+        ring.meta.start_run(ring.meta.run);
         let now = ring.meta.checkpoint_ns.max(ring.meta.last_ts);
         ring.checkpoint(now, true)
             .map_err(io_err(path, "checkpoint after recovery"))?;
@@ -745,7 +746,7 @@ impl<B: Backing> Ring<B> {
             data: self.data(),
             max_record: self.read_max,
             run: self.meta.run,
-            run_starts: self.meta.run_starts,
+            run_starts: &self.meta.run_starts,
             tail: self.meta.tail,
             head: self.meta.head,
         }
@@ -1223,6 +1224,8 @@ impl<B: Backing> Ring<B> {
             self.meta.generation += 1;
         }
         self.meta.checkpoint_ns = now_ns;
+        // The tail moved: the run starts that guard only evicted records go.
+        self.meta.prune_run_starts();
         let slot = (self.meta.generation % 2) as usize;
         let at = SLOT_OFFSETS[slot] as usize;
         let meta = self.meta.clone();
@@ -1580,7 +1583,7 @@ impl RingReader {
             data: &self.map[DATA_OFFSET as usize..],
             max_record: self.superblock.max_record,
             run: self.meta.run,
-            run_starts: self.meta.run_starts,
+            run_starts: &self.meta.run_starts,
             tail: self.meta.tail,
             head: self.meta.head,
         }
