@@ -496,6 +496,12 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
         let tail_off = v.norm(newest.tail);
         meta.tail = match v.header_at(tail_off) {
             Some(h) if h.seq >= meta.tail.seq && h.seq < meta.head.seq => Pos::at(tail_off, h.seq),
+            // The tail inside that entry: an earlier recovery dropped the damaged records of a
+            // partly damaged entry before it (below), and the slot's tail is the first one it
+            // kept; the records before it in the entry are gone, those from it on are not.
+            Some(h) if (h.seq..h.seq.saturating_add(h.records())).contains(&meta.tail.seq) => {
+                Pos::at(tail_off, meta.tail.seq)
+            }
             _ => v
                 .resync(0, v.used(), meta.tail.seq)
                 .map_or(meta.head, |(_, p, _)| p),
