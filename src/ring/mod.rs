@@ -621,8 +621,9 @@ impl<B: Backing> Ring<B> {
         mut map: B,
         opts: &RingOptions,
     ) -> Result<Ring<B>, OpenError> {
-        // A larger record limit only widens what is valid: raise it in place. A version 1 or 2
-        // ring is a version 3 ring without chunked entries: say version 3 before writing any.
+        // A larger record limit only widens what is valid: raise it in place. A version 1, 2 or
+        // 3 ring is a version 4 ring without chunked entries or more than four run starts: say
+        // version 4 before writing any.
         if opts.max_record > sb.max_record || sb.version < format::VERSION {
             validate_options(path, opts)?;
             sb.max_record = sb.max_record.max(opts.max_record);
