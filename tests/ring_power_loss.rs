@@ -49,6 +49,7 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use ringrelay::ring::format::RecordHeader;
 use ringrelay::ring::{BackgroundCheckpoint, Backing, Read, Ring, RingOptions, WhenFull};
 
 const PAGE: usize = 4096;
@@ -380,17 +381,20 @@ struct Model {
 }
 
 /// Entries of the ring as it stands (the live image): first sequence number, record count,
-/// and the bytes of the data area that must be intact for it to be valid (header + body).
+/// and the bytes of the data area that must be intact for it to be valid: header, body and a
+/// chunked entry's chunk table (not the padding).
 fn entries(ring: &Ring<CrashBacking>) -> Vec<(u64, u64, std::ops::Range<usize>)> {
     let data = ring.view().data;
-    let base = data.as_ptr() as usize;
     let mut out: Vec<(u64, u64, std::ops::Range<usize>)> = Vec::new();
     let mut pos = ring.tail();
     loop {
         match ring.read(pos) {
             Read::Record(r) => {
-                let end = r.payload.as_ptr() as usize - base
-                    + r.line.map_or(r.payload.len(), |l| l.len());
+                // The chunk table after the body too: an entry whose table did not reach the
+                // disk is damaged (its chunks cannot be checked), however intact its body.
+                let at = r.pos.off as usize;
+                let h = RecordHeader::parse(&data[at..at + HEADER]).expect("a live header");
+                let end = at + HEADER + h.extent() as usize;
                 match out.last_mut() {
                     Some(e) if e.2.start == r.pos.off as usize => {
                         e.1 += 1;
