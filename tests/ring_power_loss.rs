@@ -22,11 +22,15 @@
 //! What runs:
 //! - `power_loss_loses_only_unsynced_records_and_never_returns_a_bad_one`: (a) and (b), one
 //!   power loss per case. Passes.
-//! - `power_loss_after_power_loss_loses_only_unsynced_records` (ignored): (a) and (b), power
-//!   lost again and again. It found that records a recovery dropped came back
+//! - `power_loss_after_power_loss_loses_only_unsynced_records`: (a) and (b), power lost again
+//!   and again. Passes. It found that records a recovery dropped came back
 //!   (`a_record_dropped_by_recovery_stays_dropped_when_a_slot_outruns_its_records`, fixed by
-//!   the slots' run starts). It still fails: after repeated power losses some records the model
-//!   counts as synced read damaged (a chunked entry's payload CRC). Left open (issue 15).
+//!   the slots' run starts); that synced records read damaged once a fifth run had pushed out
+//!   the run start that refused an earlier run's entry under kept damage
+//!   (`records_kept_past_damage_stay_readable_however_many_power_losses_follow`, fixed by
+//!   format version 4: a slot keeps every run start still needed); and that a tail inside a
+//!   partly damaged entry was lost by the next recovery with the records after it
+//!   (`a_tail_inside_a_partly_damaged_entry_keeps_its_records_through_the_next_power_loss`).
 //! - `power_loss_keeps_intact_records_past_damage`: (c). Passes since recovery scans past
 //!   damage (§8).
 //! - `a_torn_slot_after_two_unsynced_slot_writes_keeps_what_the_last_sync_covered`: a second
@@ -45,6 +49,7 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use ringrelay::ring::format::RecordHeader;
 use ringrelay::ring::{BackgroundCheckpoint, Backing, Read, Ring, RingOptions, WhenFull};
 
 const PAGE: usize = 4096;
@@ -376,17 +381,20 @@ struct Model {
 }
 
 /// Entries of the ring as it stands (the live image): first sequence number, record count,
-/// and the bytes of the data area that must be intact for it to be valid (header + body).
+/// and the bytes of the data area that must be intact for it to be valid: header, body and a
+/// chunked entry's chunk table (not the padding).
 fn entries(ring: &Ring<CrashBacking>) -> Vec<(u64, u64, std::ops::Range<usize>)> {
     let data = ring.view().data;
-    let base = data.as_ptr() as usize;
     let mut out: Vec<(u64, u64, std::ops::Range<usize>)> = Vec::new();
     let mut pos = ring.tail();
     loop {
         match ring.read(pos) {
             Read::Record(r) => {
-                let end = r.payload.as_ptr() as usize - base
-                    + r.line.map_or(r.payload.len(), |l| l.len());
+                // The chunk table after the body too: an entry whose table did not reach the
+                // disk is damaged (its chunks cannot be checked), however intact its body.
+                let at = r.pos.off as usize;
+                let h = RecordHeader::parse(&data[at..at + HEADER]).expect("a live header");
+                let end = at + HEADER + h.extent() as usize;
                 match out.last_mut() {
                     Some(e) if e.2.start == r.pos.off as usize => {
                         e.1 += 1;
@@ -677,11 +685,8 @@ proptest! {
     }
 
     /// (a) and (b), power lost again and again: the ring then holds entries of earlier runs
-    /// that a recovery dropped. Fails today: see
-    /// `a_record_dropped_by_recovery_stays_dropped_when_a_slot_outruns_its_records`.
+    /// that a recovery dropped, and damage earlier recoveries kept.
     #[test]
-    #[ignore = "still fails: after repeated power losses, records the model counts as synced read damaged (a chunked entry's payload), issue 15 left open; minimal input in ring_power_loss.proptest-regressions"]
-
     fn power_loss_after_power_loss_loses_only_unsynced_records(
         actions in prop::collection::vec(action(), 1..1500)
     ) {
@@ -832,5 +837,152 @@ fn a_torn_slot_after_two_unsynced_slot_writes_keeps_what_the_last_sync_covered()
         ranges(&lost),
         ring.tail().seq,
         ring.head().seq
+    );
+}
+
+/// Commits `recs` as one lines entry received at `ts`.
+fn commit_lines(ring: &mut Ring<CrashBacking>, recs: &[Vec<u8>], ts: u64) {
+    let len: usize = recs.iter().map(|r| r.len() + 1).sum();
+    assert!(ring.reserve(len, len).unwrap() >= len);
+    let buf = ring.reserved_mut();
+    let mut at = 0;
+    for r in recs {
+        buf[at..at + r.len()].copy_from_slice(r);
+        buf[at + r.len()] = b'\n';
+        at += r.len() + 1;
+    }
+    ring.commit_lines(len, recs.len() as u32, ts).unwrap();
+}
+
+/// Every record the ring reads back, by sequence number (damage reported and skipped).
+fn read_back(ring: &Ring<CrashBacking>) -> BTreeMap<u64, Vec<u8>> {
+    let mut got = BTreeMap::new();
+    let mut pos = ring.tail();
+    loop {
+        match ring.read(pos) {
+            Read::Record(r) => {
+                got.insert(r.pos.seq, r.payload.to_vec());
+                pos = r.next;
+            }
+            Read::Corrupt { next, .. } => pos = next,
+            Read::End => return got,
+            Read::Overrun { tail } => pos = tail,
+        }
+    }
+}
+
+/// The file page that holds data offset `off`.
+fn page_of(off: u64) -> usize {
+    (DATA_OFFSET + off as usize) / PAGE
+}
+
+/// The third bug the multi-loss property found (its committed seed), fixed by format version
+/// 4. Run A's chunked lines entry (records n..n+5) was dropped by a recovery as the torn tail,
+/// its header left on disk. Run B began at n (run start (B, n)) and wrote a shorter entry n
+/// there, then n+1.. inside what had been A's entry; the page with B's header of n never
+/// reached the disk, so the next recovery kept n as damage and n+1.. as records, A's header
+/// under the damage, refused by (B, n). A slot kept only the latest four run starts: four more
+/// runs pushed (B, n) out, A's header became acceptable, and readers read n..n+5 as one entry
+/// with a damaged body and skipped by its stride over B's intact, synced records n+1... Damage
+/// kept between tail and head stays until it is evicted, so the run start that guards it must
+/// stay as long: now a slot keeps every run start a reader may still need (`buffer-spec.md`
+/// §4), and an earlier run's entry is refused when any of its records reaches a run start.
+#[test]
+fn records_kept_past_damage_stay_readable_however_many_power_losses_follow() {
+    let open = |image| Ring::open_backing(&path(), CrashBacking::new(image), &opts()).unwrap();
+    let mut ring = open(new_image());
+    let mut ts = 1_000;
+    for _ in 0..3 {
+        ts += 1_000;
+        ring.append(&[b'a'; 100], ts, false).unwrap();
+    }
+    ring.checkpoint(ts, true).unwrap();
+    let (o, n) = (ring.head().off, ring.head().seq);
+    // Run A: five records of 4000 bytes in one lines entry at o. Power loss: only the page of
+    // its header reached the disk; recovery drops the entry (its chunk table is not there).
+    ts += 1_000;
+    let a: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'A' + i; 3999]).collect();
+    commit_lines(&mut ring, &a, ts);
+    let image = ring.backing().crash_image_with(|p| p == page_of(o));
+    drop(ring);
+    let mut ring = open(image);
+    assert_eq!(
+        (ring.head().off, ring.head().seq),
+        (o, n),
+        "A's entry dropped"
+    );
+    // Run B: record n (5000 bytes) at o, then n+1..n+4 inside what was A's entry. Power loss:
+    // every page but the one with B's header of n, where A's header stays.
+    let b = |i: u64| vec![b'0' + i as u8; if i == 0 { 5000 } else { 1000 }];
+    for i in 0..4 {
+        ts += 1_000;
+        ring.append(&b(i), ts, false).unwrap();
+    }
+    let image = ring.backing().crash_image_with(|p| p != page_of(o));
+    drop(ring);
+    let mut ring = open(image);
+    assert_eq!(ring.head().seq, n + 4, "{:?}", ring.recovery());
+    assert_eq!(ring.recovery().damaged, 1, "record n damaged, kept");
+    // Runs C, D, E, F, G, H: a record and a sync each, then a power loss that loses nothing.
+    for run in 0..6 {
+        let got = read_back(&ring);
+        for i in 1..4 {
+            assert_eq!(
+                got.get(&(n + i)).map(|p| p.len()),
+                Some(b(i).len()),
+                "{run} runs later, synced record {} (run B) is not read back: {:?}",
+                n + i,
+                got.keys().collect::<Vec<_>>()
+            );
+            assert_eq!(got[&(n + i)], b(i));
+        }
+        ts += 1_000;
+        ring.append(&[b'z'; 10], ts, false).unwrap();
+        ring.checkpoint(ts, true).unwrap();
+        let image = ring.backing().crash_image_with(|_| true);
+        drop(ring);
+        ring = open(image);
+    }
+}
+
+/// The fourth bug the multi-loss property found (the last seed in
+/// `ring_power_loss.proptest-regressions`), fixed. A power loss damaged the first chunks of a
+/// chunked lines entry at the tail; recovery dropped the damaged records at the tail and kept
+/// the tail inside the entry, at its first intact record (9 here), and checkpointed that. The
+/// next recovery took the tail from the newest entry's `tail` field, the entry's offset, whose
+/// header carries the entry's first sequence number (0), below the slot's tail: it did not
+/// match, recovery resynchronised to the next entry and dropped records 9 and 10, intact and
+/// synced. Now a slot's tail inside that entry is kept (`buffer-spec.md` §8, step 4).
+#[test]
+fn a_tail_inside_a_partly_damaged_entry_keeps_its_records_through_the_next_power_loss() {
+    let open = |image| Ring::open_backing(&path(), CrashBacking::new(image), &opts()).unwrap();
+    let mut ring = open(new_image());
+    assert_eq!(ring.head(), ringrelay::ring::Pos::at(0, 0));
+    // Eleven records of 1000 bytes with their LFs at data offset 0: chunks 0 and 1 hold
+    // records 0..=8 (record 8 starts in chunk 1), chunk 2 records 9 and 10.
+    let recs: Vec<Vec<u8>> = (0..11u8).map(|i| vec![b'a' + i; 999]).collect();
+    commit_lines(&mut ring, &recs, 2_000);
+    for i in 0..3 {
+        ring.append(&[b'x'; 500], 3_000 + i, false).unwrap();
+    }
+    // Power loss: every page but the data area's second (the end of chunk 0, most of chunk 1).
+    let image = ring.backing().crash_image_with(|p| p != page_of(4096));
+    drop(ring);
+    let mut ring = open(image);
+    assert_eq!(ring.tail().seq, 9, "{:?}", ring.recovery());
+    assert_eq!(ring.tail().off, 0);
+    // More records, then a power loss that loses nothing.
+    for i in 0..3 {
+        ring.append(&[b'y'; 500], 4_000 + i, false).unwrap();
+    }
+    let image = ring.backing().crash_image_with(|_| true);
+    drop(ring);
+    let ring = open(image);
+    let got = read_back(&ring);
+    assert_eq!(
+        (ring.tail().seq, got.get(&9), got.get(&10)),
+        (9, Some(&recs[9]), Some(&recs[10])),
+        "records 9 and 10 lost: {:?}",
+        ring.recovery()
     );
 }

@@ -1,12 +1,12 @@
-//! `buffer-spec.md` (format version 3) against the code, both ways:
+//! `buffer-spec.md` (format version 4) against the code, both ways:
 //! - a ring written by the code, plain entries (`Ring::append`) and lines entries
 //!   (`reserve` / `reserved_mut` / `commit_lines`) mixed, is parsed by a reader written here
 //!   from the spec's offsets and constants only (no `ringrelay::ring::format`): superblock, both
 //!   metadata slots, every entry from tail to head with its CRCs, sequence numbers and wrap
 //!   markers, the records inside lines entries, and the §8 recovery scan;
-//! - rings written here from the spec (version 3 with chunked lines entries, version 2 with
-//!   unchunked ones, version 1 with plain entries only) are opened, read record for record and
-//!   continued by the code;
+//! - rings written here from the spec (versions 4 and 3 with chunked lines entries, version 2
+//!   with unchunked ones, version 1 with plain entries only) are opened, read record for record
+//!   and continued by the code;
 //! - entries §5 refuses, written here with valid CRCs, are reported damaged by the code and
 //!   their records never returned.
 //!
@@ -28,8 +28,10 @@ const SLOT_AT: [usize; 2] = [4096, 8192];
 const DATA_AT: usize = 12288;
 // §3 superblock
 const MAGIC: [u8; 8] = [0x89, 0x52, 0x49, 0x4E, 0x47, 0x0D, 0x0A, 0x1A];
-/// §3 `version`: `3`; version 1 and 2 files are read as version 3.
-const VERSION: u32 = 3;
+/// §3 `version`: `4`; version 1, 2 and 3 files are read as version 4.
+const VERSION: u32 = 4;
+/// §3, §12: version 3 slots hold at most four run starts; its lines entries are chunked.
+const VERSION_3: u32 = 3;
 const VERSION_2: u32 = 2;
 const VERSION_1: u32 = 1;
 const SB_CRC_AT: usize = 124;
@@ -46,6 +48,13 @@ const STATES_AT: usize = 1168;
 const STATE_LEN: usize = 32;
 const STATE_CRC_AT: usize = 1680;
 const STATE_TABLE_END: usize = 1684;
+// §4 run-start table (version 4)
+const MORE_RUN_STARTS_AT: usize = 12;
+const RUN_STARTS_GENERATION_AT: usize = 1688;
+const MORE_AT: usize = 1696;
+const MORE_MAX: usize = 124;
+const RUN_STARTS_CRC_AT: usize = 3184;
+const RUN_START_TABLE_END: usize = 3188;
 // §5 entries
 const HEADER: u64 = 48;
 /// §5: `count`, at offset 40 (reserved, and 0, in version 1).
@@ -170,7 +179,7 @@ fn parse_superblock(file: &[u8]) -> Superblock {
     );
     let version = u32_at(b, 8);
     assert!(
-        version == VERSION_1 || version == VERSION_2 || version == VERSION,
+        version == VERSION_1 || version == VERSION_2 || version == VERSION_3 || version == VERSION,
         "version {version}"
     );
     assert_eq!(u32_at(b, 12), 0, "flags");
@@ -225,7 +234,7 @@ struct Slot {
     last_ts: u64,
     checkpoint_ns: u64,
     evicted: u64,
-    /// §4 run starts, newest first: `(run, seq)`, `(0, 0)` unused.
+    /// §4 run starts, newest first: `(run, seq)`; unused pairs left out.
     run_starts: Vec<(u32, u64)>,
     cursors: Vec<Cursor>,
 }
@@ -242,17 +251,44 @@ fn parse_slot(page: &[u8], cap: u64) -> Option<Slot> {
     if !(in_area(tail.0) && in_area(head.0) && tail.1 <= head.1) {
         return None;
     }
-    assert_eq!(u32_at(b, 12), 0, "slot reserved 12..16");
-    // §4: four run starts at 80..128, each `seq` (8 bytes) then `run` (4 bytes).
+    // §4: four run starts at 80..128, each `seq` (8 bytes) then `run` (4 bytes), then
+    // `more_run_starts` (at 12) from the run-start table, valid only with its CRC and the slot's
+    // generation.
+    let more = u32_at(b, MORE_RUN_STARTS_AT) as usize;
+    if more != 0
+        && !(more <= MORE_MAX
+            && u64_at(page, RUN_STARTS_GENERATION_AT) == u64_at(b, 0)
+            && crc32fast::hash(&page[RUN_STARTS_GENERATION_AT..RUN_STARTS_CRC_AT])
+                == u32_at(page, RUN_STARTS_CRC_AT))
+    {
+        return None;
+    }
+    let pair = |at: usize| (u32_at(page, at + 8), u64_at(page, at));
     let run_starts: Vec<(u32, u64)> = (0..4)
-        .map(|i| (u32_at(b, 80 + 12 * i + 8), u64_at(b, 80 + 12 * i)))
+        .map(|i| pair(80 + 12 * i))
+        .chain((0..more).map(|i| pair(MORE_AT + 12 * i)))
+        .filter(|&(run, _)| run != 0)
         .collect();
+    if more != 0 {
+        assert!(
+            page[MORE_AT + 12 * more..RUN_STARTS_CRC_AT]
+                .iter()
+                .all(|&c| c == 0),
+            "run-start table past its starts"
+        );
+    }
     assert!(
         page[SLOT_LEN..STATE_GENERATION_AT].iter().all(|&c| c == 0),
         "slot page between the structures"
     );
     assert!(
-        page[STATE_TABLE_END..].iter().all(|&c| c == 0),
+        page[STATE_TABLE_END..RUN_STARTS_GENERATION_AT]
+            .iter()
+            .all(|&c| c == 0),
+        "slot page between the structures"
+    );
+    assert!(
+        page[RUN_START_TABLE_END..].iter().all(|&c| c == 0),
         "slot page past the structures"
     );
     // §4: the table is valid when its CRC matches and it carries the slot's generation.
@@ -936,10 +972,10 @@ impl SpecRing {
     }
 
     /// A lines entry (§5): bit 1, `count` records each followed by an LF; chunked (bit 2) in a
-    /// version 3 ring.
+    /// version 3 or 4 ring.
     fn lines(&mut self, records: &[Vec<u8>], ts: u64) -> SpecEntry {
         let b = lines_body(records);
-        let flags = if self.version >= VERSION {
+        let flags = if self.version >= VERSION_3 {
             LINES | CHUNKED
         } else {
             LINES
@@ -1190,7 +1226,7 @@ fn a_new_ring_is_allocated_whole_and_has_one_valid_metadata_slot() {
     );
     let file = std::fs::read(&path).unwrap();
     let sb = parse_superblock(&file);
-    assert_eq!(sb.version, VERSION, "a new ring is version 3");
+    assert_eq!(sb.version, VERSION, "a new ring is version 4");
     assert_eq!(sb.name, "zia-web");
     assert_eq!(sb.capacity, CAP);
     assert_eq!(sb.max_record, 16 << 10);
@@ -1414,14 +1450,25 @@ fn a_ring_written_by_the_code_parses_with_a_reader_written_from_the_spec() {
 
     // Checkpointed entries: tail to head.
     let w = walk(data, &sb, slot.run, slot.tail, slot.head);
-    // §4: the newest run start is this run's; §5: every entry at or after a run start is of
-    // that run or a later one.
+    // §4: the newest run start is this run's, and the writer keeps only starts a reader needs
+    // (`seq` strictly decreasing from the newest, none wholly behind the tail); §5: every entry
+    // with a record at or after a run start is of that run or a later one.
     assert_eq!(slot.run_starts[0].0, slot.run, "{:?}", slot.run_starts);
+    assert!(
+        slot.run_starts.windows(2).all(|p| p[0].1 > p[1].1)
+            && slot.run_starts[..slot.run_starts.len() - 1]
+                .iter()
+                .all(|&(_, seq)| seq > slot.tail.1),
+        "{:?}, tail {:?}",
+        slot.run_starts,
+        slot.tail
+    );
     for (o, h) in &w.entries {
+        let last = h.seq + h.records().max(1) - 1;
         assert!(
             slot.run_starts
                 .iter()
-                .all(|&(run, seq)| run == 0 || h.seq < seq || h.run >= run),
+                .all(|&(run, seq)| last < seq || h.run >= run),
             "entry at {o} (seq {}, run {}) under {:?}",
             h.seq,
             h.run,
@@ -1790,9 +1837,11 @@ fn spec_ring_with_lines(version: u32, start: (u64, u64)) -> (SpecRing, Checkpoin
 fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_code() {
     let dir = TempDir::new("write");
     // §3, §12: a version 2 ring's lines entries are unchunked; the code reads them, upgrades the
-    // superblock to version 3 and appends chunked ones after them.
+    // superblock to version 4 and appends chunked ones after them. A version 3 ring is a
+    // version 4 ring whose slots hold at most four run starts.
     for (version, start) in [
         (VERSION, (CAP - 3000, 1000)),
+        (VERSION_3, (CAP - 3000, 1000)),
         (VERSION, (CAP - 48, 0)),
         (VERSION, (CAP / 2, u64::MAX - 100_000)),
         (VERSION_2, (CAP - 3000, 1000)),
@@ -1816,7 +1865,7 @@ fn a_ring_of_lines_entries_written_from_the_spec_is_read_and_continued_by_the_co
         assert!(w
             .entries
             .iter()
-            .all(|(_, h)| !h.is_lines() || h.is_chunked() == (version == VERSION)));
+            .all(|(_, h)| !h.is_lines() || h.is_chunked() == (version >= VERSION_3)));
 
         let path = dir.file("handmade.ring");
         std::fs::write(&path, &spec.file).unwrap();

@@ -688,7 +688,7 @@ pub fn view_only(input: &[u8]) {
         max_record,
         run,
         // Run starts from the input too: any bound must keep every read safe.
-        run_starts: [(
+        run_starts: &[(
             run,
             tail.seq.saturating_add(u64::from(u32_le(input, 40)) % 128),
         ); 4],

@@ -1,4 +1,4 @@
-//! The bytes on disk, exactly as `buffer-spec.md` (format version 3) lays them out.
+//! The bytes on disk, exactly as `buffer-spec.md` (format version 4) lays them out.
 //!
 //! ```text
 //! file offset   size        what
@@ -13,7 +13,8 @@
 //! Version 3 writes lines entries *chunked* ([`FLAG_CHUNKED`]): a table after the body holds a
 //! CRC per [`CHUNK`] bytes of body and the LFs counted up to each chunk's end, so damage costs
 //! only the records that touch a damaged chunk. Version 1 files hold plain entries only and
-//! version 2 files unchunked lines entries: both read as version 3.
+//! version 2 files unchunked lines entries: both read as version 4, as do version 3 files
+//! (whose slots hold at most four run starts, [`Meta::run_starts`]).
 //!
 //! All integers are little-endian. Every structure carries its own CRC-32 (IEEE, as computed by
 //! `crc32fast`). Offsets inside the data area are relative to [`DATA_OFFSET`].
@@ -25,7 +26,7 @@
 /// CR LF / ^Z pair to catch line-ending conversions, as PNG does.
 pub const MAGIC: [u8; 8] = [0x89, b'R', b'I', b'N', b'G', b'\r', b'\n', 0x1a];
 /// The format version this code writes.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The oldest format version this code reads (version 1 has no lines entries).
 pub const MIN_VERSION: u32 = 1;
 /// Page size the layout is built on; each metadata slot has a page of its own.
@@ -42,8 +43,9 @@ pub const ALIGN: u64 = 8;
 pub const RECORD_HEADER: u64 = 48;
 /// Cursors kept per ring.
 pub const MAX_CURSORS: usize = 16;
-/// Run starts a metadata slot keeps (`buffer-spec.md` §4).
-pub const RUN_STARTS: usize = 4;
+/// Run starts a metadata slot keeps (`buffer-spec.md` §4): four in the slot's main part, the
+/// older ones in its run-start table (version 4).
+pub const RUN_STARTS: usize = 4 + meta::MORE_RUN_STARTS;
 /// Bytes of a cursor name (UTF-8, zero-padded; all zero = unused entry).
 pub const CURSOR_NAME: usize = 32;
 /// Bytes of the feed name kept in the superblock.
@@ -332,6 +334,8 @@ impl CursorSlot {
 mod meta {
     pub const GENERATION: usize = 0;
     pub const RUN: usize = 8;
+    /// How many run starts the run-start table holds (version 4; reserved, 0, before).
+    pub const MORE: usize = 12;
     pub const EPOCH: usize = 16;
     pub const TAIL_OFF: usize = 24;
     pub const TAIL_SEQ: usize = 32;
@@ -340,8 +344,9 @@ mod meta {
     pub const LAST_TS: usize = 56;
     pub const CHECKPOINT_NS: usize = 64;
     pub const EVICTED: usize = 72;
-    /// `RUN_STARTS` pairs of (seq: u64, run: u32), newest first.
+    /// Four pairs of (seq: u64, run: u32), newest first.
     pub const RUN_STARTS: usize = 80;
+    pub const MAIN_RUN_STARTS: usize = 4;
     pub const RUN_START_LEN: usize = 12;
     pub const CURSORS: usize = 128;
     pub const CURSOR_LEN: usize = 64;
@@ -358,7 +363,13 @@ mod meta {
     pub const STATE_OVERRUN_AFTER: usize = 16;
     pub const STATE_FLAGS: usize = 24;
     pub const STATE_CRC: usize = STATES + super::MAX_CURSORS * STATE_LEN; // 1680
-    pub const LEN: usize = STATE_CRC + 4; // 1684
+    /// The run-start table (version 4): the slot's generation again, the run starts older than
+    /// the main part's four (as many as `MORE` says, newest first, then zeros), a CRC.
+    pub const MORE_GENERATION: usize = 1688;
+    pub const MORE_RUN_STARTS_AT: usize = MORE_GENERATION + 8; // 1696
+    pub const MORE_RUN_STARTS: usize = 124;
+    pub const MORE_CRC: usize = MORE_RUN_STARTS_AT + MORE_RUN_STARTS * RUN_START_LEN; // 3184
+    pub const LEN: usize = MORE_CRC + 4; // 3188
 }
 /// Bytes of a metadata slot covered by structure (the rest of its page is zero).
 pub const META_LEN: usize = meta::LEN;
@@ -382,10 +393,12 @@ pub struct Meta {
     pub checkpoint_ns: u64,
     /// Records overwritten by `drop_oldest` since the ring was created.
     pub evicted: u64,
-    /// Where the latest runs began, newest first: `(run, seq)` of the head each writer
-    /// recovered when it opened the ring (`(0, 0)`: none recorded). From `seq` on, only entries
-    /// of that run or a later one are records (`buffer-spec.md` §4, §5).
-    pub run_starts: [(u32, u64); RUN_STARTS],
+    /// Where the runs whose leftovers may still lie between tail and head began, newest first:
+    /// `(run, seq)` of the head each writer recovered when it opened the ring, at most
+    /// [`RUN_STARTS`]. An entry of an earlier run than `run` whose records reach `seq` is a
+    /// leftover its recovery dropped, not a record (`buffer-spec.md` §4, §5); see
+    /// [`Meta::start_run`] for which ones are kept.
+    pub run_starts: Vec<(u32, u64)>,
     /// Per-output cursors.
     pub cursors: [CursorSlot; MAX_CURSORS],
 }
@@ -405,11 +418,14 @@ impl Meta {
         put_u64(b, meta::LAST_TS, self.last_ts);
         put_u64(b, meta::CHECKPOINT_NS, self.checkpoint_ns);
         put_u64(b, meta::EVICTED, self.evicted);
-        for (i, &(run, seq)) in self.run_starts.iter().enumerate() {
+        let starts = &self.run_starts[..self.run_starts.len().min(RUN_STARTS)];
+        let (main, more) = starts.split_at(starts.len().min(meta::MAIN_RUN_STARTS));
+        for (i, &(run, seq)) in main.iter().enumerate() {
             let at = meta::RUN_STARTS + i * meta::RUN_START_LEN;
             put_u64(b, at, seq);
             put_u32(b, at + 8, run);
         }
+        put_u32(b, meta::MORE, more.len() as u32);
         for (i, c) in self.cursors.iter().enumerate() {
             let at = meta::CURSORS + i * meta::CURSOR_LEN;
             b[at..at + CURSOR_NAME].copy_from_slice(&c.name);
@@ -429,6 +445,46 @@ impl Meta {
         }
         let crc = crc32fast::hash(&b[meta::STATE_GENERATION..meta::STATE_CRC]);
         put_u32(b, meta::STATE_CRC, crc);
+        put_u64(b, meta::MORE_GENERATION, self.generation);
+        for (i, &(run, seq)) in more.iter().enumerate() {
+            let at = meta::MORE_RUN_STARTS_AT + i * meta::RUN_START_LEN;
+            put_u64(b, at, seq);
+            put_u32(b, at + 8, run);
+        }
+        let crc = crc32fast::hash(&b[meta::MORE_GENERATION..meta::MORE_CRC]);
+        put_u32(b, meta::MORE_CRC, crc);
+    }
+
+    /// Records that a new run `run` begins at the head, `(run, head seq)`, as the newest run
+    /// start (`buffer-spec.md` §8, step 6), and forgets the starts no reader needs any more
+    /// ([`Meta::prune_run_starts`]).
+    pub fn start_run(&mut self, run: u32) {
+        self.run_starts.insert(0, (run, self.head.seq));
+        self.prune_run_starts();
+    }
+
+    /// Forgets the run starts no reader needs (`buffer-spec.md` §4): one that a newer start
+    /// with a sequence number at most its own covers (the newer run refuses more), and one
+    /// whose range ends at or before the tail (the next newer start's `seq` is at most
+    /// `tail_seq`: the entries it refuses hold no record between tail and head). Beyond
+    /// [`RUN_STARTS`] the oldest is forgotten.
+    pub fn prune_run_starts(&mut self) {
+        let mut below = u64::MAX;
+        self.run_starts.retain(|&(run, seq)| {
+            let keep = run != 0 && seq < below;
+            below = below.min(seq);
+            keep
+        });
+        // Newest first, `seq` now strictly decreasing: the first start at or before the tail
+        // is the last one a reader needs.
+        if let Some(i) = self
+            .run_starts
+            .iter()
+            .position(|&(_, seq)| seq <= self.tail.seq)
+        {
+            self.run_starts.truncate(i + 1);
+        }
+        self.run_starts.truncate(RUN_STARTS);
     }
 
     /// Decodes a slot (at least [`META_LEN`] bytes); `None` if its CRC does not match or its
@@ -448,10 +504,7 @@ impl Meta {
             last_ts: u64_at(b, meta::LAST_TS),
             checkpoint_ns: u64_at(b, meta::CHECKPOINT_NS),
             evicted: u64_at(b, meta::EVICTED),
-            run_starts: std::array::from_fn(|i| {
-                let at = meta::RUN_STARTS + i * meta::RUN_START_LEN;
-                (u32_at(b, at + 8), u64_at(b, at))
-            }),
+            run_starts: Vec::new(),
             cursors: [CursorSlot::default(); MAX_CURSORS],
         };
         for (i, c) in m.cursors.iter_mut().enumerate() {
@@ -461,6 +514,9 @@ impl Meta {
             c.lost = u64_at(b, at + meta::CURSOR_LOST);
         }
         m.parse_states(b);
+        if !m.parse_run_starts(b) {
+            return None;
+        }
         let in_area = |p: Pos| {
             p.off.is_multiple_of(ALIGN)
                 && p.off
@@ -469,6 +525,31 @@ impl Meta {
         };
         let sane = in_area(m.tail) && in_area(m.head) && m.tail.seq <= m.head.seq;
         sane.then_some(m)
+    }
+
+    /// Reads the run starts of a slot whose main part is valid: the main part's four, then as
+    /// many from the run-start table as the main part says (version 4). False if that table is
+    /// not valid (its CRC or generation do not match: a torn slot write), which makes the slot
+    /// invalid: a slot that lost run starts would let readers take leftovers for records.
+    fn parse_run_starts(&mut self, b: &[u8]) -> bool {
+        let pair = |at: usize| (u32_at(b, at + 8), u64_at(b, at));
+        let more = u32_at(b, meta::MORE) as usize;
+        let main =
+            (0..meta::MAIN_RUN_STARTS).map(|i| pair(meta::RUN_STARTS + i * meta::RUN_START_LEN));
+        self.run_starts = main.filter(|&(run, _)| run != 0).collect();
+        if more == 0 {
+            return true;
+        }
+        let valid = more <= meta::MORE_RUN_STARTS
+            && u64_at(b, meta::MORE_GENERATION) == self.generation
+            && crc32fast::hash(&b[meta::MORE_GENERATION..meta::MORE_CRC])
+                == u32_at(b, meta::MORE_CRC);
+        self.run_starts.extend(
+            (0..more)
+                .map(|i| pair(meta::MORE_RUN_STARTS_AT + i * meta::RUN_START_LEN))
+                .filter(|&(run, _)| run != 0),
+        );
+        valid
     }
 
     /// Reads the cursor-state table of a slot whose main part is valid. A table that is absent
@@ -831,6 +912,76 @@ mod tests {
         page[meta::CRC + 4..meta::LEN].fill(0);
         let back = Meta::parse(&page, 1 << 20).expect("main part valid");
         assert_eq!(back.cursors[0].state, quiet);
+    }
+
+    #[test]
+    fn meta_round_trips_with_more_run_starts_than_the_main_part_holds_and_a_torn_table_is_no_slot()
+    {
+        let mut m = Meta {
+            generation: 12,
+            run: 40,
+            head: Pos::at(0, 1000),
+            ..Meta::default()
+        };
+        m.run_starts = (0..10)
+            .map(|i| (40 - i, 1000 - 10 * u64::from(i)))
+            .collect();
+        let mut page = vec![0u8; PAGE as usize];
+        m.write(&mut page);
+        assert_eq!(u32_at(&page, meta::MORE), 6);
+        assert_eq!(Meta::parse(&page, 1 << 20), Some(m.clone()));
+        // Torn: the main part new, the table's sectors as an older generation left them.
+        let mut older = m.clone();
+        older.generation = 10;
+        let mut torn = vec![0u8; PAGE as usize];
+        older.write(&mut torn);
+        torn[..1536].copy_from_slice(&page[..1536]);
+        assert_eq!(Meta::parse(&torn, 1 << 20), None, "run starts lost");
+        page[meta::MORE_RUN_STARTS_AT + 5] ^= 1;
+        assert_eq!(Meta::parse(&page, 1 << 20), None, "a damaged table");
+        // Four or fewer: the table is not read, whatever it holds.
+        m.run_starts.truncate(4);
+        m.write(&mut page);
+        assert_eq!(u32_at(&page, meta::MORE), 0);
+        page[meta::MORE_GENERATION..meta::LEN].fill(0xA5);
+        assert_eq!(Meta::parse(&page, 1 << 20), Some(m));
+    }
+
+    #[test]
+    fn run_starts_are_kept_while_a_reader_may_need_them_and_only_then() {
+        let mut m = Meta {
+            tail: Pos::at(0, 100),
+            head: Pos::at(0, 500),
+            ..Meta::default()
+        };
+        m.run_starts = vec![(5, 400), (4, 300), (3, 200), (2, 50), (1, 0)];
+        m.start_run(6);
+        // (2, 50) guards records from 50 up to 200, some of them from the tail on: kept; (1, 0)
+        // guards records below 50, all of them evicted: dropped.
+        assert_eq!(
+            m.run_starts,
+            [(6, 500), (5, 400), (4, 300), (3, 200), (2, 50)]
+        );
+        // A recovery that went back past earlier starts covers them.
+        m.head.seq = 250;
+        m.start_run(7);
+        assert_eq!(m.run_starts, [(7, 250), (3, 200), (2, 50)]);
+        // The tail passes 200: (2, 50) no longer guards a record.
+        m.tail.seq = 200;
+        m.prune_run_starts();
+        assert_eq!(m.run_starts, [(7, 250), (3, 200)]);
+        // However many runs follow, each with records of its own, every start stays; beyond
+        // RUN_STARTS the oldest goes.
+        for run in 8..8 + RUN_STARTS as u32 {
+            m.head.seq += 1;
+            m.start_run(run);
+        }
+        assert_eq!(m.run_starts.len(), RUN_STARTS);
+        assert_eq!(
+            m.run_starts[0],
+            (7 + RUN_STARTS as u32, 250 + RUN_STARTS as u64)
+        );
+        assert_eq!(m.run_starts[RUN_STARTS - 1], (8, 251));
     }
 
     #[test]

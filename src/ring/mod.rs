@@ -490,13 +490,19 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
             data,
             max_record: sb.max_record,
             run: meta.run,
-            run_starts: meta.run_starts,
+            run_starts: &meta.run_starts,
             tail: Pos::at(newest.tail, meta.tail.seq),
             head: meta.head,
         };
         let tail_off = v.norm(newest.tail);
         meta.tail = match v.header_at(tail_off) {
             Some(h) if h.seq >= meta.tail.seq && h.seq < meta.head.seq => Pos::at(tail_off, h.seq),
+            // The tail inside that entry: an earlier recovery dropped the damaged records of a
+            // partly damaged entry before it (below), and the slot's tail is the first one it
+            // kept; the records before it in the entry are gone, those from it on are not.
+            Some(h) if (h.seq..h.seq.saturating_add(h.records())).contains(&meta.tail.seq) => {
+                Pos::at(tail_off, meta.tail.seq)
+            }
             _ => v
                 .resync(0, v.used(), meta.tail.seq)
                 .map_or(meta.head, |(_, p, _)| p),
@@ -510,7 +516,7 @@ fn recover(map: &[u8], sb: &Superblock, path: &Path) -> Result<(Meta, Recovery),
             data,
             max_record: sb.max_record,
             run: meta.run,
-            run_starts: meta.run_starts,
+            run_starts: &meta.run_starts,
             tail: meta.tail,
             head: meta.head,
         };
@@ -616,8 +622,9 @@ impl<B: Backing> Ring<B> {
         mut map: B,
         opts: &RingOptions,
     ) -> Result<Ring<B>, OpenError> {
-        // A larger record limit only widens what is valid: raise it in place. A version 1 or 2
-        // ring is a version 3 ring without chunked entries: say version 3 before writing any.
+        // A larger record limit only widens what is valid: raise it in place. A version 1, 2 or
+        // 3 ring is a version 4 ring without chunked entries or more than four run starts: say
+        // version 4 before writing any.
         if opts.max_record > sb.max_record || sb.version < format::VERSION {
             validate_options(path, opts)?;
             sb.max_record = sb.max_record.max(opts.max_record);
@@ -657,9 +664,10 @@ impl<B: Backing> Ring<B> {
         ring.meta.run = ring.meta.run.saturating_add(1);
         // And from the recovered head on, only this run's entries are records: what an earlier
         // run left there (dropped by this recovery) is never read as one, even when a later
-        // slot reaches the disk before this run's entries do (`buffer-spec.md` §4, §5).
-        ring.meta.run_starts.rotate_right(1);
-        ring.meta.run_starts[0] = (ring.meta.run, ring.meta.head.seq);
+        // slot reaches the disk before this run's entries do (`buffer-spec.md` §4, §5). The
+        // earlier starts stay as long as the records they guard are in the ring: damage a
+        // power loss left there may uncover an earlier run's leftovers at any later time.
+        ring.meta.start_run(ring.meta.run);
         let now = ring.meta.checkpoint_ns.max(ring.meta.last_ts);
         ring.checkpoint(now, true)
             .map_err(io_err(path, "checkpoint after recovery"))?;
@@ -746,7 +754,7 @@ impl<B: Backing> Ring<B> {
             data: self.data(),
             max_record: self.read_max,
             run: self.meta.run,
-            run_starts: self.meta.run_starts,
+            run_starts: &self.meta.run_starts,
             tail: self.meta.tail,
             head: self.meta.head,
         }
@@ -1224,6 +1232,8 @@ impl<B: Backing> Ring<B> {
             self.meta.generation += 1;
         }
         self.meta.checkpoint_ns = now_ns;
+        // The tail moved: the run starts that guard only evicted records go.
+        self.meta.prune_run_starts();
         let slot = (self.meta.generation % 2) as usize;
         let at = SLOT_OFFSETS[slot] as usize;
         let meta = self.meta.clone();
@@ -1581,7 +1591,7 @@ impl RingReader {
             data: &self.map[DATA_OFFSET as usize..],
             max_record: self.superblock.max_record,
             run: self.meta.run,
-            run_starts: self.meta.run_starts,
+            run_starts: &self.meta.run_starts,
             tail: self.meta.tail,
             head: self.meta.head,
         }

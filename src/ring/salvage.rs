@@ -118,7 +118,7 @@ impl Salvage {
             data,
             max_record: self.max_record,
             run: u32::MAX,
-            run_starts: [(0, 0); crate::ring::format::RUN_STARTS],
+            run_starts: &[],
             tail: Pos::at(off, seq),
             head: Pos::at(head_off, u64::MAX),
         }
@@ -131,7 +131,7 @@ impl Salvage {
             data,
             max_record: self.max_record,
             run: u32::MAX,
-            run_starts: [(0, 0); crate::ring::format::RUN_STARTS],
+            run_starts: &[],
             tail: Pos::at(0, 0),
             head: Pos::at(0, u64::MAX),
         };

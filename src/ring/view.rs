@@ -7,7 +7,7 @@
 
 use super::format::{
     chunk_table_len, record_stride, Pos, RecordHeader, ALIGN, CHUNK, CHUNK_ENTRY, FLAG_TRUNCATED,
-    KIND_WRAP, RECORD_HEADER, RUN_STARTS,
+    KIND_WRAP, RECORD_HEADER,
 };
 
 /// `Pos::sub` of a record in a chunked lines entry found partly damaged: reading it checks the
@@ -156,10 +156,10 @@ pub struct View<'a> {
     pub max_record: u32,
     /// Records with a higher run number than this are not valid.
     pub run: u32,
-    /// Where the latest runs began (`(run, seq)`, `(0, 0)`: none): from `seq` on, an entry of
-    /// an earlier run than `run` is a leftover its recovery dropped, not a record
+    /// Where runs began (`(run, seq)`; `run` 0: none): an entry of an earlier run than `run`
+    /// whose records reach `seq` is a leftover its recovery dropped, not a record
     /// (`buffer-spec.md` §5).
-    pub run_starts: [(u32, u64); RUN_STARTS],
+    pub run_starts: &'a [(u32, u64)],
     /// The oldest record.
     pub tail: Pos,
     /// Where the next record will go.
@@ -225,11 +225,15 @@ impl<'a> View<'a> {
             KIND_WRAP => off != 0,
             _ => h.len <= h.max_len(self.max_record) && off + h.stride() <= self.cap(),
         };
+        // The entry's last record (a wrap marker's: the one it carries). A recovery kept the
+        // records of earlier runs up to its run start, never one past it: an entry of an
+        // earlier run that reaches a run start was dropped, even if it begins before it.
+        let last = h.seq.saturating_add(h.records().max(1) - 1);
         let of_its_run = h.run <= self.run
             && self
                 .run_starts
                 .iter()
-                .all(|&(run, seq)| run == 0 || h.seq < seq || h.run >= run);
+                .all(|&(run, seq)| run == 0 || last < seq || h.run >= run);
         (fits && of_its_run).then_some(h)
     }
 
@@ -854,7 +858,7 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
         max_record,
         run,
         // The scan takes only entries of `run` itself.
-        run_starts: [(0, 0); RUN_STARTS],
+        run_starts: &[],
         tail: start,
         head: Pos::at(start.off, u64::MAX),
     };
