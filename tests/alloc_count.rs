@@ -35,7 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringrelay::config::Config;
-use ringrelay::relay::{Outcome, Relay};
+use ringrelay::event_loop::{Outcome, Relay};
 
 use common::TempDir;
 
