@@ -71,6 +71,10 @@ pub use http::HttpStats;
 
 /// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
 const FRAMES_PER_WRITE: usize = 256;
+const _: () = assert!(
+    3 * FRAMES_PER_WRITE <= 1024,
+    "a write pass's iovecs exceed IOV_MAX"
+);
 /// Bytes one output may write per loop turn before others get their turn.
 pub const WRITE_BUDGET: usize = 4 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -1177,7 +1181,9 @@ impl Output {
                 }
                 continue;
             }
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(n * 3);
+            // On the stack: at most three slices per frame (prefix, payload, LF).
+            let mut iov: heapless::Vec<IoSlice<'_>, { 3 * FRAMES_PER_WRITE }> =
+                heapless::Vec::new();
             let mut skip = self.partial;
             for i in 0..n {
                 let (ps, pl) = prefixes[i];
@@ -1187,7 +1193,8 @@ impl Output {
                         skip -= part.len();
                         continue;
                     }
-                    iov.push(IoSlice::new(&part[skip..]));
+                    // Cannot fail: n <= FRAMES_PER_WRITE and three parts per frame.
+                    let _ = iov.push(IoSlice::new(&part[skip..]));
                     skip = 0;
                 }
             }
