@@ -94,8 +94,12 @@ pub struct Relay {
     pub failed: Vec<FailedFeed>,
     /// Every input connection.
     inputs: Inputs,
-    /// Outputs (feed, output) with data left after their turn's budget.
+    /// Outputs (feed, output) with data left after their turn's budget, or made writable by
+    /// an event this turn; each at most once.
     more: Vec<(usize, usize)>,
+    /// Last turn's `more`, read by [`Relay::write_outputs`] while it fills `more` again: the
+    /// two swap, so neither loses its capacity (sized for every output at start).
+    more_now: Vec<(usize, usize)>,
     signals: SignalFd,
     checkpoint_every: Duration,
     next_checkpoint: Instant,
@@ -363,6 +367,7 @@ impl Relay {
             failed: Vec::new(),
             inputs,
             more: Vec::new(),
+            more_now: Vec::new(),
             signals,
             checkpoint_every: cfg.relay.checkpoint_interval,
             next_checkpoint: now + cfg.relay.checkpoint_interval,
@@ -602,6 +607,9 @@ impl Relay {
         let max_record = self.feeds_max_record();
         self.inputs.size_scratch(max_record);
         self.feeds = feeds;
+        let outputs = self.feeds.iter().map(|f| f.outputs.len()).sum::<usize>();
+        self.more.reserve(outputs);
+        self.more_now.reserve(outputs);
         for f in &failed {
             self.pending_alerts.push(Alert {
                 kind: AlertKind::FeedFailed,
@@ -983,7 +991,7 @@ impl Relay {
                         {
                             feed.input.dirty = true;
                         }
-                        if out.can_write() {
+                        if out.can_write() && !self.more.contains(&(fi, oi)) {
                             self.more.push((fi, oi));
                         }
                     }
@@ -1202,7 +1210,8 @@ impl Relay {
 
     fn write_outputs(&mut self, now: Instant) {
         let registry = self.poll.registry();
-        let more = std::mem::take(&mut self.more);
+        std::mem::swap(&mut self.more, &mut self.more_now);
+        let more = &self.more_now;
         for (fi, feed) in self.feeds.iter_mut().enumerate() {
             let dirty = std::mem::take(&mut feed.input.dirty);
             let mut wrote = false;
@@ -1223,6 +1232,7 @@ impl Relay {
                 self.inputs.resume_feed(fi);
             }
         }
+        self.more_now.clear();
     }
 
     /// Counts the alerts raised this turn and appends them to the alert feed's ring.
