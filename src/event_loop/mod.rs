@@ -647,8 +647,9 @@ impl Relay {
             .write(&LockRecord {
                 epoch,
                 pid: Some(std::process::id()),
-                instance: Some(self.instance.clone()),
-                since: Some(clock::rfc3339(clock::wall_ns())),
+                // `check` held the name to `NAME_MAX`, and an RFC 3339 time is 24 bytes.
+                instance: self.instance.as_str().try_into().ok(),
+                since: clock::rfc3339(clock::wall_ns()).as_str().try_into().ok(),
             })
             .map_err(|e| e.to_string())
     }
@@ -656,12 +657,12 @@ impl Relay {
     /// An active's fencing check: tells [`Ha`] the lock file's epoch and every ring's. Returns
     /// why it is fenced now, if it is.
     fn check_epochs(&mut self, now: Instant) -> bool {
-        let lock_file = self.lock.path().display().to_string();
+        let lock_file = self.lock.path().display();
         match self.lock.check() {
             Ok(rec) => {
                 if self
                     .ha
-                    .epoch_seen(rec.epoch, &format!("lock file {lock_file}"))
+                    .epoch_seen(rec.epoch, format_args!("lock file {lock_file}"))
                 {
                     return true;
                 }
@@ -688,8 +689,8 @@ impl Relay {
         }
         for feed in &self.feeds {
             let stored = feed.ring.stored_epoch();
-            let source = format!("ring {}", feed.ring.path().display());
-            if self.ha.epoch_seen(stored, &source) {
+            let path = feed.ring.path().display();
+            if self.ha.epoch_seen(stored, format_args!("ring {path}")) {
                 return true;
             }
         }

@@ -167,7 +167,10 @@ impl Ha {
 
     /// An epoch read back by a fencing check, from `source` (the lock file or a ring). Returns
     /// whether this instance is fenced now: the epoch is above its own.
-    pub fn epoch_seen(&mut self, seen: u64, source: &str) -> bool {
+    ///
+    /// `source` (where `seen` was read) is formatted only when it fences: the periodic check
+    /// allocates nothing.
+    pub fn epoch_seen(&mut self, seen: u64, source: impl std::fmt::Display) -> bool {
         match self.role {
             Role::Active { epoch } if seen > epoch => {
                 let why = format!(
