@@ -210,7 +210,14 @@ struct TlsOut {
     conn: Option<ClientConnection>,
     /// Plaintext bytes rustls took whose TLS bytes are not all on the socket yet.
     held: usize,
+    /// One write's plaintext, copied from the pass's iovecs ([`TLS_PLAIN_MAX`] bytes, allocated
+    /// once): rustls collects several slices into a `Vec` per call, one slice it takes as is.
+    plain: Vec<u8>,
 }
+
+/// Plaintext handed to rustls per write: its send buffer limit (64 KiB by default), which it
+/// would not take more than anyway. Four 16 KiB TLS records.
+const TLS_PLAIN_MAX: usize = 64 << 10;
 
 impl TlsOut {
     /// Writes what rustls has queued; `Ok` when all of it is on the socket.
@@ -234,7 +241,15 @@ impl TlsOut {
             let Some(conn) = self.conn.as_mut() else {
                 return Err(io::ErrorKind::NotConnected.into());
             };
-            self.held = conn.writer().write_vectored(iov)?;
+            self.plain.clear();
+            for b in iov {
+                let room = TLS_PLAIN_MAX - self.plain.len();
+                self.plain.extend_from_slice(&b[..b.len().min(room)]);
+                if b.len() >= room {
+                    break;
+                }
+            }
+            self.held = conn.writer().write(&self.plain)?;
             self.flush(stream)?;
         }
         Ok(std::mem::take(&mut self.held))
@@ -379,6 +394,7 @@ impl Output {
                             server_name,
                             conn: None,
                             held: 0,
+                            plain: Vec::with_capacity(TLS_PLAIN_MAX),
                         })),
                     },
                     t.framing,
@@ -1069,6 +1085,8 @@ impl Output {
                 } if *rotate_bytes > 0 => {
                     budget.min(rotate_bytes.saturating_sub(*size).max(1) as usize)
                 }
+                // rustls takes no more per write: collect no more frames than that.
+                Sink::Tcp { tls: Some(_), .. } => budget.min(TLS_PLAIN_MAX),
                 _ => budget,
             };
             let allowed = match self.bucket.as_mut() {
