@@ -15,6 +15,11 @@
 //! resends those frames after the reconnect. Like plain TCP, this says nothing about what the
 //! receiver read: the replay window covers that.
 //!
+//! The plaintext goes to rustls as one slice of up to 64 KiB (its send buffer limit), copied
+//! from the pass's frames into a buffer the output keeps: given several slices, rustls collects
+//! them into a new `Vec` per call. rustls still allocates one buffer per TLS record it encrypts
+//! (0.23 has no API that does not).
+//!
 //! ## Syslog
 //! With `syslog` set, each frame is `[LEN SP] HEADER record [LF]`, the header written per
 //! record from its receive time and sequence number into a buffer the output keeps.
