@@ -288,8 +288,9 @@ impl LockFile {
 
     /// Reads and parses the lock record.
     ///
-    /// The active reads it every [`FENCE_CHECK`](super::FENCE_CHECK): the bytes go to the stack and the record's
-    /// strings are bounded, so a check does not allocate (unless the file is not UTF-8).
+    /// The active reads it every [`FENCE_CHECK`](super::FENCE_CHECK): the bytes go to the
+    /// stack and the record's strings are bounded, so a check does not allocate (unless the
+    /// file is not UTF-8).
     pub fn read(&self) -> Result<LockRecord, LockError> {
         let mut buf = [0u8; MAX_RECORD];
         let mut len = 0;
