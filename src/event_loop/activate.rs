@@ -145,6 +145,9 @@ impl Relay {
         let max_record = self.feeds_max_record();
         self.inputs.size_scratch(max_record);
         self.feeds = feeds;
+        let outputs = self.feeds.iter().map(|f| f.outputs.len()).sum::<usize>();
+        self.more.reserve(outputs);
+        self.more_now.reserve(outputs);
         for f in &failed {
             self.pending_alerts.push(Alert {
                 kind: AlertKind::FeedFailed,
@@ -182,8 +185,9 @@ impl Relay {
             .write(&LockRecord {
                 epoch,
                 pid: Some(std::process::id()),
-                instance: Some(self.instance.clone()),
-                since: Some(clock::rfc3339(clock::wall_ns())),
+                // `check` held the name to `NAME_MAX`, and an RFC 3339 time is 24 bytes.
+                instance: self.instance.as_str().try_into().ok(),
+                since: clock::rfc3339(clock::wall_ns()).as_str().try_into().ok(),
             })
             .map_err(|e| e.to_string())
     }
@@ -191,12 +195,12 @@ impl Relay {
     /// An active's fencing check: tells [`ha::Ha`] the lock file's epoch and every ring's.
     /// Returns why it is fenced now, if it is.
     pub(super) fn check_epochs(&mut self, now: Instant) -> Option<String> {
-        let lock_file = self.lock.path().display().to_string();
+        let lock_file = self.lock.path().display();
         match self.lock.check() {
             Ok(rec) => {
                 let why = self
                     .ha
-                    .epoch_seen(rec.epoch, &format!("lock file {lock_file}"));
+                    .epoch_seen(rec.epoch, format_args!("lock file {lock_file}"));
                 if why.is_some() {
                     return why;
                 }
@@ -223,8 +227,8 @@ impl Relay {
         }
         for feed in &self.feeds {
             let stored = feed.ring.stored_epoch();
-            let source = format!("ring {}", feed.ring.path().display());
-            let why = self.ha.epoch_seen(stored, &source);
+            let path = feed.ring.path().display();
+            let why = self.ha.epoch_seen(stored, format_args!("ring {path}"));
             if why.is_some() {
                 return why;
             }

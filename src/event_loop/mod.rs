@@ -90,8 +90,12 @@ pub struct Relay {
     pub failed: Vec<FailedFeed>,
     /// Every input connection.
     inputs: Inputs,
-    /// Outputs (feed, output) with data left after their turn's budget.
+    /// Outputs (feed, output) with data left after their turn's budget, or made writable by
+    /// an event this turn; each at most once.
     more: Vec<(usize, usize)>,
+    /// Last turn's `more`, read by `write_outputs` while it fills `more` again: the two swap,
+    /// so neither loses its capacity (sized for every output at start).
+    more_now: Vec<(usize, usize)>,
     signals: SignalFd,
     checkpoint_every: Duration,
     next_checkpoint: Instant,
@@ -263,6 +267,7 @@ impl Relay {
             failed: Vec::new(),
             inputs,
             more: Vec::new(),
+            more_now: Vec::new(),
             signals,
             checkpoint_every: cfg.relay.checkpoint_interval,
             next_checkpoint: now + cfg.relay.checkpoint_interval,
@@ -488,7 +493,7 @@ impl Relay {
                         {
                             feed.input.dirty = true;
                         }
-                        if out.can_write() {
+                        if out.can_write() && !self.more.contains(&(fi, oi)) {
                             self.more.push((fi, oi));
                         }
                     }

@@ -182,7 +182,8 @@ impl Relay {
 
     pub(super) fn write_outputs(&mut self, now: Instant) {
         let registry = self.poll.registry();
-        let more = std::mem::take(&mut self.more);
+        std::mem::swap(&mut self.more, &mut self.more_now);
+        let more = &self.more_now;
         for (fi, feed) in self.feeds.iter_mut().enumerate() {
             let dirty = std::mem::take(&mut feed.input.dirty);
             let mut wrote = false;
@@ -203,6 +204,7 @@ impl Relay {
                 self.inputs.resume_feed(fi);
             }
         }
+        self.more_now.clear();
     }
 
     /// Counts the alerts raised this turn and appends them to the alert feed's ring.

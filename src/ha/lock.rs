@@ -42,6 +42,11 @@ use nix::libc;
 pub const HEADER: &str = "ringrelay-lock 1";
 /// Lock records are small; anything longer is not ours.
 const MAX_RECORD: usize = 4096;
+/// Longest `since` kept: an RFC 3339 time (ours are 24 bytes, `2026-11-25T12:00:00.000Z`),
+/// with room for a finer fraction or an offset.
+pub const SINCE_MAX: usize = 40;
+/// Longest `instance` kept: the configuration's bound on the name.
+pub const INSTANCE_MAX: usize = crate::config::NAME_MAX;
 
 /// What a lock file says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,10 +55,11 @@ pub struct LockRecord {
     pub epoch: u64,
     /// Its process id.
     pub pid: Option<u32>,
-    /// Its `instance` name.
-    pub instance: Option<String>,
-    /// When it became active (RFC 3339), informational.
-    pub since: Option<String>,
+    /// Its `instance` name (informational; a longer one than a ringrelay writes is ignored).
+    pub instance: Option<heapless::String<INSTANCE_MAX>>,
+    /// When it became active (RFC 3339), informational (ignored when longer than
+    /// [`SINCE_MAX`]).
+    pub since: Option<heapless::String<SINCE_MAX>>,
 }
 
 /// Why a lock file's content was refused.
@@ -105,8 +111,8 @@ impl LockRecord {
             match k.trim() {
                 "epoch" => epoch = Some(v.parse::<u64>().map_err(|_| RecordError::BadEpoch)?),
                 "pid" => rec.pid = v.parse().ok(),
-                "instance" => rec.instance = Some(v.to_string()),
-                "since" => rec.since = Some(v.to_string()),
+                "instance" => rec.instance = v.try_into().ok(),
+                "since" => rec.since = v.try_into().ok(),
                 _ => {} // a later version's key
             }
         }
@@ -281,8 +287,12 @@ impl LockFile {
     }
 
     /// Reads and parses the lock record.
+    ///
+    /// The active reads it every [`FENCE_CHECK`](super::FENCE_CHECK): the bytes go to the
+    /// stack and the record's strings are bounded, so a check does not allocate (unless the
+    /// file is not UTF-8).
     pub fn read(&self) -> Result<LockRecord, LockError> {
-        let mut buf = vec![0u8; MAX_RECORD];
+        let mut buf = [0u8; MAX_RECORD];
         let mut len = 0;
         while len < buf.len() {
             match self.file.read_at(&mut buf[len..], len as u64) {
@@ -405,12 +415,25 @@ mod tests {
         let rec = LockRecord {
             epoch: 7,
             pid: Some(4242),
-            instance: Some("relay-a".into()),
-            since: Some("2026-11-25T12:00:00.000Z".into()),
+            instance: "relay-a".try_into().ok(),
+            since: "2026-11-25T12:00:00.000Z".try_into().ok(),
         };
+        assert!(rec.instance.is_some() && rec.since.is_some());
         let text = rec.render();
         assert!(text.starts_with("ringrelay-lock 1\nepoch=7\n"), "{text}");
         assert_eq!(LockRecord::parse(&text), Ok(rec));
+    }
+
+    #[test]
+    fn informational_values_longer_than_their_bound_are_ignored() {
+        let long = "i".repeat(INSTANCE_MAX + 1);
+        let text = format!("ringrelay-lock 1\nepoch=2\ninstance={long}\nsince={long}\n");
+        let rec = LockRecord::parse(&text).unwrap();
+        assert_eq!((rec.epoch, rec.instance, rec.since), (2, None, None));
+        let fits = "i".repeat(INSTANCE_MAX);
+        let text = format!("ringrelay-lock 1\nepoch=2\ninstance={fits}\n");
+        let rec = LockRecord::parse(&text).unwrap();
+        assert_eq!(rec.instance.as_deref(), Some(fits.as_str()));
     }
 
     #[test]

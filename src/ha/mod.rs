@@ -167,7 +167,10 @@ impl Ha {
 
     /// An epoch read back by a fencing check, from `source` (the lock file or a ring). Returns
     /// why this instance is fenced now, if it is: the epoch is above its own.
-    pub fn epoch_seen(&mut self, seen: u64, source: &str) -> Option<String> {
+    ///
+    /// `source` (where `seen` was read) is formatted only when it fences: the periodic check
+    /// allocates nothing.
+    pub fn epoch_seen(&mut self, seen: u64, source: impl fmt::Display) -> Option<String> {
         match self.role {
             Role::Active { epoch } if seen > epoch => {
                 let why = format!(

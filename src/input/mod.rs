@@ -700,7 +700,10 @@ impl Inputs {
                 feed: fi,
                 peer,
                 framer: Framer::new(feed.input.framer),
-                pending: Vec::new(),
+                pending: Vec::with_capacity(pending_capacity(
+                    &feed.cfg.input.kind,
+                    feed.input.framer.max_record,
+                )),
                 last_active: now,
                 paused: false,
                 eof: false,
@@ -869,9 +872,8 @@ impl Inputs {
             // First frame what is pending (records a full ring refused before).
             if conn.paused || conn.eof {
                 conn.paused = false;
-                let data = std::mem::take(&mut conn.pending);
-                let consumed = frame(conn, &mut feed, &data, conn.eof, now);
-                conn.pending.extend_from_slice(&data[consumed..]);
+                let eof = conn.eof;
+                frame_pending(conn, &mut feed, eof, now);
                 if conn.paused {
                     break Outcome::Open;
                 }
@@ -1070,9 +1072,19 @@ impl Inputs {
             return;
         }
         let mut feed = feeds.feed(conn.feed);
-        let data = std::mem::take(&mut conn.pending);
-        let consumed = frame(conn, &mut feed, &data, false, now);
-        conn.pending.extend_from_slice(&data[consumed..]);
+        frame_pending(conn, &mut feed, false, now);
+    }
+}
+
+/// What a stream connection's `pending` holds between reads, sized once at accept: the
+/// framer leaves at most `max_record + 16` bytes unconsumed (`framing.rs`). A paused connection
+/// can hold a whole read more (the refused record and what follows it): then the vector grows
+/// once, to its high-water mark, and keeps it. An HTTP connection sizes its own as requests
+/// come (its limits are the HTTP input's).
+fn pending_capacity(kind: &InputKind, max_record: usize) -> usize {
+    match kind {
+        InputKind::Http => 0,
+        _ => max_record + 16,
     }
 }
 
@@ -1173,6 +1185,18 @@ fn read_lines(
         conn.pending.extend_from_slice(&scratch[consumed..rest]);
     }
     Lines::Read(n)
+}
+
+/// Frames what `conn.pending` holds, in place: the bytes consumed leave its front, and the
+/// vector keeps its capacity (no allocation on a resume after back-pressure).
+fn frame_pending(conn: &mut Conn, feed: &mut FeedIn<'_>, eof: bool, now: Instant) {
+    // Moved out for the borrow only: `Vec::new` does not allocate, and `frame` does not touch
+    // `pending`.
+    let mut data = std::mem::take(&mut conn.pending);
+    let consumed = frame(conn, feed, &data, eof, now);
+    debug_assert!(conn.pending.is_empty());
+    data.drain(..consumed);
+    conn.pending = data;
 }
 
 /// Frames `data` into the feed's ring; returns the bytes consumed. Sets `conn.paused` when the

@@ -15,6 +15,11 @@
 //! resends those frames after the reconnect. Like plain TCP, this says nothing about what the
 //! receiver read: the replay window covers that.
 //!
+//! The plaintext goes to rustls as one slice of up to 64 KiB (its send buffer limit), copied
+//! from the pass's frames into a buffer the output keeps: given several slices, rustls collects
+//! them into a new `Vec` per call. rustls still allocates one buffer per TLS record it encrypts
+//! (0.23 has no API that does not).
+//!
 //! ## Syslog
 //! With `syslog` set, each frame is `[LEN SP] HEADER record [LF]`, the header written per
 //! record from its receive time and sequence number into a buffer the output keeps.
@@ -74,6 +79,10 @@ pub use http::HttpStats;
 
 /// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
 const FRAMES_PER_WRITE: usize = 256;
+const _: () = assert!(
+    3 * FRAMES_PER_WRITE <= 1024,
+    "a write pass's iovecs exceed IOV_MAX"
+);
 /// Bytes one output may write per loop turn before others get their turn.
 pub const WRITE_BUDGET: usize = 4 << 20;
 /// After a restart in the middle of an outage, how long the `output_down` alert waits at least
@@ -173,7 +182,14 @@ struct TlsOut {
     conn: Option<ClientConnection>,
     /// Plaintext bytes rustls took whose TLS bytes are not all on the socket yet.
     held: usize,
+    /// One write's plaintext, copied from the pass's iovecs ([`TLS_PLAIN_MAX`] bytes, allocated
+    /// once): rustls collects several slices into a `Vec` per call, one slice it takes as is.
+    plain: Vec<u8>,
 }
+
+/// Plaintext handed to rustls per write: its send buffer limit (64 KiB by default), which it
+/// would not take more than anyway. Four 16 KiB TLS records.
+const TLS_PLAIN_MAX: usize = 64 << 10;
 
 impl TlsOut {
     /// Writes what rustls has queued; `Ok` when all of it is on the socket.
@@ -197,7 +213,15 @@ impl TlsOut {
             let Some(conn) = self.conn.as_mut() else {
                 return Err(io::ErrorKind::NotConnected.into());
             };
-            self.held = conn.writer().write_vectored(iov)?;
+            self.plain.clear();
+            for b in iov {
+                let room = TLS_PLAIN_MAX - self.plain.len();
+                self.plain.extend_from_slice(&b[..b.len().min(room)]);
+                if b.len() >= room {
+                    break;
+                }
+            }
+            self.held = conn.writer().write(&self.plain)?;
             self.flush(stream)?;
         }
         Ok(std::mem::take(&mut self.held))
@@ -333,6 +357,7 @@ impl Output {
                             server_name,
                             conn: None,
                             held: 0,
+                            plain: Vec::with_capacity(TLS_PLAIN_MAX),
                         })),
                     },
                     t.framing,
@@ -999,6 +1024,8 @@ impl Output {
                 } if *rotate_bytes > 0 => {
                     budget.min(rotate_bytes.saturating_sub(*size).max(1) as usize)
                 }
+                // rustls takes no more per write: collect no more frames than that.
+                Sink::Tcp { tls: Some(_), .. } => budget.min(TLS_PLAIN_MAX),
                 _ => budget,
             };
             let allowed = match self.bucket.as_mut() {
@@ -1111,7 +1138,9 @@ impl Output {
                 }
                 continue;
             }
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(n * 3);
+            // On the stack: at most three slices per frame (prefix, payload, LF).
+            let mut iov: heapless::Vec<IoSlice<'_>, { 3 * FRAMES_PER_WRITE }> =
+                heapless::Vec::new();
             let mut skip = self.partial;
             for i in 0..n {
                 let (ps, pl) = prefixes[i];
@@ -1121,7 +1150,8 @@ impl Output {
                         skip -= part.len();
                         continue;
                     }
-                    iov.push(IoSlice::new(&part[skip..]));
+                    // Cannot fail: n <= FRAMES_PER_WRITE and three parts per frame.
+                    let _ = iov.push(IoSlice::new(&part[skip..]));
                     skip = 0;
                 }
             }
