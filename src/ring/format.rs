@@ -398,7 +398,7 @@ pub struct Meta {
     /// [`RUN_STARTS`]. An entry of an earlier run than `run` whose records reach `seq` is a
     /// leftover its recovery dropped, not a record (`buffer-spec.md` §4, §5); see
     /// [`Meta::start_run`] for which ones are kept.
-    pub run_starts: Vec<(u32, u64)>,
+    pub run_starts: heapless::Vec<(u32, u64), RUN_STARTS>,
     /// Per-output cursors.
     pub cursors: [CursorSlot; MAX_CURSORS],
 }
@@ -459,7 +459,9 @@ impl Meta {
     /// start (`buffer-spec.md` §8, step 6), and forgets the starts no reader needs any more
     /// ([`Meta::prune_run_starts`]).
     pub fn start_run(&mut self, run: u32) {
-        self.run_starts.insert(0, (run, self.head.seq));
+        // Full: the oldest goes first, as `prune_run_starts` would have done.
+        self.run_starts.truncate(RUN_STARTS - 1);
+        let _ = self.run_starts.insert(0, (run, self.head.seq));
         self.prune_run_starts();
     }
 
@@ -504,7 +506,7 @@ impl Meta {
             last_ts: u64_at(b, meta::LAST_TS),
             checkpoint_ns: u64_at(b, meta::CHECKPOINT_NS),
             evicted: u64_at(b, meta::EVICTED),
-            run_starts: Vec::new(),
+            run_starts: heapless::Vec::new(),
             cursors: [CursorSlot::default(); MAX_CURSORS],
         };
         for (i, c) in m.cursors.iter_mut().enumerate() {
@@ -536,7 +538,11 @@ impl Meta {
         let more = u32_at(b, meta::MORE) as usize;
         let main =
             (0..meta::MAIN_RUN_STARTS).map(|i| pair(meta::RUN_STARTS + i * meta::RUN_START_LEN));
-        self.run_starts = main.filter(|&(run, _)| run != 0).collect();
+        self.run_starts.clear();
+        // At most MAIN_RUN_STARTS + MORE_RUN_STARTS = RUN_STARTS: the pushes cannot fail.
+        for start in main.filter(|&(run, _)| run != 0) {
+            let _ = self.run_starts.push(start);
+        }
         if more == 0 {
             return true;
         }
@@ -544,12 +550,15 @@ impl Meta {
             && u64_at(b, meta::MORE_GENERATION) == self.generation
             && crc32fast::hash(&b[meta::MORE_GENERATION..meta::MORE_CRC])
                 == u32_at(b, meta::MORE_CRC);
-        self.run_starts.extend(
-            (0..more)
-                .map(|i| pair(meta::MORE_RUN_STARTS_AT + i * meta::RUN_START_LEN))
-                .filter(|&(run, _)| run != 0),
-        );
-        valid
+        if !valid {
+            // Not read: `more` may be anything in a slot no writer finished.
+            return false;
+        }
+        let table = (0..more).map(|i| pair(meta::MORE_RUN_STARTS_AT + i * meta::RUN_START_LEN));
+        for start in table.filter(|&(run, _)| run != 0) {
+            let _ = self.run_starts.push(start);
+        }
+        true
     }
 
     /// Reads the cursor-state table of a slot whose main part is valid. A table that is absent
@@ -914,6 +923,26 @@ mod tests {
         assert_eq!(back.cursors[0].state, quiet);
     }
 
+    /// A slot whose main part checks out but counts more run starts than the table holds (a
+    /// forged or foreign file; no writer does it) is no slot: it used to be read past the
+    /// table's end, a panic on hostile bytes.
+    #[test]
+    fn a_slot_counting_more_run_starts_than_the_table_holds_is_no_slot() {
+        let m = Meta {
+            generation: 3,
+            run: 2,
+            ..Meta::default()
+        };
+        let mut page = vec![0u8; PAGE as usize];
+        m.write(&mut page);
+        for more in [meta::MORE_RUN_STARTS as u32 + 1, u32::MAX] {
+            page[meta::MORE..meta::MORE + 4].copy_from_slice(&more.to_le_bytes());
+            let crc = crc32fast::hash(&page[..meta::CRC]);
+            page[meta::CRC..meta::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(Meta::parse(&page, 1 << 20), None, "more = {more}");
+        }
+    }
+
     #[test]
     fn meta_round_trips_with_more_run_starts_than_the_main_part_holds_and_a_torn_table_is_no_slot()
     {
@@ -954,7 +983,8 @@ mod tests {
             head: Pos::at(0, 500),
             ..Meta::default()
         };
-        m.run_starts = vec![(5, 400), (4, 300), (3, 200), (2, 50), (1, 0)];
+        m.run_starts =
+            heapless::Vec::from_slice(&[(5, 400), (4, 300), (3, 200), (2, 50), (1, 0)]).unwrap();
         m.start_run(6);
         // (2, 50) guards records from 50 up to 200, some of them from the tail on: kept; (1, 0)
         // guards records below 50, all of them evicted: dropped.
