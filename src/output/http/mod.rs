@@ -712,22 +712,24 @@ impl Output {
                     &resp.body,
                     r.pos.seq,
                     r.payload,
-                ),
+                )
+                .map_err(io::Error::other),
                 r.pos.seq,
             ),
             // Overwritten meanwhile: nothing left to keep.
-            _ => (Vec::new(), from.seq),
+            _ => (Ok(Vec::new()), from.seq),
         };
         let path = self.http().dead_path.clone();
-        let written = if line.is_empty() {
-            Ok(())
-        } else {
+        let written = line.and_then(|line| {
+            if line.is_empty() {
+                return Ok(());
+            }
             OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(&line))
-        };
+        });
         let h = self.http();
         h.stats.dead_lettered += 1;
         if let Some(suppressed) = h.dead_log.allow(now) {
@@ -894,7 +896,16 @@ impl Output {
                     .filter_map(|p| p.ack_id)
                     .collect();
                 let HttpSink { head, cfg, .. } = &mut *h;
-                protocol::ack_request(head, cfg, ids.into_iter());
+                if let Err(e) = protocol::ack_request(head, cfg, ids.into_iter()) {
+                    crate::log!(
+                        Level::Error,
+                        "hec_ack_poll_failed",
+                        feed = self.feed,
+                        output = self.name,
+                        error = e
+                    );
+                    return Some(Pass::Blocked);
+                }
                 h.sent = 0;
                 h.exchange = Exchange::Sending {
                     req: Req::AckPoll,
@@ -1005,7 +1016,16 @@ impl Output {
             let Read::Record(r) = ring.read(pos) else {
                 break;
             };
-            protocol::push_record(&mut h.body, format, r.payload);
+            if let Err(e) = protocol::push_record(&mut h.body, format, r.payload) {
+                crate::log!(
+                    Level::Error,
+                    "http_body_failed",
+                    feed = self.feed,
+                    output = self.name,
+                    error = e
+                );
+                return Some(Pass::Blocked);
+            }
             last_ts = r.ts;
             records += 1;
             pos = r.next;
