@@ -990,7 +990,7 @@ mod tests {
             "/services/collector/raw",
         );
         let mut req = Vec::new();
-        ack_request(&mut req, &c, (u64::MAX - 100..u64::MAX).into_iter()).unwrap();
+        ack_request(&mut req, &c, u64::MAX - 100..u64::MAX).unwrap();
         let body = &req[req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
         assert_eq!(body.iter().filter(|&&b| b == b',').count(), MAX_ACK_IDS - 1);
         assert!(body.len() <= ACK_POLL_MAX);
