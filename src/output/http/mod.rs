@@ -261,6 +261,19 @@ fn retryable(status: u16) -> bool {
 }
 
 impl Output {
+    /// A request could not be built (gzip failed, or a JSON part went over its bound, a
+    /// bug): logged, and the pass ends blocked.
+    fn request_failed(&self, event: &'static str, error: &dyn std::fmt::Display) -> Option<Pass> {
+        crate::log!(
+            Level::Error,
+            event,
+            feed = self.feed,
+            output = self.name,
+            error = error
+        );
+        Some(Pass::Blocked)
+    }
+
     fn http(&mut self) -> &mut HttpSink {
         match &mut self.sink {
             Sink::Http(h) => h,
@@ -897,14 +910,7 @@ impl Output {
                     .collect();
                 let HttpSink { head, cfg, .. } = &mut *h;
                 if let Err(e) = protocol::ack_request(head, cfg, ids.into_iter()) {
-                    crate::log!(
-                        Level::Error,
-                        "hec_ack_poll_failed",
-                        feed = self.feed,
-                        output = self.name,
-                        error = e
-                    );
-                    return Some(Pass::Blocked);
+                    return self.request_failed("hec_ack_poll_failed", &e);
                 }
                 h.sent = 0;
                 h.exchange = Exchange::Sending {
@@ -1017,14 +1023,7 @@ impl Output {
                 break;
             };
             if let Err(e) = protocol::push_record(&mut h.body, format, r.payload) {
-                crate::log!(
-                    Level::Error,
-                    "http_body_failed",
-                    feed = self.feed,
-                    output = self.name,
-                    error = e
-                );
-                return Some(Pass::Blocked);
+                return self.request_failed("http_body_failed", &e);
             }
             last_ts = r.ts;
             records += 1;
@@ -1034,14 +1033,7 @@ impl Output {
         if h.cfg.gzip {
             let HttpSink { body, gz, .. } = &mut *h;
             if let Err(e) = protocol::gzip_into(body, gz) {
-                crate::log!(
-                    Level::Error,
-                    "http_gzip_failed",
-                    feed = self.feed,
-                    output = self.name,
-                    error = e
-                );
-                return Some(Pass::Blocked);
+                return self.request_failed("http_gzip_failed", &e);
             }
         }
         let h = self.http();
