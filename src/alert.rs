@@ -12,9 +12,12 @@
 //!
 //! Alerts are transitions, not ticks: a condition that holds for a day raises one alert.
 
-use std::fmt::Write as _;
+use serde::ser::SerializeStruct as _;
+use serde::{Serialize, Serializer};
 
 use crate::clock;
+use crate::json;
+use crate::log::Level;
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,54 +105,112 @@ pub struct AlertStats {
 impl Alert {
     /// The alert as one JSON object (the alert feed's record), e.g.
     /// `{"ringrelay_alert":"output_down","instance":"r1","time":"2026-…Z","feed":"zia","output":"splunk","down_s":300}`.
+    ///
+    /// Written by serde-json-core into a buffer of [`AlertRecord::bound`], counted from the
+    /// lengths of what goes in; a record over it would be a bug, and is replaced by one that
+    /// names the alert's kind and says so (logged as `alert_record_failed`).
     pub fn to_json(&self, instance: &str, now_ns: u64) -> String {
-        let mut s = String::with_capacity(160);
-        s.push_str("{\"ringrelay_alert\":");
-        json_str(&mut s, self.kind.name());
-        s.push_str(",\"instance\":");
-        json_str(&mut s, instance);
-        s.push_str(",\"time\":");
-        json_str(&mut s, &clock::rfc3339(now_ns));
-        s.push_str(",\"feed\":");
-        json_str(&mut s, &self.feed);
-        if let Some(o) = &self.output {
-            s.push_str(",\"output\":");
-            json_str(&mut s, o);
-        }
-        for (k, v) in &self.detail {
-            s.push(',');
-            json_str(&mut s, k);
-            s.push(':');
-            match v {
-                Value::Num(n) => {
-                    let _ = write!(s, "{n}");
-                }
-                Value::Text(t) => json_str(&mut s, t),
-            }
-        }
-        s.push('}');
-        s
+        let time = clock::rfc3339(now_ns);
+        let record = AlertRecord {
+            alert: self,
+            instance,
+            time: &time,
+        };
+        let bytes = json::to_vec(&record, record.bound()).or_else(|e| {
+            crate::log!(
+                Level::Error,
+                "alert_record_failed",
+                alert = self.kind.name(),
+                error = e
+            );
+            let failed = Failed {
+                ringrelay_alert: self.kind.name(),
+                error: "the alert record is larger than its bound (a bug)",
+            };
+            json::to_vec(&failed, FAILED_MAX)
+        });
+        // serde-json-core writes `str`s as they are or escaped: always UTF-8.
+        bytes
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default()
     }
 }
 
-/// Appends `v` as a JSON string literal.
-pub(crate) fn json_str(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+/// An alert as the alert feed's record: the fixed members, then the details in their order.
+struct AlertRecord<'a> {
+    alert: &'a Alert,
+    instance: &'a str,
+    time: &'a str,
+}
+
+impl AlertRecord<'_> {
+    /// The most bytes the record takes: every member at its worst case.
+    fn bound(&self) -> usize {
+        let a = self.alert;
+        let details: usize = a
+            .detail
+            .iter()
+            .map(|(k, v)| {
+                json::key_bound(k)
+                    + match v {
+                        Value::Num(_) => json::U64,
+                        Value::Text(t) => json::str_bound(t.len()),
+                    }
+            })
+            .sum();
+        2 + json::key_bound("ringrelay_alert")
+            + json::str_bound(a.kind.name().len())
+            + json::key_bound("instance")
+            + json::str_bound(self.instance.len())
+            + json::key_bound("time")
+            + json::str_bound(self.time.len())
+            + json::key_bound("feed")
+            + json::str_bound(a.feed.len())
+            + a.output
+                .as_ref()
+                .map_or(0, |o| json::key_bound("output") + json::str_bound(o.len()))
+            + details
+    }
+}
+
+impl Serialize for AlertRecord<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let a = self.alert;
+        let members = 4 + usize::from(a.output.is_some()) + a.detail.len();
+        let mut m = s.serialize_struct("AlertRecord", members)?;
+        m.serialize_field("ringrelay_alert", a.kind.name())?;
+        m.serialize_field("instance", self.instance)?;
+        m.serialize_field("time", self.time)?;
+        m.serialize_field("feed", a.feed.as_str())?;
+        if let Some(o) = &a.output {
+            m.serialize_field("output", o.as_str())?;
+        }
+        for (k, v) in &a.detail {
+            m.serialize_field(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Num(n) => s.serialize_u64(*n),
+            Value::Text(t) => s.serialize_str(t.as_str()),
         }
     }
-    out.push('"');
 }
+
+/// The record in place of one over its bound.
+#[derive(Serialize)]
+struct Failed {
+    ringrelay_alert: &'static str,
+    error: &'static str,
+}
+
+/// The bound of [`Failed`]: the longest kind name and the error are short, fixed texts.
+const FAILED_MAX: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -174,6 +235,29 @@ mod tests {
              \"down_s\":301,\"error\":\"connect: \\\"refused\\\"\\n\\u0001\"}"
         );
         assert!(!j.contains('\n'));
+    }
+
+    #[test]
+    fn the_worst_case_alert_fits_its_bound() {
+        let a = Alert {
+            kind: AlertKind::OutputOverrunEnded,
+            feed: "f".repeat(32),
+            output: Some("o".repeat(32)),
+            detail: vec![
+                ("lost", Value::Num(u64::MAX)),
+                ("error", Value::Text("\u{1}".repeat(500))),
+            ],
+        };
+        let j = a.to_json(&"i".repeat(64), u64::MAX);
+        assert!(
+            j.starts_with("{\"ringrelay_alert\":\"output_overrun_ended\""),
+            "{j}"
+        );
+        assert!(j.ends_with(&format!(
+            "\"lost\":{},\"error\":\"{}\"}}",
+            u64::MAX,
+            "\\u0001".repeat(500)
+        )));
     }
 
     #[test]

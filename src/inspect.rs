@@ -6,7 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde::Serialize;
+
 use crate::clock::rfc3339;
+use crate::json::{self, Base64, Text, TooLarge};
 use crate::ring::salvage::Salvage;
 use crate::ring::{human_bytes, Damage, OpenError, Pos, Read, Record, RingReader};
 
@@ -16,8 +19,8 @@ pub enum ExportFormat {
     /// The record's bytes and an LF.
     Raw,
     /// `{"seq":N,"ts":"RFC 3339","record":"..."}` and an LF; the record as a JSON string
-    /// (bytes that are not UTF-8 become U+FFFD); `"truncated":true` for a record cut at the
-    /// feed's `max_record_bytes`.
+    /// (bytes that are not UTF-8 become U+FFFD, and then `"record_base64"` holds the exact
+    /// bytes); `"truncated":true` for a record cut at the feed's `max_record_bytes`.
     Ndjson,
 }
 
@@ -32,6 +35,50 @@ impl ExportFormat {
     }
 }
 
+/// One `--export-format ndjson` line: [`ExportFormat::Ndjson`].
+#[derive(Serialize)]
+struct ExportLine<'a> {
+    seq: u64,
+    ts: &'a str,
+    record: Text<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_base64: Option<Base64<'a>>,
+    #[serde(skip_serializing_if = "is_false")]
+    truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Appends `r` as one ndjson line (LF-terminated) to `out`, in a bound counted from the
+/// record's length (each byte at its worst-case escaping, and its base64).
+fn export_line(out: &mut Vec<u8>, r: &Record<'_>) -> Result<(), TooLarge> {
+    let ts = rfc3339(r.ts);
+    let (record, record_base64) = json::text_and_exact(r.payload);
+    let line = ExportLine {
+        seq: r.pos.seq,
+        ts: &ts,
+        record,
+        record_base64,
+        truncated: r.truncated,
+    };
+    let bound = 2
+        + json::key_bound("seq")
+        + json::U64
+        + json::key_bound("ts")
+        + json::str_bound(ts.len())
+        + json::key_bound("record")
+        + json::str_bound(r.payload.len())
+        + json::key_bound("record_base64")
+        + json::base64_bound(r.payload.len())
+        + json::key_bound("truncated")
+        + json::BOOL;
+    json::append(out, &line, bound)?;
+    out.push(b'\n');
+    Ok(())
+}
+
 /// `--export`: every intact record of the ring file `path` to stdout, in sequence order.
 /// A ring that opens is read from its tail to its head, skipping damaged records; one that does
 /// not (damaged superblock, both metadata slots damaged, truncated or extended) is salvaged:
@@ -40,7 +87,7 @@ impl ExportFormat {
 pub fn export(path: &Path, format: ExportFormat) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut failed: Option<std::io::Error> = None;
     let mut write = |r: &Record<'_>| {
         if failed.is_some() {
@@ -50,17 +97,9 @@ pub fn export(path: &Path, format: ExportFormat) -> ExitCode {
             ExportFormat::Raw => out.write_all(r.payload).and_then(|()| out.write_all(b"\n")),
             ExportFormat::Ndjson => {
                 line.clear();
-                line.push_str("{\"seq\":");
-                line.push_str(&r.pos.seq.to_string());
-                line.push_str(",\"ts\":\"");
-                line.push_str(&rfc3339(r.ts));
-                line.push_str("\",\"record\":");
-                crate::alert::json_str(&mut line, &String::from_utf8_lossy(r.payload));
-                if r.truncated {
-                    line.push_str(",\"truncated\":true");
-                }
-                line.push_str("}\n");
-                out.write_all(line.as_bytes())
+                export_line(&mut line, r)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| out.write_all(&line))
             }
         };
         if let Err(e) = res {
@@ -342,4 +381,40 @@ fn print_ring(path: &Path, r: &RingReader, verify: bool) -> u8 {
         );
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(payload: &[u8], truncated: bool) -> String {
+        let r = Record {
+            pos: Pos::at(0, 7),
+            ts: 0,
+            truncated,
+            payload,
+            line: None,
+            lines: None,
+            next: Pos::at(64, 8),
+        };
+        let mut out = b"before\n".to_vec();
+        export_line(&mut out, &r).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_ndjson_line_is_the_record_as_a_json_string() {
+        assert_eq!(
+            line_of(b"say \"hi\"\n", false),
+            "before\n{\"seq\":7,\"ts\":\"1970-01-01T00:00:00.000Z\",\"record\":\"say \\\"hi\\\"\\n\"}\n"
+        );
+        assert!(line_of(b"cut", true).ends_with(",\"record\":\"cut\",\"truncated\":true}\n"));
+    }
+
+    #[test]
+    fn a_record_that_is_not_utf8_is_exported_exactly_in_base64_too() {
+        assert!(line_of(b"\xffab", true).ends_with(
+            ",\"record\":\"\u{fffd}ab\",\"record_base64\":\"/2Fi\",\"truncated\":true}\n"
+        ));
+    }
 }

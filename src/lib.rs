@@ -34,6 +34,7 @@
 //! `inspect`, `size`, `selftest`); [`preflight`] checks what only the machine can tell;
 //! [`inspect`] reads rings offline; [`size`] sizes buffers and VMs; [`selftest`] relays through
 //! a simulated SIEM outage; [`tls`] builds rustls configurations for inputs and outputs;
+//! [`json`] reads and writes every small JSON (typed, in buffers of a known bound);
 //! [`clock`] and [`log`] are the only clock and the only log writer.
 pub mod admin;
 pub mod alert;
@@ -45,6 +46,7 @@ pub mod feed;
 pub mod ha;
 pub mod input;
 pub mod inspect;
+pub mod json;
 pub mod log;
 pub mod output;
 pub mod preflight;

@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 
 pub mod request;
 
+use serde::Serialize;
+
 use super::{FeedIn, Feeds, Inputs, READS_PER_TURN};
 use crate::clock;
 use crate::config::SyncPolicy;
 use crate::input::framing::Oversize;
+use crate::json;
 use crate::log::Level;
 use crate::ring::WhenFull;
 use crate::ring::{record_stride, AppendError};
@@ -334,7 +337,7 @@ fn answer(http: &mut HttpConn, feed: &mut FeedIn<'_>, pending: &[u8], peer: Sock
     };
     match take_batch(feed, body) {
         Ok(records) => {
-            let text = format!("{{\"status\":200,\"records\":{records}}}");
+            let text = answer_body(200, Some(records), None);
             let r = request::response(200, &text, keep_alive, None);
             http.out.extend_from_slice(&r);
             http.close_after |= !keep_alive;
@@ -444,6 +447,49 @@ fn take_batch(feed: &mut FeedIn<'_>, body: &[u8]) -> Result<u64, Refusal> {
     Ok(taken)
 }
 
+/// The JSON body of an answer: `{"status":200,"records":12}` or
+/// `{"status":413,"error":"body too large"}`.
+#[derive(Serialize)]
+struct Answer<'a> {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// The longest refusal reason an [`Answer`] has room for (they are constants, a few words).
+const REASON_MAX: usize = 128;
+/// The most bytes an [`Answer`] takes.
+const ANSWER_MAX: usize = 2
+    + json::key_bound("status")
+    + json::U64
+    + json::key_bound("records")
+    + json::U64
+    + json::key_bound("error")
+    + json::str_bound(REASON_MAX);
+
+/// An [`Answer`] on the stack; with a reason over [`REASON_MAX`] (a bug) the status alone.
+fn answer_body(
+    status: u16,
+    records: Option<u64>,
+    error: Option<&str>,
+) -> heapless::String<ANSWER_MAX> {
+    let answer = Answer {
+        status,
+        records,
+        error,
+    };
+    let status_only = Answer {
+        status,
+        records: None,
+        error: None,
+    };
+    serde_json_core::to_string(&answer)
+        .or_else(|_| serde_json_core::to_string(&status_only))
+        .unwrap_or_default()
+}
+
 /// Queues a refusal, counts it and logs it (rate-limited).
 fn respond(
     http: &mut HttpConn,
@@ -452,7 +498,7 @@ fn respond(
     r: &Refusal,
     retry: Option<u32>,
 ) {
-    let body = format!("{{\"status\":{},\"error\":\"{}\"}}", r.status, r.reason);
+    let body = answer_body(r.status, None, Some(r.reason));
     http.out
         .extend_from_slice(&request::response(r.status, &body, !r.close, retry));
     http.close_after |= r.close;
@@ -470,6 +516,28 @@ fn respond(
             status = r.status,
             reason = r.reason,
             suppressed = suppressed
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_json_with_records_or_an_escaped_error() {
+        assert_eq!(
+            answer_body(200, Some(12), None).as_str(),
+            r#"{"status":200,"records":12}"#
+        );
+        assert_eq!(
+            answer_body(413, None, Some("body \"too\" large")).as_str(),
+            r#"{"status":413,"error":"body \"too\" large"}"#
+        );
+        let long = "x".repeat(ANSWER_MAX);
+        assert_eq!(
+            answer_body(400, None, Some(&long)).as_str(),
+            r#"{"status":400}"#
         );
     }
 }

@@ -121,7 +121,7 @@ impl Acks {
     }
 
     /// The ackIds to ask about.
-    pub fn poll_ids(&self) -> impl Iterator<Item = u64> + '_ {
+    pub fn poll_ids(&self) -> impl Iterator<Item = u64> + Clone + '_ {
         self.pending
             .iter()
             .filter(|p| !p.acked)

@@ -238,6 +238,19 @@ fn class(status: u16) -> usize {
 }
 
 impl Output {
+    /// A request could not be built (gzip failed, or a JSON part went over its bound, a
+    /// bug): logged, and the pass ends blocked.
+    fn request_failed(&self, event: &'static str, error: &dyn std::fmt::Display) -> Option<Pass> {
+        crate::log!(
+            Level::Error,
+            event,
+            feed = self.feed,
+            output = self.name,
+            error = error
+        );
+        Some(Pass::Blocked)
+    }
+
     fn http(&mut self) -> &mut HttpSink {
         match &mut self.sink {
             Sink::Http(h) => h,
@@ -664,22 +677,24 @@ impl Output {
                     &resp.body,
                     r.pos.seq,
                     r.payload,
-                ),
+                )
+                .map_err(io::Error::other),
                 r.pos.seq,
             ),
             // Overwritten meanwhile: nothing left to keep.
-            _ => (Vec::new(), from.seq),
+            _ => (Ok(Vec::new()), from.seq),
         };
         let path = self.http().dead_path.clone();
-        let written = if line.is_empty() {
-            Ok(())
-        } else {
+        let written = line.and_then(|line| {
+            if line.is_empty() {
+                return Ok(());
+            }
             OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(&line))
-        };
+        });
         let h = self.http();
         h.stats.dead_lettered += 1;
         if let Some(suppressed) = h.dead_log.allow(now) {
@@ -839,7 +854,9 @@ impl Output {
                 let HttpSink {
                     head, cfg, acks, ..
                 } = &mut *h;
-                protocol::ack_request(head, cfg, acks.poll_ids());
+                if let Err(e) = protocol::ack_request(head, cfg, acks.poll_ids()) {
+                    return self.request_failed("hec_ack_poll_failed", &e);
+                }
                 h.sent = 0;
                 h.exchange = Exchange::Sending {
                     req: Req::AckPoll,
@@ -950,7 +967,9 @@ impl Output {
             let Read::Record(r) = ring.read(pos) else {
                 break;
             };
-            protocol::push_record(&mut h.body, format, r.payload);
+            if let Err(e) = protocol::push_record(&mut h.body, format, r.payload) {
+                return self.request_failed("http_body_failed", &e);
+            }
             last_ts = r.ts;
             records += 1;
             pos = r.next;
@@ -959,14 +978,7 @@ impl Output {
         if h.cfg.gzip {
             let HttpSink { body, gz, .. } = &mut *h;
             if let Err(e) = protocol::gzip_into(body, gz) {
-                crate::log!(
-                    Level::Error,
-                    "http_gzip_failed",
-                    feed = self.feed,
-                    output = self.name,
-                    error = e
-                );
-                return Some(Pass::Blocked);
+                return self.request_failed("http_gzip_failed", &e);
             }
         }
         let h = self.http();

@@ -9,7 +9,11 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use rustls::ClientConnection;
 
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
 use crate::config::{BodyFormat, HttpOutput, Preset};
+use crate::json::{self, Base64, Text, TooLarge};
 
 /// Response bytes kept of a body; the rest is read and discarded.
 pub const MAX_RESPONSE_BODY: usize = 64 << 10;
@@ -123,40 +127,6 @@ impl Transport {
     }
 }
 
-/// Appends `s` as the inside of a JSON string (no quotes): `"`, `\` and control characters
-/// escaped; bytes that are not UTF-8 become U+FFFD.
-pub fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
-    for chunk in s.utf8_chunks() {
-        let valid = chunk.valid().as_bytes();
-        let mut start = 0;
-        for (i, &b) in valid.iter().enumerate() {
-            let esc: &[u8] = match b {
-                b'"' => b"\\\"",
-                b'\\' => b"\\\\",
-                b'\n' => b"\\n",
-                b'\r' => b"\\r",
-                b'\t' => b"\\t",
-                0..=0x1f => b"",
-                _ => continue,
-            };
-            out.extend_from_slice(&valid[start..i]);
-            if esc.is_empty() {
-                let hex = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(hex[usize::from(b >> 4)]);
-                out.push(hex[usize::from(b & 15)]);
-            } else {
-                out.extend_from_slice(esc);
-            }
-            start = i + 1;
-        }
-        out.extend_from_slice(&valid[start..]);
-        if !chunk.invalid().is_empty() {
-            out.extend_from_slice("\u{fffd}".as_bytes());
-        }
-    }
-}
-
 /// Bytes a record adds to a body of `format` (an upper bound for `HecEvent`, exact otherwise),
 /// after `records_before` records.
 pub fn record_cost(format: BodyFormat, record: &[u8], records_before: u32) -> usize {
@@ -164,7 +134,8 @@ pub fn record_cost(format: BodyFormat, record: &[u8], records_before: u32) -> us
         BodyFormat::Ndjson => record.len() + 1,
         // `[` + records joined by `,` + `]`: the first record also pays for both brackets.
         BodyFormat::JsonArray => record.len() + if records_before == 0 { 2 } else { 1 },
-        // `{"event":"` + escaped + `"}\n`; escaping grows a byte to at most 6.
+        // `{"event":"` + escaped + `"}\n`: serde-json-core escapes `"`, `\` and control
+        // characters (to 2 or 6 bytes), and a byte of invalid UTF-8 becomes U+FFFD (3 bytes).
         BodyFormat::HecEvent => 13 + record.len() + escape_growth(record),
     }
 }
@@ -180,8 +151,17 @@ fn escape_growth(s: &[u8]) -> usize {
         .sum()
 }
 
-/// Appends one record to a body of `format`.
-pub fn push_record(body: &mut Vec<u8>, format: BodyFormat, record: &[u8]) {
+/// A HEC `/event` envelope, one a record: `{"event":"..."}` (bytes that are not UTF-8 become
+/// U+FFFD, as HEC takes text only).
+#[derive(Serialize)]
+struct HecEvent<'a> {
+    event: Text<'a>,
+}
+
+/// Appends one record to a body of `format`. A HEC event takes at most its
+/// [`record_cost`] (the escaping's worst case, counted from the record), so
+/// [`TooLarge`] means that count is wrong: a bug.
+pub fn push_record(body: &mut Vec<u8>, format: BodyFormat, record: &[u8]) -> Result<(), TooLarge> {
     match format {
         BodyFormat::Ndjson => {
             body.extend_from_slice(record);
@@ -192,11 +172,18 @@ pub fn push_record(body: &mut Vec<u8>, format: BodyFormat, record: &[u8]) {
             body.extend_from_slice(record);
         }
         BodyFormat::HecEvent => {
-            body.extend_from_slice(b"{\"event\":\"");
-            json_escape(body, record);
-            body.extend_from_slice(b"\"}\n");
+            let bound = record_cost(format, record, 0) - 1;
+            json::append(
+                body,
+                &HecEvent {
+                    event: Text(record),
+                },
+                bound,
+            )?;
+            body.push(b'\n');
         }
     }
+    Ok(())
 }
 
 /// Closes a body of `format` once every record is in.
@@ -245,25 +232,50 @@ pub fn data_head(out: &mut Vec<u8>, cfg: &HttpOutput, body_len: usize, gzip: boo
     let _ = write!(out, "Content-Length: {body_len}\r\n\r\n");
 }
 
-/// The request of a HEC acknowledgement poll for `ids`: head and body in one buffer.
-pub fn ack_request(out: &mut Vec<u8>, cfg: &HttpOutput, ids: impl Iterator<Item = u64>) {
-    let mut body = Vec::with_capacity(64);
-    body.extend_from_slice(b"{\"acks\":[");
-    for (i, id) in ids.enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        let _ = write!(body, "{id}");
+/// HEC acknowledgement ids polled in one request, at most: one a pending batch (the HTTP
+/// output keeps at most this many batches waiting for their acknowledgement).
+pub const MAX_ACK_IDS: usize = 64;
+
+/// The body of an acknowledgement poll, `{"acks":[3,4,9]}`.
+#[derive(Serialize)]
+struct AckPoll<T> {
+    acks: T,
+}
+
+/// At most [`MAX_ACK_IDS`] ids, as a JSON array.
+struct Ids<I>(I);
+
+impl<I: Iterator<Item = u64> + Clone> Serialize for Ids<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone().take(MAX_ACK_IDS))
     }
-    body.extend_from_slice(b"]}");
+}
+
+/// The most bytes an [`AckPoll`] body takes: `{"acks":[` + [`MAX_ACK_IDS`] numbers and commas
+/// + `]}`.
+const ACK_POLL_MAX: usize = 9 + MAX_ACK_IDS * (json::U64 + 1) + 2;
+
+/// The request of a HEC acknowledgement poll for `ids` (the first [`MAX_ACK_IDS`] of them):
+/// head and body in one buffer.
+pub fn ack_request(
+    out: &mut Vec<u8>,
+    cfg: &HttpOutput,
+    ids: impl Iterator<Item = u64> + Clone,
+) -> Result<(), TooLarge> {
+    let mut body = [0u8; ACK_POLL_MAX];
+    let len = serde_json_core::to_slice(&AckPoll { acks: Ids(ids) }, &mut body).map_err(|_| {
+        TooLarge {
+            bound: ACK_POLL_MAX,
+        }
+    })?;
     out.clear();
     head_common(out, cfg, "/services/collector/ack");
     let _ = write!(
         out,
-        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+        "Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
     );
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&body[..len]);
+    Ok(())
 }
 
 fn head_common(out: &mut Vec<u8>, cfg: &HttpOutput, path: &str) {
@@ -595,86 +607,98 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
-/// Skips JSON whitespace.
-fn ws(s: &[u8], mut i: usize) -> usize {
-    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\r' | b'\n') {
-        i += 1;
-    }
-    i
+/// HEC answers are flat: an answer nested deeper than this is refused unparsed
+/// ([`json::nesting_within`]).
+const HEC_NESTING_MAX: usize = 8;
+
+/// A HEC answer to a data request, `{"text":"Success","code":0,"ackId":7}`: only `ackId` is
+/// read (present with `useACK` on).
+#[derive(Deserialize)]
+struct HecAnswer {
+    #[serde(rename = "ackId", default)]
+    ack_id: Option<u64>,
 }
 
-/// Index just after the value of top-level-ish key `"key"` starts (after the colon and
-/// whitespace), found by a plain search: enough for HEC's fixed, flat answers.
-fn after_key(s: &[u8], key: &str) -> Option<usize> {
-    let pat = format!("\"{key}\"");
-    let at = memchr::memmem::find(s, pat.as_bytes())?;
-    let i = ws(s, at + pat.len());
-    (s.get(i) == Some(&b':')).then(|| ws(s, i + 1))
-}
-
-fn digits(s: &[u8], i: usize) -> Option<(u64, usize)> {
-    let end = s[i..]
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .map_or(s.len(), |p| i + p);
-    if end == i || end - i > 19 {
+/// The `ackId` of a HEC answer `{"text":"Success","code":0,"ackId":7}`; `None` without one, or
+/// for a body that is not such a JSON object.
+pub fn hec_ack_id(body: &[u8]) -> Option<u64> {
+    if !json::nesting_within(body, HEC_NESTING_MAX) {
         return None;
     }
-    let n = std::str::from_utf8(&s[i..end]).ok()?.parse().ok()?;
-    Some((n, end))
+    let (answer, _) = serde_json_core::from_slice::<HecAnswer>(body).ok()?;
+    answer.ack_id
 }
 
-/// The `ackId` of a HEC answer `{"text":"Success","code":0,"ackId":7}`.
-pub fn hec_ack_id(body: &[u8]) -> Option<u64> {
-    let i = after_key(body, "ackId")?;
-    digits(body, i).map(|(n, _)| n)
+/// The answer to an acknowledgement poll, `{"acks":{"0":true,"1":false}}`.
+#[derive(Deserialize)]
+struct AckPollAnswer {
+    acks: AckStates,
+}
+
+/// `(id, acknowledged)`, at most [`MAX_ACK_IDS`] (the most one poll asks about).
+struct AckStates(heapless::Vec<(u64, bool), MAX_ACK_IDS>);
+
+impl<'de> Deserialize<'de> for AckStates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = AckStates;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of ack ids (decimal strings) to booleans")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AckStates, A::Error> {
+                let mut states = heapless::Vec::new();
+                while let Some((key, acked)) = map.next_entry::<&str, bool>()? {
+                    let id = Some(key)
+                        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|k| k.parse::<u64>().ok())
+                        .ok_or_else(|| de::Error::custom("an ack id is not a decimal u64"))?;
+                    states
+                        .push((id, acked))
+                        .map_err(|_| de::Error::custom("more ack ids than one poll asks"))?;
+                }
+                Ok(AckStates(states))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
 }
 
 /// The answer to an acknowledgement poll, `{"acks":{"0":true,"1":false}}`: calls `f(id, acked)`
-/// for each entry. Returns `None` for a body of another shape.
+/// for each entry. Returns `None` for a body of another shape, or one with more than
+/// [`MAX_ACK_IDS`] entries (more than we asked about); then `f` is not called.
 pub fn hec_acks(body: &[u8], mut f: impl FnMut(u64, bool)) -> Option<()> {
-    let mut i = after_key(body, "acks")?;
-    if body.get(i) != Some(&b'{') {
+    if !json::nesting_within(body, HEC_NESTING_MAX) {
         return None;
     }
-    i = ws(body, i + 1);
-    if body.get(i) == Some(&b'}') {
-        return Some(());
-    }
-    loop {
-        if body.get(i) != Some(&b'"') {
-            return None;
-        }
-        let (id, end) = digits(body, i + 1)?;
-        if body.get(end) != Some(&b'"') {
-            return None;
-        }
-        i = ws(body, end + 1);
-        if body.get(i) != Some(&b':') {
-            return None;
-        }
-        i = ws(body, i + 1);
-        let acked = if body[i..].starts_with(b"true") {
-            i += 4;
-            true
-        } else if body[i..].starts_with(b"false") {
-            i += 5;
-            false
-        } else {
-            return None;
-        };
+    let (answer, _) = serde_json_core::from_slice::<AckPollAnswer>(body).ok()?;
+    for &(id, acked) in &answer.acks.0 {
         f(id, acked);
-        i = ws(body, i);
-        match body.get(i) {
-            Some(b',') => i = ws(body, i + 1),
-            Some(b'}') => return Some(()),
-            _ => return None,
-        }
     }
+    Some(())
 }
 
-/// One dead-letter line (JSON, LF-terminated): when, which output, the status and (truncated)
-/// response body, and the record with its sequence number.
+/// Response bytes a dead-letter line keeps.
+pub const DEAD_LETTER_RESPONSE_MAX: usize = 1024;
+
+/// One dead-letter line: when, which output, the status and (truncated) response body, and
+/// the record with its sequence number; `record_base64` (exact) only when the record is not
+/// UTF-8, where `record` has U+FFFD in place of what is not.
+#[derive(Serialize)]
+struct DeadLetter<'a> {
+    time: &'a str,
+    feed: &'a str,
+    output: &'a str,
+    status: u16,
+    response: Text<'a>,
+    seq: u64,
+    record: Text<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_base64: Option<Base64<'a>>,
+}
+
+/// One dead-letter line (JSON, LF-terminated): [`DeadLetter`]. Its bound is counted from the
+/// lengths of what goes in (each string at its worst-case escaping), so [`TooLarge`] is a bug.
 pub fn dead_letter_line(
     time: &str,
     feed: &str,
@@ -683,20 +707,40 @@ pub fn dead_letter_line(
     response: &[u8],
     seq: u64,
     record: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(record.len() + 256);
-    out.extend_from_slice(b"{\"time\":\"");
-    json_escape(&mut out, time.as_bytes());
-    out.extend_from_slice(b"\",\"feed\":\"");
-    json_escape(&mut out, feed.as_bytes());
-    out.extend_from_slice(b"\",\"output\":\"");
-    json_escape(&mut out, output.as_bytes());
-    let _ = write!(out, "\",\"status\":{status},\"response\":\"");
-    json_escape(&mut out, &response[..response.len().min(1024)]);
-    let _ = write!(out, "\",\"seq\":{seq},\"record\":\"");
-    json_escape(&mut out, record);
-    out.extend_from_slice(b"\"}\n");
-    out
+) -> Result<Vec<u8>, TooLarge> {
+    let response = &response[..response.len().min(DEAD_LETTER_RESPONSE_MAX)];
+    let (text, exact) = json::text_and_exact(record);
+    let line = DeadLetter {
+        time,
+        feed,
+        output,
+        status,
+        response: Text(response),
+        seq,
+        record: text,
+        record_base64: exact,
+    };
+    let bound = 2
+        + json::key_bound("time")
+        + json::str_bound(time.len())
+        + json::key_bound("feed")
+        + json::str_bound(feed.len())
+        + json::key_bound("output")
+        + json::str_bound(output.len())
+        + json::key_bound("status")
+        + json::U64
+        + json::key_bound("response")
+        + json::str_bound(response.len())
+        + json::key_bound("seq")
+        + json::U64
+        + json::key_bound("record")
+        + json::str_bound(record.len())
+        + json::key_bound("record_base64")
+        + json::base64_bound(record.len());
+    let mut out = Vec::with_capacity(bound + 1);
+    json::append(&mut out, &line, bound)?;
+    out.push(b'\n');
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -727,7 +771,7 @@ mod tests {
         let mut b = Vec::new();
         for (i, r) in recs.iter().enumerate() {
             let before = b.len();
-            push_record(&mut b, format, r);
+            push_record(&mut b, format, r).unwrap();
             let cost = record_cost(format, r, i as u32);
             let added = b.len() - before + usize::from(format == BodyFormat::JsonArray && i == 0);
             assert!(added <= cost, "cost {cost} < {added} for {r:?}");
@@ -802,7 +846,7 @@ mod tests {
             "/services/collector/raw",
         );
         let mut req = Vec::new();
-        ack_request(&mut req, &c, [3u64, 4, 9].into_iter());
+        ack_request(&mut req, &c, [3u64, 4, 9].into_iter()).unwrap();
         let s = String::from_utf8(req).unwrap();
         assert!(s.starts_with("POST /services/collector/ack HTTP/1.1\r\n"));
         assert!(s.contains("X-Splunk-Request-Channel: 11111111-2222-8333-9444-555555555555\r\n"));
@@ -886,7 +930,7 @@ mod tests {
             hec_ack_id(b"{\"text\":\"Success\",\"code\":0,\"ackId\":42}"),
             Some(42)
         );
-        assert_eq!(hec_ack_id(b"{ \"ackId\" : 7 }"), Some(7));
+        assert_eq!(hec_ack_id(b"{ \"ackId\" : 7 }\n"), Some(7));
         assert_eq!(hec_ack_id(b"{\"text\":\"Success\",\"code\":0}"), None);
         let mut seen = Vec::new();
         let ok = hec_acks(
@@ -898,7 +942,58 @@ mod tests {
         assert_eq!(hec_acks(b"{\"acks\":{}}", |_, _| panic!()), Some(()));
         assert_eq!(hec_acks(b"{\"acks\":[1]}", |_, _| {}), None);
         assert_eq!(hec_acks(b"{\"acks\":{\"x\":true}}", |_, _| {}), None);
+        assert_eq!(hec_acks(b"{\"acks\":{\"+1\":true}}", |_, _| {}), None);
         assert_eq!(hec_acks(b"{\"acks\":{\"1\":tru", |_, _| {}), None);
+    }
+
+    #[test]
+    fn a_hec_answer_is_parsed_as_json_not_searched() {
+        // The old reader found `"ackId"` anywhere, inside a string too.
+        assert_eq!(hec_ack_id(b"{\"text\":\"no \\\"ackId\\\":9 here\"}"), None);
+        assert_eq!(hec_ack_id(b"{\"ackId\":7} trailing"), None);
+        assert_eq!(hec_ack_id(b"{\"ackId\":-1}"), None);
+        assert_eq!(hec_ack_id(b"{\"ackId\":18446744073709551616}"), None);
+        assert_eq!(
+            hec_ack_id(b"{\"text\":\"Success\",\"extra\":{\"a\":[1,{\"b\":null}]},\"ackId\":3}"),
+            Some(3)
+        );
+        // Unknown members are skipped, also when they hold the key we look for.
+        let mut seen = Vec::new();
+        let body = b"{\"note\":{\"acks\":1},\"acks\":{\"5\":true}}";
+        assert_eq!(hec_acks(body, |i, a| seen.push((i, a))), Some(()));
+        assert_eq!(seen, [(5, true)]);
+    }
+
+    #[test]
+    fn a_deeply_nested_answer_is_refused_without_recursing() {
+        let mut body = b"{\"x\":".to_vec();
+        body.extend(std::iter::repeat_n(b'[', MAX_RESPONSE_BODY));
+        assert_eq!(hec_ack_id(&body), None);
+        assert_eq!(hec_acks(&body, |_, _| panic!()), None);
+    }
+
+    #[test]
+    fn an_ack_poll_answer_with_more_ids_than_asked_is_refused() {
+        let mut body = String::from("{\"acks\":{");
+        for i in 0..=MAX_ACK_IDS {
+            body.push_str(&format!("{}\"{i}\":true", if i > 0 { "," } else { "" }));
+        }
+        body.push_str("}}");
+        assert_eq!(hec_acks(body.as_bytes(), |_, _| panic!()), None);
+    }
+
+    #[test]
+    fn an_ack_poll_asks_about_at_most_max_ack_ids() {
+        let c = cfg(
+            Preset::SplunkHec,
+            BodyFormat::Ndjson,
+            "/services/collector/raw",
+        );
+        let mut req = Vec::new();
+        ack_request(&mut req, &c, u64::MAX - 100..u64::MAX).unwrap();
+        let body = &req[req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+        assert_eq!(body.iter().filter(|&&b| b == b',').count(), MAX_ACK_IDS - 1);
+        assert!(body.len() <= ACK_POLL_MAX);
     }
 
     #[test]
@@ -911,10 +1006,33 @@ mod tests {
             b"{\"error\":\"bad\"}",
             777,
             b"rec 777 \"x\"\n",
-        );
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(l).unwrap(),
             "{\"time\":\"2026-01-01T00:00:00.000Z\",\"feed\":\"f\",\"output\":\"o\",\"status\":400,\"response\":\"{\\\"error\\\":\\\"bad\\\"}\",\"seq\":777,\"record\":\"rec 777 \\\"x\\\"\\n\"}\n"
         );
+    }
+
+    #[test]
+    fn a_dead_letter_line_keeps_a_record_that_is_not_utf8_exactly() {
+        let record = [b'a', 0xff, 0x00, b'"', 0xe2, 0x82];
+        let l = dead_letter_line("t", "f", "o", 400, &[0xc3; 2000], 1, &record).unwrap();
+        let l = String::from_utf8(l).unwrap();
+        assert!(
+            l.ends_with(
+                ",\"record\":\"a\u{fffd}\\u0000\\\"\u{fffd}\",\"record_base64\":\"Yf8AIuKC\"}\n"
+            ),
+            "{l}"
+        );
+        // The response is cut at DEAD_LETTER_RESPONSE_MAX bytes, each invalid alone.
+        assert_eq!(l.matches('\u{fffd}').count(), DEAD_LETTER_RESPONSE_MAX + 2);
+    }
+
+    #[test]
+    fn a_worst_case_dead_letter_line_fits_its_bound() {
+        let record = [0x01u8; 4096];
+        let l = dead_letter_line("t", "f", "o", 599, &[0x1f; 4096], u64::MAX, &record).unwrap();
+        assert!(l.len() > 6 * record.len());
     }
 }
