@@ -27,5 +27,3 @@ timeout --kill-after=20 "$left" python3 "$root/image/test.py" "$out" &
 pid=$!
 wait "$pid"
 pid=""
-echo "image-test: build figures:"
-sed 's/^/  /' "$out/build-info.txt"
