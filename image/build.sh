@@ -88,7 +88,7 @@ if [[ ${#pinned[@]} -gt 0 ]] && mm "${include[@]}" "${pinned[@]}"; then
     step "mmdebstrap: root file system from the ${#pinned[@]} locked versions"
 else
     if [[ ${#pinned[@]} -gt 0 ]]; then
-        grep -E '^E:' "$work/mmdebstrap.log" | head -5 >&2 || true
+        grep -E '^E: (Version|Unable|Package)' "$work/mmdebstrap.log" | head -10 >&2 || true
         if [[ "${RINGRELAY_IMAGE_LOCK:-}" == strict ]]; then
             echo "image: the mirror no longer has every version of image/packages.lock (above); RINGRELAY_IMAGE_LOCK=strict" >&2
             exit 1
