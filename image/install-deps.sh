@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Host tools for image/build.sh and image/test.sh, from Debian's packages only (Debian 12 host):
-#   mmdebstrap        the root file system (no chroot tricks of our own)
+#   mmdebstrap        the root file system
 #   e2fsprogs, fdisk  mkfs.ext4 -d (a file system image without mounting), sfdisk (GPT)
 #   mtools, dosfstools the EFI system partition and the cidata seed, written without mounting
 #                     (the host kernel has no vfat)
-#   systemd-boot-efi  linuxx64.efi.stub, the UEFI stub the unified kernel image is built on
-#   binutils          objcopy, which glues kernel, initrd and command line onto the stub
+#   systemd-boot-efi  systemd-bootx64.efi, the UEFI boot loader on the disk's EFI partition
+#   binutils          objcopy, which strips the relay's binary
 #   ovmf              UEFI firmware for QEMU, to boot the shipped disk in the test
 #   qemu-system-x86   from bookworm-backports: Debian 12's own (7.2) conflicts with the
 #                     qemu-utils 10.0 from bookworm-backports that our machines already have
 #   qemu-utils        qemu-img (qcow2)
+#   python3, openssl  the boot test (image/test.py) and its TLS certificate
 # bookworm-backports is reached through apt's own sources list and lists directory under
 # target/image/apt/, so /etc/apt is never touched. Idempotent: quick when everything is there.
 set -euo pipefail
@@ -18,7 +19,7 @@ state="$root/target/image/apt"
 need=()
 have() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 for p in mmdebstrap e2fsprogs fdisk mtools dosfstools systemd-boot-efi binutils ovmf \
-    qemu-utils qemu-system-x86 python3; do
+    qemu-utils qemu-system-x86 python3 openssl; do
     have "$p" || need+=("$p")
 done
 if [[ ${#need[@]} -eq 0 ]]; then

@@ -16,6 +16,7 @@ are forwarded to 127.0.0.1 ports, and the guest reaches this host's receivers as
      the receivers, back, get every record of every batch answered 200 (HTTP, sync = "always":
      zero loss) and all but about one sync_interval of the TCP records (counted and printed);
   3. boot C with 256 MiB of memory and a 1 GiB ring (4x the memory): relays 100,000 records;
+     and 1,000 through a TLS input whose certificate and key come from the seed's tls/;
   4. boot D with a bad config on the seed: the error is on the serial console with `ringrelay
      check`'s message, and the relay's unit is not restarted.
 
@@ -29,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import socket
 import subprocess
 import sys
@@ -296,7 +298,7 @@ def wait_for(pred, timeout, step=0.5):
     return pred()
 
 
-def make_seed(name, toml, verify=False):
+def make_seed(name, toml, verify=False, tls=()):
     cfg = os.path.join(WORK, f"{name}.toml")
     with open(cfg, "w") as f:
         f.write(toml)
@@ -304,6 +306,8 @@ def make_seed(name, toml, verify=False):
     args = ["bash", os.path.join(HERE, "make-seed.sh"), seed, cfg]
     if verify:
         args.append("--verify-at-boot")
+    for f in tls:
+        args += ["--tls", f]
     subprocess.run(args, check=True, stderr=subprocess.DEVNULL)
     return seed
 
@@ -373,7 +377,7 @@ def main():
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
     accel = accel_choice()
-    ports = {g: free_port() for g in (9600, 5514, 8080)}
+    ports = {g: free_port() for g in (9600, 5514, 8080, 6514)}
     recv_tcp = Receiver(free_port())
     recv_http = Receiver(free_port())
 
@@ -516,8 +520,26 @@ name = "siem"
 kind = "tcp"
 address = "10.0.2.2:{recv_small.port}"
 """
-    c = Guest("C", accel, 256, make_disk("small", 1200), make_seed("small", small_cfg), direct=True,
-              ports=ports)
+    # A second feed takes TLS with a certificate and key that come from the seed's tls/.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", os.path.join(WORK, "input.key"), "-out",
+                    os.path.join(WORK, "input.pem"), "-subj", "/CN=ringrelay-appliance", "-days", "2",
+                    "-addext", "subjectAltName=DNS:ringrelay-appliance"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tls_cfg = small_cfg + f"""
+[[feed]]
+name = "tls-in"
+input = {{ kind = "tls", listen = "0.0.0.0:6514", cert = "tls/input.pem", key = "tls/input.key" }}
+buffer = {{ size = "16MiB" }}
+
+[[feed.output]]
+name = "siem"
+kind = "tcp"
+address = "10.0.2.2:{recv_small.port}"
+"""
+    c = Guest("C", accel, 256, make_disk("small", 1200),
+              make_seed("small", tls_cfg, tls=[os.path.join(WORK, f) for f in ("input.pem", "input.key")]),
+              direct=True, ports=ports)
     figure("boot-to-ready with 256 MiB of memory and a 1 GiB ring", f"{c.wait_ready():.1f} s ({accel})")
     n3 = 100_000
     start = time.monotonic()
@@ -530,7 +552,14 @@ address = "10.0.2.2:{recv_small.port}"
            f"{dups} duplicates; relay resident memory {rss / 2**20:.1f} MiB")
     if not ok:
         c.fail(f"only {got} of {n3} records arrived")
-    log("step 3: PASS: 100,000 records through a ring 4x the guest's memory")
+    ctx = ssl.create_default_context(cafile=os.path.join(WORK, "input.pem"))
+    with socket.create_connection(("127.0.0.1", ports[6514]), timeout=60) as raw:
+        with ctx.wrap_socket(raw, server_hostname="ringrelay-appliance") as tls:
+            tls.sendall(b"".join(record("tls", 1_000_000 + n, 200) for n in range(1000)))
+    if not wait_for(lambda: recv_small.count(1_000_000, 1_001_000)[0] == 1000, 60):
+        c.fail(f"TLS input: {recv_small.count(1_000_000, 1_001_000)[0]} of 1000 records arrived")
+    log("step 3: PASS: 100,000 records through a ring 4x the guest's memory; 1,000 through a TLS "
+        "input whose certificate and key came from the seed")
     c.stop()
     recv_small.stop()
 
