@@ -11,6 +11,7 @@
 #                     qemu-utils 10.0 from bookworm-backports that our machines already have
 #   qemu-utils        qemu-img (qcow2)
 #   python3, openssl  the boot test (image/test.py) and its TLS certificate
+#   xorriso           ISO 9660 seeds (image/make-seed.sh SEED.iso)
 # bookworm-backports is reached through apt's own sources list and lists directory under
 # target/image/apt/, so /etc/apt is never touched. Idempotent: quick when everything is there.
 set -euo pipefail
@@ -19,7 +20,7 @@ state="$root/target/image/apt"
 need=()
 have() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 for p in mmdebstrap e2fsprogs fdisk mtools dosfstools systemd-boot-efi binutils ovmf \
-    qemu-utils qemu-system-x86 python3 openssl; do
+    qemu-utils qemu-system-x86 python3 openssl xorriso; do
     have "$p" || need+=("$p")
 done
 if [[ ${#need[@]} -eq 0 ]]; then
