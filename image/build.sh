@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the ringrelay appliance disk from this checkout, with Debian's packages only, without
-# loop devices, mounts, chroots of our own making or systemd-nspawn (none of them work on our
-# build machines: no vfat in the host kernel, host PID 1 is not systemd).
+# loop devices, mounts or systemd-nspawn (none of them work on our build machines: no vfat in the
+# host kernel, host PID 1 is not systemd); a plain chroot runs useradd and systemctl enable/mask.
 #
 #   bash image/build.sh OUTDIR
 #
