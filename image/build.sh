@@ -154,6 +154,26 @@ rm -rf /var/lib/apt /var/cache/apt /etc/apt /var/cache/debconf/*-old /var/lib/dp
     /var/log/* /tmp/* /var/tmp/*
 CHROOT
 chroot "$rootfs" dpkg-query -W -f='${Package}=${Version}\n' | LC_ALL=C sort >"$out/packages.txt"
+
+# What the image promises, checked on what was built: the units as shipped, no login, no SSH,
+# no compilers, no apt.
+bad=()
+for u in ringrelay.service ringrelay@.service; do
+    cmp -s "$root/systemd/$u" "$rootfs/etc/systemd/system/$u" || bad+=("$u differs from systemd/$u")
+done
+for u in getty@.service serial-getty@.service autovt@.service console-getty.service getty.target systemd-logind.service; do
+    [[ "$(readlink "$rootfs/etc/systemd/system/$u")" == /dev/null ]] || bad+=("$u is not masked")
+done
+grep -q '^root:[!*]' "$rootfs/etc/shadow" || bad+=("root has a password")
+for f in usr/sbin/sshd usr/bin/apt usr/bin/apt-get usr/bin/cc usr/bin/gcc usr/bin/c++ usr/bin/rustc usr/bin/clang usr/bin/as usr/bin/ld; do
+    [[ ! -e "$rootfs/$f" ]] || bad+=("/$f is in the image")
+done
+[[ -L "$rootfs/etc/systemd/system/multi-user.target.wants/ringrelay.service" ]] || bad+=("ringrelay.service is not enabled")
+if [[ ${#bad[@]} -gt 0 ]]; then
+    printf 'image: FAIL: %s\n' "${bad[@]}" >&2
+    exit 1
+fi
+step "checked: units as shipped, ringrelay.service enabled, no getty, no logind, root locked, no sshd, apt, cc, gcc, rustc, as, ld"
 step "root file system customised ($(du -sm "$rootfs" | cut -f1) MiB)"
 
 # --- the disk --------------------------------------------------------------------------------
