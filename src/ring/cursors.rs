@@ -68,11 +68,7 @@ impl<B: Backing> Ring<B> {
 
     /// Every cursor in use: name, position, records lost.
     pub fn cursors(&self) -> impl Iterator<Item = (&str, Pos, u64)> + '_ {
-        self.meta
-            .cursors
-            .iter()
-            .filter(|c| c.in_use())
-            .map(|c| (c.name_str(), c.pos, c.lost))
+        self.meta.cursors_in_use()
     }
 
     /// Records that cursor `id` has delivered everything before `pos`. Persisted at the next

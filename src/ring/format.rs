@@ -455,6 +455,14 @@ impl Meta {
         put_u32(b, meta::MORE_CRC, crc);
     }
 
+    /// Every cursor in use: name, position, records lost.
+    pub fn cursors_in_use(&self) -> impl Iterator<Item = (&str, Pos, u64)> + '_ {
+        self.cursors
+            .iter()
+            .filter(|c| c.in_use())
+            .map(|c| (c.name_str(), c.pos, c.lost))
+    }
+
     /// Records that a new run `run` begins at the head, `(run, head seq)`, as the newest run
     /// start (`buffer-spec.md` §8, step 6), and forgets the starts no reader needs any more
     /// ([`Meta::prune_run_starts`]).

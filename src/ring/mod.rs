@@ -754,11 +754,7 @@ impl RingReader {
 
     /// Cursors: name, position, records lost.
     pub fn cursors(&self) -> impl Iterator<Item = (&str, Pos, u64)> + '_ {
-        self.meta
-            .cursors
-            .iter()
-            .filter(|c| c.in_use())
-            .map(|c| (c.name_str(), c.pos, c.lost))
+        self.meta.cursors_in_use()
     }
 
     /// The fencing epoch and run.
