@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 
 use ringrelay::input::framing::{Framer, FramerConfig, FramerStats, Framing, Oversize};
 use ringrelay::input::http::request::{self, Expect, Limits};
-use ringrelay::output::http::protocol::{self, Response, ResponseReader, MAX_RESPONSE_BODY};
+use ringrelay::output::http::protocol;
+use ringrelay::output::http::response::{Response, ResponseReader, MAX_RESPONSE_BODY};
 use ringrelay::ring::format::{
     chunk_table_len, RecordHeader, CHUNK, FLAG_CHUNKED, FLAG_LINES, KIND_DATA,
 };

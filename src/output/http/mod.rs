@@ -39,11 +39,14 @@ use crate::ring::{Pos, Read, Ring};
 
 pub mod acks;
 pub mod protocol;
+pub mod response;
+mod transport;
 
 use super::link::State;
 use super::{Output, Pass, Sink};
 use acks::{verdict, Acks, Verdict};
-use protocol::{Response, ResponseReader, Transport};
+use response::{Response, ResponseReader};
+use transport::Transport;
 
 /// Batches sent and waiting for their HEC acknowledgement, at most.
 /// Bytes read from the socket per call.
