@@ -16,8 +16,10 @@ use std::time::Instant;
 
 use super::Relay;
 use crate::config::{Config, FeedConfig, OutputKind};
+use crate::feed::Feed;
 use crate::ha::Role;
 use crate::log::Level;
+use crate::output::Output;
 use crate::tls::log_expired;
 
 /// One difference between the running configuration and the new one.
@@ -320,24 +322,11 @@ impl Relay {
                 to,
             } => {
                 let name = &self.cfg.feeds[*feed].name;
-                if let Some(out) = self
-                    .feeds
-                    .iter_mut()
-                    .find(|f| &f.cfg.name == name)
-                    .and_then(|f| f.outputs.get_mut(*output))
-                {
+                if let Some(out) = running_output(&mut self.feeds, name, *output) {
                     out.set_rate_limit(*to, now);
                 }
                 self.cfg.feeds[*feed].outputs[*output].rate_limit_eps = *to;
-                crate::log!(
-                    Level::Info,
-                    "reload_applied",
-                    feed = self.cfg.feeds[*feed].name,
-                    output = self.cfg.feeds[*feed].outputs[*output].name,
-                    key = "rate_limit_eps",
-                    from = from,
-                    to = to
-                );
+                self.log_output_applied(*feed, *output, change.key(), from, to);
             }
             self::Change::Address {
                 feed,
@@ -346,25 +335,15 @@ impl Relay {
                 to,
             } => {
                 let name = &self.cfg.feeds[*feed].name;
-                if let Some(f) = self.feeds.iter_mut().find(|f| &f.cfg.name == name) {
-                    if let Some(out) = f.outputs.get_mut(*output) {
-                        out.set_address(self.poll.registry(), to, now);
-                    }
+                if let Some(out) = running_output(&mut self.feeds, name, *output) {
+                    out.set_address(self.poll.registry(), to, now);
                 }
                 if let crate::config::OutputKind::Tcp(t) =
                     &mut self.cfg.feeds[*feed].outputs[*output].kind
                 {
                     t.address.clone_from(to);
                 }
-                crate::log!(
-                    Level::Info,
-                    "reload_applied",
-                    feed = self.cfg.feeds[*feed].name,
-                    output = self.cfg.feeds[*feed].outputs[*output].name,
-                    key = "address",
-                    from = from,
-                    to = to
-                );
+                self.log_output_applied(*feed, *output, change.key(), from, to);
             }
             self::Change::RelayTiming { key } => {
                 self.cfg.relay.standby_poll = new.relay.standby_poll;
@@ -388,6 +367,35 @@ impl Relay {
         }
         true
     }
+
+    /// `reload_applied` for a key of output `output` of feed `feed` (configuration indices).
+    fn log_output_applied(
+        &self,
+        feed: usize,
+        output: usize,
+        key: &str,
+        from: &dyn std::fmt::Display,
+        to: &dyn std::fmt::Display,
+    ) {
+        let fc = &self.cfg.feeds[feed];
+        crate::log!(
+            Level::Info,
+            "reload_applied",
+            feed = fc.name,
+            output = fc.outputs[output].name,
+            key = key,
+            from = from,
+            to = to
+        );
+    }
+}
+
+/// Output `output` of the running feed named `name`, if it runs (a standby runs none).
+fn running_output<'a>(feeds: &'a mut [Feed], name: &str, output: usize) -> Option<&'a mut Output> {
+    feeds
+        .iter_mut()
+        .find(|f| f.cfg.name == name)
+        .and_then(|f| f.outputs.get_mut(output))
 }
 
 #[cfg(test)]
