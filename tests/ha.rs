@@ -520,7 +520,7 @@ fn sighup_applies_rate_limit_and_address_live_and_names_what_needs_a_restart() {
     let dir = TempDir::new("ha-hup");
     let siem1 = Sink::new(true);
     let siem2 = Sink::new(true);
-    let listen = free_port();
+    let [listen, listen2] = free_ports();
     let cfg = pair_config(dir.path(), "one.toml", listen, siem1.addr, "", "");
     let relay = start_as(&cfg, "active");
     assert!(relay.wait_log("event=output_connected", Duration::from_secs(10)));
@@ -529,7 +529,7 @@ fn sighup_applies_rate_limit_and_address_live_and_names_what_needs_a_restart() {
     pair_config(
         dir.path(),
         "one.toml",
-        free_port(),
+        listen2,
         siem2.addr,
         "",
         "rate_limit_eps = 500",
@@ -653,8 +653,7 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 fn a_standby_answers_health_with_its_role_and_ready_with_503_until_it_takes_over() {
     let dir = TempDir::new("ha-admin");
     let siem = Sink::new(true);
-    let listen = free_port();
-    let (admin_a, admin_b) = (free_port(), free_port());
+    let [listen, admin_a, admin_b] = free_ports();
     let cfg_a = pair_config(
         dir.path(),
         "a.toml",

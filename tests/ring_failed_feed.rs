@@ -30,7 +30,7 @@ impl Setup {
     fn new(name: &str) -> Setup {
         let dir = TempDir::new(name);
         let sinks = [Sink::new(true), Sink::new(true)];
-        let ports = [free_port(), free_port()];
+        let ports = free_ports();
         let mut text = format!(
             "[relay]\ndata_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\n",
             dir.path().join("data").display()

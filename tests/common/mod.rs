@@ -56,9 +56,18 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// A free loopback port (bound, then released for the test to use).
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
+    let [addr] = free_ports();
+    addr
+}
+
+/// `N` distinct free loopback ports. All are held until the last is chosen: the kernel may
+/// hand a port just released to the next `bind(0)`, so `[free_port(), free_port()]` can name
+/// the same port twice.
+pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("ephemeral port"))
 }
 
 /// Holds `addr` (a 127.0.0.1 address; port 0 for any) bound without listening: a connection
