@@ -161,7 +161,7 @@ struct OutputHealth<'a> {
 impl<'a> OutputHealth<'a> {
     fn of(f: &Feed, o: &'a Output) -> OutputHealth<'a> {
         OutputHealth {
-            name: &o.name,
+            name: o.name(),
             connected: o.connected(),
             state: o.state_name(),
             lag_records: o.lag(&f.ring).0,
@@ -282,7 +282,7 @@ fn health_bound(feeds: &[Feed], summary: &Summary<'_>) -> usize {
                 .iter()
                 .map(|o| {
                     OUTPUT_FIXED
-                        + json::str_bound(o.name.len())
+                        + json::str_bound(o.name().len())
                         + json::str_bound(o.state_name().len())
                 })
                 .sum();

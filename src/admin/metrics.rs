@@ -426,13 +426,13 @@ const OUTPUT_FAMILIES: [(&str, &str, &str, OutValue); 12] = [
         "ringrelay_output_records_delivered_total",
         "counter",
         "Records delivered for the first time.",
-        |_, o, _| o.stats.delivered.to_string(),
+        |_, o, _| o.stats().delivered.to_string(),
     ),
     (
         "ringrelay_output_records_replayed_total",
         "counter",
         "Records sent again by the replay window after a reconnect or restart.",
-        |_, o, _| o.stats.replayed.to_string(),
+        |_, o, _| o.stats().replayed.to_string(),
     ),
     (
         "ringrelay_output_records_overrun_lost_total",
@@ -444,13 +444,13 @@ const OUTPUT_FAMILIES: [(&str, &str, &str, OutValue); 12] = [
         "ringrelay_output_records_corrupt_skipped_total",
         "counter",
         "Damaged ring records skipped.",
-        |_, o, _| o.stats.corrupt_skipped.to_string(),
+        |_, o, _| o.stats().corrupt_skipped.to_string(),
     ),
     (
         "ringrelay_output_bytes_sent_total",
         "counter",
         "Bytes written to the output, framing included.",
-        |_, o, _| o.stats.bytes.to_string(),
+        |_, o, _| o.stats().bytes.to_string(),
     ),
     (
         "ringrelay_output_lag_records",
@@ -478,25 +478,25 @@ const OUTPUT_FAMILIES: [(&str, &str, &str, OutValue); 12] = [
         "ringrelay_output_reconnects_total",
         "counter",
         "Failed connects and dropped connections.",
-        |_, o, _| o.stats.failures.to_string(),
+        |_, o, _| o.stats().failures.to_string(),
     ),
     (
         "ringrelay_output_rate_limited_seconds_total",
         "counter",
         "Time spent waiting for rate_limit_eps.",
-        |_, o, _| format!("{:.3}", o.stats.rate_limited_ns as f64 / 1e9),
+        |_, o, _| format!("{:.3}", o.stats().rate_limited_ns as f64 / 1e9),
     ),
     (
         "ringrelay_output_down_alert",
         "gauge",
         "1 while the output has been down for longer than its alert_after.",
-        |_, o, _| u8::from(o.down_alerted).to_string(),
+        |_, o, _| u8::from(o.down_alerted()).to_string(),
     ),
     (
         "ringrelay_output_tls_handshake_failures_total",
         "counter",
         "TLS handshakes with the receiver that failed (0 for other kinds).",
-        |_, o, _| o.stats.tls_failures.to_string(),
+        |_, o, _| o.stats().tls_failures.to_string(),
     ),
 ];
 
@@ -506,7 +506,7 @@ fn output_tables(m: &mut Family<'_>, feeds: &[Feed], now_ns: u64) {
         m.head(name, kind, help);
         for f in feeds {
             for o in &f.outputs {
-                let labels = format!("feed=\"{}\",output=\"{}\"", f.cfg.name, o.name);
+                let labels = format!("feed=\"{}\",output=\"{}\"", f.cfg.name, o.name());
                 m.sample(name, &labels, value(f, o, now_ns));
             }
         }
@@ -532,7 +532,8 @@ fn output_http_requests(m: &mut Family<'_>, feeds: &[Feed]) {
                         name,
                         &format!(
                             "feed=\"{}\",output=\"{}\",class=\"{class}\"",
-                            f.cfg.name, o.name
+                            f.cfg.name,
+                            o.name()
                         ),
                         h.requests[i],
                     );
@@ -571,7 +572,7 @@ fn output_http_tables(m: &mut Family<'_>, feeds: &[Feed]) {
         for f in feeds {
             for o in &f.outputs {
                 if let Some(v) = value(o) {
-                    let labels = format!("feed=\"{}\",output=\"{}\"", f.cfg.name, o.name);
+                    let labels = format!("feed=\"{}\",output=\"{}\"", f.cfg.name, o.name());
                     m.sample(name, &labels, v);
                 }
             }

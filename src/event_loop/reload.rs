@@ -229,7 +229,7 @@ impl Relay {
                 match out.reload_tls() {
                     None => {}
                     Some(Ok(expired)) => {
-                        log_expired(&feed.cfg.name, Some(&out.name), &expired);
+                        log_expired(&feed.cfg.name, Some(out.name()), &expired);
                         reloaded += 1;
                     }
                     Some(Err(e)) => {
@@ -238,7 +238,7 @@ impl Relay {
                             Level::Error,
                             "tls_reload_failed",
                             feed = feed.cfg.name,
-                            output = out.name,
+                            output = out.name(),
                             key = e.key,
                             error = e.msg,
                             keeping = "the certificates loaded before"

@@ -156,7 +156,7 @@ impl Relay {
                             Level::Error,
                             "output_sync_failed",
                             feed = feed.cfg.name,
-                            output = out.name,
+                            output = out.name(),
                             error = e
                         );
                     }
@@ -212,7 +212,7 @@ impl Relay {
         let mut alerts = std::mem::take(&mut self.pending_alerts);
         for feed in &mut self.feeds {
             for out in &mut feed.outputs {
-                alerts.append(&mut out.alerts);
+                out.take_alerts(&mut alerts);
             }
         }
         if alerts.is_empty() {

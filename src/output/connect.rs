@@ -8,23 +8,23 @@ impl Output {
     /// Fires an expired deadline: start a connect, or give up on one.
     pub fn on_timer(&mut self, registry: &Registry, token: Token, ring: &mut Ring, now: Instant) {
         self.check_down_alert(now);
-        match self.link.due(now) {
+        match self.core.link.due(now) {
             Some(Due::Settled) if self.may_prove_by_time() => self.prove(ring, now),
             Some(Due::Connect) => return self.connect(registry, token, ring, now),
             Some(Due::ConnectTimeout) => return self.fail(registry, "connect timed out", now),
             Some(Due::HandshakeTimeout) => {
-                self.stats.tls_failures += 1;
+                self.core.stats.tls_failures += 1;
                 return self.fail(registry, "TLS handshake timed out (reason=timeout)", now);
             }
             Some(Due::Settled) | None => {}
         }
-        if self.link.state() == State::Connected {
-            if matches!(self.sink, Sink::Http(_)) {
-                self.http_on_timer(registry, now);
+        if self.core.link.state() == State::Connected {
+            if let Sink::Http(h) = &mut self.sink {
+                h.on_timer(&mut self.core, registry, now);
             }
-            if let Some(b) = self.bucket.as_mut().filter(|b| b.wake <= now) {
+            if let Some(b) = self.core.bucket.as_mut().filter(|b| b.wake <= now) {
                 if let Some(since) = b.empty_since.take() {
-                    self.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
+                    self.core.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
                 }
             }
         }
@@ -38,7 +38,7 @@ impl Output {
         now: Instant,
     ) {
         match &mut self.sink {
-            Sink::Http(_) => self.http_connect(registry, token, now),
+            Sink::Http(h) => h.connect(&mut self.core, registry, token, now),
             Sink::File {
                 path,
                 file,
@@ -84,7 +84,7 @@ impl Output {
                         }
                         *stream = Some(s);
                         *peer = Some(addr);
-                        self.link.connecting(now);
+                        self.core.link.connecting(now);
                     }
                     Err(e) => {
                         let why = format!("connect {addr}: {e}");
@@ -96,46 +96,47 @@ impl Output {
     }
 
     pub(super) fn on_connected(&mut self, ring: &mut Ring, now: Instant) {
-        let cursor = ring.cursor_pos(self.cursor);
+        let cursor = ring.cursor_pos(self.core.cursor);
         let mut start = cursor;
-        if self.disconnect_ns > 0 && !self.replay.is_zero() {
+        if self.core.disconnect_ns > 0 && !self.core.replay.is_zero() {
             let from = self
+                .core
                 .disconnect_ns
-                .saturating_sub(u64::try_from(self.replay.as_nanos()).unwrap_or(u64::MAX));
+                .saturating_sub(u64::try_from(self.core.replay.as_nanos()).unwrap_or(u64::MAX));
             let p = ring.seek_time(from);
             if p.seq < start.seq {
                 start = p;
             }
         }
-        self.note_overrun(ring);
+        self.core.note_overrun(ring);
         // Whatever was checked of this entry before the outage, it is checked again.
-        self.send = start.recheck();
-        if matches!(self.sink, Sink::Http(_)) {
-            self.http_on_connected();
+        self.core.send = start.recheck();
+        if let Sink::Http(h) = &mut self.sink {
+            h.on_connected(&mut self.core);
         }
-        self.partial = 0;
+        self.core.partial = 0;
         // Records sent before (on a connection that failed, proven or not) count as replayed.
-        self.replay_until = cursor.seq.max(self.sent_high);
-        self.write_blocked = false;
-        self.stats.connects += 1;
-        let proven_now = self.link.connected(now);
+        self.core.replay_until = cursor.seq.max(self.core.sent_high);
+        self.core.write_blocked = false;
+        self.core.stats.connects += 1;
+        let proven_now = self.core.link.connected(now);
         let replaying = cursor.seq - start.seq;
         // While connections keep failing, their lines share the output_down lines' limit.
-        let suppressed = if self.link.attempts() < 2 {
+        let suppressed = if self.core.link.attempts() < 2 {
             Some(0)
         } else {
-            self.down_log.allow(now)
+            self.core.down_log.allow(now)
         };
         if let Some(suppressed) = suppressed {
             crate::log!(
                 Level::Info,
                 "output_connected",
-                feed = self.feed,
-                output = self.name,
+                feed = self.core.feed,
+                output = self.core.name,
                 peer = self.peer_name(),
                 resume_seq = start.seq,
                 replay_records = replaying,
-                failed_attempts = self.link.attempts(),
+                failed_attempts = self.core.link.attempts(),
                 suppressed = suppressed
             );
         }
@@ -144,47 +145,15 @@ impl Output {
         }
     }
 
-    /// The connection lasted `settle` (a file took whole records, an HTTP output got a 2xx): the output is
-    /// delivering. The backoff starts again from its minimum, the outage ends (with
-    /// `output_recovered` if it had raised its alert), and a stream output commits what it
-    /// wrote meanwhile.
+    /// The connection proved itself ([`Core::prove`]).
     pub(super) fn prove(&mut self, ring: &mut Ring, now: Instant) {
-        let Some(outage) = self.link.prove() else {
-            return;
-        };
-        self.alert_not_before = None;
-        if let Some(since) = outage {
-            if std::mem::take(&mut self.down_alerted) {
-                let down_s = now.saturating_duration_since(since).as_secs();
-                crate::log!(
-                    Level::Info,
-                    "output_recovered",
-                    feed = self.feed,
-                    output = self.name,
-                    peer = self.peer_name(),
-                    down_s = down_s
-                );
-                self.alerts.push(Alert {
-                    kind: AlertKind::OutputRecovered,
-                    feed: self.feed.clone(),
-                    output: Some(self.name.clone()),
-                    detail: vec![
-                        ("peer", Value::Text(self.peer_name())),
-                        ("down_s", Value::Num(down_s)),
-                    ],
-                });
-            }
-        }
-        if self.defers_commits() {
-            let send = self.send;
-            self.commit_upto(ring, send);
-        }
+        self.core.prove(ring, now, &|| self.sink.peer_name());
     }
 
     /// At shutdown: a connection still up has not failed within `settle` so far; it counts as
     /// proven, so what it delivered is committed (a restart still replays its window).
     pub fn on_shutdown(&mut self, ring: &mut Ring, now: Instant) {
-        if matches!(self.link.state(), State::Connected) && self.may_prove_by_time() {
+        if matches!(self.core.link.state(), State::Connected) && self.may_prove_by_time() {
             self.prove(ring, now);
         }
     }
@@ -198,12 +167,6 @@ impl Output {
         }
     }
 
-    /// A stream output (TCP, TLS) commits nothing before its connection proved itself: a
-    /// receiver that accepts and closes at once has shown nothing was kept.
-    pub(super) fn defers_commits(&self) -> bool {
-        matches!(self.sink, Sink::Tcp { .. })
-    }
-
     /// Starts the TLS handshake on a connected socket.
     pub(super) fn start_tls(&mut self, registry: &Registry, ring: &mut Ring, now: Instant) {
         let insecure =
@@ -212,8 +175,8 @@ impl Output {
             crate::log!(
                 Level::Warn,
                 "tls_verification_disabled",
-                feed = self.feed,
-                output = self.name,
+                feed = self.core.feed,
+                output = self.core.name,
                 peer = self.peer_name(),
                 reason =
                     "insecure_skip_verify = true: the receiver is not authenticated (labs only)"
@@ -227,7 +190,7 @@ impl Output {
                 c.set_buffer_limit(Some(tls::BUFFER_LIMIT));
                 t.conn = Some(c);
                 t.held = 0;
-                self.link.handshaking(now);
+                self.core.link.handshaking(now);
                 self.handshake(registry, ring, now);
             }
             Err(e) => {
@@ -263,8 +226,8 @@ impl Output {
                 crate::log!(
                     Level::Info,
                     "tls_established",
-                    feed = self.feed,
-                    output = self.name,
+                    feed = self.core.feed,
+                    output = self.core.name,
                     server_name = t.server_name.to_str(),
                     version = version
                 );
@@ -285,58 +248,27 @@ impl Output {
                 );
             }
         };
-        self.stats.tls_failures += 1;
+        self.core.stats.tls_failures += 1;
         self.fail(registry, &failure, now);
     }
 
     /// Closes the connection and schedules a retry with capped exponential backoff and jitter.
     pub(super) fn fail(&mut self, registry: &Registry, why: &str, now: Instant) {
-        let was_connected = matches!(self.link.state(), State::Connected);
-        if let Sink::Tcp { stream, tls, .. } = &mut self.sink {
-            if let Some(mut s) = stream.take() {
-                let _ = registry.deregister(&mut s);
+        let was_connected = matches!(self.core.link.state(), State::Connected);
+        match &mut self.sink {
+            Sink::Tcp { stream, tls, .. } => {
+                if let Some(mut s) = stream.take() {
+                    let _ = registry.deregister(&mut s);
+                }
+                if let Some(t) = tls {
+                    t.conn = None;
+                    t.held = 0;
+                }
             }
-            if let Some(t) = tls {
-                t.conn = None;
-                t.held = 0;
-            }
+            Sink::File { file, .. } => *file = None,
+            Sink::Http(h) => h.close_failed(registry, was_connected),
         }
-        if let Sink::File { file, .. } = &mut self.sink {
-            *file = None;
-        }
-        if matches!(self.sink, Sink::Http(_)) {
-            self.http_close(registry, was_connected);
-        }
-        // A connection that had not proven itself is a failed connect: the outage and the
-        // backoff go on, and nothing it wrote was committed.
-        let failure = self.link.fail(now);
-        if failure.outage_starts {
-            self.disconnect_ns = clock::wall_ns();
-            self.down_since_ns = self.disconnect_ns;
-        }
-        self.last_error.clear();
-        self.last_error.push_str(why);
-        if failure.unproven {
-            let settle = self.settle.as_secs_f64();
-            let _ = write!(
-                self.last_error,
-                " (within settle = {settle}s of connecting: a failed connect)"
-            );
-        }
-        self.stats.failures += 1;
-        let delay = failure.delay;
-        if let Some(suppressed) = self.down_log.allow(now) {
-            crate::log!(
-                Level::Warn,
-                "output_down",
-                feed = self.feed,
-                output = self.name,
-                peer = self.peer_name(),
-                error = self.last_error,
-                retry_ms = delay.as_millis(),
-                suppressed = suppressed
-            );
-        }
+        self.core.failed(why, now, &|| self.sink.peer_name());
     }
 
     /// Handles a readiness event on the output's socket.
@@ -348,7 +280,7 @@ impl Output {
         writable: bool,
         now: Instant,
     ) {
-        if let State::Connecting { .. } = self.link.state() {
+        if let State::Connecting { .. } = self.core.link.state() {
             if !writable {
                 return;
             }
@@ -375,18 +307,18 @@ impl Output {
                 }
             }
         }
-        if let State::Handshaking { .. } = self.link.state() {
+        if let State::Handshaking { .. } = self.core.link.state() {
             return self.handshake(registry, ring, now);
         }
-        if !matches!(self.link.state(), State::Connected) {
+        if !matches!(self.core.link.state(), State::Connected) {
             return;
         }
-        if matches!(self.sink, Sink::Http(_)) {
+        if let Sink::Http(h) = &mut self.sink {
             if writable {
-                self.write_blocked = false;
+                self.core.write_blocked = false;
             }
             if readable {
-                self.http_on_readable(registry, ring, now);
+                h.on_readable(&mut self.core, registry, ring, now);
             }
             return;
         }
@@ -423,7 +355,81 @@ impl Output {
             }
         }
         if writable {
-            self.write_blocked = false;
+            self.core.write_blocked = false;
+        }
+    }
+}
+
+impl Core {
+    /// The connection lasted `settle` (a file took whole records, an HTTP output got a
+    /// 2xx): the output is delivering. The backoff starts again from its minimum, the outage ends (with
+    /// `output_recovered` if it had raised its alert), and a stream output commits what it
+    /// wrote meanwhile.
+    pub(super) fn prove(&mut self, ring: &mut Ring, now: Instant, peer: &dyn Fn() -> String) {
+        let Some(outage) = self.link.prove() else {
+            return;
+        };
+        self.alert_not_before = None;
+        if let Some(since) = outage {
+            if std::mem::take(&mut self.down_alerted) {
+                let down_s = now.saturating_duration_since(since).as_secs();
+                crate::log!(
+                    Level::Info,
+                    "output_recovered",
+                    feed = self.feed,
+                    output = self.name,
+                    peer = peer(),
+                    down_s = down_s
+                );
+                self.alerts.push(Alert {
+                    kind: AlertKind::OutputRecovered,
+                    feed: self.feed.clone(),
+                    output: Some(self.name.clone()),
+                    detail: vec![
+                        ("peer", Value::Text(peer())),
+                        ("down_s", Value::Num(down_s)),
+                    ],
+                });
+            }
+        }
+        if self.defers_commits {
+            let send = self.send;
+            self.commit_upto(ring, send);
+        }
+    }
+
+    /// The connection failed (its sink is closed): a retry after the backoff; the outage
+    /// starts, or goes on if the connection had not proven itself.
+    pub(super) fn failed(&mut self, why: &str, now: Instant, peer: &dyn Fn() -> String) {
+        // A connection that had not proven itself is a failed connect: the outage and the
+        // backoff go on, and nothing it wrote was committed.
+        let failure = self.link.fail(now);
+        if failure.outage_starts {
+            self.disconnect_ns = clock::wall_ns();
+            self.down_since_ns = self.disconnect_ns;
+        }
+        self.last_error.clear();
+        self.last_error.push_str(why);
+        if failure.unproven {
+            let settle = self.settle.as_secs_f64();
+            let _ = write!(
+                self.last_error,
+                " (within settle = {settle}s of connecting: a failed connect)"
+            );
+        }
+        self.stats.failures += 1;
+        let delay = failure.delay;
+        if let Some(suppressed) = self.down_log.allow(now) {
+            crate::log!(
+                Level::Warn,
+                "output_down",
+                feed = self.feed,
+                output = self.name,
+                peer = peer(),
+                error = self.last_error,
+                retry_ms = delay.as_millis(),
+                suppressed = suppressed
+            );
         }
     }
 }

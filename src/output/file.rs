@@ -18,9 +18,13 @@ impl Output {
         else {
             return Ok(());
         };
-        let whole = size.saturating_sub(self.partial as u64);
-        self.stats.bytes = self.stats.bytes.saturating_sub(self.partial as u64);
-        self.partial = 0;
+        let whole = size.saturating_sub(self.core.partial as u64);
+        self.core.stats.bytes = self
+            .core
+            .stats
+            .bytes
+            .saturating_sub(self.core.partial as u64);
+        self.core.partial = 0;
         *torn_from = Some(whole);
         let res = match file.as_ref() {
             Some(f) => f.set_len(whole),
@@ -51,7 +55,7 @@ impl Output {
         else {
             return false;
         };
-        if *rotate_bytes == 0 || *size < *rotate_bytes || self.partial > 0 {
+        if *rotate_bytes == 0 || *size < *rotate_bytes || self.core.partial > 0 {
             return false;
         }
         let name = |i: u32| {

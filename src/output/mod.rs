@@ -39,8 +39,15 @@
 //! so the next connection resumes where the failing ones began, however long ago (a receiver
 //! that accepts and closes, or refuses the client certificate after the handshake).
 //!
-//! An HTTP output (`http_delivery.rs`) batches records into requests instead, and commits only
-//! on success; see that module.
+//! An HTTP output ([`http`]) batches records into requests instead, and commits only on
+//! success; see that module.
+//!
+//! ## Types
+//! An [`Output`] is a `Core` (what every kind shares: cursor, send position, the [`Link`],
+//! counters, losses, alerts) and a `Sink` enum, each kind with its own state: a stream (TCP
+//! with optional TLS), a file, or an HTTP sink. The stream and file write passes are methods
+//! of `Output` (`write.rs`); the HTTP sink's are methods of `HttpSink` that take the core as an
+//! argument. No method asks a sink to be of a kind it is not.
 //!
 //! ## Replay
 //! On every (re)connect the output resumes at `min(cursor, first record received at or after
@@ -256,12 +263,22 @@ enum Sink {
     Http(Box<HttpSink>),
 }
 
-/// One output of a feed.
+/// One output of a feed: what every kind shares ([`Core`]) and its sink, the kind's own
+/// connection and state. Methods that need both take them apart (`self.core`, `self.sink`);
+/// an HTTP sink's methods take the core as an argument.
 pub struct Output {
-    /// Its name (also the ring cursor's name).
-    pub name: String,
-    feed: String,
+    core: Core,
     sink: Sink,
+}
+
+/// What every kind of output shares: its place in the ring, its link's lifecycle, its
+/// counters, losses and alerts.
+struct Core {
+    /// Its name (also the ring cursor's name).
+    name: String,
+    feed: String,
+    /// A stream output (TCP, TLS): commits only what it wrote on a proven connection.
+    defers_commits: bool,
     framing: OutFraming,
     syslog: Header,
     /// Frame prefixes (octet count, syslog header) of one write pass.
@@ -281,11 +298,11 @@ pub struct Output {
     /// Wall-clock time of the last disconnect (ns), 0 if none to replay from.
     disconnect_ns: u64,
     /// The socket said `WouldBlock`: wait for a writable event.
-    pub write_blocked: bool,
+    write_blocked: bool,
     /// The connection's lifecycle: its state, backoff, proof and outage.
     link: Link,
     /// Counters.
-    pub stats: OutputStats,
+    stats: OutputStats,
     down_log: Limiter,
     bucket: Option<Bucket>,
     /// The ring's count of records this output's cursor lost, at the last look.
@@ -298,14 +315,14 @@ pub struct Output {
     /// Wall-clock time of `down_since`, ns.
     down_since_ns: u64,
     /// The `output_down` alert was raised for this outage.
-    pub down_alerted: bool,
+    down_alerted: bool,
     /// After a restart in the middle of an outage, the alert waits this long for a first
     /// connect attempt.
     alert_not_before: Option<Instant>,
     /// Why the last connect or connection failed.
     last_error: String,
     /// Alerts raised and not yet taken by the relay.
-    pub alerts: Vec<Alert>,
+    alerts: Vec<Alert>,
 }
 
 /// What stopped collecting frames, without the borrow of the ring.
@@ -414,10 +431,10 @@ impl Output {
             after_ns: health.overrun_after_ns,
             before_ns: 0,
         });
-        Ok(Output {
+        let core = Core {
             name: cfg.name.clone(),
             feed: feed.to_string(),
-            sink,
+            defers_commits: matches!(sink, Sink::Tcp { .. }),
             framing,
             syslog: Header::new(&cfg.syslog, instance),
             prefix_buf: Vec::new(),
@@ -448,17 +465,18 @@ impl Output {
             alert_not_before: (health.down_since_ns != 0).then(|| now + ALERT_AFTER_RESTART),
             last_error: "not connected yet".to_string(),
             alerts: Vec::new(),
-        })
+        };
+        Ok(Output { core, sink })
     }
 
     /// Sets `rate_limit_eps` (0: unlimited) from a reload; the bucket starts full.
     pub fn set_rate_limit(&mut self, eps: u64, now: Instant) {
-        if let Some(b) = self.bucket.as_mut() {
+        if let Some(b) = self.core.bucket.as_mut() {
             if let Some(since) = b.empty_since.take() {
-                self.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
+                self.core.stats.rate_limited_ns += now.duration_since(since).as_nanos() as u64;
             }
         }
-        self.bucket = (eps > 0).then(|| Bucket::new(eps, now));
+        self.core.bucket = (eps > 0).then(|| Bucket::new(eps, now));
     }
 
     /// Points a `tcp` output at a new address from a reload: a live connection is closed and the
@@ -468,26 +486,47 @@ impl Output {
             return;
         };
         address.clone_into(a);
-        if !matches!(self.link.state(), State::Backoff { .. }) {
+        if !matches!(self.core.link.state(), State::Backoff { .. }) {
             self.fail(registry, "address changed by a configuration reload", now);
         }
         // Reconnect at once rather than after a backoff.
-        self.link.reconnect_now(now);
+        self.core.link.reconnect_now(now);
+    }
+
+    /// Its name (also the ring cursor's name).
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &OutputStats {
+        &self.core.stats
+    }
+
+    /// Whether the `output_down` alert is raised for the outage under way.
+    pub fn down_alerted(&self) -> bool {
+        self.core.down_alerted
+    }
+
+    /// Alerts raised since the last call, for the relay to write.
+    pub fn take_alerts(&mut self, into: &mut Vec<Alert>) {
+        into.append(&mut self.core.alerts);
     }
 
     /// The ring cursor this output commits.
     pub fn cursor(&self) -> usize {
-        self.cursor
+        self.core.cursor
     }
 
     /// When this output wants to be woken up without an event.
     pub fn deadline(&self) -> Option<Instant> {
-        let state = match self.link.state() {
+        let state = match self.core.link.state() {
             State::Backoff { .. } | State::Connecting { .. } | State::Handshaking { .. } => {
-                self.link.poll_at()
+                self.core.link.poll_at()
             }
             State::Connected => {
                 let bucket = self
+                    .core
                     .bucket
                     .as_ref()
                     .and_then(|b| b.empty_since.map(|_| b.wake));
@@ -495,17 +534,21 @@ impl Output {
                     Sink::Http(h) => h.deadline(bucket.is_none()),
                     _ => None,
                 };
-                earliest(earliest(bucket, http), self.link.poll_at())
+                earliest(earliest(bucket, http), self.core.link.poll_at())
             }
         };
-        earliest(state, self.alert_due())
+        earliest(state, self.core.alert_due())
     }
 
     /// Whether the output is connected and not waiting on its socket.
     pub fn can_write(&self) -> bool {
-        matches!(self.link.state(), State::Connected)
-            && !self.write_blocked
-            && self.bucket.as_ref().is_none_or(|b| b.empty_since.is_none())
+        matches!(self.core.link.state(), State::Connected)
+            && !self.core.write_blocked
+            && self
+                .core
+                .bucket
+                .as_ref()
+                .is_none_or(|b| b.empty_since.is_none())
             && !matches!(&self.sink, Sink::Http(h) if h.receiving())
     }
 
@@ -527,16 +570,11 @@ impl Output {
 
     /// Whether the output is connected and has proven it (lasted `settle`, or got a 2xx).
     pub fn connected(&self) -> bool {
-        self.link.delivering()
+        self.core.link.delivering()
     }
 
     fn peer_name(&self) -> String {
-        match &self.sink {
-            Sink::Tcp { peer: Some(p), .. } => p.to_string(),
-            Sink::Tcp { address, .. } => address.clone(),
-            Sink::File { path, .. } => path.display().to_string(),
-            Sink::Http(h) => h.peer_name(),
-        }
+        self.sink.peer_name()
     }
 
     /// SIGHUP: re-reads a TLS output's CA and client certificate files. `None` for other
@@ -554,20 +592,34 @@ impl Output {
         }))
     }
 
+    /// A short description of the state, for progress lines.
+    pub fn state_name(&self) -> &'static str {
+        self.core.link.state().name()
+    }
+}
+
+impl Sink {
+    /// The receiver, for log lines and alerts: its address once connected.
+    fn peer_name(&self) -> String {
+        match self {
+            Sink::Tcp { peer: Some(p), .. } => p.to_string(),
+            Sink::Tcp { address, .. } => address.clone(),
+            Sink::File { path, .. } => path.display().to_string(),
+            Sink::Http(h) => h.peer_name(),
+        }
+    }
+}
+
+impl Core {
     /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it),
     /// unless the stream it went to has not proven itself yet.
     fn commit_upto(&mut self, ring: &mut Ring, pos: Pos) {
-        if self.link.unproven() && self.defers_commits() {
+        if self.link.unproven() && self.defers_commits {
             return;
         }
         if pos.seq > ring.cursor_pos(self.cursor).seq {
             ring.commit(self.cursor, pos);
         }
-    }
-
-    /// A short description of the state, for progress lines.
-    pub fn state_name(&self) -> &'static str {
-        self.link.state().name()
     }
 }
 

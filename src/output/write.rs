@@ -9,8 +9,8 @@ impl Output {
         if !self.can_write() {
             return Pass::Blocked;
         }
-        if matches!(self.sink, Sink::Http(_)) {
-            return self.write_http(registry, ring, now);
+        if let Sink::Http(h) = &mut self.sink {
+            return h.write(&mut self.core, registry, ring, now);
         }
         let mut budget = WRITE_BUDGET;
         loop {
@@ -26,9 +26,9 @@ impl Output {
                 Sink::Tcp { tls: Some(_), .. } => budget.min(TLS_PLAIN_MAX),
                 _ => budget,
             };
-            let allowed = match self.bucket.as_mut() {
+            let allowed = match self.core.bucket.as_mut() {
                 Some(b) => {
-                    let n = b.allowance(now, self.partial > 0);
+                    let n = b.allowance(now, self.core.partial > 0);
                     if n == 0 {
                         b.exhaust(now);
                         return Pass::Blocked;
@@ -40,7 +40,7 @@ impl Output {
             // (start, len) of each frame's prefix in prefix_buf.
             let mut prefixes = [(0usize, 0usize); FRAMES_PER_WRITE];
             let mut header = [0u8; HEADER_MAX];
-            self.prefix_buf.clear();
+            self.core.prefix_buf.clear();
             // Each frame's payload (with its LF when the ring has it after the payload), and
             // whether an LF of its own follows.
             let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
@@ -49,48 +49,50 @@ impl Output {
             let mut frames = [(Pos::default(), 0usize, Pos::default(), 1u64); FRAMES_PER_WRITE];
             // Newline frames with nothing added per record: the rest of each entry goes as one
             // frame, straight from the ring (`buffer-spec.md` §5).
-            let runs = self.framing == OutFraming::Newline
-                && !self.syslog.enabled()
-                && self.bucket.is_none();
+            let runs = self.core.framing == OutFraming::Newline
+                && !self.core.syslog.enabled()
+                && self.core.bucket.is_none();
             let mut stamps = [0u64; FRAMES_PER_WRITE];
             let mut n = 0;
-            let mut pos = self.send;
+            let mut pos = self.core.send;
             let mut total = 0usize;
             let mut stop = None;
             // The frames must reach past the bytes of the first one already written (`partial`),
             // whatever the budget, the rate limiter or the mode of the pass that wrote them.
             while n < FRAMES_PER_WRITE
                 && ((n < allowed && total < pass_budget)
-                    || (self.partial > 0 && total <= self.partial))
+                    || (self.core.partial > 0 && total <= self.core.partial))
             {
                 match ring.read(pos) {
                     Read::Record(r) => {
                         // A frame partly on the wire is never cut shorter than what was sent.
-                        let room = if self.partial > 0 && total <= self.partial {
+                        let room = if self.core.partial > 0 && total <= self.core.partial {
                             usize::MAX
                         } else {
                             pass_budget.saturating_sub(total)
                         };
-                        let start = self.prefix_buf.len();
-                        let (body, lf, records, next) =
-                            match runs.then(|| r.lines_within(room)).flatten() {
-                                Some(lines) => (lines.bytes, false, lines.records, lines.next),
-                                None => {
-                                    let hlen = self.syslog.write(r.ts, r.pos.seq, &mut header);
-                                    if self.framing == OutFraming::Octet {
-                                        let _ =
-                                            write!(self.prefix_buf, "{} ", hlen + r.payload.len());
-                                    }
-                                    self.prefix_buf.extend_from_slice(&header[..hlen]);
-                                    let newline = self.framing == OutFraming::Newline;
-                                    let (body, lf) = match r.line {
-                                        Some(line) if newline => (line, false),
-                                        _ => (r.payload, newline),
-                                    };
-                                    (body, lf, 1, r.next)
+                        let start = self.core.prefix_buf.len();
+                        let (body, lf, records, next) = match runs
+                            .then(|| r.lines_within(room))
+                            .flatten()
+                        {
+                            Some(lines) => (lines.bytes, false, lines.records, lines.next),
+                            None => {
+                                let hlen = self.core.syslog.write(r.ts, r.pos.seq, &mut header);
+                                if self.core.framing == OutFraming::Octet {
+                                    let _ =
+                                        write!(self.core.prefix_buf, "{} ", hlen + r.payload.len());
                                 }
-                            };
-                        prefixes[n] = (start, self.prefix_buf.len() - start);
+                                self.core.prefix_buf.extend_from_slice(&header[..hlen]);
+                                let newline = self.core.framing == OutFraming::Newline;
+                                let (body, lf) = match r.line {
+                                    Some(line) if newline => (line, false),
+                                    _ => (r.payload, newline),
+                                };
+                                (body, lf, 1, r.next)
+                            }
+                        };
+                        prefixes[n] = (start, self.core.prefix_buf.len() - start);
                         let frame = prefixes[n].1 + body.len() + usize::from(lf);
                         payloads[n] = body;
                         lfs[n] = lf;
@@ -113,24 +115,24 @@ impl Output {
             }
             if n == 0 {
                 match stop {
-                    Some(Stop::Overrun(_)) if self.partial > 0 => {
+                    Some(Stop::Overrun(_)) if self.core.partial > 0 => {
                         // Half a frame is on the wire and its record is gone: only closing the
                         // connection keeps the stream well-framed.
                         self.fail(registry, "ring overwrote the record being sent", now);
                         return Pass::Failed;
                     }
                     Some(Stop::Overrun(tail)) => {
-                        self.note_overrun(ring);
-                        self.send = tail;
+                        self.core.note_overrun(ring);
+                        self.core.send = tail;
                     }
                     Some(Stop::Corrupt(at, damage, next)) => {
-                        self.note_damage(at, damage, next);
-                        self.send = next;
-                        self.partial = 0;
-                        self.commit_upto(ring, next);
+                        self.core.note_damage(at, damage, next);
+                        self.core.send = next;
+                        self.core.partial = 0;
+                        self.core.commit_upto(ring, next);
                     }
                     None => {
-                        self.end_episode();
+                        self.core.end_episode();
                         return Pass::Done;
                     }
                 }
@@ -139,11 +141,11 @@ impl Output {
             // On the stack: at most three slices per frame (prefix, payload, LF).
             let mut iov: heapless::Vec<IoSlice<'_>, { 3 * FRAMES_PER_WRITE }> =
                 heapless::Vec::new();
-            let mut skip = self.partial;
+            let mut skip = self.core.partial;
             for i in 0..n {
                 let (ps, pl) = prefixes[i];
                 let lf: &[u8] = if lfs[i] { b"\n" } else { b"" };
-                for part in [&self.prefix_buf[ps..ps + pl], payloads[i], lf] {
+                for part in [&self.core.prefix_buf[ps..ps + pl], payloads[i], lf] {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -173,7 +175,7 @@ impl Output {
                 }
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.write_blocked = true;
+                    self.core.write_blocked = true;
                     return Pass::Blocked;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -183,40 +185,40 @@ impl Output {
                     return Pass::Failed;
                 }
             };
-            self.stats.bytes += written as u64;
+            self.core.stats.bytes += written as u64;
             if let Sink::File { size, .. } = &mut self.sink {
                 *size += written as u64;
             }
             budget = budget.saturating_sub(written);
             // Advance over every frame written completely.
-            let mut left = written + self.partial;
+            let mut left = written + self.core.partial;
             for (i, &(p, frame, next, records)) in frames[..n].iter().enumerate() {
                 if left < frame {
-                    self.partial = left;
+                    self.core.partial = left;
                     break;
                 }
                 left -= frame;
-                self.partial = 0;
-                self.last_sent_ts = stamps[i];
-                if let Some(b) = self.bucket.as_mut() {
+                self.core.partial = 0;
+                self.core.last_sent_ts = stamps[i];
+                if let Some(b) = self.core.bucket.as_mut() {
                     b.tokens -= records as f64;
                 }
-                if let Some(e) = self.episode.as_mut().filter(|e| e.before_ns == 0) {
+                if let Some(e) = self.core.episode.as_mut().filter(|e| e.before_ns == 0) {
                     e.before_ns = stamps[i];
                 }
-                let replayed = self.replay_until.saturating_sub(p.seq).min(records);
-                self.stats.replayed += replayed;
-                self.stats.delivered += records - replayed;
-                self.send = next;
-                self.sent_high = self.sent_high.max(next.seq);
+                let replayed = self.core.replay_until.saturating_sub(p.seq).min(records);
+                self.core.stats.replayed += replayed;
+                self.core.stats.delivered += records - replayed;
+                self.core.send = next;
+                self.core.sent_high = self.core.sent_high.max(next.seq);
             }
-            let send = self.send;
+            let send = self.core.send;
             if send.seq > frames[0].0.seq && matches!(self.sink, Sink::File { .. }) {
                 // A file that took whole records is delivering.
                 self.prove(ring, now);
             }
-            self.commit_upto(ring, send);
-            if self.partial > 0 && matches!(self.sink, Sink::File { .. }) {
+            self.core.commit_upto(ring, send);
+            if self.core.partial > 0 && matches!(self.sink, Sink::File { .. }) {
                 // A file takes part of a write only when it is out of room (a full disk, a
                 // size limit): cut the torn record off and wait, as for any failed write.
                 let why = self.untear().err().unwrap_or_else(|| {

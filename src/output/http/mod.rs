@@ -43,7 +43,7 @@ pub mod response;
 mod transport;
 
 use super::link::State;
-use super::{Output, Pass, Sink};
+use super::{Core, Pass};
 use acks::{verdict, Acks, Verdict};
 use response::{Response, ResponseReader};
 use transport::Transport;
@@ -67,10 +67,18 @@ pub struct HttpStats {
 /// A request on the wire.
 #[derive(Clone, Copy, Debug)]
 enum Req {
-    /// Records `from..to`.
-    Data { from: Pos, to: Pos, records: u32 },
+    /// A batch of records.
+    Data(Batch),
     /// A HEC acknowledgement poll.
     AckPoll,
+}
+
+/// Records `from..to` sent in one request.
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    from: Pos,
+    to: Pos,
+    records: u32,
 }
 
 /// Where the one request in flight is.
@@ -240,39 +248,49 @@ fn class(status: u16) -> usize {
     usize::from((status / 100).clamp(1, 5))
 }
 
-impl Output {
+impl HttpSink {
+    /// Closes the connection and schedules a retry (as [`Output::fail`]).
+    fn fail(&mut self, core: &mut Core, registry: &Registry, why: &str, now: Instant) {
+        let was_connected = matches!(core.link.state(), State::Connected);
+        self.close_failed(registry, was_connected);
+        core.failed(why, now, &|| self.peer_name());
+    }
+
     /// A request could not be built (gzip failed, or a JSON part went over its bound, a
     /// bug): logged, and the pass ends blocked.
-    fn request_failed(&self, event: &'static str, error: &dyn std::fmt::Display) -> Option<Pass> {
+    fn request_failed(
+        &self,
+        core: &Core,
+        event: &'static str,
+        error: &dyn std::fmt::Display,
+    ) -> Option<Pass> {
         crate::log!(
             Level::Error,
             event,
-            feed = self.feed,
-            output = self.name,
+            feed = core.feed,
+            output = core.name,
             error = error
         );
         Some(Pass::Blocked)
     }
 
-    fn http(&mut self) -> &mut HttpSink {
-        match &mut self.sink {
-            Sink::Http(h) => h,
-            _ => unreachable!("http() on a non-http output"),
-        }
-    }
-
     /// Starts a non-blocking connect to the URL's host.
-    pub(super) fn http_connect(&mut self, registry: &Registry, token: Token, now: Instant) {
-        let h = self.http();
-        let target = format!("{}:{}", h.cfg.host, h.cfg.port);
-        let addr = match (h.cfg.host.as_str(), h.cfg.port).to_socket_addrs() {
+    pub(super) fn connect(
+        &mut self,
+        core: &mut Core,
+        registry: &Registry,
+        token: Token,
+        now: Instant,
+    ) {
+        let target = format!("{}:{}", self.cfg.host, self.cfg.port);
+        let addr = match (self.cfg.host.as_str(), self.cfg.port).to_socket_addrs() {
             Ok(mut a) => match a.next() {
                 Some(a) => a,
-                None => return self.fail(registry, "address resolved to nothing", now),
+                None => return self.fail(core, registry, "address resolved to nothing", now),
             },
             Err(e) => {
                 let why = format!("resolve {target}: {e}");
-                return self.fail(registry, &why, now);
+                return self.fail(core, registry, &why, now);
             }
         };
         match TcpStream::connect(addr) {
@@ -281,10 +299,9 @@ impl Output {
                     registry.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)
                 {
                     let why = format!("register socket: {e}");
-                    return self.fail(registry, &why, now);
+                    return self.fail(core, registry, &why, now);
                 }
-                let h = self.http();
-                let session = match &h.tls {
+                let session = match &self.tls {
                     None => None,
                     Some((config, name)) => {
                         match ClientConnection::new(config.clone(), name.clone()) {
@@ -294,12 +311,13 @@ impl Output {
                             }
                             Err(e) => {
                                 let why = format!("TLS session: {e}");
-                                return self.fail(registry, &why, now);
+                                return self.fail(core, registry, &why, now);
                             }
                         }
                     }
                 };
-                if h.cfg
+                if self
+                    .cfg
                     .tls
                     .as_ref()
                     .is_some_and(|t| t.files.insecure_skip_verify)
@@ -307,21 +325,20 @@ impl Output {
                     crate::log!(
                         Level::Warn,
                         "tls_verification_disabled",
-                        feed = self.feed,
-                        output = self.name,
+                        feed = core.feed,
+                        output = core.name,
                         peer = addr,
                         reason = "insecure_skip_verify = true: the receiver is not authenticated (labs only)"
                     );
                 }
-                let h = self.http();
-                h.conn = Some(Transport::new(s, session));
-                h.peer = Some(addr);
-                h.reader.reset();
-                self.link.connecting(now);
+                self.conn = Some(Transport::new(s, session));
+                self.peer = Some(addr);
+                self.reader.reset();
+                core.link.connecting(now);
             }
             Err(e) => {
                 let why = format!("connect {addr}: {e}");
-                self.fail(registry, &why, now);
+                self.fail(core, registry, &why, now);
             }
         }
     }
@@ -330,90 +347,90 @@ impl Output {
     /// for their HEC acknowledgement stay pending (ackIds belong to the channel, not to the
     /// connection; some load balancers close after every request), so sending resumes after
     /// the last of them. `ack_timeout` still catches acknowledgements that never come.
-    pub(super) fn http_on_connected(&mut self) {
-        let send = self.send;
-        let h = self.http();
-        h.exchange = Exchange::Idle;
-        h.scan = None;
-        h.wait = None;
-        let after = h.acks.resume_after().filter(|to| to.seq > send.seq);
+    pub(super) fn on_connected(&mut self, core: &mut Core) {
+        let send = core.send;
+        self.exchange = Exchange::Idle;
+        self.scan = None;
+        self.wait = None;
+        let after = self.acks.resume_after().filter(|to| to.seq > send.seq);
         if let Some(to) = after {
-            self.send = to;
+            core.send = to;
         }
     }
 
-    /// Closes the connection (from `fail`).
-    pub(super) fn http_close(&mut self, registry: &Registry, failed: bool) {
-        let h = self.http();
-        if failed {
-            if let Exchange::Sending { req, .. } | Exchange::Receiving { req, .. } = h.exchange {
-                h.stats.requests[0] += 1;
-                if matches!(req, Req::Data { .. }) {
-                    h.stats.batches_retried += 1;
+    /// Closes the connection after a failure (from [`Output::fail`]); a request in flight on a
+    /// connection that was up counts as one without a response.
+    pub(super) fn close_failed(&mut self, registry: &Registry, was_connected: bool) {
+        if was_connected {
+            if let Exchange::Sending { req, .. } | Exchange::Receiving { req, .. } = self.exchange {
+                self.stats.requests[0] += 1;
+                if matches!(req, Req::Data(_)) {
+                    self.stats.batches_retried += 1;
                 }
             }
         }
-        h.close(registry);
+        self.close(registry);
     }
 
     /// The server closed a kept-alive connection, or asked to: reconnect right away, quietly;
     /// unless the connection never proved itself (no 2xx, not up for `settle`): a server that
     /// accepts and closes is a failed connect, with its backoff and its alert.
-    fn http_reconnect_now(&mut self, registry: &Registry, now: Instant) {
-        if self.link.unproven() {
-            return self.fail(registry, "the server closed the connection", now);
+    fn reconnect_now(&mut self, core: &mut Core, registry: &Registry, now: Instant) {
+        if core.link.unproven() {
+            return self.fail(core, registry, "the server closed the connection", now);
         }
-        self.http().close(registry);
-        self.link.reopen(now);
+        self.close(registry);
+        core.link.reopen(now);
     }
 
     /// The server closed a reused connection before answering the request sent on it.
-    fn http_stale(&mut self, registry: &Registry, now: Instant) {
-        let h = self.http();
-        h.stats.requests[0] += 1;
+    fn stale(&mut self, core: &mut Core, registry: &Registry, now: Instant) {
+        self.stats.requests[0] += 1;
         if let Exchange::Sending {
-            req: Req::Data { .. },
-            ..
+            req: Req::Data(_), ..
         }
         | Exchange::Receiving {
-            req: Req::Data { .. },
-            ..
-        } = h.exchange
+            req: Req::Data(_), ..
+        } = self.exchange
         {
-            h.stats.batches_retried += 1;
+            self.stats.batches_retried += 1;
         }
-        self.http_reconnect_now(registry, now);
+        self.reconnect_now(core, registry, now);
     }
 
     /// Fires expired deadlines while connected.
-    pub(super) fn http_on_timer(&mut self, registry: &Registry, now: Instant) {
-        let h = self.http();
+    pub(super) fn on_timer(&mut self, core: &mut Core, registry: &Registry, now: Instant) {
         if let Exchange::Sending { deadline, .. } | Exchange::Receiving { deadline, .. } =
-            h.exchange
+            self.exchange
         {
             if deadline <= now {
                 let why = format!(
                     "no complete response within request_timeout ({}s)",
-                    h.cfg.request_timeout.as_secs_f64()
+                    self.cfg.request_timeout.as_secs_f64()
                 );
-                self.fail(registry, &why, now);
+                self.fail(core, registry, &why, now);
             }
         }
     }
 
     /// Reads what the server sent; handles a complete response.
-    pub(super) fn http_on_readable(&mut self, registry: &Registry, ring: &mut Ring, now: Instant) {
+    pub(super) fn on_readable(
+        &mut self,
+        core: &mut Core,
+        registry: &Registry,
+        ring: &mut Ring,
+        now: Instant,
+    ) {
         let mut buf = [0u8; READ_CHUNK];
         loop {
-            let h = self.http();
-            let Some(conn) = h.conn.as_mut() else {
+            let Some(conn) = self.conn.as_mut() else {
                 return;
             };
-            let in_flight = !matches!(h.exchange, Exchange::Idle);
+            let in_flight = !matches!(self.exchange, Exchange::Idle);
             // A kept-alive connection the server closed as we sent on it: not a failure of the
             // server; send the same request again on a new connection at once (a new
             // connection that does the same fails as usual).
-            let stale = in_flight && h.served > 0 && !h.reader.started();
+            let stale = in_flight && self.served > 0 && !self.reader.started();
             let handshaking = conn.handshaking();
             let res = conn.read(&mut buf);
             let (established, tls_failed) = (
@@ -422,85 +439,89 @@ impl Output {
             );
             if established {
                 // The request waited for the handshake: it may go now.
-                self.write_blocked = false;
+                core.write_blocked = false;
                 crate::log!(
                     Level::Info,
                     "tls_established",
-                    feed = self.feed,
-                    output = self.name,
+                    feed = core.feed,
+                    output = core.name,
                     peer = self.peer_name()
                 );
             }
             if tls_failed {
-                self.stats.tls_failures += 1;
+                core.stats.tls_failures += 1;
             }
             let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if stale && e.kind() == io::ErrorKind::ConnectionReset => {
-                    return self.http_stale(registry, now);
+                    return self.stale(core, registry, now);
                 }
                 Err(e) => {
                     let why = format!("read: {e}");
-                    return self.fail(registry, &why, now);
+                    return self.fail(core, registry, &why, now);
                 }
             };
             if n == 0 && stale {
-                return self.http_stale(registry, now);
+                return self.stale(core, registry, now);
             }
             if n == 0 {
-                let h = self.http();
-                if !in_flight && !h.reader.started() {
+                if !in_flight && !self.reader.started() {
                     // An idle keep-alive connection closed by the server: normal.
-                    return self.http_reconnect_now(registry, now);
+                    return self.reconnect_now(core, registry, now);
                 }
-                match h.reader.eof() {
+                match self.reader.eof() {
                     Ok(resp) if in_flight => {
-                        self.http_response(registry, ring, resp, now);
-                        if matches!(self.link.state(), State::Connected) {
-                            self.http_reconnect_now(registry, now);
+                        self.on_response(core, registry, ring, resp, now);
+                        if matches!(core.link.state(), State::Connected) {
+                            self.reconnect_now(core, registry, now);
                         }
                         return;
                     }
-                    Ok(_) => return self.http_reconnect_now(registry, now),
+                    Ok(_) => return self.reconnect_now(core, registry, now),
                     Err(e) => {
                         let why = format!("response: {e}");
-                        return self.fail(registry, &why, now);
+                        return self.fail(core, registry, &why, now);
                     }
                 }
             }
             if !in_flight {
-                return self.fail(registry, "the server sent bytes nobody asked for", now);
+                return self.fail(
+                    core,
+                    registry,
+                    "the server sent bytes nobody asked for",
+                    now,
+                );
             }
             let mut data = &buf[..n];
             loop {
-                let h = self.http();
-                match h.reader.push(data) {
+                match self.reader.push(data) {
                     Ok(Some(resp)) => {
-                        let early = matches!(h.exchange, Exchange::Sending { .. });
+                        let early = matches!(self.exchange, Exchange::Sending { .. });
                         let close = resp.close;
                         if early && (200..300).contains(&resp.status) {
                             // A success for a request not yet sent whole proves nothing.
-                            h.stats.requests[class(resp.status)] += 1;
-                            h.stats.batches_retried += 1;
-                            h.exchange = Exchange::Idle;
+                            self.stats.requests[class(resp.status)] += 1;
+                            self.stats.batches_retried += 1;
+                            self.exchange = Exchange::Idle;
                             let why =
                                 format!("HTTP {} before the request was sent whole", resp.status);
-                            return self.fail(registry, &why, now);
+                            return self.fail(core, registry, &why, now);
                         }
-                        self.http_response(registry, ring, resp, now);
-                        if !matches!(self.link.state(), State::Connected) {
+                        self.on_response(core, registry, ring, resp, now);
+                        if !matches!(core.link.state(), State::Connected) {
                             return;
                         }
                         if early || close {
-                            return self.http_reconnect_now(registry, now);
+                            return self.reconnect_now(core, registry, now);
                         }
                         data = b"";
-                        if matches!(self.http().exchange, Exchange::Idle) {
+                        if matches!(self.exchange, Exchange::Idle) {
                             // A second response to one request: the stream is out of step.
-                            if self.http().reader.started() {
+                            if self.reader.started() {
                                 return self.fail(
+                                    core,
                                     registry,
                                     "response bytes past the response",
                                     now,
@@ -512,7 +533,7 @@ impl Output {
                     Ok(None) => break,
                     Err(e) => {
                         let why = format!("response: {e}");
-                        return self.fail(registry, &why, now);
+                        return self.fail(core, registry, &why, now);
                     }
                 }
             }
@@ -520,162 +541,167 @@ impl Output {
     }
 
     /// Acts on a complete response to the request in flight.
-    fn http_response(
+    fn on_response(
         &mut self,
+        core: &mut Core,
         registry: &Registry,
         ring: &mut Ring,
         resp: Response,
         now: Instant,
     ) {
-        let h = self.http();
-        let req = match h.exchange {
+        let req = match self.exchange {
             Exchange::Sending { req, .. } | Exchange::Receiving { req, .. } => req,
             Exchange::Idle => return,
         };
-        h.exchange = Exchange::Idle;
-        h.served += 1;
-        h.stats.requests[class(resp.status)] += 1;
+        self.exchange = Exchange::Idle;
+        self.served += 1;
+        self.stats.requests[class(resp.status)] += 1;
         let status = resp.status;
         match req {
             Req::AckPoll => {
-                h.next_poll = Some(now + h.cfg.ack_poll);
+                self.next_poll = Some(now + self.cfg.ack_poll);
                 if (200..300).contains(&status) {
-                    let acks = &mut h.acks;
+                    let acks = &mut self.acks;
                     let parsed = protocol::hec_acks(&resp.body, |id, acked| {
                         if acked {
                             acks.acked(id);
                         }
                     });
                     if parsed.is_none() {
-                        self.log_status("hec_ack_poll_unreadable", status, &resp, now);
+                        self.log_status(core, "hec_ack_poll_unreadable", status, &resp, now);
                     }
-                    self.commit_acked(ring);
+                    self.commit_acked(core, ring);
                 } else {
-                    self.log_status("hec_ack_poll_refused", status, &resp, now);
+                    self.log_status(core, "hec_ack_poll_refused", status, &resp, now);
                 }
             }
-            Req::Data { from, to, records } => match verdict(status, records) {
-                Verdict::Delivered => self.http_success(ring, from, to, records, &resp, now),
+            Req::Data(batch) => match verdict(status, batch.records) {
+                Verdict::Delivered => self.success(core, ring, batch, &resp, now),
                 Verdict::Retry => {
-                    let h = self.http();
-                    h.stats.batches_retried += 1;
-                    self.link.retry_after(resp.retry_after);
+                    self.stats.batches_retried += 1;
+                    core.link.retry_after(resp.retry_after);
                     let snippet = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
                         .into_owned();
                     let why = format!("HTTP {status}: {snippet}");
-                    self.fail(registry, &why, now);
+                    self.fail(core, registry, &why, now);
                 }
                 Verdict::Split { retry_with } => {
                     // The batch is refused as a whole: halve it until the records at fault
                     // stand alone.
-                    let h = self.http();
-                    h.stats.batches_retried += 1;
-                    h.limit = retry_with;
-                    h.narrow_until = h.narrow_until.max(to.seq);
-                    h.scan = None;
-                    if let Some(suppressed) = h.status_log.allow(now) {
+                    self.stats.batches_retried += 1;
+                    self.limit = retry_with;
+                    self.narrow_until = self.narrow_until.max(batch.to.seq);
+                    self.scan = None;
+                    if let Some(suppressed) = self.status_log.allow(now) {
                         crate::log!(
                             Level::Warn,
                             "http_batch_split",
-                            feed = self.feed,
-                            output = self.name,
+                            feed = core.feed,
+                            output = core.name,
                             status = status,
-                            records = records,
+                            records = batch.records,
                             retry_with = retry_with,
-                            first_seq = from.seq,
+                            first_seq = batch.from.seq,
                             suppressed = suppressed
                         );
                     }
                 }
-                Verdict::DeadLetter => self.dead_letter(ring, from, to, &resp, now),
+                Verdict::DeadLetter => {
+                    self.dead_letter(core, ring, batch.from, batch.to, &resp, now)
+                }
             },
         }
     }
 
     /// A 2xx for records `from..to`.
-    fn http_success(
+    fn success(
         &mut self,
+        core: &mut Core,
         ring: &mut Ring,
-        from: Pos,
-        to: Pos,
-        records: u32,
+        batch: Batch,
         resp: &Response,
         now: Instant,
     ) {
-        self.prove(ring, now);
-        self.send = to;
-        let h = self.http();
-        h.scan = None;
-        h.limit = h.limit.saturating_mul(2);
-        if !h.cfg.ack {
-            self.count_delivered(from, to);
-            self.commit_upto(ring, to);
+        let Batch { from, to, records } = batch;
+        core.prove(ring, now, &|| self.peer_name());
+        core.send = to;
+        self.scan = None;
+        self.limit = self.limit.saturating_mul(2);
+        if !self.cfg.ack {
+            core.count_delivered(from, to);
+            core.commit_upto(ring, to);
             return;
         }
         let ack_id = protocol::hec_ack_id(&resp.body);
-        h.acks.push(from, to, records, ack_id, now);
+        self.acks.push(from, to, records, ack_id, now);
         if ack_id.is_none() {
-            if let Some(suppressed) = h.status_log.allow(now) {
+            if let Some(suppressed) = self.status_log.allow(now) {
                 crate::log!(
                     Level::Warn,
                     "hec_no_ack_id",
-                    feed = self.feed,
-                    output = self.name,
+                    feed = core.feed,
+                    output = core.name,
                     body = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]),
                     hint = "ack = true but the answer has no ackId: is useACK on for this token? The batch counts as delivered at 200",
                     suppressed = suppressed
                 );
             }
         }
-        let h = self.http();
-        if h.next_poll.is_none() {
-            h.next_poll = Some(now + h.cfg.ack_poll);
+        if self.next_poll.is_none() {
+            self.next_poll = Some(now + self.cfg.ack_poll);
         }
-        self.commit_acked(ring);
-    }
-
-    /// Counts records `from..to` as delivered or replayed.
-    fn count_delivered(&mut self, from: Pos, to: Pos) {
-        let replayed = self.replay_until.clamp(from.seq, to.seq) - from.seq;
-        self.stats.replayed += replayed;
-        self.stats.delivered += to.seq - from.seq - replayed;
+        self.commit_acked(core, ring);
     }
 
     /// Commits the cursor across acknowledged batches, oldest first, stopping at the first one
     /// still unacknowledged.
-    fn commit_acked(&mut self, ring: &mut Ring) {
-        while let Some(p) = self.http().acks.pop_committable() {
+    fn commit_acked(&mut self, core: &mut Core, ring: &mut Ring) {
+        while let Some(p) = self.acks.pop_committable() {
             if p.records > 0 {
-                self.count_delivered(p.from, p.to);
+                core.count_delivered(p.from, p.to);
             }
-            self.commit_upto(ring, p.to);
+            core.commit_upto(ring, p.to);
         }
-        let h = self.http();
-        if h.acks.is_empty() {
-            h.next_poll = None;
+        if self.acks.is_empty() {
+            self.next_poll = None;
         }
     }
 
     /// Records `from..to` are done without being delivered (dead-lettered, or skipped as
     /// corrupt): the cursor passes them once everything before them is.
-    fn settle_skipped(&mut self, ring: &mut Ring, from: Pos, to: Pos, now: Instant) {
-        if self.http().cfg.ack && !self.http().acks.is_empty() {
-            self.http().acks.push(from, to, 0, None, now);
-            self.commit_acked(ring);
+    fn settle_skipped(
+        &mut self,
+        core: &mut Core,
+        ring: &mut Ring,
+        from: Pos,
+        to: Pos,
+        now: Instant,
+    ) {
+        if self.cfg.ack && !self.acks.is_empty() {
+            self.acks.push(from, to, 0, None, now);
+            self.commit_acked(core, ring);
         } else {
-            self.commit_upto(ring, to);
+            core.commit_upto(ring, to);
         }
     }
 
     /// A single record refused with a status that retrying cannot fix: into the dead-letter
     /// file, counted, logged; the output moves on.
-    fn dead_letter(&mut self, ring: &mut Ring, from: Pos, to: Pos, resp: &Response, now: Instant) {
+    fn dead_letter(
+        &mut self,
+        core: &mut Core,
+        ring: &mut Ring,
+        from: Pos,
+        to: Pos,
+        resp: &Response,
+        now: Instant,
+    ) {
         let (line, seq) = match ring.read(from) {
             Read::Record(r) => (
                 protocol::dead_letter_line(
                     &clock::rfc3339(clock::wall_ns()),
-                    &self.feed,
-                    &self.name,
+                    &core.feed,
+                    &core.name,
                     resp.status,
                     &resp.body,
                     r.pos.seq,
@@ -687,7 +713,7 @@ impl Output {
             // Overwritten meanwhile: nothing left to keep.
             _ => (Ok(Vec::new()), from.seq),
         };
-        let path = self.http().dead_path.clone();
+        let path = self.dead_path.clone();
         let written = line.and_then(|line| {
             if line.is_empty() {
                 return Ok(());
@@ -698,16 +724,15 @@ impl Output {
                 .open(&path)
                 .and_then(|mut f| f.write_all(&line))
         });
-        let h = self.http();
-        h.stats.dead_lettered += 1;
-        if let Some(suppressed) = h.dead_log.allow(now) {
+        self.stats.dead_lettered += 1;
+        if let Some(suppressed) = self.dead_log.allow(now) {
             let body = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
             match &written {
                 Ok(()) => crate::log!(
                     Level::Error,
                     "http_record_dead_lettered",
-                    feed = self.feed,
-                    output = self.name,
+                    feed = core.feed,
+                    output = core.name,
                     status = resp.status,
                     seq = seq,
                     response = body,
@@ -717,8 +742,8 @@ impl Output {
                 Err(e) => crate::log!(
                     Level::Error,
                     "http_dead_letter_write_failed",
-                    feed = self.feed,
-                    output = self.name,
+                    feed = core.feed,
+                    output = core.name,
                     status = resp.status,
                     seq = seq,
                     file = path.display(),
@@ -728,21 +753,26 @@ impl Output {
                 ),
             }
         }
-        self.send = to;
-        let h = self.http();
-        h.scan = None;
-        h.limit = h.limit.saturating_mul(2);
-        self.settle_skipped(ring, from, to, now);
+        core.send = to;
+        self.scan = None;
+        self.limit = self.limit.saturating_mul(2);
+        self.settle_skipped(core, ring, from, to, now);
     }
 
-    fn log_status(&mut self, event: &str, status: u16, resp: &Response, now: Instant) {
-        let h = self.http();
-        if let Some(suppressed) = h.status_log.allow(now) {
+    fn log_status(
+        &mut self,
+        core: &mut Core,
+        event: &str,
+        status: u16,
+        resp: &Response,
+        now: Instant,
+    ) {
+        if let Some(suppressed) = self.status_log.allow(now) {
             crate::log!(
                 Level::Warn,
                 event,
-                feed = self.feed,
-                output = self.name,
+                feed = core.feed,
+                output = core.name,
                 status = status,
                 body = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]),
                 suppressed = suppressed
@@ -752,24 +782,25 @@ impl Output {
 
     /// Sends batches (and ack polls) until the socket is full, a response is awaited, or there is
     /// nothing to send yet.
-    pub(super) fn write_http(
+    pub(super) fn write(
         &mut self,
+        core: &mut Core,
         registry: &Registry,
         ring: &mut Ring,
         now: Instant,
     ) -> Pass {
         loop {
-            match self.http().exchange {
+            match self.exchange {
                 Exchange::Receiving { .. } => return Pass::Blocked,
-                Exchange::Sending { req, deadline } => match self.http_send_bytes(registry, now) {
+                Exchange::Sending { req, deadline } => match self.send_bytes(core, registry, now) {
                     Some(true) => {
-                        self.http().exchange = Exchange::Receiving { req, deadline };
+                        self.exchange = Exchange::Receiving { req, deadline };
                     }
                     Some(false) => return Pass::Blocked,
                     None => return Pass::Failed,
                 },
                 Exchange::Idle => {
-                    if let Some(pass) = self.http_start_request(ring, now) {
+                    if let Some(pass) = self.start_request(core, ring, now) {
                         return pass;
                     }
                 }
@@ -779,48 +810,45 @@ impl Output {
 
     /// Writes request bytes: `Some(true)` when all are written, `Some(false)` when the socket is
     /// full, `None` after a failure.
-    fn http_send_bytes(&mut self, registry: &Registry, now: Instant) -> Option<bool> {
+    fn send_bytes(&mut self, core: &mut Core, registry: &Registry, now: Instant) -> Option<bool> {
         loop {
-            let h = self.http();
-            let payload: &[u8] = match h.exchange {
+            let payload: &[u8] = match self.exchange {
                 Exchange::Sending {
-                    req: Req::Data { .. },
-                    ..
-                } if h.cfg.gzip => &h.gz,
+                    req: Req::Data(_), ..
+                } if self.cfg.gzip => &self.gz,
                 Exchange::Sending {
-                    req: Req::Data { .. },
-                    ..
-                } => &h.body,
+                    req: Req::Data(_), ..
+                } => &self.body,
                 _ => &[],
             };
-            let total = h.head.len() + payload.len();
-            if h.sent >= total {
+            let total = self.head.len() + payload.len();
+            if self.sent >= total {
                 return Some(true);
             }
-            let (a, b) = if h.sent < h.head.len() {
-                (&h.head[h.sent..], payload)
+            let (a, b) = if self.sent < self.head.len() {
+                (&self.head[self.sent..], payload)
             } else {
-                (&[][..], &payload[h.sent - h.head.len()..])
+                (&[][..], &payload[self.sent - self.head.len()..])
             };
             let iov = [IoSlice::new(a), IoSlice::new(b)];
-            let conn = h.conn.as_mut()?;
+            let conn = self.conn.as_mut()?;
             match conn.write(&iov) {
                 Ok(0) => {
-                    self.fail(registry, "write returned 0", now);
+                    self.fail(core, registry, "write returned 0", now);
                     return None;
                 }
                 Ok(n) => {
-                    h.sent += n;
-                    self.stats.bytes += n as u64;
+                    self.sent += n;
+                    core.stats.bytes += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.write_blocked = true;
+                    core.write_blocked = true;
                     return Some(false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let why = format!("write: {e}");
-                    self.fail(registry, &why, now);
+                    self.fail(core, registry, &why, now);
                     return None;
                 }
             }
@@ -829,76 +857,72 @@ impl Output {
 
     /// With no request in flight: starts an ack poll or a batch. Returns how the pass ends when
     /// there is nothing to start.
-    fn http_start_request(&mut self, ring: &mut Ring, now: Instant) -> Option<Pass> {
-        let h = self.http();
-        if h.cfg.ack {
+    fn start_request(&mut self, core: &mut Core, ring: &mut Ring, now: Instant) -> Option<Pass> {
+        if self.cfg.ack {
             // The oldest unacknowledged batch timed out: send it, and all after it, again.
-            if let Some(p) = h.acks.timed_out(h.cfg.ack_timeout, now) {
-                let n = h.acks.clear() as u64;
-                h.stats.batches_retried += n;
-                h.next_poll = None;
-                h.scan = None;
-                let ack_timeout_s = h.cfg.ack_timeout.as_secs();
+            if let Some(p) = self.acks.timed_out(self.cfg.ack_timeout, now) {
+                let n = self.acks.clear() as u64;
+                self.stats.batches_retried += n;
+                self.next_poll = None;
+                self.scan = None;
+                let ack_timeout_s = self.cfg.ack_timeout.as_secs();
                 crate::log!(
                     Level::Warn,
                     "hec_ack_timeout",
-                    feed = self.feed,
-                    output = self.name,
+                    feed = core.feed,
+                    output = core.name,
                     ack_id = p.ack_id.map_or("none".to_string(), |i| i.to_string()),
                     first_seq = p.from.seq,
                     batches_resent = n,
                     ack_timeout_s = ack_timeout_s
                 );
-                self.send = p.from;
+                core.send = p.from;
             }
-            let h = self.http();
-            let due = h.next_poll.is_some_and(|t| t <= now);
-            if due && h.acks.poll_ids().next().is_some() {
+            let due = self.next_poll.is_some_and(|t| t <= now);
+            if due && self.acks.poll_ids().next().is_some() {
                 let HttpSink {
                     head, cfg, acks, ..
-                } = &mut *h;
+                } = &mut *self;
                 if let Err(e) = protocol::ack_request(head, cfg, acks.poll_ids()) {
-                    return self.request_failed("hec_ack_poll_failed", &e);
+                    return self.request_failed(core, "hec_ack_poll_failed", &e);
                 }
-                h.sent = 0;
-                h.exchange = Exchange::Sending {
+                self.sent = 0;
+                self.exchange = Exchange::Sending {
                     req: Req::AckPoll,
-                    deadline: now + h.cfg.request_timeout,
+                    deadline: now + self.cfg.request_timeout,
                 };
                 return None;
             }
-            if h.acks.is_full() {
+            if self.acks.is_full() {
                 return Some(Pass::Blocked);
             }
         }
-        self.http_start_batch(ring, now)
+        self.start_batch(core, ring, now)
     }
 
     /// Gathers the next batch; starts it when it is full or old enough.
-    fn http_start_batch(&mut self, ring: &mut Ring, now: Instant) -> Option<Pass> {
+    fn start_batch(&mut self, core: &mut Core, ring: &mut Ring, now: Instant) -> Option<Pass> {
         let mut limit = {
-            let send = self.send;
-            let h = self.http();
-            if send.seq >= h.narrow_until {
-                h.limit = u32::MAX;
+            let send = core.send;
+            if send.seq >= self.narrow_until {
+                self.limit = u32::MAX;
             }
-            h.limit
+            self.limit
         };
-        if let Some(b) = self.bucket.as_mut() {
+        if let Some(b) = core.bucket.as_mut() {
             let n = b.allowance(now, false);
             if n == 0 {
                 b.exhaust(now);
                 // The bucket's wake-up comes first now; the batch is looked at again then.
-                self.http().wait = None;
+                self.wait = None;
                 return Some(Pass::Blocked);
             }
             limit = limit.min(u32::try_from(n).unwrap_or(u32::MAX));
         }
-        let send = self.send;
+        let send = core.send;
         let tail = ring.tail();
-        let h = self.http();
-        let (format, max) = (h.cfg.body, h.cfg.max_batch_bytes);
-        let mut scan = match h.scan {
+        let (format, max) = (self.cfg.body, self.cfg.max_batch_bytes);
+        let mut scan = match self.scan {
             Some(s) if s.from == send && s.from.seq >= tail.seq && s.records <= limit => s,
             _ => Scan {
                 from: send,
@@ -926,15 +950,15 @@ impl Output {
                 }
                 Read::End => break,
                 Read::Overrun { tail } if scan.records == 0 => {
-                    self.note_overrun(ring);
-                    self.send = tail;
+                    core.note_overrun(ring);
+                    core.send = tail;
                     scan.from = tail;
                     scan.to = tail;
                 }
                 Read::Corrupt { at, damage, next } if scan.records == 0 => {
-                    self.note_damage(at, damage, next);
-                    self.send = next;
-                    self.settle_skipped(ring, at, next, now);
+                    core.note_damage(at, damage, next);
+                    core.send = next;
+                    self.settle_skipped(core, ring, at, next, now);
                     scan.from = next;
                     scan.to = next;
                 }
@@ -942,27 +966,26 @@ impl Output {
                 Read::Overrun { .. } | Read::Corrupt { .. } => scan.full = true,
             }
         }
-        let h = self.http();
         if scan.records == 0 {
-            h.scan = None;
-            h.wait = None;
-            self.end_episode();
+            self.scan = None;
+            self.wait = None;
+            core.end_episode();
             return Some(Pass::Done);
         }
         if !scan.full && scan.records < limit {
-            let age = u64::try_from(h.cfg.max_batch_age.as_nanos()).unwrap_or(u64::MAX);
+            let age = u64::try_from(self.cfg.max_batch_age.as_nanos()).unwrap_or(u64::MAX);
             let due = scan.first_ts.saturating_add(age);
             let wall = clock::wall_ns();
             if wall < due {
-                h.scan = Some(scan);
-                h.wait = Some(now + Duration::from_nanos(due - wall));
+                self.scan = Some(scan);
+                self.wait = Some(now + Duration::from_nanos(due - wall));
                 return Some(Pass::Blocked);
             }
         }
-        h.scan = None;
-        h.wait = None;
+        self.scan = None;
+        self.wait = None;
         // Build the body from the ring (nothing was appended since the scan: one loop turn).
-        h.body.clear();
+        self.body.clear();
         let mut pos = scan.from;
         let mut records = 0;
         let mut last_ts = 0;
@@ -970,40 +993,52 @@ impl Output {
             let Read::Record(r) = ring.read(pos) else {
                 break;
             };
-            if let Err(e) = protocol::push_record(&mut h.body, format, r.payload) {
-                return self.request_failed("http_body_failed", &e);
+            if let Err(e) = protocol::push_record(&mut self.body, format, r.payload) {
+                return self.request_failed(core, "http_body_failed", &e);
             }
             last_ts = r.ts;
             records += 1;
             pos = r.next;
         }
-        protocol::finish_body(&mut h.body, format);
-        if h.cfg.gzip {
-            let HttpSink { body, gz, .. } = &mut *h;
+        protocol::finish_body(&mut self.body, format);
+        if self.cfg.gzip {
+            let HttpSink { body, gz, .. } = &mut *self;
             if let Err(e) = protocol::gzip_into(body, gz) {
-                return self.request_failed("http_gzip_failed", &e);
+                return self.request_failed(core, "http_gzip_failed", &e);
             }
         }
-        let h = self.http();
-        let len = if h.cfg.gzip { h.gz.len() } else { h.body.len() };
-        let HttpSink { head, cfg, .. } = &mut *h;
+        let len = if self.cfg.gzip {
+            self.gz.len()
+        } else {
+            self.body.len()
+        };
+        let HttpSink { head, cfg, .. } = &mut *self;
         protocol::data_head(head, cfg, len, cfg.gzip);
-        h.sent = 0;
-        h.exchange = Exchange::Sending {
-            req: Req::Data {
+        self.sent = 0;
+        self.exchange = Exchange::Sending {
+            req: Req::Data(Batch {
                 from: scan.from,
                 to: pos,
                 records,
-            },
-            deadline: now + h.cfg.request_timeout,
+            }),
+            deadline: now + self.cfg.request_timeout,
         };
-        if let Some(b) = self.bucket.as_mut() {
+        if let Some(b) = core.bucket.as_mut() {
             b.tokens -= f64::from(records);
         }
-        self.last_sent_ts = last_ts;
-        if let Some(e) = self.episode.as_mut().filter(|e| e.before_ns == 0) {
+        core.last_sent_ts = last_ts;
+        if let Some(e) = core.episode.as_mut().filter(|e| e.before_ns == 0) {
             e.before_ns = last_ts;
         }
         None
+    }
+}
+
+impl Core {
+    /// Counts records `from..to` as delivered or replayed.
+    fn count_delivered(&mut self, from: Pos, to: Pos) {
+        let replayed = self.replay_until.clamp(from.seq, to.seq) - from.seq;
+        self.stats.replayed += replayed;
+        self.stats.delivered += to.seq - from.seq - replayed;
     }
 }

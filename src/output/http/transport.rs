@@ -57,7 +57,8 @@ impl Transport {
         &self.stream
     }
 
-    /// Writes what the socket (or rustls, up to its buffer limit) takes of `bufs`.
+    /// Writes what the socket (or rustls, up to its buffer limit) takes of `bufs` (through
+    /// TLS: of its first non-empty slice).
     pub fn write(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let Some(conn) = self.tls.as_deref_mut() else {
             return self.stream.write_vectored(bufs);
@@ -66,7 +67,13 @@ impl Transport {
         if conn.is_handshaking() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = conn.writer().write_vectored(bufs)?;
+        // One slice per call: rustls collects several into a new `Vec` per call, one it
+        // encrypts as is. The next call takes the next slice.
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        let n = conn.writer().write(first)?;
         soft(crate::tls::flush(conn, &mut self.stream))?;
         if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
             return Err(io::ErrorKind::WouldBlock.into());
