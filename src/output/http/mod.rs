@@ -467,24 +467,7 @@ impl HttpSink {
                 return self.stale(core, registry, now);
             }
             if n == 0 {
-                if !in_flight && !self.reader.started() {
-                    // An idle keep-alive connection closed by the server: normal.
-                    return self.reconnect_now(core, registry, now);
-                }
-                match self.reader.eof() {
-                    Ok(resp) if in_flight => {
-                        self.on_response(core, registry, ring, resp, now);
-                        if matches!(core.link.state(), State::Connected) {
-                            self.reconnect_now(core, registry, now);
-                        }
-                        return;
-                    }
-                    Ok(_) => return self.reconnect_now(core, registry, now),
-                    Err(e) => {
-                        let why = format!("response: {e}");
-                        return self.fail(core, registry, &why, now);
-                    }
-                }
+                return self.on_eof(core, registry, ring, in_flight, now);
             }
             if !in_flight {
                 return self.fail(
@@ -494,47 +477,89 @@ impl HttpSink {
                     now,
                 );
             }
-            let mut data = &buf[..n];
-            loop {
-                match self.reader.push(data) {
-                    Ok(Some(resp)) => {
-                        let early = matches!(self.exchange, Exchange::Sending { .. });
-                        let close = resp.close;
-                        if early && (200..300).contains(&resp.status) {
-                            // A success for a request not yet sent whole proves nothing.
-                            self.stats.requests[class(resp.status)] += 1;
-                            self.stats.batches_retried += 1;
-                            self.exchange = Exchange::Idle;
-                            let why =
-                                format!("HTTP {} before the request was sent whole", resp.status);
-                            return self.fail(core, registry, &why, now);
-                        }
-                        self.on_response(core, registry, ring, resp, now);
-                        if !matches!(core.link.state(), State::Connected) {
-                            return;
-                        }
-                        if early || close {
-                            return self.reconnect_now(core, registry, now);
-                        }
-                        data = b"";
-                        if matches!(self.exchange, Exchange::Idle) {
-                            // A second response to one request: the stream is out of step.
-                            if self.reader.started() {
-                                return self.fail(
-                                    core,
-                                    registry,
-                                    "response bytes past the response",
-                                    now,
-                                );
-                            }
-                            break;
-                        }
+            if !self.on_bytes(core, registry, ring, &buf[..n], now) {
+                return;
+            }
+        }
+    }
+
+    /// The server closed the connection (not while a reused connection's request was
+    /// unanswered: that is [`HttpSink::stale`]).
+    fn on_eof(
+        &mut self,
+        core: &mut Core,
+        registry: &Registry,
+        ring: &mut Ring,
+        in_flight: bool,
+        now: Instant,
+    ) {
+        if !in_flight && !self.reader.started() {
+            // An idle keep-alive connection closed by the server: normal.
+            return self.reconnect_now(core, registry, now);
+        }
+        match self.reader.eof() {
+            Ok(resp) if in_flight => {
+                self.on_response(core, registry, ring, resp, now);
+                if matches!(core.link.state(), State::Connected) {
+                    self.reconnect_now(core, registry, now);
+                }
+            }
+            Ok(_) => self.reconnect_now(core, registry, now),
+            Err(e) => {
+                let why = format!("response: {e}");
+                self.fail(core, registry, &why, now);
+            }
+        }
+    }
+
+    /// Response bytes read while a request is in flight: acts on each complete response.
+    /// Returns whether to read on (false once the connection was closed or replaced).
+    fn on_bytes(
+        &mut self,
+        core: &mut Core,
+        registry: &Registry,
+        ring: &mut Ring,
+        mut data: &[u8],
+        now: Instant,
+    ) -> bool {
+        loop {
+            match self.reader.push(data) {
+                Ok(Some(resp)) => {
+                    let early = matches!(self.exchange, Exchange::Sending { .. });
+                    let close = resp.close;
+                    if early && (200..300).contains(&resp.status) {
+                        // A success for a request not yet sent whole proves nothing.
+                        self.stats.requests[class(resp.status)] += 1;
+                        self.stats.batches_retried += 1;
+                        self.exchange = Exchange::Idle;
+                        let why = format!("HTTP {} before the request was sent whole", resp.status);
+                        self.fail(core, registry, &why, now);
+                        return false;
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let why = format!("response: {e}");
-                        return self.fail(core, registry, &why, now);
+                    self.on_response(core, registry, ring, resp, now);
+                    if !matches!(core.link.state(), State::Connected) {
+                        return false;
                     }
+                    if early || close {
+                        self.reconnect_now(core, registry, now);
+                        return false;
+                    }
+                    data = b"";
+                    if matches!(self.exchange, Exchange::Idle) {
+                        // A second response to one request: the stream is out of step.
+                        if self.reader.started() {
+                            let why = "response bytes past the response";
+                            self.fail(core, registry, why, now);
+                            return false;
+                        }
+                        return true;
+                    }
+                }
+                Ok(None) => return true,
+                Err(e) => {
+                    let why = format!("response: {e}");
+                    self.fail(core, registry, &why, now);
+                    return false;
                 }
             }
         }
@@ -902,23 +927,56 @@ impl HttpSink {
 
     /// Gathers the next batch; starts it when it is full or old enough.
     fn start_batch(&mut self, core: &mut Core, ring: &mut Ring, now: Instant) -> Option<Pass> {
-        let mut limit = {
-            let send = core.send;
-            if send.seq >= self.narrow_until {
-                self.limit = u32::MAX;
-            }
-            self.limit
+        let Some(limit) = self.batch_limit(core, now) else {
+            return Some(Pass::Blocked);
         };
+        let scan = self.scan(core, ring, limit, now);
+        if scan.records == 0 {
+            self.scan = None;
+            self.wait = None;
+            core.end_episode();
+            return Some(Pass::Done);
+        }
+        if !scan.full && scan.records < limit {
+            let age = u64::try_from(self.cfg.max_batch_age.as_nanos()).unwrap_or(u64::MAX);
+            let due = scan.first_ts.saturating_add(age);
+            let wall = clock::wall_ns();
+            if wall < due {
+                self.scan = Some(scan);
+                self.wait = Some(now + Duration::from_nanos(due - wall));
+                return Some(Pass::Blocked);
+            }
+        }
+        self.scan = None;
+        self.wait = None;
+        self.send_batch(core, ring, scan, now)
+    }
+
+    /// Records the next batch may hold: the narrowing limit while a refused batch is split,
+    /// and the rate limiter's allowance. `None` when the bucket is empty: the pass ends
+    /// blocked.
+    fn batch_limit(&mut self, core: &mut Core, now: Instant) -> Option<u32> {
+        if core.send.seq >= self.narrow_until {
+            self.limit = u32::MAX;
+        }
+        let mut limit = self.limit;
         if let Some(b) = core.bucket.as_mut() {
             let n = b.allowance(now, false);
             if n == 0 {
                 b.exhaust(now);
                 // The bucket's wake-up comes first now; the batch is looked at again then.
                 self.wait = None;
-                return Some(Pass::Blocked);
+                return None;
             }
             limit = limit.min(u32::try_from(n).unwrap_or(u32::MAX));
         }
+        Some(limit)
+    }
+
+    /// Walks the ring from the send position (or from where the last look stopped) until the
+    /// batch is full, holds `limit` records or reaches the head; steps over overwritten and
+    /// damaged records before the first one.
+    fn scan(&mut self, core: &mut Core, ring: &mut Ring, limit: u32, now: Instant) -> Scan {
         let send = core.send;
         let tail = ring.tail();
         let (format, max) = (self.cfg.body, self.cfg.max_batch_bytes);
@@ -966,25 +1024,20 @@ impl HttpSink {
                 Read::Overrun { .. } | Read::Corrupt { .. } => scan.full = true,
             }
         }
-        if scan.records == 0 {
-            self.scan = None;
-            self.wait = None;
-            core.end_episode();
-            return Some(Pass::Done);
-        }
-        if !scan.full && scan.records < limit {
-            let age = u64::try_from(self.cfg.max_batch_age.as_nanos()).unwrap_or(u64::MAX);
-            let due = scan.first_ts.saturating_add(age);
-            let wall = clock::wall_ns();
-            if wall < due {
-                self.scan = Some(scan);
-                self.wait = Some(now + Duration::from_nanos(due - wall));
-                return Some(Pass::Blocked);
-            }
-        }
-        self.scan = None;
-        self.wait = None;
+        scan
+    }
+
+    /// Builds the request for the scanned records (body from the ring, gzip, head) and starts
+    /// sending it.
+    fn send_batch(
+        &mut self,
+        core: &mut Core,
+        ring: &mut Ring,
+        scan: Scan,
+        now: Instant,
+    ) -> Option<Pass> {
         // Build the body from the ring (nothing was appended since the scan: one loop turn).
+        let format = self.cfg.body;
         self.body.clear();
         let mut pos = scan.from;
         let mut records = 0;

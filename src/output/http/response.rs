@@ -166,72 +166,9 @@ impl ResponseReader {
         loop {
             match self.state {
                 BodyState::Head => {
-                    let mut headers = [httparse::EMPTY_HEADER; 48];
-                    let mut resp = httparse::Response::new(&mut headers);
-                    let n = match resp.parse(&self.buf) {
-                        Ok(httparse::Status::Complete(n)) => n,
-                        Ok(httparse::Status::Partial) => {
-                            if self.buf.len() > MAX_RESPONSE_HEAD {
-                                return Err(ResponseError::HeadTooLong);
-                            }
-                            return Ok(None);
-                        }
-                        Err(e) => return Err(ResponseError::BadHead(e.to_string())),
-                    };
-                    if n > MAX_RESPONSE_HEAD {
-                        return Err(ResponseError::HeadTooLong);
+                    if !self.head()? {
+                        return Ok(None);
                     }
-                    let status = resp.code.unwrap_or(0);
-                    let mut length = None;
-                    let mut chunked = false;
-                    let mut close = resp.version == Some(0);
-                    let mut retry_after = None;
-                    for h in resp.headers.iter() {
-                        let v = std::str::from_utf8(h.value).unwrap_or("").trim();
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            match v.parse::<u64>() {
-                                Ok(l) => length = Some(l),
-                                Err(_) => {
-                                    return Err(ResponseError::BadHead(format!(
-                                        "Content-Length {v:?}"
-                                    )))
-                                }
-                            }
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            chunked = v
-                                .rsplit(',')
-                                .next()
-                                .is_some_and(|l| l.trim().eq_ignore_ascii_case("chunked"));
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            for t in v.split(',') {
-                                if t.trim().eq_ignore_ascii_case("close") {
-                                    close = true;
-                                } else if t.trim().eq_ignore_ascii_case("keep-alive") {
-                                    close = false;
-                                }
-                            }
-                        } else if h.name.eq_ignore_ascii_case("retry-after") {
-                            retry_after = parse_retry_after(v);
-                        }
-                    }
-                    self.buf.drain(..n);
-                    if (100..200).contains(&status) {
-                        // An interim response (100 Continue): the real one follows.
-                        continue;
-                    }
-                    self.status = status;
-                    self.close = close;
-                    self.retry_after = retry_after;
-                    self.state = if status == 204 || status == 304 {
-                        BodyState::Length { left: 0 }
-                    } else if chunked {
-                        BodyState::ChunkSize
-                    } else if let Some(left) = length {
-                        BodyState::Length { left }
-                    } else {
-                        self.close = true;
-                        BodyState::UntilClose
-                    };
                 }
                 BodyState::Length { left } => {
                     let n = (left.min(self.buf.len() as u64)) as usize;
@@ -243,26 +180,11 @@ impl ResponseReader {
                     }
                     return Ok(Some(self.complete()));
                 }
-                BodyState::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((n, _))) if n > MAX_CHUNK_LINE => {
-                        return Err(ResponseError::BadChunk);
-                    }
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        self.buf.drain(..n);
-                        self.state = if size == 0 {
-                            BodyState::Trailers
-                        } else {
-                            BodyState::ChunkData { left: size }
-                        };
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if self.buf.len() > MAX_CHUNK_LINE {
-                            return Err(ResponseError::BadChunk);
-                        }
+                BodyState::ChunkSize => {
+                    if !self.chunk_size()? {
                         return Ok(None);
                     }
-                    Err(_) => return Err(ResponseError::BadChunk),
-                },
+                }
                 BodyState::ChunkData { left } => {
                     let n = (left.min(self.buf.len() as u64)) as usize;
                     self.keep(n);
@@ -283,22 +205,11 @@ impl ResponseReader {
                     self.buf.drain(..2);
                     self.state = BodyState::ChunkSize;
                 }
-                BodyState::Trailers => {
-                    let Some(i) = memchr::memchr(b'\n', &self.buf) else {
-                        if self.buf.len() > MAX_RESPONSE_HEAD {
-                            return Err(ResponseError::HeadTooLong);
-                        }
-                        return Ok(None);
-                    };
-                    if i >= MAX_RESPONSE_HEAD {
-                        return Err(ResponseError::HeadTooLong);
-                    }
-                    let empty = self.buf[..i] == *b"" || self.buf[..i] == *b"\r";
-                    self.buf.drain(..=i);
-                    if empty {
-                        return Ok(Some(self.complete()));
-                    }
-                }
+                BodyState::Trailers => match self.trailer()? {
+                    Some(true) => return Ok(Some(self.complete())),
+                    Some(false) => {}
+                    None => return Ok(None),
+                },
                 BodyState::UntilClose => {
                     let n = self.buf.len();
                     self.keep(n);
@@ -306,6 +217,131 @@ impl ResponseReader {
                 }
             }
         }
+    }
+
+    /// Reads a response head: false while it is incomplete. An interim response (1xx) is
+    /// consumed and the state stays `Head`; any other sets the body's state.
+    fn head(&mut self) -> Result<bool, ResponseError> {
+        let mut headers = [httparse::EMPTY_HEADER; 48];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if self.buf.len() > MAX_RESPONSE_HEAD {
+                    return Err(ResponseError::HeadTooLong);
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(ResponseError::BadHead(e.to_string())),
+        };
+        if n > MAX_RESPONSE_HEAD {
+            return Err(ResponseError::HeadTooLong);
+        }
+        let status = resp.code.unwrap_or(0);
+        let head = Head::of(&resp)?;
+        self.buf.drain(..n);
+        if (100..200).contains(&status) {
+            // An interim response (100 Continue): the real one follows.
+            return Ok(true);
+        }
+        self.status = status;
+        self.close = head.close;
+        self.retry_after = head.retry_after;
+        self.state = if status == 204 || status == 304 {
+            BodyState::Length { left: 0 }
+        } else if head.chunked {
+            BodyState::ChunkSize
+        } else if let Some(left) = head.length {
+            BodyState::Length { left }
+        } else {
+            self.close = true;
+            BodyState::UntilClose
+        };
+        Ok(true)
+    }
+
+    /// Reads a chunk-size line: false while it is incomplete.
+    fn chunk_size(&mut self) -> Result<bool, ResponseError> {
+        match httparse::parse_chunk_size(&self.buf) {
+            Ok(httparse::Status::Complete((n, _))) if n > MAX_CHUNK_LINE => {
+                Err(ResponseError::BadChunk)
+            }
+            Ok(httparse::Status::Complete((n, size))) => {
+                self.buf.drain(..n);
+                self.state = if size == 0 {
+                    BodyState::Trailers
+                } else {
+                    BodyState::ChunkData { left: size }
+                };
+                Ok(true)
+            }
+            Ok(httparse::Status::Partial) if self.buf.len() > MAX_CHUNK_LINE => {
+                Err(ResponseError::BadChunk)
+            }
+            Ok(httparse::Status::Partial) => Ok(false),
+            Err(_) => Err(ResponseError::BadChunk),
+        }
+    }
+
+    /// Reads one trailer line: `Some(true)` at the empty line that ends the response,
+    /// `Some(false)` after another, `None` while the line is incomplete.
+    fn trailer(&mut self) -> Result<Option<bool>, ResponseError> {
+        let Some(i) = memchr::memchr(b'\n', &self.buf) else {
+            if self.buf.len() > MAX_RESPONSE_HEAD {
+                return Err(ResponseError::HeadTooLong);
+            }
+            return Ok(None);
+        };
+        if i >= MAX_RESPONSE_HEAD {
+            return Err(ResponseError::HeadTooLong);
+        }
+        let empty = self.buf[..i] == *b"" || self.buf[..i] == *b"\r";
+        self.buf.drain(..=i);
+        Ok(Some(empty))
+    }
+}
+
+/// What a response head says about its body and its connection.
+struct Head {
+    length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Head {
+    fn of(resp: &httparse::Response<'_, '_>) -> Result<Head, ResponseError> {
+        let mut head = Head {
+            length: None,
+            chunked: false,
+            close: resp.version == Some(0),
+            retry_after: None,
+        };
+        for h in resp.headers.iter() {
+            let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+            if h.name.eq_ignore_ascii_case("content-length") {
+                match v.parse::<u64>() {
+                    Ok(l) => head.length = Some(l),
+                    Err(_) => return Err(ResponseError::BadHead(format!("Content-Length {v:?}"))),
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                head.chunked = v
+                    .rsplit(',')
+                    .next()
+                    .is_some_and(|l| l.trim().eq_ignore_ascii_case("chunked"));
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                for t in v.split(',') {
+                    if t.trim().eq_ignore_ascii_case("close") {
+                        head.close = true;
+                    } else if t.trim().eq_ignore_ascii_case("keep-alive") {
+                        head.close = false;
+                    }
+                }
+            } else if h.name.eq_ignore_ascii_case("retry-after") {
+                head.retry_after = parse_retry_after(v);
+            }
+        }
+        Ok(head)
     }
 }
 
