@@ -67,9 +67,28 @@ impl<'a> View<'a> {
     /// The record `pos` names in the data entry at `off`, whose header `h` holds its sequence
     /// number (its records end before `end`); with `check`, after checking the entry's body.
     fn record_in(&self, off: u64, h: &RecordHeader, end: u64, pos: Pos, check: bool) -> Read<'a> {
-        let body = self.payload(off, h);
-        let at = Pos { off, ..pos };
         let next_entry = Pos::at(self.norm(off + h.stride()), end);
+        if let Some(read) = self.read_if_damaged(off, h, pos, check, next_entry) {
+            return read;
+        }
+        if h.is_lines() {
+            self.line_in(off, h, pos, next_entry)
+        } else {
+            self.plain_record(off, h, next_entry)
+        }
+    }
+
+    /// Checks the body of the data entry `h` at `off` as [`View::record_in`] was asked to (a
+    /// chunked entry also when `pos` is in a partly damaged one), and says what reading at `pos`
+    /// gives if the body is damaged; `None` when the record can be taken from the body as it is.
+    fn read_if_damaged(
+        &self,
+        off: u64,
+        h: &RecordHeader,
+        pos: Pos,
+        check: bool,
+        next_entry: Pos,
+    ) -> Option<Read<'a>> {
         if h.is_chunked() && (check || pos.sub == IN_DAMAGED_ENTRY) {
             let c = Chunked::new(self.data, off, h);
             let whole = match c.check_table(h.pcrc) {
@@ -80,48 +99,70 @@ impl<'a> View<'a> {
                 Err(d) => Err(Some(d)),
             };
             match whole {
-                Ok(()) => {}
+                Ok(()) => None,
                 // Damage to the whole entry: a table whose CRC does not match (the entry's
                 // length is known: go on after it), or that the writer got wrong.
-                Err(Some(damage)) => {
-                    let next = match damage {
-                        Damage::Lines { .. } => self.after_damaged(self.lin(off) + h.stride(), pos),
-                        _ => next_entry,
-                    };
-                    return Read::Corrupt { at, damage, next };
-                }
-                Err(None) => return self.record_in_damaged(&c, off, h, pos, next_entry),
+                Err(Some(damage)) => Some(self.damaged_body(off, h, pos, damage, next_entry)),
+                Err(None) => Some(self.record_in_damaged(&c, off, h, pos, next_entry)),
             }
         } else if check {
-            if let Err(damage) = body_check(h, body) {
-                // A lines body that does not hold `count` records: the count cannot be
-                // trusted, so the next entry is found by its header, as after header damage.
-                let next = match damage {
-                    Damage::Lines { .. } => self.after_damaged(self.lin(off) + h.stride(), pos),
-                    _ => next_entry,
-                };
-                return Read::Corrupt { at, damage, next };
-            }
+            body_check(h, self.payload(off, h))
+                .err()
+                .map(|damage| self.damaged_body(off, h, pos, damage, next_entry))
+        } else {
+            None
         }
-        if !h.is_lines() {
-            // Padding bytes are unspecified: the LF counts only if it is there.
-            let end = (off + RECORD_HEADER) as usize + body.len();
-            let line = (u64::from(h.len) + RECORD_HEADER < h.stride() && self.data[end] == b'\n')
-                .then(|| &self.data[end - body.len()..=end]);
-            return Read::Record(Record {
-                pos: Pos::at(off, h.seq),
-                ts: h.ts,
-                truncated: h.flags & FLAG_TRUNCATED != 0,
-                payload: body,
-                line,
-                lines: line.map(|bytes| Lines {
-                    bytes,
-                    records: 1,
-                    next: next_entry,
-                }),
+    }
+
+    /// Reading at `pos` in the data entry `h` at `off`, whose body has `damage`. A lines body
+    /// that does not hold `count` records: the count cannot be trusted, so the next entry is
+    /// found by its header, as after header damage. Any other damage leaves the header's count
+    /// standing: reading goes on at `next_entry`.
+    fn damaged_body(
+        &self,
+        off: u64,
+        h: &RecordHeader,
+        pos: Pos,
+        damage: Damage,
+        next_entry: Pos,
+    ) -> Read<'a> {
+        let next = match damage {
+            Damage::Lines { .. } => self.after_damaged(self.lin(off) + h.stride(), pos),
+            _ => next_entry,
+        };
+        Read::Corrupt {
+            at: Pos { off, ..pos },
+            damage,
+            next,
+        }
+    }
+
+    /// The record of the plain entry `h` at `off` (its body checked if it had to be).
+    fn plain_record(&self, off: u64, h: &RecordHeader, next_entry: Pos) -> Read<'a> {
+        let body = self.payload(off, h);
+        // Padding bytes are unspecified: the LF counts only if it is there.
+        let end = (off + RECORD_HEADER) as usize + body.len();
+        let line = (u64::from(h.len) + RECORD_HEADER < h.stride() && self.data[end] == b'\n')
+            .then(|| &self.data[end - body.len()..=end]);
+        Read::Record(Record {
+            pos: Pos::at(off, h.seq),
+            ts: h.ts,
+            truncated: h.flags & FLAG_TRUNCATED != 0,
+            payload: body,
+            line,
+            lines: line.map(|bytes| Lines {
+                bytes,
+                records: 1,
                 next: next_entry,
-            });
-        }
+            }),
+            next: next_entry,
+        })
+    }
+
+    /// The record `pos` names in the lines entry `h` at `off` (its body checked if it had to
+    /// be), and the rest of the entry after it.
+    fn line_in(&self, off: u64, h: &RecordHeader, pos: Pos, next_entry: Pos) -> Read<'a> {
+        let body = self.payload(off, h);
         // The record starts after the LF of the one before it: where `sub` says, once a reader
         // found it, or found by counting LFs from the start of the body.
         let nth = pos.seq - h.seq;
@@ -140,7 +181,7 @@ impl<'a> View<'a> {
             // Only an unchecked entry (fresh, or entered before) can get here.
             let found = memchr::memchr_iter(b'\n', body).count() as u64;
             return Read::Corrupt {
-                at,
+                at: Pos { off, ..pos },
                 damage: Damage::Lines {
                     count: h.count,
                     found,
