@@ -50,44 +50,20 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
         },
         start.seq,
     );
-    let view = View {
-        data,
-        max_record,
+    let scanner = Scanner {
+        view: View {
+            data,
+            max_record,
+            run,
+            // The scan takes only entries of `run` itself.
+            run_starts: &[],
+            tail: start,
+            head: Pos::at(start.off, u64::MAX),
+        },
         run,
-        // The scan takes only entries of `run` itself.
-        run_starts: &[],
-        tail: start,
-        head: Pos::at(start.off, u64::MAX),
+        cap,
+        reach: salvage_reach(cap, max_record),
     };
-    // The header at `off` if it chains, with its records that touch a damaged chunk.
-    let valid = |off: u64, seq: u64, ts: u64| -> Option<(RecordHeader, u64)> {
-        let h = view.header_at(off)?;
-        let ok = h.seq == seq
-            && h.run == run
-            && h.ts >= ts
-            && seq.checked_add(h.records().max(1)).is_some();
-        if !ok {
-            return None;
-        }
-        if h.kind == KIND_WRAP {
-            return Some((h, 0));
-        }
-        view.entry_check(off, &h).ok().map(|bad| (h, bad))
-    };
-    // The entry at `off` (after its wrap marker, if it is one) if it is accepted: its offset,
-    // header, the ring bytes from `off` to its end, and its damaged records.
-    let accept = |off: u64, seq: u64, ts: u64| -> Option<(u64, RecordHeader, u64, u64)> {
-        let (h, bad) = valid(off, seq, ts)?;
-        if h.kind != KIND_WRAP {
-            return Some((off, h, h.stride(), bad));
-        }
-        // A wrap marker counts only together with the record it points to.
-        match valid(0, seq, ts) {
-            Some((h0, bad)) if h0.kind != KIND_WRAP => Some((0, h0, cap - off + h0.stride(), bad)),
-            _ => None,
-        }
-    };
-    let reach = salvage_reach(cap, max_record);
     let mut scan = Scan {
         head: start,
         records: 0,
@@ -100,9 +76,9 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
     let mut lin = 0u64;
     loop {
         let (off, seq) = (scan.head.off, scan.head.seq);
-        if let Some((rec_off, h, spent, bad)) = accept(off, seq, ts) {
+        if let Some((rec_off, h, spent, bad)) = scanner.accept(off, seq, ts) {
             let end = rec_off + h.stride();
-            let next = view.norm(end);
+            let next = scanner.view.norm(end);
             // The unused end of the lap after it, if the next entry goes at 0.
             let skipped = if next == end { 0 } else { cap - end };
             if lin + spent > cap {
@@ -116,36 +92,89 @@ pub fn scan_forward(data: &[u8], max_record: u32, run: u32, start: Pos, last_ts:
             scan.head = Pos::at(next, seq + h.records());
             continue;
         }
-        // Damage, or the end. An intact header of this run that carries the expected number
-        // gives its length: the next entry is after it. Otherwise its length is unknown.
-        let own = view
-            .header_at(off)
-            .filter(|h| h.seq == seq && h.run == run && h.kind != KIND_WRAP);
-        let mut from = lin + own.map_or(ALIGN, |h| h.stride());
-        let found = loop {
-            // Above the expected number: a damaged entry holds at least one record (a damaged
-            // wrap marker loses the entry after it, as a reader resynchronising there does).
-            let Some((at, p, h)) = view.resync(from, reach, seq + 1) else {
-                break None;
-            };
-            // Each record takes at least a byte of the ring: a sequence number further ahead
-            // than the bytes skipped is not this ring's (a forgery in an old payload).
-            let plausible = h.run == run && h.ts >= ts && h.seq - seq <= at - lin;
-            if plausible && accept(p.off, h.seq, ts).is_some_and(|(_, _, n, _)| at + n <= cap) {
-                break Some((at, p));
-            }
-            from = at + ALIGN;
-        };
-        match found {
+        match scanner.after_damage(off, seq, ts, lin) {
             Some((at, p)) => {
                 scan.damaged += p.seq - seq;
                 lin = at;
                 scan.head = p;
             }
             None => {
-                scan.torn = view.header_at(off).is_some_and(|h| h.seq == seq);
+                scan.torn = scanner.view.header_at(off).is_some_and(|h| h.seq == seq);
                 return scan;
             }
+        }
+    }
+}
+
+/// What [`scan_forward`] checks entries against: the data area seen from the checkpointed head,
+/// the run that wrote after it, and how far it looks past damage.
+struct Scanner<'a> {
+    view: View<'a>,
+    run: u32,
+    cap: u64,
+    reach: u64,
+}
+
+impl Scanner<'_> {
+    /// The header at `off` if it chains, with its records that touch a damaged chunk.
+    fn valid(&self, off: u64, seq: u64, ts: u64) -> Option<(RecordHeader, u64)> {
+        let h = self.view.header_at(off)?;
+        let ok = h.seq == seq
+            && h.run == self.run
+            && h.ts >= ts
+            && seq.checked_add(h.records().max(1)).is_some();
+        if !ok {
+            return None;
+        }
+        if h.kind == KIND_WRAP {
+            return Some((h, 0));
+        }
+        self.view.entry_check(off, &h).ok().map(|bad| (h, bad))
+    }
+
+    /// The entry at `off` (after its wrap marker, if it is one) if it is accepted: its offset,
+    /// header, the ring bytes from `off` to its end, and its damaged records.
+    fn accept(&self, off: u64, seq: u64, ts: u64) -> Option<(u64, RecordHeader, u64, u64)> {
+        let (h, bad) = self.valid(off, seq, ts)?;
+        if h.kind != KIND_WRAP {
+            return Some((off, h, h.stride(), bad));
+        }
+        // A wrap marker counts only together with the record it points to.
+        match self.valid(0, seq, ts) {
+            Some((h0, bad)) if h0.kind != KIND_WRAP => {
+                Some((0, h0, self.cap - off + h0.stride(), bad))
+            }
+            _ => None,
+        }
+    }
+
+    /// Where the scan goes on after damage (or the end) at `off`, distance `lin` from the
+    /// start, where an entry with sequence number `seq` received no earlier than `ts` was
+    /// expected: the distance and position of the first entry further on that would be
+    /// accepted, with a higher sequence number; `None` if there is none within reach.
+    fn after_damage(&self, off: u64, seq: u64, ts: u64, lin: u64) -> Option<(u64, Pos)> {
+        // An intact header of this run that carries the expected number gives its length: the
+        // next entry is after it. Otherwise its length is unknown.
+        let own = self
+            .view
+            .header_at(off)
+            .filter(|h| h.seq == seq && h.run == self.run && h.kind != KIND_WRAP);
+        let mut from = lin + own.map_or(ALIGN, |h| h.stride());
+        loop {
+            // Above the expected number: a damaged entry holds at least one record (a damaged
+            // wrap marker loses the entry after it, as a reader resynchronising there does).
+            let (at, p, h) = self.view.resync(from, self.reach, seq + 1)?;
+            // Each record takes at least a byte of the ring: a sequence number further ahead
+            // than the bytes skipped is not this ring's (a forgery in an old payload).
+            let plausible = h.run == self.run && h.ts >= ts && h.seq - seq <= at - lin;
+            if plausible
+                && self
+                    .accept(p.off, h.seq, ts)
+                    .is_some_and(|(_, _, n, _)| at + n <= self.cap)
+            {
+                return Some((at, p));
+            }
+            from = at + ALIGN;
         }
     }
 }
