@@ -136,80 +136,8 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
             println!("ringrelay {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        "inspect" => {
-            args.check_known(&["--verify", "--export", "--export-format"])?;
-            let [path] = args.positional.as_slice() else {
-                return Err("ringrelay inspect needs one PATH (a ring file or a data dir)".into());
-            };
-            let format = args.value("--export-format")?;
-            if args.has("--export") || format.is_some() {
-                if args.has("--verify") {
-                    return Err(
-                        "ringrelay inspect: --export and --verify do not go together".into(),
-                    );
-                }
-                let format = match format {
-                    None => crate::inspect::ExportFormat::Raw,
-                    Some(f) => crate::inspect::ExportFormat::parse(f).ok_or_else(|| {
-                        format!("ringrelay inspect: --export-format {f:?}: raw or ndjson")
-                    })?,
-                };
-                let path = PathBuf::from(path);
-                if path.is_dir() {
-                    return Err(
-                        "ringrelay inspect --export needs one ring FILE, not a directory".into(),
-                    );
-                }
-                return Ok(crate::inspect::export(&path, format));
-            }
-            Ok(crate::inspect::run(
-                &PathBuf::from(path),
-                args.has("--verify"),
-            ))
-        }
-        "size" => {
-            args.check_known(&["--eps", "--bytes", "--retention", "--feeds"])?;
-            // The units and limits of the configuration's `buffer = { eps, bytes, retention }`.
-            use crate::config::{parse_count, parse_size, EPS_RANGE, EVENT_BYTES_RANGE};
-            let within = |flag: &str, n: u64, range: std::ops::RangeInclusive<u64>| {
-                if range.contains(&n) {
-                    Ok(n)
-                } else {
-                    Err(format!(
-                        "ringrelay size: {flag} {n} is out of range ({}..={})",
-                        range.start(),
-                        range.end()
-                    ))
-                }
-            };
-            let eps = args
-                .value("--eps")?
-                .ok_or("ringrelay size needs --eps N (events/s: 20000, 20_000 or 20k)")?;
-            let eps = parse_count(eps).map_err(|e| format!("--eps: {e}"))?;
-            let eps = within("--eps", eps, EPS_RANGE)?;
-            let bytes = args
-                .value("--bytes")?
-                .ok_or("ringrelay size needs --bytes B (average event size: 900 or 1KiB)")?;
-            let bytes = parse_size(bytes).map_err(|e| format!("--bytes: {e}"))?;
-            let bytes = within("--bytes", bytes, EVENT_BYTES_RANGE)?;
-            let retention = match args.value("--retention")? {
-                Some(v) => {
-                    crate::config::parse_duration(v).map_err(|e| format!("--retention: {e}"))?
-                }
-                None => Duration::from_secs(3600),
-            };
-            let feeds = args.number("--feeds")?.unwrap_or(1);
-            let feeds = within("--feeds", feeds, 1..=crate::config::MAX_FEEDS as u64)?;
-            if retention.is_zero() {
-                return Err("ringrelay size: --retention must be above zero".into());
-            }
-            Ok(crate::size::run(crate::size::Sizing {
-                eps,
-                bytes,
-                retention,
-                feeds,
-            }))
-        }
+        "inspect" => inspect(args),
+        "size" => size(args),
         "check" => {
             args.check_known(&["--config"])?;
             let path = PathBuf::from(args.required("--config")?);
@@ -234,4 +162,76 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
         }
         other => Err(format!("ringrelay: unknown command {other:?}")),
     }
+}
+
+/// `ringrelay inspect PATH [--verify]` or `ringrelay inspect FILE --export [--export-format F]`.
+fn inspect(args: &Args) -> Result<ExitCode, String> {
+    args.check_known(&["--verify", "--export", "--export-format"])?;
+    let [path] = args.positional.as_slice() else {
+        return Err("ringrelay inspect needs one PATH (a ring file or a data dir)".into());
+    };
+    let format = args.value("--export-format")?;
+    if args.has("--export") || format.is_some() {
+        if args.has("--verify") {
+            return Err("ringrelay inspect: --export and --verify do not go together".into());
+        }
+        let format = match format {
+            None => crate::inspect::ExportFormat::Raw,
+            Some(f) => crate::inspect::ExportFormat::parse(f).ok_or_else(|| {
+                format!("ringrelay inspect: --export-format {f:?}: raw or ndjson")
+            })?,
+        };
+        let path = PathBuf::from(path);
+        if path.is_dir() {
+            return Err("ringrelay inspect --export needs one ring FILE, not a directory".into());
+        }
+        return Ok(crate::inspect::export(&path, format));
+    }
+    Ok(crate::inspect::run(
+        &PathBuf::from(path),
+        args.has("--verify"),
+    ))
+}
+
+/// `ringrelay size --eps N --bytes B [--retention D] [--feeds N]`.
+fn size(args: &Args) -> Result<ExitCode, String> {
+    args.check_known(&["--eps", "--bytes", "--retention", "--feeds"])?;
+    // The units and limits of the configuration's `buffer = { eps, bytes, retention }`.
+    use crate::config::{parse_count, parse_size, EPS_RANGE, EVENT_BYTES_RANGE};
+    let within = |flag: &str, n: u64, range: std::ops::RangeInclusive<u64>| {
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!(
+                "ringrelay size: {flag} {n} is out of range ({}..={})",
+                range.start(),
+                range.end()
+            ))
+        }
+    };
+    let eps = args
+        .value("--eps")?
+        .ok_or("ringrelay size needs --eps N (events/s: 20000, 20_000 or 20k)")?;
+    let eps = parse_count(eps).map_err(|e| format!("--eps: {e}"))?;
+    let eps = within("--eps", eps, EPS_RANGE)?;
+    let bytes = args
+        .value("--bytes")?
+        .ok_or("ringrelay size needs --bytes B (average event size: 900 or 1KiB)")?;
+    let bytes = parse_size(bytes).map_err(|e| format!("--bytes: {e}"))?;
+    let bytes = within("--bytes", bytes, EVENT_BYTES_RANGE)?;
+    let retention = match args.value("--retention")? {
+        Some(v) => crate::config::parse_duration(v).map_err(|e| format!("--retention: {e}"))?,
+        None => Duration::from_secs(3600),
+    };
+    let feeds = args.number("--feeds")?.unwrap_or(1);
+    let feeds = within("--feeds", feeds, 1..=crate::config::MAX_FEEDS as u64)?;
+    if retention.is_zero() {
+        return Err("ringrelay size: --retention must be above zero".into());
+    }
+    Ok(crate::size::run(crate::size::Sizing {
+        eps,
+        bytes,
+        retention,
+        feeds,
+    }))
 }

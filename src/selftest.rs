@@ -479,6 +479,8 @@ pub fn run(plan: Plan) -> ExitCode {
     }
 }
 
+/// Runs the selftest in the work directory `dir`: starts the SIEM and the relay, sends, watches
+/// the delivery, stops everything and reports.
 fn run_in(dir: &Path, plan: Plan, sigs: &SignalFd) -> Result<ExitCode, Quit> {
     let failed = |what: &str, e: &dyn std::fmt::Display| Quit::Failed(format!("{what}: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| failed(&dir.display().to_string(), &e))?;
@@ -490,26 +492,7 @@ fn run_in(dir: &Path, plan: Plan, sigs: &SignalFd) -> Result<ExitCode, Quit> {
     let (mut relay, stderr) = RelayProcess::spawn(&config).map_err(Quit::Failed)?;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || read_relay_log(stderr, tx));
-
-    // The relay's addresses, once it has created its rings and bound its ports.
-    let (mut addrs, mut admin) = ([None, None], None);
-    let start_limit = Instant::now() + Duration::from_secs(60);
-    let (addrs, admin) = loop {
-        if let ([Some(a), Some(b)], Some(m)) = (addrs, admin) {
-            break ([a, b], m);
-        }
-        if Instant::now() > start_limit {
-            return Err(Quit::Failed("the relay did not start within 60 s".into()));
-        }
-        nap(Duration::ZERO, sigs, &mut relay)?;
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(RelayLine::Listening { feed, addr }) => {
-                addrs[usize::from(feed != FEEDS[0])] = Some(addr);
-            }
-            Ok(RelayLine::Admin(addr)) => admin = Some(addr),
-            Err(_) => {}
-        }
-    };
+    let (addrs, admin) = relay_addresses(&rx, sigs, &mut relay)?;
 
     say(&format!(
         "selftest: relay process {} (ringrelay run --config {}), 2 feeds x {RATE} events/s \
@@ -521,23 +504,115 @@ fn run_in(dir: &Path, plan: Plan, sigs: &SignalFd) -> Result<ExitCode, Quit> {
         plan.down_at.as_secs_f64(),
         plan.down_for.as_secs_f64(),
     ))?;
-    let stop_gen = Arc::new(AtomicBool::new(false));
-    let sent = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
-    let gens: Vec<_> = (0..2)
-        .map(|i| {
-            let (addr, sent, stop) = (addrs[i], sent[i].clone(), stop_gen.clone());
-            thread::spawn(move || generator(addr, i == 1, sent, stop))
-        })
-        .collect();
-    // Whatever ends the run, the generators stop.
-    struct StopOnDrop(Arc<AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
+    let mut gens = Generators::start(addrs);
+    let (elapsed, peak_rate) = watch(plan, &siem, admin, &gens, sigs, &mut relay)?;
+    gens.join();
+    match relay.stop(Duration::from_secs(10)) {
+        Some(st) if st.success() => {}
+        Some(st) => eprintln!("selftest: the relay process ended with {st}"),
+        None => eprintln!("selftest: the relay process did not stop within 10 s; killed"),
+    }
+    // Let the SIEM's readers take in what is still on the wire.
+    thread::sleep(Duration::from_millis(300));
+    siem.stop.store(true, Ordering::Relaxed);
+    let _ = siem_thread.join();
+    report(plan, &siem, gens.sent(), elapsed, peak_rate)
+}
+
+/// The relay's feed and admin addresses, once it has created its rings and bound its ports
+/// (it says so on its log, `rx`).
+fn relay_addresses(
+    rx: &mpsc::Receiver<RelayLine>,
+    sigs: &SignalFd,
+    relay: &mut RelayProcess,
+) -> Result<([SocketAddr; 2], SocketAddr), Quit> {
+    let (mut addrs, mut admin) = ([None, None], None);
+    let start_limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let ([Some(a), Some(b)], Some(m)) = (addrs, admin) {
+            return Ok(([a, b], m));
+        }
+        if Instant::now() > start_limit {
+            return Err(Quit::Failed("the relay did not start within 60 s".into()));
+        }
+        nap(Duration::ZERO, sigs, relay)?;
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(RelayLine::Listening { feed, addr }) => {
+                addrs[usize::from(feed != FEEDS[0])] = Some(addr);
+            }
+            Ok(RelayLine::Admin(addr)) => admin = Some(addr),
+            Err(_) => {}
         }
     }
-    let _stop_gen = StopOnDrop(stop_gen.clone());
+}
 
+/// The two generators (NSS to the first feed, LSS to the second), what each has sent, and the
+/// flag that stops them. Whatever ends the run, they stop when this is dropped.
+struct Generators {
+    stop: Arc<AtomicBool>,
+    sent: [Arc<AtomicU64>; 2],
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Generators {
+    fn start(addrs: [SocketAddr; 2]) -> Generators {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        let threads = (0..2)
+            .map(|i| {
+                let (addr, sent, stop) = (addrs[i], sent[i].clone(), stop.clone());
+                thread::spawn(move || generator(addr, i == 1, sent, stop))
+            })
+            .collect();
+        Generators {
+            stop,
+            sent,
+            threads,
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Records sent so far by each generator.
+    fn sent(&self) -> [u64; 2] {
+        [
+            self.sent[0].load(Ordering::Relaxed),
+            self.sent[1].load(Ordering::Relaxed),
+        ]
+    }
+
+    fn finished(&self) -> bool {
+        self.threads.iter().all(thread::JoinHandle::is_finished)
+    }
+
+    /// Stops the generators and waits for them.
+    fn join(&mut self) {
+        self.stop();
+        for g in self.threads.drain(..) {
+            let _ = g.join();
+        }
+    }
+}
+
+impl Drop for Generators {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Drives the run as `plan` says: takes the SIEM down and back, stops the generators, and
+/// reports the counters each second until everything sent has arrived (or the plan gives up).
+/// Returns the seconds it took and the peak delivery rate seen.
+fn watch(
+    plan: Plan,
+    siem: &Siem,
+    admin: SocketAddr,
+    gens: &Generators,
+    sigs: &SignalFd,
+    relay: &mut RelayProcess,
+) -> Result<(f64, u64), Quit> {
     let start = Instant::now();
     let (mut counters, mut last_delivered, mut peak_rate) = (Counters::default(), 0u64, 0u64);
     let mut next_report = start + Duration::from_secs(1);
@@ -545,14 +620,14 @@ fn run_in(dir: &Path, plan: Plan, sigs: &SignalFd) -> Result<ExitCode, Quit> {
         let elapsed = start.elapsed();
         siem.up.store(plan.siem_up(elapsed), Ordering::Relaxed);
         if elapsed >= plan.send_for {
-            stop_gen.store(true, Ordering::Relaxed);
+            gens.stop();
         }
         let now = Instant::now();
         if now < next_report {
             nap(
                 (next_report - now).min(Duration::from_millis(50)),
                 sigs,
-                &mut relay,
+                relay,
             )?;
             continue;
         }
@@ -560,7 +635,7 @@ fn run_in(dir: &Path, plan: Plan, sigs: &SignalFd) -> Result<ExitCode, Quit> {
         counters = scrape(admin).unwrap_or(counters);
         peak_rate = peak_rate.max(counters.delivered.saturating_sub(last_delivered));
         last_delivered = counters.delivered;
-        let total_sent: u64 = sent.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        let total_sent: u64 = gens.sent().iter().sum();
         let unique = unique_received(&siem.received);
         say(&format!(
             "t={:>3.0}s sent={total_sent} in_ring={} delivered={} siem_unique={unique} siem={}",
@@ -573,31 +648,22 @@ fn run_in(dir: &Path, plan: Plan, sigs: &SignalFd) -> Result<ExitCode, Quit> {
                 "DOWN"
             }
         ))?;
-        let done = elapsed >= plan.send_for
-            && unique >= total_sent
-            && gens.iter().all(thread::JoinHandle::is_finished);
+        let done = elapsed >= plan.send_for && unique >= total_sent && gens.finished();
         if done || elapsed > plan.give_up_after {
-            break;
+            return Ok((start.elapsed().as_secs_f64(), peak_rate));
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    stop_gen.store(true, Ordering::Relaxed);
-    for g in gens {
-        let _ = g.join();
-    }
-    match relay.stop(Duration::from_secs(10)) {
-        Some(st) if st.success() => {}
-        Some(st) => eprintln!("selftest: the relay process ended with {st}"),
-        None => eprintln!("selftest: the relay process did not stop within 10 s; killed"),
-    }
-    // Let the SIEM's readers take in what is still on the wire.
-    thread::sleep(Duration::from_millis(300));
-    siem.stop.store(true, Ordering::Relaxed);
-    let _ = siem_thread.join();
-    let sent: [u64; 2] = [
-        sent[0].load(Ordering::Relaxed),
-        sent[1].load(Ordering::Relaxed),
-    ];
+}
+
+/// The last lines: what the SIEM received of the `sent` records, and PASS (exit 0) only if
+/// none is missing.
+fn report(
+    plan: Plan,
+    siem: &Siem,
+    sent: [u64; 2],
+    elapsed: f64,
+    peak_rate: u64,
+) -> Result<ExitCode, Quit> {
     let rec = siem
         .received
         .lock()
