@@ -50,7 +50,7 @@ use transport::Transport;
 
 /// Batches sent and waiting for their HEC acknowledgement, at most.
 /// Bytes read from the socket per call.
-const READ_CHUNK: usize = 16 << 10;
+pub(crate) const READ_CHUNK: usize = 16 << 10;
 
 /// Counters of an HTTP output.
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,7 +143,7 @@ impl HttpSink {
             conn: None,
             peer: None,
             exchange: Exchange::Idle,
-            head: Vec::with_capacity(1024),
+            head: Vec::with_capacity(crate::memory::http_head_bytes(cfg)),
             body: Vec::new(),
             gz: Vec::new(),
             sent: 0,
@@ -963,6 +963,7 @@ impl Output {
         h.wait = None;
         // Build the body from the ring (nothing was appended since the scan: one loop turn).
         h.body.clear();
+        h.body.reserve_exact(scan.bytes.max(max) + 1);
         let mut pos = scan.from;
         let mut records = 0;
         let mut last_ts = 0;
@@ -980,6 +981,7 @@ impl Output {
         protocol::finish_body(&mut h.body, format);
         if h.cfg.gzip {
             let HttpSink { body, gz, .. } = &mut *h;
+            gz.reserve_exact(crate::memory::gzip_bound(body.len()));
             if let Err(e) = protocol::gzip_into(body, gz) {
                 return self.request_failed("http_gzip_failed", &e);
             }
