@@ -168,10 +168,10 @@ impl Output {
                     kind: AlertKind::OutputRecovered,
                     feed: self.feed.clone(),
                     output: Some(self.name.clone()),
-                    detail: vec![
+                    detail: crate::alert::Details::from_array([
                         ("peer", Value::Text(self.peer_name())),
                         ("down_s", Value::Num(down_s)),
-                    ],
+                    ]),
                 });
             }
         }

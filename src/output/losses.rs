@@ -39,12 +39,12 @@ impl Output {
             kind: AlertKind::OutputDown,
             feed: self.feed.clone(),
             output: Some(self.name.clone()),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("peer", Value::Text(self.peer_name())),
                 ("down_s", Value::Num(down_s)),
                 ("since", Value::Text(clock::rfc3339(self.down_since_ns))),
                 ("error", Value::Text(self.last_error.clone())),
-            ],
+            ]),
         });
     }
 
@@ -120,10 +120,10 @@ impl Output {
             kind: AlertKind::OutputOverrun,
             feed: self.feed.clone(),
             output: Some(self.name.clone()),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("lost", Value::Num(lost)),
                 ("lost_after", Value::Text(after)),
-            ],
+            ]),
         });
     }
 
@@ -147,11 +147,11 @@ impl Output {
             kind: AlertKind::OutputOverrunEnded,
             feed: self.feed.clone(),
             output: Some(self.name.clone()),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("lost", Value::Num(e.lost)),
                 ("lost_after", Value::Text(after)),
                 ("lost_before", Value::Text(before)),
-            ],
+            ]),
         });
     }
 
