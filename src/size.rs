@@ -207,15 +207,15 @@ pub fn run_config(path: &Path) -> ExitCode {
         println!(
             "  feed {:<24} ring {} ({} bytes), file {}",
             format!("{:?}", f.name),
-            human_bytes_approx(f.capacity),
+            Bytes(f.capacity),
             f.capacity,
-            human_bytes_approx(file)
+            Bytes(file)
         );
     }
     println!(
         "  all ring files       {} ({files} bytes); disk to provision {} (rings + 10% + 8 GB for the system)",
-        human_bytes_approx(files),
-        human_bytes_approx(files + files / 10 + SYSTEM_DISK)
+        Bytes(files),
+        Bytes(files + files / 10 + SYSTEM_DISK)
     );
     print_budget(&memory::budget(&cfg));
     ExitCode::SUCCESS

@@ -138,7 +138,7 @@ fn feed_outputs(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Vec<OutputConfig> {
         cx.err(
             outs[MAX_OUTPUTS].span(),
             format!(
-                "{} outputs in {}; at most {MAX_OUTPUTS} are supported: split the outputs over two feeds with the same input, or relay to a collector that fans out",
+                "{} outputs in {}; at most {MAX_OUTPUTS} are supported (for more receivers, let one output feed a second relay)",
                 outs.len(),
                 t.what
             ),
