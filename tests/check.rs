@@ -322,10 +322,7 @@ fn a_ninth_output_is_refused_at_its_position() {
         "[relay]\ndata_dir = \"{data}\"\nadmin_listen = \"off\"\n\n[[feed]]\nname = \"zia-web\"\ninput = {{ kind = \"tcp\", listen = \"127.0.0.1:0\" }}\nbuffer = {{ size = \"16MiB\" }}\n\n{outputs}"
     );
     // The ninth output's `[[feed.output]]`: the line above its name (1-based: its index).
-    let ninth = text
-        .lines()
-        .position(|l| l == "name = \"o8\"")
-        .unwrap();
+    let ninth = text.lines().position(|l| l == "name = \"o8\"").unwrap();
     let p = dir.path().join("ringrelay.toml");
     std::fs::write(&p, &text).unwrap();
     let o = ringrelay(&["check", "--config", &p.display().to_string()]);

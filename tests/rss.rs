@@ -7,7 +7,8 @@
 //! every byte: 1.3 MiB with the default `max_record_bytes`, 5x the relay's usual footprint)
 //! got as far as the benchmark. The configuration here keeps the formula small (2 connections,
 //! 4 KiB records), so the bound is tight: about 1.5 MiB, against 0.8 MiB measured with the
-//! debug binary (0.3 MiB with the release one); a relay five times its size fails.
+//! debug binary (benches/pipeline measured 0.3 MiB with the release one); a relay five times
+//! its size fails.
 
 mod common;
 
