@@ -79,8 +79,15 @@ pub struct Alert {
     /// The output it concerns, if any.
     pub output: Option<String>,
     /// Details: `(key, value)`; numbers are written as numbers, everything else as strings.
-    pub detail: Vec<(&'static str, Value)>,
+    pub detail: Details,
 }
+
+/// Details an alert carries, at most (the most any kind has is four).
+pub const MAX_DETAILS: usize = 6;
+
+/// An alert's details, held in place: `Details::from_array([..])` refuses more than
+/// [`MAX_DETAILS`] at compile time.
+pub type Details = heapless::Vec<(&'static str, Value), MAX_DETAILS>;
 
 /// A detail value.
 #[derive(Clone, Debug)]
@@ -222,10 +229,10 @@ mod tests {
             kind: AlertKind::OutputDown,
             feed: "zia-web".into(),
             output: Some("splunk".into()),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("down_s", Value::Num(301)),
                 ("error", Value::Text("connect: \"refused\"\n\u{1}".into())),
-            ],
+            ]),
         };
         let j = a.to_json("relay \"1\"", 0);
         assert_eq!(
@@ -243,10 +250,10 @@ mod tests {
             kind: AlertKind::OutputOverrunEnded,
             feed: "f".repeat(32),
             output: Some("o".repeat(32)),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("lost", Value::Num(u64::MAX)),
                 ("error", Value::Text("\u{1}".repeat(500))),
-            ],
+            ]),
         };
         let j = a.to_json(&"i".repeat(64), u64::MAX);
         assert!(

@@ -16,6 +16,8 @@ usage:
                                         from a damaged ring that does not open (exit 1: damage)
   ringrelay size     --eps N --bytes B [--retention 1h] [--feeds N]
                                         ring, disk and VM sizing for a feed
+  ringrelay size     --config FILE      a configuration's rings and the relay's own
+                                        memory, buffer by buffer
   ringrelay selftest [--seconds N]      relay through a simulated SIEM outage on loopback
                                         (N: 3 to 120, default 20)
   ringrelay --version
@@ -195,7 +197,18 @@ fn inspect(args: &Args) -> Result<ExitCode, String> {
 
 /// `ringrelay size --eps N --bytes B [--retention D] [--feeds N]`.
 fn size(args: &Args) -> Result<ExitCode, String> {
-    args.check_known(&["--eps", "--bytes", "--retention", "--feeds"])?;
+    args.check_known(&["--eps", "--bytes", "--retention", "--feeds", "--config"])?;
+    if let Some(path) = args.value("--config")? {
+        if ["--eps", "--bytes", "--retention", "--feeds"]
+            .iter()
+            .any(|f| args.has(f))
+        {
+            return Err(
+                "ringrelay size: --config sizes a configuration; --eps, --bytes, --retention and --feeds size from a rate: one or the other".into(),
+            );
+        }
+        return Ok(crate::size::run_config(&PathBuf::from(path)));
+    }
     // The units and limits of the configuration's `buffer = { eps, bytes, retention }`.
     use crate::config::{parse_count, parse_size, EPS_RANGE, EVENT_BYTES_RANGE};
     let within = |flag: &str, n: u64, range: std::ops::RangeInclusive<u64>| {

@@ -5,12 +5,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::alert::{Alert, AlertKind, Value};
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, MAX_OUTPUTS};
 use crate::input::{FeedIn, FeedInput, Feeds};
 use crate::log::{Level, Limiter};
 use crate::output::Output;
 use crate::ring::sync_helper;
 use crate::ring::{BackgroundCheckpoint, Ring};
+
+/// A feed's outputs, held in place.
+pub type Outputs = heapless::Vec<Output, MAX_OUTPUTS>;
 
 /// One feed: its ring, its input side, its outputs.
 pub struct Feed {
@@ -20,8 +23,8 @@ pub struct Feed {
     pub ring: Ring,
     /// Its listener, connection state and input counters.
     pub input: FeedInput,
-    /// Its outputs.
-    pub outputs: Vec<Output>,
+    /// Its outputs: at most [`MAX_OUTPUTS`], which `check` holds.
+    pub outputs: Outputs,
     /// The sync helper's ticket for this ring's sync in flight: only its report completes it
     /// (not that of an earlier ring at the same path, removed by a reload).
     pub helper_ticket: Option<u64>,
@@ -40,7 +43,7 @@ impl Feed {
         cfg: FeedConfig,
         ring: Ring,
         input: FeedInput,
-        outputs: Vec<Output>,
+        outputs: Outputs,
         now: Instant,
     ) -> Feed {
         Feed {
@@ -212,7 +215,7 @@ impl Feed {
                 },
                 feed: self.cfg.name.clone(),
                 output: None,
-                detail: vec![
+                detail: crate::alert::Details::from_array([
                     (
                         "coverage_s",
                         Value::Num(coverage.min(u64::MAX as f64) as u64),
@@ -220,7 +223,7 @@ impl Feed {
                     ("retention_s", Value::Num(self.cfg.retention.as_secs())),
                     ("input_bytes_per_s", Value::Num(rate as u64)),
                     ("capacity_bytes", Value::Num(self.ring.capacity())),
-                ],
+                ]),
             });
         }
     }

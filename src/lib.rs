@@ -32,7 +32,8 @@
 //! # Where the rest lives
 //! [`config`] reads and validates the TOML; [`cli`] is the command line (`run`, `check`,
 //! `inspect`, `size`, `selftest`); [`preflight`] checks what only the machine can tell;
-//! [`inspect`] reads rings offline; [`size`] sizes buffers and VMs; [`selftest`] relays through
+//! [`inspect`] reads rings offline; [`size`] sizes buffers and VMs, and [`memory`] the relay's
+//! own heap for a configuration, buffer by buffer; [`selftest`] relays through
 //! a simulated SIEM outage; [`tls`] builds rustls configurations for inputs and outputs;
 //! [`json`] reads and writes every small JSON (typed, in buffers of a known bound);
 //! [`clock`] and [`log`] are the only clock and the only log writer.
@@ -48,6 +49,7 @@ pub mod input;
 pub mod inspect;
 pub mod json;
 pub mod log;
+pub mod memory;
 pub mod output;
 pub mod preflight;
 pub mod ring;

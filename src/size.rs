@@ -1,7 +1,13 @@
-//! `ringrelay size`: ring and VM sizing from an event rate, as the vendors' sizing guides do.
+//! `ringrelay size`: ring and VM sizing from an event rate, as the vendors' sizing guides do,
+//! or for a configuration (`--config`): its rings and the relay's own memory, line by line
+//! ([`crate::memory`]).
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use crate::config::Config;
+use crate::memory::{self, Budget, Bytes};
 
 use crate::ring::format::{record_stride, DATA_OFFSET, PAGE};
 use crate::ring::human_bytes;
@@ -116,7 +122,13 @@ pub fn run(s: Sizing) -> ExitCode {
         write_rate as f64 / 1e6,
         (write_rate * s.feeds) as f64 / 1e6
     );
-    println!("  relay memory         < 64 MiB resident besides the page cache; rings need not fit in RAM");
+    match default_budget(s.feeds) {
+        Some(b) => println!(
+            "  relay memory         {} of heap at most with the defaults (256 connections a feed, max_record_bytes 1 MiB, one TCP output; `ringrelay size --config FILE` for yours), resident only where written; rings need not fit in RAM",
+            Bytes(b.total())
+        ),
+        None => println!("  relay memory         `ringrelay size --config FILE` prints it for a configuration; rings need not fit in RAM"),
+    }
     let lines = cpu_share(s.eps, s.bytes, s.feeds, CPU_LINES);
     let plain = cpu_share(s.eps, s.bytes, s.feeds, CPU_PLAIN);
     let pct = |share: f64| (share * 100.0).max(1.0);
@@ -155,6 +167,112 @@ pub fn run(s: Sizing) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The budget of `feeds` feeds with every default: a TCP input and one TCP output each.
+fn default_budget(feeds: u64) -> Option<Budget> {
+    let mut text = String::from("[relay]\ndata_dir = \"/var/lib/ringrelay\"\n");
+    for i in 0..feeds {
+        text.push_str(&format!(
+            "[[feed]]\nname = \"f{i}\"\ninput = {{ kind = \"tcp\", listen = \"127.0.0.1:{}\" }}\nbuffer = {{ size = \"16MiB\" }}\n[[feed.output]]\nname = \"o\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n",
+            10_000 + i
+        ));
+    }
+    let cfg = Config::parse(&text, Path::new("ringrelay.toml")).ok()?;
+    Some(memory::budget(&cfg))
+}
+
+/// `ringrelay size --config FILE`: each feed's ring and disk, and the relay's own memory by
+/// line. Exit 0, or 2 for a configuration with errors.
+pub fn run_config(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "sizing for {} ({} feed(s))",
+        path.display(),
+        cfg.feeds.len()
+    );
+    let mut files = 0u64;
+    for f in &cfg.feeds {
+        let file = f.capacity + DATA_OFFSET;
+        files += file;
+        println!(
+            "  feed {:<24} ring {} ({} bytes), file {}",
+            format!("{:?}", f.name),
+            Bytes(f.capacity),
+            f.capacity,
+            Bytes(file)
+        );
+    }
+    println!(
+        "  all ring files       {} ({files} bytes); disk to provision {} (rings + 10% + 8 GB for the system)",
+        Bytes(files),
+        Bytes(files + files / 10 + SYSTEM_DISK)
+    );
+    print_budget(&memory::budget(&cfg));
+    ExitCode::SUCCESS
+}
+
+/// The relay's own memory, line by line ([`crate::memory`]'s formula).
+pub fn print_budget(b: &Budget) {
+    println!("relay memory: heap allocated at most (resident only where written)");
+    let row = |indent: usize, what: &str, bytes: u64| {
+        println!(
+            "  {:indent$}{what:<w$} {:>10}",
+            "",
+            Bytes(bytes).to_string(),
+            w = 44 - indent
+        );
+    };
+    row(0, "relay", b.relay.iter().map(|l| l.bytes).sum());
+    for l in &b.relay {
+        row(2, l.what, l.bytes);
+    }
+    for f in &b.feeds {
+        row(0, &format!("feed {:?}", f.name), f.total());
+        for l in &f.feed {
+            row(2, l.what, l.bytes);
+        }
+        row(
+            2,
+            &format!("per connection (x {} max_connections)", f.max_connections),
+            f.per_connection(),
+        );
+        for l in &f.connection {
+            row(4, l.what, l.bytes);
+        }
+        row(
+            2,
+            &format!("all {} connections", f.max_connections),
+            f.max_connections * f.per_connection(),
+        );
+        for o in &f.outputs {
+            row(2, &format!("output {:?}", o.name), o.total());
+            for l in &o.lines {
+                row(4, l.what, l.bytes);
+            }
+        }
+    }
+    println!(
+        "  {:<44} {:>10} ({} bytes)",
+        "total",
+        Bytes(b.total()).to_string(),
+        b.total()
+    );
+    println!(
+        "  {:<44} {:>10} (the total + {} for the stack, writable data and the allocator)",
+        "process RssAnon at most",
+        Bytes(b.total() + memory::PROCESS_ALLOWANCE).to_string(),
+        Bytes(memory::PROCESS_ALLOWANCE)
+    );
 }
 
 fn human_bytes_approx(n: u64) -> String {

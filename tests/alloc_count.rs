@@ -18,6 +18,10 @@
 //! records it gets, and the TLS test subtracts one allocation per record before applying the
 //! same rule: nothing else may grow with the volume.
 //!
+//! The same allocator keeps the relay thread's live heap and its high-water mark, always (not
+//! only while armed): [`live_heap_stays_under_the_memory_formula`] holds the formula of
+//! `ringrelay::memory` (what `ringrelay size --config` prints) against it.
+//!
 //! `ALLOC_TRACE=1` (or `ALLOC_TRACE=N` for N) captures a backtrace for the first 200 (N)
 //! counted allocations of each phase and prints the allocation sites, grouped by the first
 //! frames inside `ringrelay`.
@@ -35,7 +39,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,6 +61,12 @@ static GLOBAL: Counting = Counting;
 static ARMED: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes the relay thread holds now (allocated and not freed) and at most since
+/// the start. Freed on another thread, a block of the relay's is not subtracted (the
+/// relay frees its own); allocated on another and freed by the relay, it is (a few bytes: the
+/// config path moved into the thread).
+static LIVE: AtomicI64 = AtomicI64::new(0);
+static HIGH_WATER: AtomicI64 = AtomicI64::new(0);
 /// Backtraces still to capture in this phase (`ALLOC_TRACE`).
 static TRACE_LEFT: AtomicUsize = AtomicUsize::new(0);
 /// The captured backtraces, unresolved, with the allocation's size.
@@ -91,23 +101,37 @@ fn note(size: usize) {
     }
 }
 
+/// The relay thread's live heap changed by `delta` bytes.
+fn live(delta: i64) {
+    if !ON_RELAY.try_with(Cell::get).unwrap_or(false) || IN_HOOK.try_with(Cell::get).unwrap_or(true)
+    {
+        return;
+    }
+    let now = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
+    HIGH_WATER.fetch_max(now, Ordering::Relaxed);
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        live(layout.size() as i64);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        live(layout.size() as i64);
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        live(new_size as i64 - layout.size() as i64);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -700,7 +724,10 @@ const PHASE_LIMIT: Duration = Duration::from_secs(150);
 
 struct RelayThread {
     handle: Option<thread::JoinHandle<Result<Outcome, String>>>,
+    /// The first feed's listener.
     addr: SocketAddr,
+    /// Every feed's listener, in config order.
+    addrs: Vec<SocketAddr>,
 }
 
 impl RelayThread {
@@ -718,14 +745,16 @@ impl RelayThread {
                         .join("\n")
                 })?;
                 let mut relay = Relay::start(&cfg)?;
-                let _ = tx.send(relay.listen_addr(0));
+                let addrs = (0..cfg.feeds.len()).map(|i| relay.listen_addr(i));
+                let _ = tx.send(addrs.collect::<Vec<_>>());
                 relay.run_until(Some(Instant::now() + RUN_LIMIT))
             })
             .unwrap();
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => RelayThread {
+            Ok(addrs) => RelayThread {
                 handle: Some(handle),
-                addr,
+                addr: addrs[0],
+                addrs,
             },
             Err(_) => {
                 let why = if handle.is_finished() {
@@ -1066,3 +1095,171 @@ fn tcp_to_http_allocates_a_constant_per_batch() {
 /// How many more allocations a 1 MiB HTTP batch may cost than a 16 KiB one: a body buffer
 /// grown by doubling would add about log2(1 MiB / 16 KiB) = 6 reallocations.
 const HTTP_BATCH_SLACK: f64 = 8.0;
+
+// ---------------------------------------------------------------------------------------------
+// The memory formula.
+
+/// Records per sending connection in [`live_heap_stays_under_the_memory_formula`].
+const PER_CONN: u64 = 20_000;
+
+/// The live heap of the relay thread never passes what `ringrelay::memory::budget` (the
+/// formula `ringrelay size --config` prints) gives for its configuration, with every kind of
+/// buffer in use at once: two feeds, each at its `max_connections` (4), one with a TLS input
+/// and `when_full = "block"`, its records going to a TLS output and a gzipping HTTP output, the
+/// other's to a TCP output with octet counting and syslog headers. So that the test cannot pass
+/// for a formula that is merely huge, the high-water mark must also reach half the total.
+///
+/// The story: no test held the relay's memory, and a `Vec::resize` of the input scratch buffer
+/// (1.3 MiB of RssAnon with the default `max_record_bytes`, 5x the relay's usual footprint)
+/// got as far as the benchmark.
+#[test]
+fn live_heap_stays_under_the_memory_formula() {
+    let _serial = serial();
+    let dir = TempDir::new("alloc-formula");
+    let pki = tlskit::Pki::new(dir.path());
+    let tls_rx = Receiver::listen(Protocol::Stream(
+        Framing::Octet,
+        Some(pki.server_config("server")),
+    ));
+    let http_rx = Receiver::listen(Protocol::Http);
+    let tcp_rx = Receiver::listen(Protocol::Stream(Framing::Octet, None));
+    let text = format!(
+        r#"[relay]
+data_dir = "{data}"
+admin_listen = "off"
+
+[[feed]]
+name = "lss"
+input = {{ kind = "tls", listen = "127.0.0.1:0", cert = "{cert}", key = "{key}", max_connections = 4 }}
+buffer = {{ size = "32MiB" }}
+max_record_bytes = "64KiB"
+when_full = "block"
+
+[[feed.output]]
+name = "siem-tls"
+kind = "tls"
+address = "{tls}"
+ca = "{ca}"
+server_name = "localhost"
+
+[[feed.output]]
+name = "siem-http"
+kind = "http"
+url = "http://{http}/ingest"
+max_batch_bytes = "256KiB"
+max_batch_age = "50ms"
+gzip = true
+
+[[feed]]
+name = "nss"
+input = {{ kind = "tcp", listen = "127.0.0.1:0", max_connections = 4 }}
+buffer = {{ size = "64MiB" }}
+max_record_bytes = "16KiB"
+
+[[feed.output]]
+name = "siem-tcp"
+kind = "tcp"
+address = "{tcp}"
+framing = "octet"
+syslog = "rfc5424"
+"#,
+        data = dir.path().join("data").display(),
+        cert = pki.path("server.pem").display(),
+        key = pki.path("server.key").display(),
+        ca = pki.path("ca.pem").display(),
+        tls = tls_rx.addr,
+        http = http_rx.addr,
+        tcp = tcp_rx.addr,
+    );
+    let config = dir.path().join("ringrelay.toml");
+    std::fs::write(&config, text).expect("write config");
+    let cfg = Config::load(&config).expect("a valid config");
+    let budget = ringrelay::memory::budget(&cfg);
+    let total = budget.total() as i64;
+    drop(cfg);
+
+    let mut relay = RelayThread::start(&config);
+    let (lss, nss) = (relay.addrs[0], relay.addrs[1]);
+    // Every connection a feed allows: its partial-record buffer is allocated at accept.
+    let mut senders = Vec::new();
+    for c in 0..4u64 {
+        let client = pki.client_config(None);
+        senders.push(thread::spawn(move || {
+            let mut s = tlskit::connect(lss, client).expect("TLS to the relay");
+            let mut buf = Vec::new();
+            for n in c * PER_CONN..(c + 1) * PER_CONN {
+                push_record(&mut buf, n);
+                buf.push(b'\n');
+            }
+            s.write_all(&buf).expect("send over TLS");
+            s.flush().expect("flush");
+            s
+        }));
+    }
+    let mut tcp = Vec::new();
+    for c in 0..4u64 {
+        let mut s = TcpStream::connect(nss).expect("connect to the relay");
+        let mut buf = Vec::new();
+        for n in c * PER_CONN..(c + 1) * PER_CONN {
+            push_record(&mut buf, n);
+            buf.push(b'\n');
+        }
+        s.write_all(&buf).expect("send");
+        tcp.push(s);
+    }
+    let tls_conns: Vec<_> = senders
+        .into_iter()
+        .map(|t| t.join().expect("a sender"))
+        .collect();
+    let all = 4 * PER_CONN;
+    let deadline = Instant::now() + PHASE_LIMIT;
+    let arrived = |rx: &Receiver| rx.tally.distinct() + rx.tally.bad.load(Ordering::SeqCst) >= all;
+    while !(rx_done(&tls_rx, all) && rx_done(&http_rx, all) && arrived(&tcp_rx)) {
+        assert!(
+            Instant::now() < deadline,
+            "records did not arrive: tls {}; http {}; tcp {}",
+            tls_rx.tally.summary(),
+            http_rx.tally.summary(),
+            tcp_rx.tally.summary()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let high = HIGH_WATER.load(Ordering::SeqCst);
+    drop(tls_conns);
+    drop(tcp);
+    assert_eq!(relay.stop(), Ok(Outcome::Stopped), "the relay's end");
+    let mut lines = String::new();
+    for l in &budget.relay {
+        lines.push_str(&format!("\n  relay {}: {}", l.what, l.bytes));
+    }
+    for f in &budget.feeds {
+        lines.push_str(&format!(
+            "\n  feed {}: {} ({} x {} per connection)",
+            f.name,
+            f.total(),
+            f.max_connections,
+            f.per_connection()
+        ));
+        for o in &f.outputs {
+            lines.push_str(&format!("\n    output {}: {}", o.name, o.total()));
+        }
+    }
+    eprintln!(
+        "memory formula: live heap high-water {high} bytes, formula {total} bytes ({:.0}%){lines}",
+        high as f64 * 100.0 / total as f64
+    );
+    assert!(
+        high <= total,
+        "the relay's live heap reached {high} bytes, over the formula's {total}:{lines}"
+    );
+    assert!(
+        high >= total / 2,
+        "the relay's live heap reached only {high} bytes of the formula's {total}: the formula \
+         counts buffers this run did not allocate:{lines}"
+    );
+}
+
+/// `rx` has every record below `n` exactly once.
+fn rx_done(rx: &Receiver, n: u64) -> bool {
+    rx.tally.distinct() >= n
+}

@@ -307,3 +307,72 @@ fn names_within_the_rules_pass_check() {
         assert_eq!(code, Some(0), "{instance} {feed} {output}: {e}");
     }
 }
+
+#[test]
+fn a_ninth_output_is_refused_at_its_position() {
+    let dir = TempDir::new("check-outputs");
+    let data = dir.path().join("data").display().to_string();
+    let mut outputs = String::new();
+    for i in 0..9 {
+        outputs.push_str(&format!(
+            "[[feed.output]]\nname = \"o{i}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:9\"\n\n"
+        ));
+    }
+    let text = format!(
+        "[relay]\ndata_dir = \"{data}\"\nadmin_listen = \"off\"\n\n[[feed]]\nname = \"zia-web\"\ninput = {{ kind = \"tcp\", listen = \"127.0.0.1:0\" }}\nbuffer = {{ size = \"16MiB\" }}\n\n{outputs}"
+    );
+    // The ninth output's `[[feed.output]]`: the line above its name (1-based: its index).
+    let ninth = text.lines().position(|l| l == "name = \"o8\"").unwrap();
+    let p = dir.path().join("ringrelay.toml");
+    std::fs::write(&p, &text).unwrap();
+    let o = ringrelay(&["check", "--config", &p.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            ":{ninth}:1: 9 outputs in feed \"zia-web\"; at most 8 are supported"
+        )),
+        "{e}"
+    );
+    // Eight pass.
+    let eight = text[..text.find("[[feed.output]]\nname = \"o8\"").unwrap()].to_string();
+    std::fs::write(&p, eight).unwrap();
+    let o = ringrelay(&["check", "--config", &p.display().to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn size_prints_the_relay_memory_of_a_config_line_by_line() {
+    let dir = TempDir::new("size-config");
+    let data = dir.path().join("data").display().to_string();
+    let cfg = config(
+        dir.path(),
+        &data,
+        "{ size = \"16MiB\" }",
+        "name = \"hec\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/services/collector/raw\"\nmax_batch_bytes = \"512KiB\"",
+    );
+    let o = ringrelay(&["size", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let budget = ringrelay::memory::budget(
+        &ringrelay::config::Config::load(Path::new(&cfg)).expect("a valid config"),
+    );
+    for want in [
+        "feed \"zia-web\"".to_string(),
+        "ring 16.0 MiB (16777216 bytes)".to_string(),
+        "per connection (x 256 max_connections)".to_string(),
+        // 4 KiB + 16 bytes: the configuration's max_record_bytes and a frame header.
+        "partial record".to_string(),
+        "input scratch buffer".to_string(),
+        "output \"hec\"".to_string(),
+        "HTTP batch body".to_string(),
+        format!("({} bytes)", budget.total()),
+        "process RssAnon at most".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in:\n{out}");
+    }
+    // One or the other.
+    let o = ringrelay(&["size", "--config", &cfg, "--eps", "10"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("one or the other"), "{}", stderr(&o));
+}

@@ -27,7 +27,7 @@ pub const LISTENER: Token = Token(999);
 /// Tokens of admin connections: `CONN_BASE + slot`.
 pub const CONN_BASE: usize = 5_000;
 pub const MAX_CONNS: usize = 16;
-const MAX_REQUEST: usize = 8 << 10;
+pub(crate) const MAX_REQUEST: usize = 8 << 10;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Conn {

@@ -10,7 +10,7 @@ use super::names::feed_name;
 use super::output::{output_config, OutputConfig};
 use super::relay::{sync_policy, SyncPolicy};
 use super::table::{named, Ctx, Tbl};
-use super::{EPS_RANGE, EVENT_BYTES_RANGE};
+use super::{EPS_RANGE, EVENT_BYTES_RANGE, MAX_OUTPUTS};
 use crate::ring::{record_stride, WhenFull, MIN_CAPACITY};
 
 /// `[[feed]]`.
@@ -127,19 +127,20 @@ pub(super) fn feed_config(
     })
 }
 
-/// `[[feed.output]]`: 1 to 8 outputs, each name used once in the feed.
+/// `[[feed.output]]`: 1 to [`MAX_OUTPUTS`] outputs, each name used once in the feed.
 fn feed_outputs(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Vec<OutputConfig> {
     let mut outputs = Vec::new();
     let outs = t.tables("output", cx);
     if outs.is_empty() {
         t.missing("output", cx);
     }
-    if outs.len() > 8 {
+    if outs.len() > MAX_OUTPUTS {
         cx.err(
-            outs[8].span(),
+            outs[MAX_OUTPUTS].span(),
             format!(
-                "{} outputs in one feed; at most 8 are supported",
-                outs.len()
+                "{} outputs in {}; at most {MAX_OUTPUTS} are supported (for more receivers, let one output feed a second relay)",
+                outs.len(),
+                t.what
             ),
         );
     }

@@ -97,6 +97,9 @@ pub const EPS_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000_000;
 pub const EVENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1..=16 << 20;
 /// Feeds a relay may have.
 pub const MAX_FEEDS: usize = 64;
+/// Outputs a feed may have: a constant of the design (each has its cursor in the ring's
+/// metadata, and the feed holds them in a fixed-capacity vector).
+pub const MAX_OUTPUTS: usize = 8;
 
 impl Config {
     /// Reads and validates `path`.

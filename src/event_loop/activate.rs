@@ -153,10 +153,10 @@ impl Relay {
                 kind: AlertKind::FeedFailed,
                 feed: f.name.clone(),
                 output: None,
-                detail: vec![
+                detail: crate::alert::Details::from_array([
                     ("path", Value::Text(f.path.display().to_string())),
                     ("error", Value::Text(f.error.clone())),
-                ],
+                ]),
             });
         }
         self.failed = failed;
@@ -348,16 +348,17 @@ impl Relay {
                 Some(cfg)
             }
         };
-        let mut outputs = Vec::with_capacity(fc.outputs.len());
+        let mut outputs = crate::feed::Outputs::new();
         for oc in &fc.outputs {
-            outputs.push(Output::new(
-                &fc.name,
-                instance,
-                oc,
-                &mut ring,
-                last_checkpoint,
-                now,
-            )?);
+            let out = Output::new(&fc.name, instance, oc, &mut ring, last_checkpoint, now)?;
+            if outputs.push(out).is_err() {
+                // `check` refuses a feed with more (a bug if it did not).
+                return Err(format!(
+                    "feed {}: more than {} outputs",
+                    fc.name,
+                    crate::config::MAX_OUTPUTS
+                ));
+            }
         }
         let (listener, local_addr) = bind_input(poll, i, fc)?;
         crate::log!(Level::Info, "listening", feed = fc.name, addr = local_addr);

@@ -19,18 +19,6 @@ pub(super) enum Evictable {
     None(Option<Instant>),
 }
 
-/// What a stream connection's `pending` holds between reads, sized once at accept: the
-/// framer leaves at most `max_record + 16` bytes unconsumed (`framing.rs`). A paused connection
-/// can hold a whole read more (the refused record and what follows it): then the vector grows
-/// once, to its high-water mark, and keeps it. An HTTP connection sizes its own as requests
-/// come (its limits are the HTTP input's).
-pub(super) fn pending_capacity(kind: &InputKind, max_record: usize) -> usize {
-    match kind {
-        InputKind::Http => 0,
-        _ => max_record + 16,
-    }
-}
-
 impl Inputs {
     /// Accepts the connections waiting on feed `fi`'s listener. At `max_connections` a new
     /// connection takes the place of an evictable one ([`Inputs::evictable`]); with none,
@@ -179,10 +167,7 @@ impl Inputs {
                 feed: fi,
                 peer,
                 framer: Framer::new(feed.input.framer),
-                pending: Vec::with_capacity(pending_capacity(
-                    &feed.cfg.input.kind,
-                    feed.input.framer.max_record,
-                )),
+                pending: Vec::with_capacity(crate::memory::pending_bytes(feed.cfg)),
                 last_active: now,
                 paused: false,
                 eof: false,

@@ -266,7 +266,7 @@ impl Inputs {
 
     /// Makes the scratch buffer large enough for records of `max_record` bytes.
     pub fn size_scratch(&mut self, max_record: usize) {
-        let want = max_record + 64 + LINES_READ.max(READ_CHUNK);
+        let want = crate::memory::scratch_bytes(max_record);
         if self.scratch.len() < want {
             // A new zeroed allocation, not `resize`: the kernel's zero pages cost no memory
             // until a read lands on them, where writing the zeros would touch every page

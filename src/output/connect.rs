@@ -385,10 +385,10 @@ impl Core {
                     kind: AlertKind::OutputRecovered,
                     feed: self.feed.clone(),
                     output: Some(self.name.clone()),
-                    detail: vec![
+                    detail: crate::alert::Details::from_array([
                         ("peer", Value::Text(peer())),
                         ("down_s", Value::Num(down_s)),
-                    ],
+                    ]),
                 });
             }
         }

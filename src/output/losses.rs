@@ -29,7 +29,7 @@ impl Output {
             kind: AlertKind::OutputDown,
             feed: self.core.feed.clone(),
             output: Some(self.core.name.clone()),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("peer", Value::Text(self.peer_name())),
                 ("down_s", Value::Num(down_s)),
                 (
@@ -37,7 +37,7 @@ impl Output {
                     Value::Text(clock::rfc3339(self.core.down_since_ns)),
                 ),
                 ("error", Value::Text(self.core.last_error.clone())),
-            ],
+            ]),
         });
     }
 
@@ -154,10 +154,10 @@ impl Core {
             kind: AlertKind::OutputOverrun,
             feed: self.feed.clone(),
             output: Some(self.name.clone()),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("lost", Value::Num(lost)),
                 ("lost_after", Value::Text(after)),
-            ],
+            ]),
         });
     }
 
@@ -180,11 +180,11 @@ impl Core {
             kind: AlertKind::OutputOverrunEnded,
             feed: self.feed.clone(),
             output: Some(self.name.clone()),
-            detail: vec![
+            detail: crate::alert::Details::from_array([
                 ("lost", Value::Num(e.lost)),
                 ("lost_after", Value::Text(after)),
                 ("lost_before", Value::Text(before)),
-            ],
+            ]),
         });
     }
 }

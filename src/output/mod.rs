@@ -92,7 +92,7 @@ use http::HttpSink;
 pub use http::HttpStats;
 
 /// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
-const FRAMES_PER_WRITE: usize = 256;
+pub(crate) const FRAMES_PER_WRITE: usize = 256;
 const _: () = assert!(
     3 * FRAMES_PER_WRITE <= 1024,
     "a write pass's iovecs exceed IOV_MAX"
@@ -203,7 +203,7 @@ struct TlsOut {
 
 /// Plaintext handed to rustls per write: its send buffer limit (64 KiB by default), which it
 /// would not take more than anyway. Four 16 KiB TLS records.
-const TLS_PLAIN_MAX: usize = 64 << 10;
+pub(crate) const TLS_PLAIN_MAX: usize = 64 << 10;
 
 impl TlsOut {
     /// Writes what rustls has queued; `Ok` when all of it is on the socket.
@@ -437,7 +437,7 @@ impl Output {
             defers_commits: matches!(sink, Sink::Tcp { .. }),
             framing,
             syslog: Header::new(&cfg.syslog, instance),
-            prefix_buf: Vec::new(),
+            prefix_buf: Vec::with_capacity(crate::memory::prefix_bytes(cfg)),
             replay: cfg.replay,
             settle: cfg.settle,
             cursor,

@@ -29,9 +29,9 @@ use crate::ring::{record_stride, AppendError};
 use request::{Expect, Head, Limits, Refusal};
 
 /// Request line and headers, at most.
-const MAX_HEAD: usize = 16 << 10;
+pub(crate) const MAX_HEAD: usize = 16 << 10;
 /// Bytes per read.
-const READ_CHUNK: usize = 64 << 10;
+pub(crate) const READ_CHUNK: usize = 64 << 10;
 /// Seconds a sender is asked to wait before retrying a refused batch.
 const RETRY_AFTER_S: u32 = 5;
 /// After a response that closes the connection, how long and how much of what the sender
@@ -321,7 +321,7 @@ fn answer(http: &mut HttpConn, feed: &mut FeedIn<'_>, pending: &[u8], peer: Sock
         return Step::More;
     }
     let body = &pending[len..len + body_len];
-    let mut decoded = Vec::new();
+    let mut decoded = Vec::with_capacity(if gzip { limits.max_decoded + 1 } else { 0 });
     let body = if gzip {
         if let Err(r) = request::gunzip(body, limits.max_decoded, &mut decoded) {
             let r = Refusal {

@@ -50,7 +50,7 @@ use transport::Transport;
 
 /// Batches sent and waiting for their HEC acknowledgement, at most.
 /// Bytes read from the socket per call.
-const READ_CHUNK: usize = 16 << 10;
+pub(crate) const READ_CHUNK: usize = 16 << 10;
 
 /// Counters of an HTTP output.
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,7 +151,7 @@ impl HttpSink {
             conn: None,
             peer: None,
             exchange: Exchange::Idle,
-            head: Vec::with_capacity(1024),
+            head: Vec::with_capacity(crate::memory::http_head_bytes(cfg)),
             body: Vec::new(),
             gz: Vec::new(),
             sent: 0,
@@ -1037,8 +1037,9 @@ impl HttpSink {
         now: Instant,
     ) -> Option<Pass> {
         // Build the body from the ring (nothing was appended since the scan: one loop turn).
-        let format = self.cfg.body;
+        let (format, max) = (self.cfg.body, self.cfg.max_batch_bytes);
         self.body.clear();
+        self.body.reserve_exact(scan.bytes.max(max) + 1);
         let mut pos = scan.from;
         let mut records = 0;
         let mut last_ts = 0;
@@ -1056,6 +1057,7 @@ impl HttpSink {
         protocol::finish_body(&mut self.body, format);
         if self.cfg.gzip {
             let HttpSink { body, gz, .. } = &mut *self;
+            gz.reserve_exact(crate::memory::gzip_bound(body.len()));
             if let Err(e) = protocol::gzip_into(body, gz) {
                 return self.request_failed(core, "http_gzip_failed", &e);
             }

@@ -94,7 +94,7 @@ impl ResponseReader {
     /// A reader expecting a response head.
     pub fn new() -> ResponseReader {
         ResponseReader {
-            buf: Vec::new(),
+            buf: Vec::with_capacity(MAX_RESPONSE_HEAD + super::READ_CHUNK),
             state: BodyState::Head,
             status: 0,
             retry_after: None,
@@ -145,6 +145,7 @@ impl ResponseReader {
 
     fn keep(&mut self, n: usize) {
         let room = MAX_RESPONSE_BODY.saturating_sub(self.body.len());
+        self.body.reserve_exact(n.min(room));
         self.body.extend_from_slice(&self.buf[..n.min(room)]);
         self.body_len += n as u64;
         self.buf.drain(..n);
