@@ -113,7 +113,6 @@ impl Inputs {
                         conn.set_buffer_limit(Some(tls::BUFFER_LIMIT));
                         Transport::Tls(Box::new(TlsIn {
                             conn,
-                            state: TlsState::Handshaking,
                             error: None,
                             sock_eof: false,
                             closing: false,
@@ -171,11 +170,11 @@ impl Inputs {
                     suppressed = suppressed
                 );
             }
+            let tls = matches!(transport, Transport::Tls(_));
             self.conns[id] = Some(Conn {
                 stream,
                 transport,
-                opened: now,
-                heard: false,
+                session: Session::new(tls, now),
                 feed: fi,
                 peer,
                 framer: Framer::new(feed.input.framer),
@@ -183,9 +182,6 @@ impl Inputs {
                     &feed.cfg.input.kind,
                     feed.input.framer.max_record,
                 )),
-                last_active: now,
-                paused: false,
-                eof: false,
                 http: (feed.cfg.input.kind == InputKind::Http).then(Box::default),
                 queued: false,
             });
@@ -264,11 +260,11 @@ impl Inputs {
                 feed = feed.cfg.name,
                 peer = c.peer,
                 reason = reason,
-                idle_ms = now.duration_since(c.last_active).as_millis(),
+                idle_ms = now.duration_since(c.session.last_active()).as_millis(),
                 suppressed = suppressed
             );
         }
-        self.close_conn(feeds, id, "evicted", None, now);
+        self.close_conn(feeds, id, Close::Evicted, None, now);
     }
 
     /// Connections of feed `fi` from `peer`'s address.

@@ -18,6 +18,7 @@ pub mod request;
 
 use serde::Serialize;
 
+use super::session::{Close, Next};
 use super::{FeedIn, Feeds, Inputs, READS_PER_TURN};
 use crate::clock;
 use crate::config::SyncPolicy;
@@ -111,7 +112,7 @@ impl Inputs {
             return;
         };
         let mut reads = 0;
-        let closing: Option<(&'static str, Option<io::Error>)> = loop {
+        let closing: Option<(Close, Option<io::Error>)> = loop {
             if !http.out.is_empty() {
                 match conn.write_plain(&http.out) {
                     Ok(n) => {
@@ -120,14 +121,14 @@ impl Inputs {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Some(("write error", Some(e))),
+                    Err(e) => break Some((Close::WriteError, Some(e))),
                 }
             }
             if http.close_after && http.lingering.is_none() {
                 match conn.close_write() {
                     Ok(true) => http.lingering = Some((now, 0)),
                     Ok(false) => break None,
-                    Err(e) => break Some(("write error", Some(e))),
+                    Err(e) => break Some((Close::WriteError, Some(e))),
                 }
             }
             if let Some((since, discarded)) = http.lingering.as_mut() {
@@ -138,30 +139,30 @@ impl Inputs {
                     &mut feed.input.logs.tls,
                     now,
                 ) {
-                    Ok(0) => break Some(("response sent; connection: close", None)),
+                    Ok(0) => break Some((Close::ResponseSent, None)),
                     Ok(n) => *discarded += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Some(("read error", Some(e))),
+                    Err(e) => break Some((Close::ReadError, Some(e))),
                 }
                 if *discarded > LINGER_BYTES || now.duration_since(*since) > LINGER {
-                    break Some(("response sent; sender kept sending", None));
+                    break Some((Close::ResponseSentSenderKeptSending, None));
                 }
                 continue;
             }
             match answer(&mut http, &mut feed, &conn.pending, conn.peer) {
                 Step::Answered(n) => {
                     conn.pending.drain(..n);
-                    conn.last_active = now;
+                    conn.session.active(now);
                     continue;
                 }
                 // A `100 Continue` to write before the body can come.
                 Step::More if !http.out.is_empty() => continue,
-                Step::More if conn.eof => {
+                Step::More if conn.session.sender_closed() => {
                     break Some(if conn.pending.is_empty() {
-                        ("sender closed", None)
+                        (Close::SenderClosed, None)
                     } else {
-                        ("sender closed mid-request", None)
+                        (Close::SenderClosedMidRequest, None)
                     });
                 }
                 Step::More => {}
@@ -182,17 +183,22 @@ impl Inputs {
             conn.pending = buf;
             conn.pending.truncate(old + *res.as_ref().unwrap_or(&0));
             match res {
-                Ok(0) => conn.eof = true,
+                Ok(0) => {
+                    // A TLS handshake that never finished closes at once.
+                    if let Next::Close(why) = conn.session.eof() {
+                        break Some((why, None));
+                    }
+                }
                 Ok(n) => {
                     reads += 1;
                     *input_reads += 1;
                     *bytes_in += n as u64;
-                    conn.last_active = now;
+                    conn.session.active(now);
                     http.started.get_or_insert(now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(("read error", Some(e))),
+                Err(e) => break Some((Close::ReadError, Some(e))),
             }
         };
         conn.http = Some(http);
@@ -218,23 +224,17 @@ impl Inputs {
                 .lingering
                 .is_some_and(|(since, _)| now.duration_since(since) > LINGER)
             {
-                self.close_conn(
-                    feeds,
-                    id,
-                    "response sent; sender kept the connection open",
-                    None,
-                    now,
-                );
+                self.close_conn(feeds, id, Close::ResponseSentSenderKeptOpen, None, now);
                 continue;
             }
             if http
-                .head_wait_since(conn.opened)
+                .head_wait_since(conn.session.opened())
                 .is_some_and(|s| now.duration_since(s) > cfg.header_timeout)
             {
                 feed.input.stats.header_timeouts += 1;
                 if conn.pending.is_empty() {
                     // Nothing of a request: nobody to answer.
-                    self.close_conn(feeds, id, "header_timeout", None, now);
+                    self.close_conn(feeds, id, Close::HeaderTimeout, None, now);
                     continue;
                 }
                 let refusal = Refusal {
