@@ -100,19 +100,9 @@ pub fn parse_head(
     if len > limits.max_head {
         return Err(refuse(431, "request head too large", true));
     }
-    let Fields {
-        body_len,
-        chunked,
-        gzip,
-        other_encoding,
-        keep_alive,
-        secret,
-    } = Fields::read(
-        req.headers,
-        req.version.unwrap_or(0),
-        expect.auth.map(|(h, _)| h),
-    )?;
-    if chunked {
+    let auth_header = expect.auth.map(|(h, _)| h);
+    let f = Fields::read(req.headers, req.version.unwrap_or(0), auth_header)?;
+    if f.chunked {
         return Err(refuse(
             411,
             "chunked request bodies are not supported; send Content-Length",
@@ -120,7 +110,7 @@ pub fn parse_head(
         ));
     }
     let post = req.method == Some("POST");
-    let body_len = match body_len {
+    let body_len = match f.body_len {
         Some(n) if n > limits.max_body => {
             return Err(refuse(413, "body larger than max_body_bytes", true))
         }
@@ -133,31 +123,60 @@ pub fn parse_head(
     let skip = |status, reason| Refusal {
         status,
         reason,
-        close: !keep_alive,
+        close: !f.keep_alive,
         skip: len + body_len,
     };
     let path = req.path.unwrap_or("");
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    if !post {
-        return Err(skip(405, "only POST is accepted"));
-    }
-    if path != expect.path {
-        return Err(skip(404, "no such path"));
-    }
-    if let Some((_, want)) = expect.auth {
-        if !secret.is_some_and(|got| constant_time_eq(got, want)) {
-            return Err(skip(401, "missing or wrong shared secret"));
-        }
-    }
-    if other_encoding {
-        return Err(skip(415, "unsupported Content-Encoding (gzip or identity)"));
+    let target = Target {
+        post,
+        path,
+        secret: f.secret,
+        other_encoding: f.other_encoding,
+    };
+    if let Err((status, reason)) = target.check(expect) {
+        return Err(skip(status, reason));
     }
     Ok(Some(Head {
         len,
         body_len,
-        gzip,
-        keep_alive,
+        gzip: f.gzip,
+        keep_alive: f.keep_alive,
     }))
+}
+
+/// What a request asks of the endpoint: what [`Target::check`] holds against [`Expect`].
+struct Target<'b> {
+    /// The method is `POST`.
+    post: bool,
+    /// The path, without its query string.
+    path: &'b str,
+    /// The shared-secret header's value.
+    secret: Option<&'b [u8]>,
+    /// A `Content-Encoding` other than gzip or identity.
+    other_encoding: bool,
+}
+
+impl Target<'_> {
+    /// The status and reason to refuse it with, in this order: 405 not a `POST`, 404 another
+    /// path, 401 a missing or wrong secret, 415 an encoding other than gzip.
+    fn check(&self, expect: &Expect<'_>) -> Result<(), (u16, &'static str)> {
+        if !self.post {
+            return Err((405, "only POST is accepted"));
+        }
+        if self.path != expect.path {
+            return Err((404, "no such path"));
+        }
+        if let Some((_, want)) = expect.auth {
+            if !self.secret.is_some_and(|got| constant_time_eq(got, want)) {
+                return Err((401, "missing or wrong shared secret"));
+            }
+        }
+        if self.other_encoding {
+            return Err((415, "unsupported Content-Encoding (gzip or identity)"));
+        }
+        Ok(())
+    }
 }
 
 /// What a request's headers say, as far as the endpoint cares.
