@@ -82,7 +82,7 @@ pub struct Conn {
     pub(super) transport: Transport,
     /// Where it is in its life: reading, paused, draining after EOF, closed; its handshake,
     /// its timeouts.
-    pub session: Session,
+    pub(super) session: Session,
     /// Index of its feed.
     pub feed: usize,
     pub(super) peer: SocketAddr,

@@ -17,6 +17,12 @@
 //! is kept on the connection, at most `max_record_bytes` + a frame header, until the rest
 //! arrives. So a connection costs its partial record plus a few hundred bytes, whatever it
 //! sends.
+//!
+//! Each connection's lifecycle is a sans-I/O state machine, its [`session::Session`]: whether
+//! it reads, when it stops (the turn's budget, a full ring, its feed's sync), what becomes of
+//! what a sender left when it closed, its timeouts, how its end is reported. [`Inputs`] does
+//! the reads, the framing, the ring appends, the counters and the log lines as the session
+//! says.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -311,7 +317,8 @@ impl Inputs {
         t.checked_sub(self.token_base)
     }
 
-    /// Queues feed `fi`'s paused connections: its ring has room again, or its sync finished.
+    /// Queues feed `fi`'s connections that wait for it ([`Session::waits_for_feed`]): its ring
+    /// has room again, or its sync finished.
     pub fn resume_feed(&mut self, fi: usize) {
         for (id, c) in self.conns.iter_mut().enumerate() {
             if let Some(c) = c
