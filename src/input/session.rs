@@ -72,20 +72,6 @@ pub enum Pause {
     Sync,
 }
 
-impl State {
-    /// A short name, for tests and debugging.
-    pub fn name(&self) -> &'static str {
-        match self {
-            State::Reading => "reading",
-            State::Paused(Pause::RingFull) => "paused_ring_full",
-            State::Paused(Pause::Sync) => "paused_sync",
-            State::Eof => "eof",
-            State::Draining => "draining",
-            State::Closed(_) => "closed",
-        }
-    }
-}
-
 /// A TLS connection's handshake (a plain TCP connection has none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handshake {
@@ -417,7 +403,9 @@ impl Session {
     }
 
     /// When its next timeout ends (`handshake_timeout`, `idle_timeout`): [`Session::due`]
-    /// reports it from just after then. `None` when neither applies, or it is closed.
+    /// reports it from just after then. `None` when neither applies, or it is closed. (The
+    /// event loop does not wake for it yet: it asks [`Session::due`] every
+    /// `checkpoint_interval`, as before.)
     pub fn poll_at(&self, t: Timeouts) -> Option<Instant> {
         if matches!(self.state, State::Closed(_)) {
             return None;
