@@ -42,139 +42,120 @@ impl Inputs {
             } else {
                 None
             };
-            let feed = feeds.feed(fi);
-            let Some(listener) = feed.input.listener.as_ref() else {
-                return;
+            let (stream, peer) = match accept_one(feeds.feed(fi), now) {
+                Accepted::Conn(stream, peer) => (stream, peer),
+                Accepted::Again => continue,
+                Accepted::Done => return,
             };
-            let (mut stream, peer) = match listener.accept() {
-                Ok(x) => {
-                    if let Some(since) = feed.input.accept_paused.take() {
-                        feed.input.stats.accept_paused_ms +=
-                            now.duration_since(since).as_millis() as u64;
-                    }
-                    x
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: log and try again on the next event.
-                    crate::log!(
-                        Level::Error,
-                        "accept_failed",
-                        feed = feed.cfg.name,
-                        error = e
-                    );
-                    return;
-                }
-            };
-            let per_source = feed.cfg.input.max_connections_per_source;
-            if per_source > 0 && self.source_conns(fi, peer) >= per_source {
-                match self.evictable(feeds, fi, Some(peer), now) {
-                    Evictable::Conn(id) => self.evict(feeds, id, "max_connections_per_source", now),
-                    Evictable::Freed => {}
-                    Evictable::None(_) => {
-                        let feed = feeds.feed(fi);
-                        feed.input.stats.refused += 1;
-                        if let Some(suppressed) = feed.input.refuse_log.allow(now) {
-                            crate::log!(
-                                Level::Warn,
-                                "connection_refused",
-                                feed = feed.cfg.name,
-                                peer = peer,
-                                reason = "per_source",
-                                max_connections_per_source = per_source,
-                                suppressed = suppressed
-                            );
-                        }
-                        drop(stream);
-                        continue;
-                    }
-                }
-            } else if let Some(id) = victim {
-                self.evict(feeds, id, "max_connections", now);
-            }
-            let feed = feeds.feed(fi);
-            let transport = match &feed.input.tls {
-                None => Transport::Plain,
-                Some(cfg) => match ServerConnection::new(cfg.clone()) {
-                    Ok(mut conn) => {
-                        conn.set_buffer_limit(Some(tls::BUFFER_LIMIT));
-                        Transport::Tls(Box::new(TlsIn {
-                            conn,
-                            state: TlsState::Handshaking,
-                            error: None,
-                            sock_eof: false,
-                            closing: false,
-                        }))
-                    }
-                    Err(e) => {
-                        crate::log!(
-                            Level::Error,
-                            "tls_session_failed",
-                            feed = feed.cfg.name,
-                            peer = peer,
-                            error = e
-                        );
-                        continue;
-                    }
-                },
-            };
-            // A TLS connection also writes (handshake replies): it wants writable events.
-            let interest = match transport {
-                Transport::Plain => Interest::READABLE,
-                Transport::Tls(_) => Interest::READABLE | Interest::WRITABLE,
-            };
-            let id = self.free_slots.pop().unwrap_or_else(|| {
-                self.conns.push(None);
-                self.conns.len() - 1
-            });
-            // An HTTP connection writes responses: it waits for writable when its socket is full.
-            let interest = if feed.cfg.input.kind == InputKind::Http {
-                interest | Interest::WRITABLE
-            } else {
-                interest
-            };
-            if let Err(e) =
-                self.registry
-                    .register(&mut stream, Token(self.token_base + id), interest)
-            {
-                crate::log!(
-                    Level::Error,
-                    "register_failed",
-                    feed = feed.cfg.name,
-                    peer = peer,
-                    error = e
-                );
-                self.free_slots.push(id);
+            if !self.make_room(feeds, fi, peer, victim, now) {
+                // Refused: `stream` closes here.
                 continue;
             }
-            feed.input.conns += 1;
-            feed.input.stats.accepted += 1;
-            if let Some(suppressed) = feed.input.logs.open.allow(now) {
-                crate::log!(
-                    Level::Info,
-                    "connection_open",
-                    feed = feed.cfg.name,
-                    peer = peer,
-                    suppressed = suppressed
-                );
-            }
-            self.conns[id] = Some(Conn {
-                stream,
-                transport,
-                opened: now,
-                heard: false,
-                feed: fi,
-                peer,
-                framer: Framer::new(feed.input.framer),
-                pending: Vec::with_capacity(crate::memory::pending_bytes(feed.cfg)),
-                last_active: now,
-                paused: false,
-                eof: false,
-                http: (feed.cfg.input.kind == InputKind::Http).then(Box::default),
-                queued: false,
-            });
+            self.open_conn(feeds.feed(fi), fi, stream, peer, now);
         }
+    }
+
+    /// Makes room for a new connection from `peer` on feed `fi`: at
+    /// `max_connections_per_source`, by evicting one of that source's own (false: nothing to
+    /// evict, the connection is refused, counted and logged); else by evicting `victim` (at
+    /// `max_connections`), if any.
+    fn make_room(
+        &mut self,
+        feeds: &mut dyn Feeds,
+        fi: usize,
+        peer: SocketAddr,
+        victim: Option<usize>,
+        now: Instant,
+    ) -> bool {
+        let per_source = feeds.feed(fi).cfg.input.max_connections_per_source;
+        if per_source > 0 && self.source_conns(fi, peer) >= per_source {
+            match self.evictable(feeds, fi, Some(peer), now) {
+                Evictable::Conn(id) => self.evict(feeds, id, "max_connections_per_source", now),
+                Evictable::Freed => {}
+                Evictable::None(_) => {
+                    let feed = feeds.feed(fi);
+                    feed.input.stats.refused += 1;
+                    if let Some(suppressed) = feed.input.refuse_log.allow(now) {
+                        crate::log!(
+                            Level::Warn,
+                            "connection_refused",
+                            feed = feed.cfg.name,
+                            peer = peer,
+                            reason = "per_source",
+                            max_connections_per_source = per_source,
+                            suppressed = suppressed
+                        );
+                    }
+                    return false;
+                }
+            }
+        } else if let Some(id) = victim {
+            self.evict(feeds, id, "max_connections", now);
+        }
+        true
+    }
+
+    /// Sets up connection `stream` from `peer`, accepted on feed `fi` (`feed`): its TLS
+    /// session, its registration with the loop, its slot, counted and logged. A failure is
+    /// logged and closes it.
+    fn open_conn(
+        &mut self,
+        feed: FeedIn<'_>,
+        fi: usize,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        now: Instant,
+    ) {
+        let Some(transport) = transport(&feed, peer) else {
+            return;
+        };
+        let http = feed.cfg.input.kind == InputKind::Http;
+        // A TLS connection also writes (handshake replies), an HTTP connection writes
+        // responses: they want writable events.
+        let interest = if http || matches!(transport, Transport::Tls(_)) {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let id = self.free_slots.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let token = Token(self.token_base + id);
+        if let Err(e) = self.registry.register(&mut stream, token, interest) {
+            crate::log!(
+                Level::Error,
+                "register_failed",
+                feed = feed.cfg.name,
+                peer = peer,
+                error = e
+            );
+            self.free_slots.push(id);
+            return;
+        }
+        feed.input.conns += 1;
+        feed.input.stats.accepted += 1;
+        if let Some(suppressed) = feed.input.logs.open.allow(now) {
+            crate::log!(
+                Level::Info,
+                "connection_open",
+                feed = feed.cfg.name,
+                peer = peer,
+                suppressed = suppressed
+            );
+        }
+        let tls = matches!(transport, Transport::Tls(_));
+        self.conns[id] = Some(Conn {
+            stream,
+            transport,
+            session: Session::new(tls, now),
+            feed: fi,
+            peer,
+            framer: Framer::new(feed.input.framer),
+            pending: Vec::with_capacity(crate::memory::pending_bytes(feed.cfg)),
+            http: http.then(Box::default),
+            queued: false,
+        });
     }
 
     /// The connection of feed `fi` (from `source`'s address only, when given) to evict first:
@@ -249,11 +230,11 @@ impl Inputs {
                 feed = feed.cfg.name,
                 peer = c.peer,
                 reason = reason,
-                idle_ms = now.duration_since(c.last_active).as_millis(),
+                idle_ms = now.duration_since(c.session.last_active()).as_millis(),
                 suppressed = suppressed
             );
         }
-        self.close_conn(feeds, id, "evicted", None, now);
+        self.close_conn(feeds, id, Close::Evicted, None, now);
     }
 
     /// Connections of feed `fi` from `peer`'s address.
@@ -302,6 +283,72 @@ impl Inputs {
                 feed.input.accept_retry = None;
                 self.accept(feeds, fi, now);
             }
+        }
+    }
+}
+
+/// What [`accept_one`] got.
+enum Accepted {
+    /// A connection, from this peer.
+    Conn(TcpStream, SocketAddr),
+    /// Interrupted: try again.
+    Again,
+    /// None waiting (`WouldBlock`), or accepting failed (logged): until the next event.
+    Done,
+}
+
+/// Accepts one connection on `feed`'s listener; ends an episode of stopped accepting.
+fn accept_one(feed: FeedIn<'_>, now: Instant) -> Accepted {
+    let Some(listener) = feed.input.listener.as_ref() else {
+        return Accepted::Done;
+    };
+    match listener.accept() {
+        Ok((stream, peer)) => {
+            if let Some(since) = feed.input.accept_paused.take() {
+                feed.input.stats.accept_paused_ms += now.duration_since(since).as_millis() as u64;
+            }
+            Accepted::Conn(stream, peer)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Done,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Accepted::Again,
+        Err(e) => {
+            // EMFILE and friends: log and try again on the next event.
+            crate::log!(
+                Level::Error,
+                "accept_failed",
+                feed = feed.cfg.name,
+                error = e
+            );
+            Accepted::Done
+        }
+    }
+}
+
+/// What carries a new connection's bytes on `feed`: plain, or a TLS session with the feed's
+/// configuration (`None`: it could not be made, logged).
+fn transport(feed: &FeedIn<'_>, peer: SocketAddr) -> Option<Transport> {
+    let Some(cfg) = &feed.input.tls else {
+        return Some(Transport::Plain);
+    };
+    match ServerConnection::new(cfg.clone()) {
+        Ok(mut conn) => {
+            conn.set_buffer_limit(Some(tls::BUFFER_LIMIT));
+            Some(Transport::Tls(Box::new(TlsIn {
+                conn,
+                error: None,
+                sock_eof: false,
+                closing: false,
+            })))
+        }
+        Err(e) => {
+            crate::log!(
+                Level::Error,
+                "tls_session_failed",
+                feed = feed.cfg.name,
+                peer = peer,
+                error = e
+            );
+            None
         }
     }
 }

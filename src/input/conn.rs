@@ -10,15 +10,9 @@ pub(super) enum Transport {
     Tls(Box<TlsIn>),
 }
 
-/// A TLS connection's state.
-pub(super) enum TlsState {
-    Handshaking,
-    Established,
-}
-
+/// A TLS connection's rustls session (its handshake's progress is the [`Session`]'s).
 pub(super) struct TlsIn {
     pub(super) conn: ServerConnection,
-    pub(super) state: TlsState,
     /// rustls reported this error (the alert was sent): the connection closes.
     pub(super) error: Option<rustls::Error>,
     /// The socket reached EOF.
@@ -86,9 +80,9 @@ impl TlsIn {
 pub struct Conn {
     pub(super) stream: TcpStream,
     pub(super) transport: Transport,
-    pub(super) opened: Instant,
-    /// It has delivered plaintext (a TLS handshake is not plaintext): never evicted.
-    pub(super) heard: bool,
+    /// Where it is in its life: reading, paused, draining after EOF, closed; its handshake,
+    /// its timeouts.
+    pub(super) session: Session,
     /// Index of its feed.
     pub feed: usize,
     pub(super) peer: SocketAddr,
@@ -96,11 +90,6 @@ pub struct Conn {
     /// Bytes read but not yet framed (a partial record, or records the ring refused); on an
     /// HTTP connection, the request being read.
     pub(super) pending: Vec<u8>,
-    pub(super) last_active: Instant,
-    /// The ring refused a record (`block`): reading stops until outputs free room.
-    pub paused: bool,
-    /// The sender closed its side; `pending` still holds refused records.
-    pub(super) eof: bool,
     /// The HTTP state of a connection to an `http` input.
     pub(super) http: Option<Box<HttpConn>>,
     /// On the relay's ready list: served from it, once, next turn, and not by its events
@@ -119,13 +108,21 @@ impl Conn {
 }
 
 impl Conn {
+    /// The TLS error rustls reported (its alert was sent), if any.
+    pub(super) fn tls_error(&self) -> Option<&rustls::Error> {
+        match &self.transport {
+            Transport::Tls(t) => t.error.as_ref(),
+            Transport::Plain => None,
+        }
+    }
+
     /// `(class, since)` if it may be evicted, lowest first: a TCP/TLS connection that has not
     /// delivered plaintext, since it opened; an HTTP connection waiting for a request head,
     /// since it opened or its previous response.
     pub(super) fn evict_rank(&self) -> Option<(u8, Instant)> {
         match &self.http {
-            None => (!self.heard).then_some((0, self.opened)),
-            Some(h) => h.head_wait_since(self.opened).map(|s| (1, s)),
+            None => self.session.silent_since().map(|s| (0, s)),
+            Some(h) => h.head_wait_since(self.session.opened()).map(|s| (1, s)),
         }
     }
 }
@@ -144,15 +141,18 @@ impl Conn {
         let t = match &mut self.transport {
             Transport::Plain => {
                 let r = self.stream.read(buf);
-                self.heard |= matches!(r, Ok(n) if n > 0);
+                if matches!(r, Ok(n) if n > 0) {
+                    self.session.heard();
+                }
                 return r;
             }
             Transport::Tls(t) => t,
         };
         let r = t.read(&mut self.stream, buf);
-        self.heard |= matches!(r, Ok(n) if n > 0);
-        if matches!(t.state, TlsState::Handshaking) && !t.conn.is_handshaking() {
-            t.state = TlsState::Established;
+        if matches!(r, Ok(n) if n > 0) {
+            self.session.heard();
+        }
+        if !t.conn.is_handshaking() && self.session.handshake_done() {
             feed_stats.tls_handshakes += 1;
             if let Some(suppressed) = conn_log.allow(now) {
                 let info = t

@@ -17,6 +17,12 @@
 //! is kept on the connection, at most `max_record_bytes` + a frame header, until the rest
 //! arrives. So a connection costs its partial record plus a few hundred bytes, whatever it
 //! sends.
+//!
+//! Each connection's lifecycle is a sans-I/O state machine, its [`session::Session`]: whether
+//! it reads, when it stops (the turn's budget, a full ring, its feed's sync), what becomes of
+//! what a sender left when it closed, its timeouts, how its end is reported. [`Inputs`] does
+//! the reads, the framing, the ring appends, the counters and the log lines as the session
+//! says.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -32,9 +38,11 @@ mod conn;
 pub mod framing;
 pub mod http;
 mod read;
+pub mod session;
 
 pub use conn::Conn;
-use conn::{TlsIn, TlsState, Transport};
+use conn::{TlsIn, Transport};
+use session::{Close, Ending, Session};
 
 use crate::clock;
 use crate::config::{FeedConfig, InputKind, SyncPolicy};
@@ -309,10 +317,14 @@ impl Inputs {
         t.checked_sub(self.token_base)
     }
 
-    /// Queues feed `fi`'s paused connections: its ring has room again, or its sync finished.
+    /// Queues feed `fi`'s connections that wait for it ([`Session::waits_for_feed`]): its ring
+    /// has room again, or its sync finished.
     pub fn resume_feed(&mut self, fi: usize) {
         for (id, c) in self.conns.iter_mut().enumerate() {
-            if let Some(c) = c.as_mut().filter(|c| c.feed == fi && c.paused) {
+            if let Some(c) = c
+                .as_mut()
+                .filter(|c| c.feed == fi && c.session.waits_for_feed())
+            {
                 c.queue(&mut self.ready, id);
             }
         }
@@ -327,83 +339,101 @@ impl Inputs {
 }
 
 impl Inputs {
+    /// Closes connection `id` for `why` (`err`: the I/O error behind it): deregisters it,
+    /// frees its slot, lets its feed accept again, and reports its end, as a failed TLS
+    /// handshake or a `connection_closed` line ([`Session::close`]).
     pub fn close_conn(
         &mut self,
         feeds: &mut dyn Feeds,
         id: usize,
-        why: &str,
+        why: Close,
         err: Option<io::Error>,
         now: Instant,
     ) {
         let Some(mut conn) = self.conns.get_mut(id).and_then(Option::take) else {
             return;
         };
-        if matches!(&conn.transport, Transport::Tls(t) if matches!(t.state, TlsState::Established))
-        {
+        if matches!(conn.transport, Transport::Tls(_)) && !conn.session.handshaking() {
             // Best effort, without waiting: the sender's TLS stack then sees a deliberate
             // close (idle timeout, shutdown), not a truncation attack.
             let _ = conn.close_write();
         }
         let _ = self.registry.deregister(&mut conn.stream);
         self.free_slots.push(id);
-        let feed = feeds.feed(conn.feed);
+        let mut feed = feeds.feed(conn.feed);
         feed.input.conns -= 1;
         // The listener reports the connections waiting in its backlog only when another
         // arrives (edge-triggered): accepting resumes this turn.
         feed.input.accept_due |= feed.input.accept_paused.is_some();
-        if let Transport::Tls(t) = &conn.transport {
-            let reason = match (&t.state, &t.error, why) {
-                (TlsState::Established, ..) => None,
-                // Counted and logged as an eviction, not as a failed handshake.
-                (TlsState::Handshaking, None, "evicted") => None,
-                (TlsState::Handshaking, Some(e), _) => Some(tls::failure_reason(e)),
-                (TlsState::Handshaking, None, "handshake_timeout") => Some("timeout"),
-                (TlsState::Handshaking, None, _) => Some("closed"),
-            };
-            if let Some(reason) = reason {
-                feed.input.stats.tls_failures[tls::reason_index(reason)] += 1;
-                if let Some(suppressed) = feed.input.tls_log.allow(now) {
-                    let error = match (&t.error, &err) {
-                        (Some(e), _) => e.to_string(),
-                        (None, Some(e)) => e.to_string(),
-                        (None, None) => why.to_string(),
-                    };
-                    crate::log!(
-                        Level::Warn,
-                        "tls_handshake_failed",
-                        feed = feed.cfg.name,
-                        peer = conn.peer,
-                        reason = reason,
-                        error = error,
-                        suppressed = suppressed
-                    );
-                }
-                return;
+        let tls_error = conn.tls_error().map(tls::failure_reason);
+        match conn.session.close(why, tls_error) {
+            Ending::HandshakeFailed(reason) => {
+                log_handshake_failed(&mut feed, &conn, reason, err, why, now);
             }
+            Ending::Closed => log_closed(&mut feed, &conn, why, err, now),
         }
-        let st = conn.framer.stats();
-        feed.input.stats.incomplete_at_eof += st.incomplete_at_eof;
-        let framing = match conn.framer.detected() {
-            Detected::Newline => "newline",
-            Detected::Octet => "octet",
-            Detected::Undecided => "undecided",
+    }
+}
+
+/// Counts and logs (rate-limited) a TLS handshake that failed for `reason`, with the error
+/// rustls reported, else the I/O error `err`, else why it closed.
+fn log_handshake_failed(
+    feed: &mut FeedIn<'_>,
+    conn: &Conn,
+    reason: &'static str,
+    err: Option<io::Error>,
+    why: Close,
+    now: Instant,
+) {
+    feed.input.stats.tls_failures[tls::reason_index(reason)] += 1;
+    if let Some(suppressed) = feed.input.tls_log.allow(now) {
+        let error = match (conn.tls_error(), &err) {
+            (Some(e), _) => e.to_string(),
+            (None, Some(e)) => e.to_string(),
+            (None, None) => why.as_str().to_string(),
         };
-        if let Some(suppressed) = feed.input.logs.closed.allow(now) {
-            let error = err.map_or(String::new(), |e| e.to_string());
-            crate::log!(
-                Level::Info,
-                "connection_closed",
-                feed = feed.cfg.name,
-                peer = conn.peer,
-                reason = why,
-                error = error,
-                framing = framing,
-                records = st.records + conn.http.as_ref().map_or(0, |h| h.records),
-                truncated = st.truncated,
-                dropped_oversize = st.dropped_oversize,
-                bad_frames = st.bad_frames,
-                suppressed = suppressed
-            );
-        }
+        crate::log!(
+            Level::Warn,
+            "tls_handshake_failed",
+            feed = feed.cfg.name,
+            peer = conn.peer,
+            reason = reason,
+            error = error,
+            suppressed = suppressed
+        );
+    }
+}
+
+/// Counts what the framer lost at EOF and logs (rate-limited) `connection_closed`.
+fn log_closed(
+    feed: &mut FeedIn<'_>,
+    conn: &Conn,
+    why: Close,
+    err: Option<io::Error>,
+    now: Instant,
+) {
+    let st = conn.framer.stats();
+    feed.input.stats.incomplete_at_eof += st.incomplete_at_eof;
+    let framing = match conn.framer.detected() {
+        Detected::Newline => "newline",
+        Detected::Octet => "octet",
+        Detected::Undecided => "undecided",
+    };
+    if let Some(suppressed) = feed.input.logs.closed.allow(now) {
+        let error = err.map_or(String::new(), |e| e.to_string());
+        crate::log!(
+            Level::Info,
+            "connection_closed",
+            feed = feed.cfg.name,
+            peer = conn.peer,
+            reason = why.as_str(),
+            error = error,
+            framing = framing,
+            records = st.records + conn.http.as_ref().map_or(0, |h| h.records),
+            truncated = st.truncated,
+            dropped_oversize = st.dropped_oversize,
+            bad_frames = st.bad_frames,
+            suppressed = suppressed
+        );
     }
 }

@@ -2,147 +2,109 @@
 //! straight into the ring as lines entries, everything else through the scratch buffer and the
 //! framer), idle and handshake timeouts, and `auto` decided for a sender that waits.
 
+use super::session::{Due, Next, State, Timeouts};
 use super::*;
 
 impl Inputs {
-    /// Reads and frames what connection `id` has, up to the turn's budget (all of it when
-    /// `drain`, at shutdown).
+    /// Serves connection `id`'s turn: reads and frames what it has, up to the turn's budget
+    /// (all of it when `drain`, at shutdown), as its [`Session`] directs.
     pub fn service_conn(&mut self, feeds: &mut dyn Feeds, id: usize, now: Instant, drain: bool) {
-        let Some(c) = self.conns.get(id).and_then(Option::as_ref) else {
+        let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
         if c.queued && !drain {
             // Its turn comes from the ready list.
             return;
         }
-        if feeds.feed(c.feed).input.sync_wait && !drain {
-            // Until the ring's sync finishes; `resume_after_sync` queues it then.
-            if let Some(c) = self.conns[id].as_mut() {
-                c.paused = true;
-            }
+        // While its feed waits for the ring's sync, the session pauses (the feed's resume
+        // queues it then).
+        let first = c.session.begin(feeds.feed(c.feed).input.sync_wait, drain);
+        if first == Next::Wait {
             return;
         }
         if c.http.is_some() {
             return self.service_http(feeds, id, now, drain);
         }
+        if let Some((why, err)) = self.stream_turn(feeds, id, first, now) {
+            self.close_conn(feeds, id, why, err, now);
+        }
+    }
+
+    /// A TCP or TLS connection's turn, from its session's `first` step: does what the session
+    /// says until it waits, yields (queued for the next turn) or closes (returned, with the
+    /// read error behind it).
+    fn stream_turn(
+        &mut self,
+        feeds: &mut dyn Feeds,
+        id: usize,
+        first: Next,
+        now: Instant,
+    ) -> Option<(Close, Option<io::Error>)> {
         let Inputs {
             conns,
             scratch,
             ready,
             bytes_in,
-            reads: input_reads,
+            reads,
             ..
         } = self;
-        let Some(conn) = conns.get_mut(id).and_then(Option::as_mut) else {
-            return;
-        };
+        let conn = conns.get_mut(id).and_then(Option::as_mut)?;
         let mut feed = feeds.feed(conn.feed);
-        let mut reads = 0;
-        let outcome = loop {
-            // First frame what is pending (records a full ring refused before).
-            if conn.paused || conn.eof {
-                conn.paused = false;
-                let eof = conn.eof;
-                frame_pending(conn, &mut feed, eof, now);
-                if conn.paused {
-                    break Outcome::Open;
-                }
-                if conn.eof {
-                    break Outcome::Close("sender closed", None);
-                }
-            }
-            if !drain && reads >= READS_PER_TURN {
-                conn.queue(ready, id);
-                break Outcome::Open;
-            }
-            let p = conn.pending.len();
-            // Newline framing reads straight into the ring, behind the partial record the
-            // connection kept, when the ring has a lines entry's room for both.
-            let lines_read = LINES_READ.min(feed.ring.lines_max() / 4);
-            if conn.framer.in_lines() && p + lines_read <= feed.ring.lines_max() {
-                match read_lines(conn, &mut feed, scratch, (p, lines_read), now) {
-                    Lines::Read(n) => {
-                        reads += 1;
-                        *input_reads += 1;
+        let mut error = None;
+        let mut next = first;
+        loop {
+            next = match next {
+                Next::Read => match read_once(conn, &mut feed, scratch, now) {
+                    Got::Bytes { n, refused } => {
+                        *reads += 1;
                         *bytes_in += n as u64;
-                        conn.last_active = now;
-                        if conn.paused {
-                            break Outcome::Open;
-                        }
-                        continue;
+                        conn.session.read(n, refused, now)
                     }
-                    Lines::Full => break Outcome::Open,
-                    Lines::Eof => {
-                        conn.eof = true;
-                        continue;
+                    Got::Full => conn.session.ring_full(),
+                    Got::Eof => conn.session.eof(),
+                    Got::Failed(e) => {
+                        let next = conn.session.read_failed(e.kind());
+                        error = Some(e);
+                        next
                     }
-                    Lines::Err(e) => match e.kind() {
-                        io::ErrorKind::WouldBlock => break Outcome::Open,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => break Outcome::Close("read error", Some(e)),
-                    },
-                    Lines::Refused => {}
+                },
+                Next::Frame { last } => {
+                    let refused = frame_pending(conn, &mut feed, last, now);
+                    conn.session.framed(refused)
                 }
-            }
-            scratch[..p].copy_from_slice(&conn.pending);
-            conn.pending.clear();
-            let res = conn.read_plain(
-                &mut scratch[p..p + READ_CHUNK],
-                (&feed.cfg.name, &mut feed.input.stats),
-                &mut feed.input.logs.tls,
-                now,
-            );
-            let n = match res {
-                Ok(0) => {
-                    conn.eof = true;
-                    conn.pending.extend_from_slice(&scratch[..p]);
-                    continue;
+                Next::Yield => {
+                    conn.queue(ready, id);
+                    return None;
                 }
-                Ok(n) => n,
-                Err(e) => {
-                    conn.pending.extend_from_slice(&scratch[..p]);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break Outcome::Open,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => break Outcome::Close("read error", Some(e)),
-                    }
-                }
+                Next::Wait => return None,
+                Next::Close(why) => return Some((why, error)),
             };
-            reads += 1;
-            *input_reads += 1;
-            *bytes_in += n as u64;
-            conn.last_active = now;
-            let data = &scratch[..p + n];
-            let consumed = frame(conn, &mut feed, data, false, now);
-            conn.pending.extend_from_slice(&data[consumed..]);
-            if conn.paused {
-                break Outcome::Open;
-            }
-        };
-        if let Outcome::Close(why, err) = outcome {
-            self.close_conn(feeds, id, why, err, now);
         }
     }
 
     /// Closes connections idle for longer than their feed's `idle_timeout`, and TLS
-    /// connections still handshaking after `handshake_timeout`.
+    /// connections still handshaking after `handshake_timeout`; decides `auto` for those whose
+    /// first frame waited ([`Session::due`]).
     pub fn close_idle(&mut self, feeds: &mut dyn Feeds, now: Instant) {
         for id in 0..self.conns.len() {
             let Some(c) = self.conns[id].as_ref() else {
                 continue;
             };
             let input = &feeds.feed(c.feed).cfg.input;
-            let handshaking = matches!(&c.transport, Transport::Tls(t) if matches!(t.state, TlsState::Handshaking));
-            let past = |since: Instant, limit: Option<std::time::Duration>| {
-                limit.is_some_and(|t| now.duration_since(since) > t)
+            let timeouts = Timeouts {
+                handshake: input.tls().map(|t| t.handshake_timeout),
+                idle: input.idle_timeout,
             };
-            if handshaking && past(c.opened, input.tls().map(|t| t.handshake_timeout)) {
-                self.close_conn(feeds, id, "handshake_timeout", None, now);
-            } else if past(c.last_active, input.idle_timeout) {
-                feeds.feed(c.feed).input.stats.idle_closed += 1;
-                self.close_conn(feeds, id, "idle_timeout", None, now);
-            } else if past(c.last_active, Some(UNDECIDED_WAIT)) {
-                self.decide_undecided(feeds, id, now);
+            match c.session.due(now, timeouts) {
+                Some(Due::HandshakeTimeout) => {
+                    self.close_conn(feeds, id, Close::HandshakeTimeout, None, now);
+                }
+                Some(Due::IdleTimeout) => {
+                    feeds.feed(c.feed).input.stats.idle_closed += 1;
+                    self.close_conn(feeds, id, Close::IdleTimeout, None, now);
+                }
+                Some(Due::DecideFraming) => self.decide_undecided(feeds, id, now),
+                None => {}
             }
         }
     }
@@ -155,66 +117,101 @@ impl Inputs {
             return;
         };
         if conn.http.is_some()
-            || conn.paused
+            || conn.session.state() != State::Reading
             || conn.framer.detected() != Detected::Undecided
             || conn.framer.decide_now(&conn.pending) == Detected::Undecided
         {
             return;
         }
         let mut feed = feeds.feed(conn.feed);
-        frame_pending(conn, &mut feed, false, now);
+        if frame_pending(conn, &mut feed, false, now) {
+            conn.session.ring_full();
+        }
     }
 }
 
-/// What happened to a connection in one service call.
-pub(super) enum Outcome {
-    Open,
-    Close(&'static str, Option<io::Error>),
-}
-
-/// How long an `auto` connection's first frame waits for the bytes that would decide its
-/// framing before [`Framer::decide_now`] decides on what it has (checked once per
-/// `checkpoint_interval`).
-const UNDECIDED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// What [`read_lines`] did.
-pub(super) enum Lines {
-    /// Read this many bytes; framed what they completed.
-    Read(usize),
-    /// The ring has no room (`block`): the connection is paused, nothing was read.
+/// What one read of a connection did ([`read_once`], [`read_lines`]).
+pub(super) enum Got {
+    /// Read this many bytes (more than 0) and framed what they completed; `refused`: the ring
+    /// refused a record (`block`), which stays pending.
+    Bytes { n: usize, refused: bool },
+    /// The ring has no room to read into (`block`); nothing was read.
     Full,
     /// The sender closed; nothing was read.
     Eof,
     /// The read failed (`WouldBlock` included); nothing was read.
-    Err(io::Error),
-    /// The ring cannot hold a lines entry that long; nothing was read.
-    Refused,
+    Failed(io::Error),
+}
+
+/// One read of a TCP or TLS connection, framed: newline framing reads straight into the ring
+/// ([`read_lines`]), behind the partial record the connection kept, when the ring has a lines
+/// entry's room for both; everything else reads into `scratch` behind the partial record, and
+/// the complete records are copied into the ring.
+fn read_once(conn: &mut Conn, feed: &mut FeedIn<'_>, scratch: &mut [u8], now: Instant) -> Got {
+    let p = conn.pending.len();
+    let lines_read = LINES_READ.min(feed.ring.lines_max() / 4);
+    if conn.framer.in_lines() && p + lines_read <= feed.ring.lines_max() {
+        if let Some(got) = read_lines(conn, feed, scratch, (p, lines_read), now) {
+            return got;
+        }
+    }
+    scratch[..p].copy_from_slice(&conn.pending);
+    conn.pending.clear();
+    let res = conn.read_plain(
+        &mut scratch[p..p + READ_CHUNK],
+        (&feed.cfg.name, &mut feed.input.stats),
+        &mut feed.input.logs.tls,
+        now,
+    );
+    let n = match res {
+        Ok(0) => {
+            conn.pending.extend_from_slice(&scratch[..p]);
+            return Got::Eof;
+        }
+        Ok(n) => n,
+        Err(e) => {
+            conn.pending.extend_from_slice(&scratch[..p]);
+            return Got::Failed(e);
+        }
+    };
+    let data = &scratch[..p + n];
+    let framed = frame(conn, feed, data, false, now);
+    conn.pending.extend_from_slice(&data[framed.consumed..]);
+    Got::Bytes {
+        n,
+        refused: framed.refused,
+    }
+}
+
+/// What [`frame`] did with some bytes.
+pub(super) struct Framed {
+    /// Bytes consumed from the front: what is left stays pending.
+    pub(super) consumed: usize,
+    /// The ring refused a record (`block`): it is not consumed.
+    pub(super) refused: bool,
 }
 
 /// One read of a newline-framed connection, straight into the ring: reserves a lines entry's
 /// room at the head, puts the connection's partial record at its start, reads up to
 /// `lines_read` bytes behind it, frames the complete lines in place and commits them as one
 /// entry (`buffer-spec.md` §5). What they leave (the next partial record, or an oversize record
-/// and what follows it) goes through [`frame`], from `scratch`, as before.
+/// and what follows it) goes through [`frame`], from `scratch`, as before. `None`: the ring
+/// cannot hold a lines entry that long, nothing was read (the scratch path reads instead).
 pub(super) fn read_lines(
     conn: &mut Conn,
     feed: &mut FeedIn<'_>,
     scratch: &mut [u8],
     (p, lines_read): (usize, usize),
     now: Instant,
-) -> Lines {
+) -> Option<Got> {
     match feed.ring.reserve(p + lines_read.min(4096), p + lines_read) {
         Ok(_) => {}
         Err(AppendError::Full) => {
-            conn.paused = true;
-            if !feed.input.paused {
-                feed.input.paused = true;
-                feed.input.stats.blocked += 1;
-            }
-            return Lines::Full;
+            blocked(feed.input);
+            return Some(Got::Full);
         }
         // The caller asks for no more than `lines_max`; were it more, the scratch path reads.
-        Err(AppendError::TooLarge) => return Lines::Refused,
+        Err(AppendError::TooLarge) => return None,
     }
     let FeedIn { ring, cfg, input } = feed;
     let room = ring.reserved_mut();
@@ -225,9 +222,9 @@ pub(super) fn read_lines(
         &mut input.logs.tls,
         now,
     ) {
-        Ok(0) => return Lines::Eof,
+        Ok(0) => return Some(Got::Eof),
         Ok(n) => n,
-        Err(e) => return Lines::Err(e),
+        Err(e) => return Some(Got::Failed(e)),
     };
     let ts = clock::wall_ns();
     // The caller checked `in_lines`; were it false, every byte would go to `frame` below.
@@ -264,42 +261,52 @@ pub(super) fn read_lines(
         }
         let _ = feed.appended(ts);
     }
+    let mut refused = false;
     if rest > 0 {
-        let consumed = frame(conn, feed, &scratch[..rest], false, now);
-        conn.pending.extend_from_slice(&scratch[consumed..rest]);
+        let framed = frame(conn, feed, &scratch[..rest], false, now);
+        conn.pending
+            .extend_from_slice(&scratch[framed.consumed..rest]);
+        refused = framed.refused;
     }
-    Lines::Read(n)
+    Some(Got::Bytes { n, refused })
 }
 
-/// Frames what `conn.pending` holds, in place: the bytes consumed leave its front, and the
-/// vector keeps its capacity (no allocation on a resume after back-pressure).
-pub(super) fn frame_pending(conn: &mut Conn, feed: &mut FeedIn<'_>, eof: bool, now: Instant) {
+/// Frames what `conn.pending` holds, in place (`eof`: as the sender's last bytes): the bytes
+/// consumed leave its front, and the vector keeps its capacity (no allocation on a resume
+/// after back-pressure). Returns whether the ring refused a record (`block`).
+pub(super) fn frame_pending(
+    conn: &mut Conn,
+    feed: &mut FeedIn<'_>,
+    eof: bool,
+    now: Instant,
+) -> bool {
     // Moved out for the borrow only: `Vec::new` does not allocate, and `frame` does not touch
     // `pending`.
     let mut data = std::mem::take(&mut conn.pending);
-    let consumed = frame(conn, feed, &data, eof, now);
+    let framed = frame(conn, feed, &data, eof, now);
     debug_assert!(conn.pending.is_empty());
-    data.drain(..consumed);
+    data.drain(..framed.consumed);
     conn.pending = data;
+    framed.refused
 }
 
-/// Frames `data` into the feed's ring; returns the bytes consumed. Sets `conn.paused` when the
-/// ring refused a record (`block`), in which case the refused record is not consumed.
-/// `auto` decides there, and logs a fallback (rate-limited by the connection log's `log`).
+/// Frames `data` into the feed's ring (`eof`: as the sender's last bytes). When the ring
+/// refuses a record (`block`), that record is not consumed. `auto` decides there, and logs a
+/// fallback (rate-limited by the feed's framing log).
 pub(super) fn frame(
     conn: &mut Conn,
     feed: &mut FeedIn<'_>,
     data: &[u8],
     eof: bool,
     now: Instant,
-) -> usize {
-    let consumed = frame_records(conn, feed, data, eof);
+) -> Framed {
+    let framed = frame_records(conn, feed, data, eof);
     if let Some(why) = conn.framer.take_fallback() {
         if let Some(suppressed) = feed.input.logs.framing.allow(now) {
             log_fallback(conn, &feed.cfg.name, why, data, suppressed);
         }
     }
-    consumed
+    framed
 }
 
 /// Logs that `auto` fell back to newline framing on `conn`, whose first frame starts in `data`
@@ -344,7 +351,7 @@ pub(super) fn frame_records(
     feed: &mut FeedIn<'_>,
     data: &[u8],
     eof: bool,
-) -> usize {
+) -> Framed {
     let ts = clock::wall_ns();
     let before = conn.framer.stats();
     let ring = &mut feed.ring;
@@ -376,16 +383,24 @@ pub(super) fn frame_records(
     stats.bad_frames += after.bad_frames - before.bad_frames;
     stats.framing_fallbacks += after.auto_fallbacks - before.auto_fallbacks;
     if full {
-        conn.paused = true;
-        if !feed.input.paused {
-            feed.input.paused = true;
-            stats.blocked += 1;
-        }
+        blocked(feed.input);
     }
     if after.records > before.records {
         // Under `sync = "always"` the records are on disk before more is read from this
         // sender. A failure is logged; the records stay in the ring, in memory.
         let _ = feed.appended(ts);
     }
-    consumed
+    Framed {
+        consumed,
+        refused: full,
+    }
+}
+
+/// The ring refused a connection's record or read (`block`): the feed's inputs are paused
+/// until its outputs free room, counted once per episode.
+fn blocked(input: &mut FeedInput) {
+    if !input.paused {
+        input.paused = true;
+        input.stats.blocked += 1;
+    }
 }

@@ -18,7 +18,8 @@ pub mod request;
 
 use serde::Serialize;
 
-use super::{FeedIn, Feeds, Inputs, READS_PER_TURN};
+use super::session::{Close, Next};
+use super::{Conn, FeedIn, Feeds, Inputs, READS_PER_TURN};
 use crate::clock;
 use crate::config::SyncPolicy;
 use crate::input::framing::Oversize;
@@ -111,57 +112,31 @@ impl Inputs {
             return;
         };
         let mut reads = 0;
-        let closing: Option<(&'static str, Option<io::Error>)> = loop {
-            if !http.out.is_empty() {
-                match conn.write_plain(&http.out) {
-                    Ok(n) => {
-                        http.out.drain(..n);
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Some(("write error", Some(e))),
-                }
-            }
-            if http.close_after && http.lingering.is_none() {
-                match conn.close_write() {
-                    Ok(true) => http.lingering = Some((now, 0)),
-                    Ok(false) => break None,
-                    Err(e) => break Some(("write error", Some(e))),
-                }
-            }
-            if let Some((since, discarded)) = http.lingering.as_mut() {
-                let mut sink = [0u8; 16 << 10];
-                match conn.read_plain(
-                    &mut sink,
-                    (&feed.cfg.name, &mut feed.input.stats),
-                    &mut feed.input.logs.tls,
-                    now,
-                ) {
-                    Ok(0) => break Some(("response sent; connection: close", None)),
-                    Ok(n) => *discarded += n as u64,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Some(("read error", Some(e))),
-                }
-                if *discarded > LINGER_BYTES || now.duration_since(*since) > LINGER {
-                    break Some(("response sent; sender kept sending", None));
-                }
-                continue;
+        let closing: Option<(Close, Option<io::Error>)> = loop {
+            // What is owed first; once a closing response is out, only the linger.
+            let flow = match send_owed(conn, &mut http, now) {
+                Flow::On => linger(conn, &mut http, &mut feed, now),
+                flow => flow,
+            };
+            match flow {
+                Flow::On => {}
+                Flow::Again => continue,
+                Flow::Wait => break None,
+                Flow::Close(why, err) => break Some((why, err)),
             }
             match answer(&mut http, &mut feed, &conn.pending, conn.peer) {
                 Step::Answered(n) => {
                     conn.pending.drain(..n);
-                    conn.last_active = now;
+                    conn.session.active(now);
                     continue;
                 }
                 // A `100 Continue` to write before the body can come.
                 Step::More if !http.out.is_empty() => continue,
-                Step::More if conn.eof => {
+                Step::More if conn.session.sender_closed() => {
                     break Some(if conn.pending.is_empty() {
-                        ("sender closed", None)
+                        (Close::SenderClosed, None)
                     } else {
-                        ("sender closed mid-request", None)
+                        (Close::SenderClosedMidRequest, None)
                     });
                 }
                 Step::More => {}
@@ -170,29 +145,23 @@ impl Inputs {
                 conn.queue(ready, id);
                 break None;
             }
-            let old = conn.pending.len();
-            conn.pending.resize(old + READ_CHUNK, 0);
-            let mut buf = std::mem::take(&mut conn.pending);
-            let res = conn.read_plain(
-                &mut buf[old..],
-                (&feed.cfg.name, &mut feed.input.stats),
-                &mut feed.input.logs.tls,
-                now,
-            );
-            conn.pending = buf;
-            conn.pending.truncate(old + *res.as_ref().unwrap_or(&0));
-            match res {
-                Ok(0) => conn.eof = true,
+            match read_more(conn, &mut feed, now) {
+                Ok(0) => {
+                    // A TLS handshake that never finished closes at once.
+                    if let Next::Close(why) = conn.session.eof() {
+                        break Some((why, None));
+                    }
+                }
                 Ok(n) => {
                     reads += 1;
                     *input_reads += 1;
                     *bytes_in += n as u64;
-                    conn.last_active = now;
+                    conn.session.active(now);
                     http.started.get_or_insert(now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(("read error", Some(e))),
+                Err(e) => break Some((Close::ReadError, Some(e))),
             }
         };
         conn.http = Some(http);
@@ -218,23 +187,17 @@ impl Inputs {
                 .lingering
                 .is_some_and(|(since, _)| now.duration_since(since) > LINGER)
             {
-                self.close_conn(
-                    feeds,
-                    id,
-                    "response sent; sender kept the connection open",
-                    None,
-                    now,
-                );
+                self.close_conn(feeds, id, Close::ResponseSentSenderKeptOpen, None, now);
                 continue;
             }
             if http
-                .head_wait_since(conn.opened)
+                .head_wait_since(conn.session.opened())
                 .is_some_and(|s| now.duration_since(s) > cfg.header_timeout)
             {
                 feed.input.stats.header_timeouts += 1;
                 if conn.pending.is_empty() {
                     // Nothing of a request: nobody to answer.
-                    self.close_conn(feeds, id, "header_timeout", None, now);
+                    self.close_conn(feeds, id, Close::HeaderTimeout, None, now);
                     continue;
                 }
                 let refusal = Refusal {
@@ -264,6 +227,83 @@ impl Inputs {
     }
 }
 
+/// What a step of an HTTP connection's turn says to do next.
+enum Flow {
+    /// Nothing for this step: on to the next.
+    On,
+    /// Start the turn's steps again.
+    Again,
+    /// Nothing more until the next event.
+    Wait,
+    /// Close the connection (the error behind it).
+    Close(Close, Option<io::Error>),
+}
+
+/// Writes the response bytes owed to the sender; after a closing response, ends our side of
+/// the connection and starts the linger.
+fn send_owed(conn: &mut Conn, http: &mut HttpConn, now: Instant) -> Flow {
+    if !http.out.is_empty() {
+        return match conn.write_plain(&http.out) {
+            Ok(n) => {
+                http.out.drain(..n);
+                Flow::Again
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Flow::Wait,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Flow::Again,
+            Err(e) => Flow::Close(Close::WriteError, Some(e)),
+        };
+    }
+    if http.close_after && http.lingering.is_none() {
+        match conn.close_write() {
+            Ok(true) => http.lingering = Some((now, 0)),
+            Ok(false) => return Flow::Wait,
+            Err(e) => return Flow::Close(Close::WriteError, Some(e)),
+        }
+    }
+    Flow::On
+}
+
+/// After a closing response: reads and discards what the sender still sends, until it closes
+/// or [`LINGER`] or [`LINGER_BYTES`] is over. `On` when not lingering.
+fn linger(conn: &mut Conn, http: &mut HttpConn, feed: &mut FeedIn<'_>, now: Instant) -> Flow {
+    let Some((since, discarded)) = http.lingering.as_mut() else {
+        return Flow::On;
+    };
+    let mut sink = [0u8; 16 << 10];
+    match conn.read_plain(
+        &mut sink,
+        (&feed.cfg.name, &mut feed.input.stats),
+        &mut feed.input.logs.tls,
+        now,
+    ) {
+        Ok(0) => return Flow::Close(Close::ResponseSent, None),
+        Ok(n) => *discarded += n as u64,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Wait,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) => return Flow::Close(Close::ReadError, Some(e)),
+    }
+    if *discarded > LINGER_BYTES || now.duration_since(*since) > LINGER {
+        return Flow::Close(Close::ResponseSentSenderKeptSending, None);
+    }
+    Flow::Again
+}
+
+/// Reads up to [`READ_CHUNK`] more of the request into `conn.pending`, as `Read::read`.
+fn read_more(conn: &mut Conn, feed: &mut FeedIn<'_>, now: Instant) -> io::Result<usize> {
+    let old = conn.pending.len();
+    conn.pending.resize(old + READ_CHUNK, 0);
+    let mut buf = std::mem::take(&mut conn.pending);
+    let res = conn.read_plain(
+        &mut buf[old..],
+        (&feed.cfg.name, &mut feed.input.stats),
+        &mut feed.input.logs.tls,
+        now,
+    );
+    conn.pending = buf;
+    conn.pending.truncate(old + *res.as_ref().unwrap_or(&0));
+    res
+}
+
 /// Answers the request at the start of `pending`, if it is complete.
 fn answer(http: &mut HttpConn, feed: &mut FeedIn<'_>, pending: &[u8], peer: SocketAddr) -> Step {
     let Some(cfg) = feed.cfg.input.http.as_ref() else {
@@ -287,23 +327,7 @@ fn answer(http: &mut HttpConn, feed: &mut FeedIn<'_>, pending: &[u8], peer: Sock
             http.head_done = true;
             head
         }
-        Err(r) if r.close => {
-            respond(http, feed, peer, &r, None);
-            return Step::Answered(pending.len());
-        }
-        // Refused, but framed: skip the whole request once it is here.
-        Err(r) if pending.len() >= r.skip => {
-            respond(http, feed, peer, &r, None);
-            return Step::Answered(r.skip);
-        }
-        // The sender waits for our word before it sends the body (`Expect: 100-continue`):
-        // the final status now, and the connection closed after it (RFC 9110 §10.1.1: a
-        // body it sends anyway is read and discarded while the connection lingers).
-        Err(r) if expects_continue(pending) => {
-            respond(http, feed, peer, &Refusal { close: true, ..r }, None);
-            return Step::Answered(pending.len());
-        }
-        Err(_) => return Step::More,
+        Err(r) => return refuse_head(http, feed, pending, peer, r),
     };
     let Head {
         len,
@@ -355,6 +379,36 @@ fn answer(http: &mut HttpConn, feed: &mut FeedIn<'_>, pending: &[u8], peer: Sock
         }
     }
     Step::Answered(len + body_len)
+}
+
+/// Answers the request at the start of `pending`, whose head was refused (`r`), once the
+/// answer can be given.
+fn refuse_head(
+    http: &mut HttpConn,
+    feed: &mut FeedIn<'_>,
+    pending: &[u8],
+    peer: SocketAddr,
+    r: Refusal,
+) -> Step {
+    match r {
+        r if r.close => {
+            respond(http, feed, peer, &r, None);
+            Step::Answered(pending.len())
+        }
+        // Refused, but framed: skip the whole request once it is here.
+        r if pending.len() >= r.skip => {
+            respond(http, feed, peer, &r, None);
+            Step::Answered(r.skip)
+        }
+        // The sender waits for our word before it sends the body (`Expect: 100-continue`):
+        // the final status now, and the connection closed after it (RFC 9110 §10.1.1: a
+        // body it sends anyway is read and discarded while the connection lingers).
+        r if expects_continue(pending) => {
+            respond(http, feed, peer, &Refusal { close: true, ..r }, None);
+            Step::Answered(pending.len())
+        }
+        _ => Step::More,
+    }
 }
 
 /// The interim response to `Expect: 100-continue`.

@@ -100,48 +100,9 @@ pub fn parse_head(
     if len > limits.max_head {
         return Err(refuse(431, "request head too large", true));
     }
-    let version = req.version.unwrap_or(0);
-    let mut body_len = None;
-    let mut chunked = false;
-    let mut gzip = false;
-    let mut other_encoding = false;
-    let mut keep_alive = version >= 1;
-    let mut secret: Option<&[u8]> = None;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).ok().map(str::trim);
-            match v.and_then(|v| v.parse::<usize>().ok()) {
-                // Two different lengths: request smuggling territory.
-                Some(n) if body_len.is_none_or(|b| b == n) => body_len = Some(n),
-                _ => return Err(refuse(400, "bad Content-Length", true)),
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-encoding") {
-            for enc in h.value.split(|&b| b == b',') {
-                match enc.trim_ascii() {
-                    e if e.eq_ignore_ascii_case(b"gzip") || e.eq_ignore_ascii_case(b"x-gzip") => {
-                        gzip = true;
-                    }
-                    e if e.eq_ignore_ascii_case(b"identity") || e.is_empty() => {}
-                    _ => other_encoding = true,
-                }
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            let v = h.value.trim_ascii();
-            if v.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if v.eq_ignore_ascii_case(b"keep-alive") {
-                keep_alive = true;
-            }
-        } else if let Some((want, _)) = expect.auth {
-            if name.eq_ignore_ascii_case(want) {
-                secret = Some(h.value.trim_ascii());
-            }
-        }
-    }
-    if chunked {
+    let auth_header = expect.auth.map(|(h, _)| h);
+    let f = Fields::read(req.headers, req.version.unwrap_or(0), auth_header)?;
+    if f.chunked {
         return Err(refuse(
             411,
             "chunked request bodies are not supported; send Content-Length",
@@ -149,7 +110,7 @@ pub fn parse_head(
         ));
     }
     let post = req.method == Some("POST");
-    let body_len = match body_len {
+    let body_len = match f.body_len {
         Some(n) if n > limits.max_body => {
             return Err(refuse(413, "body larger than max_body_bytes", true))
         }
@@ -162,31 +123,133 @@ pub fn parse_head(
     let skip = |status, reason| Refusal {
         status,
         reason,
-        close: !keep_alive,
+        close: !f.keep_alive,
         skip: len + body_len,
     };
     let path = req.path.unwrap_or("");
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    if !post {
-        return Err(skip(405, "only POST is accepted"));
-    }
-    if path != expect.path {
-        return Err(skip(404, "no such path"));
-    }
-    if let Some((_, want)) = expect.auth {
-        if !secret.is_some_and(|got| constant_time_eq(got, want)) {
-            return Err(skip(401, "missing or wrong shared secret"));
-        }
-    }
-    if other_encoding {
-        return Err(skip(415, "unsupported Content-Encoding (gzip or identity)"));
+    let target = Target {
+        post,
+        path,
+        secret: f.secret,
+        other_encoding: f.other_encoding,
+    };
+    if let Err((status, reason)) = target.check(expect) {
+        return Err(skip(status, reason));
     }
     Ok(Some(Head {
         len,
         body_len,
-        gzip,
-        keep_alive,
+        gzip: f.gzip,
+        keep_alive: f.keep_alive,
     }))
+}
+
+/// What a request asks of the endpoint: what [`Target::check`] holds against [`Expect`].
+struct Target<'b> {
+    /// The method is `POST`.
+    post: bool,
+    /// The path, without its query string.
+    path: &'b str,
+    /// The shared-secret header's value.
+    secret: Option<&'b [u8]>,
+    /// A `Content-Encoding` other than gzip or identity.
+    other_encoding: bool,
+}
+
+impl Target<'_> {
+    /// The status and reason to refuse it with, in this order: 405 not a `POST`, 404 another
+    /// path, 401 a missing or wrong secret, 415 an encoding other than gzip.
+    fn check(&self, expect: &Expect<'_>) -> Result<(), (u16, &'static str)> {
+        if !self.post {
+            return Err((405, "only POST is accepted"));
+        }
+        if self.path != expect.path {
+            return Err((404, "no such path"));
+        }
+        if let Some((_, want)) = expect.auth {
+            if !self.secret.is_some_and(|got| constant_time_eq(got, want)) {
+                return Err((401, "missing or wrong shared secret"));
+            }
+        }
+        if self.other_encoding {
+            return Err((415, "unsupported Content-Encoding (gzip or identity)"));
+        }
+        Ok(())
+    }
+}
+
+/// What a request's headers say, as far as the endpoint cares.
+struct Fields<'b> {
+    /// `Content-Length`.
+    body_len: Option<usize>,
+    /// A `Transfer-Encoding` (chunked) was sent.
+    chunked: bool,
+    /// `Content-Encoding: gzip` (or `x-gzip`).
+    gzip: bool,
+    /// A `Content-Encoding` other than gzip or identity.
+    other_encoding: bool,
+    /// The connection stays open after the response.
+    keep_alive: bool,
+    /// The value of the shared-secret header (`auth`), trimmed.
+    secret: Option<&'b [u8]>,
+}
+
+impl<'b> Fields<'b> {
+    /// Reads `headers` of an HTTP/1.`version` request; `auth`: the name of the shared-secret
+    /// header. Two different `Content-Length`s, or one that is not a number, are refused.
+    fn read(
+        headers: &[httparse::Header<'b>],
+        version: u8,
+        auth: Option<&str>,
+    ) -> Result<Fields<'b>, Refusal> {
+        let mut f = Fields {
+            body_len: None,
+            chunked: false,
+            gzip: false,
+            other_encoding: false,
+            keep_alive: version >= 1,
+            secret: None,
+        };
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value).ok().map(str::trim);
+                match v.and_then(|v| v.parse::<usize>().ok()) {
+                    // Two different lengths: request smuggling territory.
+                    Some(n) if f.body_len.is_none_or(|b| b == n) => f.body_len = Some(n),
+                    _ => return Err(refuse(400, "bad Content-Length", true)),
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                f.chunked = true;
+            } else if name.eq_ignore_ascii_case("content-encoding") {
+                f.content_encoding(h.value);
+            } else if name.eq_ignore_ascii_case("connection") {
+                let v = h.value.trim_ascii();
+                if v.eq_ignore_ascii_case(b"close") {
+                    f.keep_alive = false;
+                } else if v.eq_ignore_ascii_case(b"keep-alive") {
+                    f.keep_alive = true;
+                }
+            } else if auth.is_some_and(|want| name.eq_ignore_ascii_case(want)) {
+                f.secret = Some(h.value.trim_ascii());
+            }
+        }
+        Ok(f)
+    }
+
+    /// A `Content-Encoding` header's comma-separated codings.
+    fn content_encoding(&mut self, value: &[u8]) {
+        for enc in value.split(|&b| b == b',') {
+            match enc.trim_ascii() {
+                e if e.eq_ignore_ascii_case(b"gzip") || e.eq_ignore_ascii_case(b"x-gzip") => {
+                    self.gzip = true;
+                }
+                e if e.eq_ignore_ascii_case(b"identity") || e.is_empty() => {}
+                _ => self.other_encoding = true,
+            }
+        }
+    }
 }
 
 /// Compares in time that depends only on the lengths, not on where the bytes differ.
