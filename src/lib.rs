@@ -3,7 +3,8 @@
 //! # The path of one record
 //! 1. **Socket to record** ([`input`]): the event loop ([`event_loop`]) wakes on a readable
 //!    input connection and hands it to [`input::Inputs`], which reads it (through rustls for a
-//!    `tls` input, [`input`]'s `TlsIn`), frames records by newline or octet count
+//!    `tls` input, [`input`]'s `TlsIn`) as the connection's sans-I/O [`input::session`] says,
+//!    frames records by newline or octet count
 //!    ([`input::framing`]), or parses an HTTP batch ([`input::http`], its request side in
 //!    [`input::http::request`]).
 //! 2. **Record to ring** ([`ring`]): records are appended to the feed's ring, a memory-mapped,
@@ -12,7 +13,8 @@
 //!    policy ([`input::FeedIn::appended`], [`feed::Feed::checkpoint_in_background`]) decides
 //!    when they are on disk. An HTTP batch is answered 200 only then.
 //! 3. **Ring to SIEM** ([`output`]): each output walks the ring from its own durable cursor and
-//!    writes frames straight from the mapping (TCP, TLS, file: [`output::Output`], syslog
+//!    writes frames straight from the mapping (TCP, TLS, file: [`output::Output`], a shared core
+//!    and a sink per kind; its connection's lifecycle in [`output::link`]; syslog
 //!    headers by [`output::syslog`]; HTTP batches by [`output::http`], its wire format in
 //!    [`output::http::protocol`]). The cursor moves only past what the receiver proved it took.
 //! 4. **Around it**: [`feed`] ties one feed's ring, inputs and outputs together; [`ha`] decides
