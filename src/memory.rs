@@ -46,10 +46,7 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::config::{
-    BodyFormat, Config, FeedConfig, HttpOutput, InputKind, OutFraming, OutputConfig, OutputKind,
-};
-use crate::ring::WhenFull;
+use crate::config::{Config, FeedConfig, InputKind, OutputConfig, OutputKind};
 
 /// The event loop, the parsed configuration, the log writer, the signal and lock state: what
 /// the relay holds whatever its feeds. An allowance, not a sum of buffers: `tests/alloc_count.rs`
@@ -194,7 +191,10 @@ pub fn budget(cfg: &Config) -> Budget {
     let outputs: usize = cfg.feeds.iter().map(|f| f.outputs.len()).sum();
     let mut relay = vec![
         line("runtime (event loop, configuration, log)", RUNTIME as usize),
-        line("input scratch buffer", scratch_bytes(max_record)),
+        line(
+            "input scratch buffer",
+            crate::input::scratch_bytes(max_record),
+        ),
         line(
             "connection table (doubling)",
             2 * connections * (size_of::<Option<crate::input::Conn>>() + 3 * size_of::<usize>()),
@@ -241,7 +241,7 @@ fn feed_budget(f: &FeedConfig) -> FeedBudget {
         ));
     }
     let mut connection = vec![
-        line("partial record", pending_bytes(f)),
+        line("partial record", crate::input::pending_bytes(f)),
         line("connection state", size_of::<crate::input::Conn>()),
     ];
     if f.input.kind == InputKind::Http {
@@ -266,7 +266,7 @@ fn feed_budget(f: &FeedConfig) -> FeedBudget {
 
 fn output_budget(f: &FeedConfig, o: &OutputConfig) -> OutputBudget {
     let mut lines = vec![line("output state", OUTPUT_STATE as usize)];
-    let prefix = prefix_bytes(o);
+    let prefix = crate::output::prefix_bytes(o);
     if prefix > 0 {
         lines.push(line("frame prefixes (syslog, octet count)", prefix));
     }
@@ -292,11 +292,17 @@ fn output_budget(f: &FeedConfig, o: &OutputConfig) -> OutputBudget {
             ));
         }
         OutputKind::Http(h) => {
-            lines.push(line("HTTP request head", http_head_bytes(h)));
-            let body = http_body_bytes(h, f.max_record_bytes);
+            lines.push(line(
+                "HTTP request head",
+                crate::output::http::head_bytes(h),
+            ));
+            let body = crate::output::http::body_bytes(h, f.max_record_bytes);
             lines.push(line("HTTP batch body", body));
             if h.gzip {
-                lines.push(line("HTTP gzipped body", gzip_bound(body)));
+                lines.push(line(
+                    "HTTP gzipped body",
+                    crate::output::http::protocol::gzip_bound(body),
+                ));
             }
             lines.push(line(
                 "HTTP response reader",
@@ -328,85 +334,6 @@ fn output_budget(f: &FeedConfig, o: &OutputConfig) -> OutputBudget {
 /// message, the plaintext waiting to be read, the send queue and the handshake state.
 pub fn rustls_session(send: usize) -> usize {
     (RUSTLS_RECEIVE + RUSTLS_PLAINTEXT + RUSTLS_STATE) as usize + send
-}
-
-/// The inputs' scratch buffer for records of `max_record` bytes: a partial record, one read
-/// (the larger of [`crate::input::LINES_READ`] and [`crate::input::READ_CHUNK`]) and a frame
-/// header's slack.
-pub fn scratch_bytes(max_record: usize) -> usize {
-    max_record + 64 + crate::input::LINES_READ.max(crate::input::READ_CHUNK)
-}
-
-/// A connection's partial-record buffer (allocated at accept, never grown): a TCP or TLS
-/// connection keeps at most a partial record and a frame header (`max_record_bytes` + 16);
-/// under `when_full = "block"` the ring may refuse what one read brought, which then waits
-/// there too. An HTTP connection holds its request: the head limit, `max_body_bytes` and one
-/// read.
-pub fn pending_bytes(f: &FeedConfig) -> usize {
-    match &f.input.http {
-        Some(h) if f.input.kind == InputKind::Http => {
-            crate::input::http::MAX_HEAD + h.max_body_bytes + crate::input::http::READ_CHUNK
-        }
-        _ => {
-            let refused = match f.when_full {
-                WhenFull::Block => crate::input::LINES_READ.max(crate::input::READ_CHUNK),
-                WhenFull::DropOldest => 0,
-            };
-            f.max_record_bytes + 16 + refused
-        }
-    }
-}
-
-/// An output's frame-prefix buffer: per frame of a write pass, an octet count (`LEN SP`, 21
-/// bytes at most) and a syslog header; nothing when it adds neither.
-pub fn prefix_bytes(o: &OutputConfig) -> usize {
-    let framing = match &o.kind {
-        OutputKind::Tcp(t) => t.framing,
-        OutputKind::Tls(t) => t.framing,
-        OutputKind::File(f) => f.framing,
-        OutputKind::Http(_) => return 0,
-    };
-    let count = if framing == OutFraming::Octet { 21 } else { 0 };
-    let header = if o.syslog.format == crate::config::Format::None {
-        0
-    } else {
-        crate::output::syslog::HEADER_MAX
-    };
-    crate::output::FRAMES_PER_WRITE * (count + header)
-}
-
-/// An HTTP output's request head, at most: a data request's with the longest Content-Length,
-/// or an acknowledgement poll's (head and body) with the most and longest ids.
-pub fn http_head_bytes(h: &HttpOutput) -> usize {
-    use crate::output::http::protocol;
-    let mut buf = Vec::new();
-    protocol::data_head(&mut buf, h, usize::MAX, h.gzip);
-    let data = buf.len();
-    let ids = std::iter::repeat_n(u64::MAX, protocol::MAX_ACK_IDS);
-    let poll = match protocol::ack_request(&mut buf, h, ids) {
-        Ok(()) => buf.len(),
-        Err(e) => e.bound + data,
-    };
-    data.max(poll)
-}
-
-/// An HTTP output's batch body, at most: `max_batch_bytes`, or the worst encoding of one
-/// record of `max_record` bytes when that is more (a batch has at least one record), and the
-/// closing bracket of a JSON array.
-pub fn http_body_bytes(h: &HttpOutput, max_record: usize) -> usize {
-    let record = match h.body {
-        BodyFormat::Ndjson => max_record + 1,
-        BodyFormat::JsonArray => max_record + 2,
-        // `{"event":"` + every byte escaped to 6 + `"}\n`.
-        BodyFormat::HecEvent => 13 + 6 * max_record,
-    };
-    h.max_batch_bytes.max(record) + 1
-}
-
-/// The gzipped form of `n` bytes, at most: deflate's stored blocks (5 bytes per 16 KiB at
-/// worst) and gzip's header and trailer, with room to spare.
-pub fn gzip_bound(n: usize) -> usize {
-    n + n / 1024 + 128
 }
 
 /// The admin endpoint: [`crate::admin::MAX_CONNS`] connections, each with a request (grown by
@@ -524,7 +451,7 @@ address = "127.0.0.1:1"
         assert_eq!(get("HTTP batch body"), Some((2 << 20) + 1));
         assert_eq!(
             get("HTTP gzipped body"),
-            Some(gzip_bound((2 << 20) + 1) as u64)
+            Some(crate::output::http::protocol::gzip_bound((2 << 20) + 1) as u64)
         );
         let head = get("HTTP request head").unwrap_or(0);
         assert!(head > 100 && head < 4096, "{head}");
@@ -547,6 +474,10 @@ address = "127.0.0.1:1"
         let mut enc = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
         enc.write_all(&body).expect("gzip");
         enc.finish().expect("gzip");
-        assert!(out.len() <= gzip_bound(body.len()), "{}", out.len());
+        assert!(
+            out.len() <= crate::output::http::protocol::gzip_bound(body.len()),
+            "{}",
+            out.len()
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::memory::{self, Budget, Bytes};
 
-use crate::ring::format::{record_stride, DATA_OFFSET, PAGE};
+use crate::ring::format::{record_stride, ring_bytes, DATA_OFFSET};
 use crate::ring::human_bytes;
 
 /// The inputs of a sizing.
@@ -23,15 +23,6 @@ pub struct Sizing {
     pub retention: Duration,
     /// Feeds of this shape.
     pub feeds: u64,
-}
-
-/// Bytes of ring data area one feed needs: every record costs its stride (header, payload,
-/// padding; `buffer-spec.md` §5), rounded up to whole pages.
-pub fn ring_bytes(eps: u64, bytes: u64, retention: Duration) -> u64 {
-    let raw = eps
-        .saturating_mul(retention.as_secs())
-        .saturating_mul(record_stride(bytes));
-    raw.div_ceil(PAGE).saturating_mul(PAGE)
 }
 
 /// The relay's CPU per record and per byte, one TCP output, `sync = "interval"`, by how the

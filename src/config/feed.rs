@@ -197,7 +197,7 @@ fn buffer_capacity(
                     b.missing(k, cx);
                 }
             }
-            crate::size::ring_bytes(eps?, bytes?, *retention)
+            crate::ring::ring_bytes(eps?, bytes?, *retention)
         }
         (None, false) => {
             b.missing("size", cx);

@@ -59,7 +59,7 @@ fn a_full_config_parses_with_defaults_filled_in() {
     assert!(matches!(&web.outputs[0].kind, OutputKind::Tcp(t) if t.framing == OutFraming::Octet));
     assert_eq!(
         zpa.capacity,
-        crate::size::ring_bytes(1000, 1500, Duration::from_secs(3600))
+        crate::ring::ring_bytes(1000, 1500, Duration::from_secs(3600))
     );
     assert_eq!(zpa.sync, SyncPolicy::Always);
     assert_eq!(zpa.input.idle_timeout, None);

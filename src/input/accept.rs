@@ -19,6 +19,26 @@ pub(super) enum Evictable {
     None(Option<Instant>),
 }
 
+/// A connection's partial-record buffer (allocated at accept, never grown): a TCP or TLS
+/// connection keeps at most a partial record and a frame header (`max_record_bytes` + 16);
+/// under `when_full = "block"` the ring may refuse what one read brought, which then waits
+/// there too. An HTTP connection holds its request: the head limit, `max_body_bytes` and one
+/// read.
+pub fn pending_bytes(f: &crate::config::FeedConfig) -> usize {
+    match &f.input.http {
+        Some(h) if f.input.kind == InputKind::Http => {
+            http::MAX_HEAD + h.max_body_bytes + http::READ_CHUNK
+        }
+        _ => {
+            let refused = match f.when_full {
+                crate::ring::WhenFull::Block => LINES_READ.max(READ_CHUNK),
+                crate::ring::WhenFull::DropOldest => 0,
+            };
+            f.max_record_bytes + 16 + refused
+        }
+    }
+}
+
 impl Inputs {
     /// Accepts the connections waiting on feed `fi`'s listener. At `max_connections` a new
     /// connection takes the place of an evictable one ([`Inputs::evictable`]); with none,
@@ -152,7 +172,7 @@ impl Inputs {
             feed: fi,
             peer,
             framer: Framer::new(feed.input.framer),
-            pending: Vec::with_capacity(crate::memory::pending_bytes(feed.cfg)),
+            pending: Vec::with_capacity(pending_bytes(feed.cfg)),
             http: http.then(Box::default),
             queued: false,
         });

@@ -40,6 +40,8 @@ pub mod http;
 mod read;
 pub mod session;
 
+pub use accept::pending_bytes;
+
 pub use conn::Conn;
 use conn::{TlsIn, Transport};
 use session::{Close, Ending, Session};
@@ -274,7 +276,7 @@ impl Inputs {
 
     /// Makes the scratch buffer large enough for records of `max_record` bytes.
     pub fn size_scratch(&mut self, max_record: usize) {
-        let want = crate::memory::scratch_bytes(max_record);
+        let want = scratch_bytes(max_record);
         if self.scratch.len() < want {
             // A new zeroed allocation, not `resize`: the kernel's zero pages cost no memory
             // until a read lands on them, where writing the zeros would touch every page
@@ -436,4 +438,11 @@ fn log_closed(
             suppressed = suppressed
         );
     }
+}
+
+/// The inputs' scratch buffer for records of `max_record` bytes: a partial record, one read
+/// (the larger of [`LINES_READ`] and [`READ_CHUNK`]) and a frame
+/// header's slack.
+pub fn scratch_bytes(max_record: usize) -> usize {
+    max_record + 64 + LINES_READ.max(READ_CHUNK)
 }

@@ -437,7 +437,7 @@ impl Output {
             defers_commits: matches!(sink, Sink::Tcp { .. }),
             framing,
             syslog: Header::new(&cfg.syslog, instance),
-            prefix_buf: Vec::with_capacity(crate::memory::prefix_bytes(cfg)),
+            prefix_buf: Vec::with_capacity(prefix_bytes(cfg)),
             replay: cfg.replay,
             settle: cfg.settle,
             cursor,
@@ -621,6 +621,24 @@ impl Core {
             ring.commit(self.cursor, pos);
         }
     }
+}
+
+/// An output's frame-prefix buffer: per frame of a write pass, an octet count (`LEN SP`, 21
+/// bytes at most) and a syslog header; nothing when it adds neither.
+pub fn prefix_bytes(o: &OutputConfig) -> usize {
+    let framing = match &o.kind {
+        OutputKind::Tcp(t) => t.framing,
+        OutputKind::Tls(t) => t.framing,
+        OutputKind::File(f) => f.framing,
+        OutputKind::Http(_) => return 0,
+    };
+    let count = if framing == OutFraming::Octet { 21 } else { 0 };
+    let header = if o.syslog.format == crate::config::Format::None {
+        0
+    } else {
+        HEADER_MAX
+    };
+    FRAMES_PER_WRITE * (count + header)
 }
 
 /// The earlier of two optional deadlines.

@@ -116,6 +116,15 @@ pub const fn record_stride(len: u64) -> u64 {
     (RECORD_HEADER + len + ALIGN - 1) & !(ALIGN - 1)
 }
 
+/// Bytes of ring data area one feed needs: every record costs its stride (header, payload,
+/// padding; `buffer-spec.md` §5), rounded up to whole pages.
+pub fn ring_bytes(eps: u64, bytes: u64, retention: std::time::Duration) -> u64 {
+    let raw = eps
+        .saturating_mul(retention.as_secs())
+        .saturating_mul(record_stride(bytes));
+    raw.div_ceil(PAGE).saturating_mul(PAGE)
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);

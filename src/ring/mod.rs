@@ -48,7 +48,9 @@ use format::{
     FLAG_TRUNCATED, KIND_DATA, KIND_WRAP, MAX_RECORD_LIMIT, META_LEN, PAGE, SLOT_OFFSETS,
     SUPERBLOCK_LEN,
 };
-pub use format::{record_stride, CursorState, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER};
+pub use format::{
+    record_stride, ring_bytes, CursorState, Pos, MAX_CURSORS, MIN_CAPACITY, RECORD_HEADER,
+};
 pub use view::{Damage, Read, Record, View};
 
 /// How many bytes [`Ring::start_writeback`] lets the head move before it starts more disk

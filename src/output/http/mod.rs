@@ -151,7 +151,7 @@ impl HttpSink {
             conn: None,
             peer: None,
             exchange: Exchange::Idle,
-            head: Vec::with_capacity(crate::memory::http_head_bytes(cfg)),
+            head: Vec::with_capacity(head_bytes(cfg)),
             body: Vec::new(),
             gz: Vec::new(),
             sent: 0,
@@ -242,6 +242,33 @@ impl HttpSink {
             }
         }
     }
+}
+
+/// An HTTP output's request head, at most: a data request's with the longest Content-Length,
+/// or an acknowledgement poll's (head and body) with the most and longest ids.
+pub fn head_bytes(h: &HttpOutput) -> usize {
+    let mut buf = Vec::new();
+    protocol::data_head(&mut buf, h, usize::MAX, h.gzip);
+    let data = buf.len();
+    let ids = std::iter::repeat_n(u64::MAX, protocol::MAX_ACK_IDS);
+    let poll = match protocol::ack_request(&mut buf, h, ids) {
+        Ok(()) => buf.len(),
+        Err(e) => e.bound + data,
+    };
+    data.max(poll)
+}
+
+/// An HTTP output's batch body, at most: `max_batch_bytes`, or the worst encoding of one
+/// record of `max_record` bytes when that is more (a batch has at least one record), and the
+/// closing bracket of a JSON array.
+pub fn body_bytes(h: &HttpOutput, max_record: usize) -> usize {
+    let record = match h.body {
+        crate::config::BodyFormat::Ndjson => max_record + 1,
+        crate::config::BodyFormat::JsonArray => max_record + 2,
+        // `{"event":"` + every byte escaped to 6 + `"}\n`.
+        crate::config::BodyFormat::HecEvent => 13 + 6 * max_record,
+    };
+    h.max_batch_bytes.max(record) + 1
 }
 
 fn class(status: u16) -> usize {
@@ -1057,7 +1084,7 @@ impl HttpSink {
         protocol::finish_body(&mut self.body, format);
         if self.cfg.gzip {
             let HttpSink { body, gz, .. } = &mut *self;
-            gz.reserve_exact(crate::memory::gzip_bound(body.len()));
+            gz.reserve_exact(protocol::gzip_bound(body.len()));
             if let Err(e) = protocol::gzip_into(body, gz) {
                 return self.request_failed(core, "http_gzip_failed", &e);
             }

@@ -318,6 +318,12 @@ pub fn dead_letter_line(
     Ok(out)
 }
 
+/// The gzipped form of `n` bytes, at most: deflate's stored blocks (5 bytes per 16 KiB at
+/// worst) and gzip's header and trailer, with room to spare.
+pub fn gzip_bound(n: usize) -> usize {
+    n + n / 1024 + 128
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
