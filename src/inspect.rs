@@ -83,6 +83,73 @@ fn export_line(out: &mut Vec<u8>, r: &Record<'_>) -> Result<(), TooLarge> {
 /// A ring that opens is read from its tail to its head, skipping damaged records; one that does
 /// not (damaged superblock, both metadata slots damaged, truncated or extended) is salvaged:
 /// its data area is scanned for intact entries. What was done goes to stderr.
+/// Writes every readable record of an opened ring to `write`; skips damaged places and counts
+/// them. Exit code 1 when there were any.
+fn export_records(
+    reader: &RingReader,
+    name: &std::path::Display<'_>,
+    write: &mut dyn FnMut(&Record<'_>),
+) -> u8 {
+    let view = reader.view();
+    let (mut pos, mut n, mut first, mut last) = (view.tail, 0u64, None, 0);
+    let (mut places, mut lost) = (0u64, 0u64);
+    loop {
+        match view.read(pos) {
+            Read::Record(r) => {
+                write(&r);
+                n += 1;
+                first.get_or_insert(r.pos.seq);
+                last = r.pos.seq;
+                pos = r.next;
+            }
+            Read::Corrupt { at, next, .. } => {
+                places += 1;
+                lost += next.seq - at.seq;
+                pos = next;
+            }
+            Read::End | Read::Overrun { .. } => break,
+        }
+    }
+    eprintln!(
+        "ringrelay inspect: {name}: exported {n} records{}, skipped {places} damaged places ({lost} records unreadable)",
+        first.map_or(String::new(), |f| format!(" (seq {f}..{last})"))
+    );
+    u8::from(places > 0)
+}
+
+/// A ring that cannot be opened because it is damaged: its data area is scanned for intact
+/// entries (`Salvage`) and their records written to `write`. Exit code 1, or 2 when the file
+/// held no record and is not a ring at all.
+fn export_salvaged(path: &Path, e: &OpenError, write: &mut dyn FnMut(&Record<'_>)) -> u8 {
+    let name = path.display();
+    eprintln!("ringrelay inspect: {name}: salvaging: scanning the data area for intact entries");
+    match Salvage::open(path) {
+        Err(io) => {
+            eprintln!("ringrelay inspect: {name}: {io}");
+            2
+        }
+        Ok(s) => {
+            let got = s.records(write);
+            eprintln!(
+                "ringrelay inspect: {name}: exported {} records{} from {} bytes of data area (superblock {}), skipped {} damaged places ({} damaged entries, {} gaps in the sequence holding {} records)",
+                got.records,
+                got.seqs.map_or(String::new(), |(a, b)| format!(" (seq {a}..{b})")),
+                s.scanned,
+                if s.superblock.is_some() { "intact" } else { "damaged: geometry guessed from the file length" },
+                s.damaged_entries + got.gaps,
+                s.damaged_entries,
+                got.gaps,
+                got.missing
+            );
+            if got.records == 0 && matches!(e, OpenError::NotARing { .. }) {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
 /// Exit codes: 0 clean, 1 damage found (or salvaged), 2 not readable as a ring at all.
 pub fn export(path: &Path, format: ExportFormat) -> ExitCode {
     let stdout = std::io::stdout();
@@ -108,67 +175,14 @@ pub fn export(path: &Path, format: ExportFormat) -> ExitCode {
     };
     let name = path.display();
     let code = match RingReader::open(path) {
-        Ok(reader) => {
-            let view = reader.view();
-            let (mut pos, mut n, mut first, mut last) = (view.tail, 0u64, None, 0);
-            let (mut places, mut lost) = (0u64, 0u64);
-            loop {
-                match view.read(pos) {
-                    Read::Record(r) => {
-                        write(&r);
-                        n += 1;
-                        first.get_or_insert(r.pos.seq);
-                        last = r.pos.seq;
-                        pos = r.next;
-                    }
-                    Read::Corrupt { at, next, .. } => {
-                        places += 1;
-                        lost += next.seq - at.seq;
-                        pos = next;
-                    }
-                    Read::End | Read::Overrun { .. } => break,
-                }
-            }
-            eprintln!(
-                "ringrelay inspect: {name}: exported {n} records{}, skipped {places} damaged places ({lost} records unreadable)",
-                first.map_or(String::new(), |f| format!(" (seq {f}..{last})"))
-            );
-            u8::from(places > 0)
-        }
+        Ok(reader) => export_records(&reader, &name, &mut write),
         Err(e @ (OpenError::Io { .. } | OpenError::Version { .. })) => {
             eprintln!("ringrelay inspect: {e}");
             2
         }
         Err(e) => {
             eprintln!("ringrelay inspect: {e}");
-            eprintln!(
-                "ringrelay inspect: {name}: salvaging: scanning the data area for intact entries"
-            );
-            match Salvage::open(path) {
-                Err(io) => {
-                    eprintln!("ringrelay inspect: {name}: {io}");
-                    2
-                }
-                Ok(s) => {
-                    let got = s.records(&mut write);
-                    eprintln!(
-                        "ringrelay inspect: {name}: exported {} records{} from {} bytes of data area (superblock {}), skipped {} damaged places ({} damaged entries, {} gaps in the sequence holding {} records)",
-                        got.records,
-                        got.seqs.map_or(String::new(), |(a, b)| format!(" (seq {a}..{b})")),
-                        s.scanned,
-                        if s.superblock.is_some() { "intact" } else { "damaged: geometry guessed from the file length" },
-                        s.damaged_entries + got.gaps,
-                        s.damaged_entries,
-                        got.gaps,
-                        got.missing
-                    );
-                    if got.records == 0 && matches!(e, OpenError::NotARing { .. }) {
-                        2
-                    } else {
-                        1
-                    }
-                }
-            }
+            export_salvaged(path, &e, &mut write)
         }
     };
     if let Err(e) = failed.map_or_else(|| out.flush(), Err) {

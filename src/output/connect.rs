@@ -323,35 +323,8 @@ impl Output {
             return;
         }
         if readable {
-            if let Sink::Tcp {
-                stream: Some(s),
-                tls: Some(t),
-                ..
-            } = &mut self.sink
-            {
-                // Session tickets, key updates, close_notify, alerts: processed, plaintext
-                // discarded.
-                if let Some(why) = tls_read(t, s) {
-                    return self.fail(registry, &why, now);
-                }
-            } else if let Sink::Tcp {
-                stream: Some(s), ..
-            } = &mut self.sink
-            {
-                // SIEMs do not talk back on syslog connections: read to notice EOF and resets.
-                let mut buf = [0u8; 512];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => return self.fail(registry, "peer closed the connection", now),
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let why = format!("read: {e}");
-                            return self.fail(registry, &why, now);
-                        }
-                    }
-                }
+            if let Some(why) = stream_read(&mut self.sink) {
+                return self.fail(registry, &why, now);
             }
         }
         if writable {
@@ -430,6 +403,33 @@ impl Core {
                 retry_ms = delay.as_millis(),
                 suppressed = suppressed
             );
+        }
+    }
+}
+
+/// Reads what a stream receiver sent: `Some(why)` when the connection is over. SIEMs do not
+/// talk back on syslog connections: a plain one is read to notice EOF and resets; a TLS one
+/// for session tickets, key updates, close_notify and alerts (plaintext discarded).
+fn stream_read(sink: &mut Sink) -> Option<String> {
+    let Sink::Tcp {
+        stream: Some(s),
+        tls,
+        ..
+    } = sink
+    else {
+        return None;
+    };
+    if let Some(t) = tls {
+        return tls_read(t, s);
+    }
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some("peer closed the connection".into()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Some(format!("read: {e}")),
         }
     }
 }

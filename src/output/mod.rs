@@ -358,59 +358,7 @@ impl Output {
         let cursor = ring
             .cursor(&cfg.name)
             .map_err(|e| format!("feed {feed} output {}: no ring cursor: {e:?}", cfg.name))?;
-        let (sink, framing) = match &cfg.kind {
-            OutputKind::Tcp(t) => (
-                Sink::Tcp {
-                    address: t.address.clone(),
-                    stream: None,
-                    peer: None,
-                    tls: None,
-                },
-                t.framing,
-            ),
-            OutputKind::Tls(t) => {
-                let (config, server_name) = client_tls(feed, &cfg.name, &t.server_name, &t.files)?;
-                (
-                    Sink::Tcp {
-                        address: t.address.clone(),
-                        stream: None,
-                        peer: None,
-                        tls: Some(Box::new(TlsOut {
-                            files: t.files.clone(),
-                            config,
-                            server_name,
-                            conn: None,
-                            held: 0,
-                            plain: Vec::with_capacity(TLS_PLAIN_MAX),
-                        })),
-                    },
-                    t.framing,
-                )
-            }
-            OutputKind::File(f) => (
-                Sink::File {
-                    path: f.path.clone(),
-                    file: None,
-                    size: 0,
-                    rotate_bytes: f.rotate_bytes,
-                    rotate_keep: f.rotate_keep,
-                    torn_from: None,
-                },
-                f.framing,
-            ),
-            OutputKind::Http(h) => {
-                let dir = ring.path().parent().unwrap_or(std::path::Path::new("."));
-                let dead = dir.join(format!("{feed}.{}.deadletter", cfg.name));
-                let tls = match &h.tls {
-                    Some(t) => Some(client_tls(feed, &cfg.name, &t.server_name, &t.files)?),
-                    None => None,
-                };
-                (
-                    Sink::Http(Box::new(HttpSink::new(h, dead, tls))),
-                    OutFraming::Newline,
-                )
-            }
-        };
+        let (sink, framing) = Sink::new(feed, cfg, ring)?;
         let send = ring.cursor_pos(cursor);
         let lost = ring.cursor_lost(cursor);
         let health = ring.cursor_state(cursor);
@@ -599,6 +547,64 @@ impl Output {
 }
 
 impl Sink {
+    /// The sink of a new output for `feed`, closed, and the framing its kind writes; a TLS or
+    /// https output's client configuration is loaded here (an error names the file).
+    fn new(feed: &str, cfg: &OutputConfig, ring: &Ring) -> Result<(Sink, OutFraming), String> {
+        Ok(match &cfg.kind {
+            OutputKind::Tcp(t) => (
+                Sink::Tcp {
+                    address: t.address.clone(),
+                    stream: None,
+                    peer: None,
+                    tls: None,
+                },
+                t.framing,
+            ),
+            OutputKind::Tls(t) => {
+                let (config, server_name) = client_tls(feed, &cfg.name, &t.server_name, &t.files)?;
+                (
+                    Sink::Tcp {
+                        address: t.address.clone(),
+                        stream: None,
+                        peer: None,
+                        tls: Some(Box::new(TlsOut {
+                            files: t.files.clone(),
+                            config,
+                            server_name,
+                            conn: None,
+                            held: 0,
+                            plain: Vec::with_capacity(TLS_PLAIN_MAX),
+                        })),
+                    },
+                    t.framing,
+                )
+            }
+            OutputKind::File(f) => (
+                Sink::File {
+                    path: f.path.clone(),
+                    file: None,
+                    size: 0,
+                    rotate_bytes: f.rotate_bytes,
+                    rotate_keep: f.rotate_keep,
+                    torn_from: None,
+                },
+                f.framing,
+            ),
+            OutputKind::Http(h) => {
+                let dir = ring.path().parent().unwrap_or(std::path::Path::new("."));
+                let dead = dir.join(format!("{feed}.{}.deadletter", cfg.name));
+                let tls = match &h.tls {
+                    Some(t) => Some(client_tls(feed, &cfg.name, &t.server_name, &t.files)?),
+                    None => None,
+                };
+                (
+                    Sink::Http(Box::new(HttpSink::new(h, dead, tls))),
+                    OutFraming::Newline,
+                )
+            }
+        })
+    }
+
     /// The receiver, for log lines and alerts: its address once connected.
     fn peer_name(&self) -> String {
         match self {
