@@ -24,6 +24,7 @@
 //! every wake and fences once the deadline passed; [`Ha::heartbeat`] applies a reply;
 //! [`Ha::may_write`] is the gate before every accept, append, send and HTTP 200.
 
+pub mod keeper;
 pub mod lease;
 pub mod lock;
 
