@@ -146,6 +146,9 @@ pub fn run(path: &Path) -> ExitCode {
     for w in &cfg.warnings {
         crate::log!(Level::Warn, "config_warning", warning = w);
     }
+    for w in crate::preflight::warnings(&cfg) {
+        crate::log!(Level::Warn, "storage_warning", warning = w.msg);
+    }
     for finding in crate::preflight::preflight(&cfg) {
         let error = finding.error.to_string();
         match finding.scope {
