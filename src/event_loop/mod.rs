@@ -123,6 +123,8 @@ pub struct Relay {
     /// The heartbeat file the sync helper writes while a lease is kept
     /// (`<data_dir>/.heartbeat-<host>`; [`crate::ha::keeper`]).
     heartbeat_path: std::path::PathBuf,
+    /// `data_dir` or the lock file is on NFS: a ring sync's `EIO` is a lost lock, not a disk.
+    on_nfs: bool,
 }
 
 /// `ringrelay run --config FILE`: exit 0 after SIGTERM/SIGINT, 2 for a bad config, 1 when the
@@ -310,6 +312,7 @@ impl Relay {
             next_watchdog,
             sync_helper: None,
             heartbeat_path,
+            on_nfs,
         };
         crate::log!(
             Level::Info,

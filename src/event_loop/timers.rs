@@ -24,6 +24,19 @@ impl Relay {
         for ev in h.on_event(self.poll.registry(), now) {
             match ev {
                 sync_helper::Event::Done(ticket, res) => {
+                    // On NFS, EIO from a sync is a lost lock (the server expired this client
+                    // and another instance may hold the lock): fenced, not a disk error.
+                    if self.on_nfs
+                        && res
+                            .as_ref()
+                            .is_err_and(|e| e.raw_os_error() == Some(libc::EIO))
+                    {
+                        let why = "a ring sync failed with EIO on NFS: the lock was lost to a lease expiry and another instance may hold it";
+                        if self.ha.lock_lost(why) {
+                            self.fence(why, now);
+                            return;
+                        }
+                    }
                     // A feed removed by a reload meanwhile has no ring to tell.
                     if let Some(f) = self
                         .feeds
@@ -74,7 +87,19 @@ impl Relay {
                 sync_helper::Event::Restarted => {}
                 // The rings go back to the kernel's sync at their next checkpoint, syncing
                 // there what the helper did not report.
-                sync_helper::Event::Gone => self.sync_helper = None,
+                sync_helper::Event::Gone => {
+                    self.sync_helper = None;
+                    if let Some(lease) = self.ha.lease_len() {
+                        crate::log!(
+                            Level::Error,
+                            "lease_unrenewable",
+                            lease_s = lease.as_secs(),
+                            reason =
+                                "the sync helper, which heartbeats the lease, is gone for good",
+                            action = "fenced at the lease deadline; systemd restarts the relay"
+                        );
+                    }
+                }
             }
         }
     }
