@@ -26,12 +26,23 @@ const BUDGET: Duration = Duration::from_millis(1600);
 /// A pair member: feed `f` on the fixed address `listen`, the admin endpoint on an ephemeral
 /// port, a 4 s lease, a fast standby poll.
 fn lease_config(dir: &Path, file: &str, listen: SocketAddr, siem: SocketAddr) -> PathBuf {
+    lease_config_with(dir, file, listen, siem, "")
+}
+
+fn lease_config_with(
+    dir: &Path,
+    file: &str,
+    listen: SocketAddr,
+    siem: SocketAddr,
+    relay_extra: &str,
+) -> PathBuf {
     let text = format!(
         r#"[relay]
 data_dir = "{data}"
 admin_listen = "127.0.0.1:0"
 lease = "4s"
 standby_poll = "100ms"
+{relay_extra}
 
 [[feed]]
 name = "f"
@@ -184,10 +195,16 @@ fn an_active_whose_sync_helper_is_stopped_fences_itself_within_the_budget_and_th
         not_ready <= BUDGET + Duration::from_millis(700),
         "{not_ready:?}"
     );
+    // The exit can come before the reader thread has the last lines.
+    assert!(
+        a.wait_log("event=fenced ", Duration::from_secs(2)),
+        "{}",
+        a.log_text()
+    );
     let log = a.log_text();
     let fenced = log
         .lines()
-        .find(|l| l.contains("event=fenced"))
+        .find(|l| l.contains("event=fenced "))
         .unwrap_or_else(|| panic!("no fenced line:\n{log}"));
     assert!(
         fenced.contains("no heartbeat") && fenced.contains("lease 4 s"),
@@ -325,4 +342,87 @@ fn with_a_lease_a_normal_run_relays_everything_and_never_fences() {
         t0.elapsed().as_millis()
     );
     assert!(beats >= 8, "{beats} heartbeats");
+}
+
+/// Writes a copy of the ring's current metadata slot with generation + 1 and `epoch` into the
+/// other slot, as another VM's active would (`buffer-spec.md` §4).
+fn write_slot_with_epoch(ring: &Path, epoch: u64) {
+    const SLOTS: [usize; 2] = [4096, 8192];
+    const CRC_AT: usize = 1152;
+    let file = std::fs::read(ring).expect("read ring");
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+    let valid = |at: usize| {
+        let b = &file[at..at + CRC_AT + 4];
+        let crc = u32::from_le_bytes(b[CRC_AT..].try_into().expect("4"));
+        crc32fast::hash(&b[..CRC_AT]) == crc
+    };
+    let cur = (0..2)
+        .filter(|&i| valid(SLOTS[i]))
+        .max_by_key(|&i| u64_at(&file[SLOTS[i]..], 0))
+        .expect("a valid slot");
+    let mut b = file[SLOTS[cur]..SLOTS[cur] + CRC_AT + 4].to_vec();
+    let generation = u64_at(&b, 0);
+    b[0..8].copy_from_slice(&(generation + 1).to_le_bytes());
+    b[16..24].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32fast::hash(&b[..CRC_AT]);
+    b[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ring)
+        .expect("open ring");
+    std::os::unix::fs::FileExt::write_all_at(&f, &b, SLOTS[1 - cur] as u64).expect("write slot");
+}
+
+#[test]
+fn with_a_lease_the_helper_reads_a_rings_higher_epoch_past_the_page_cache_and_the_active_fences() {
+    let dir = TempDir::new("lease-ring-epoch");
+    let siem = Sink::new(true);
+    let listen = free_port();
+    // Checkpoints far apart, so the relay's own next slot write cannot hide the other one.
+    let cfg = lease_config_with(
+        dir.path(),
+        "one.toml",
+        listen,
+        siem.addr,
+        "checkpoint_interval = \"60s\"",
+    );
+    let mut a = start_active(&cfg);
+    let _helper = KillOnDrop(helper_pid(&a));
+    send_records(listen, 0..1_000, LEN);
+    assert!(wait_until(Duration::from_secs(20), || siem.counts().len() >= 1_000));
+    let ring = dir.path().join("data").join("f.ring");
+    // With a lease the loop does not read epochs from its mapping: only the helper's O_DIRECT
+    // read of the slot can see this one.
+    let t0 = Instant::now();
+    write_slot_with_epoch(&ring, 40);
+    let after_write = std::fs::read(&ring).expect("read ring");
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(5)),
+        Some(3),
+        "{}",
+        a.log_text()
+    );
+    eprintln!(
+        "fenced {} ms after the slot was written",
+        t0.elapsed().as_millis()
+    );
+    // The exit can come before the reader thread has the last lines.
+    assert!(
+        a.wait_log("event=fenced ", Duration::from_secs(2)),
+        "{}",
+        a.log_text()
+    );
+    let log = a.log_text();
+    let fenced = log
+        .lines()
+        .find(|l| l.contains("event=fenced "))
+        .unwrap_or_else(|| panic!("no fenced line:\n{log}"));
+    assert!(
+        fenced.contains("a ring in") && fenced.contains("holds epoch 40 above this instance's 1"),
+        "{fenced}"
+    );
+    assert!(
+        std::fs::read(&ring).expect("read ring") == after_write,
+        "the fenced relay wrote to its ring"
+    );
 }

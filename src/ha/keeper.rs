@@ -28,7 +28,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -172,7 +172,9 @@ impl Keeper {
             let mut fl = crate::ha::lock::zeroed_flock();
             fl.l_type = libc::F_RDLCK as libc::c_short;
             fl.l_whence = libc::SEEK_SET as libc::c_short;
-            fcntl(&f, FcntlArg::F_OFD_SETLKW(&fl)).map_err(io::Error::from)?;
+            // Never waits: nobody else takes a write lock on it; if something does, the
+            // heartbeat fails (EAGAIN) and the lease's deadline decides.
+            fcntl(&f, FcntlArg::F_OFD_SETLK(&fl)).map_err(io::Error::from)?;
             self.heartbeat = Some((path.to_path_buf(), f));
         }
         let Some((_, f)) = &self.heartbeat else {
@@ -189,6 +191,17 @@ impl Keeper {
     /// The file at `path` open for reading past the page cache (plain where `O_DIRECT` is
     /// refused), kept open.
     fn reader(&mut self, path: &Path) -> io::Result<usize> {
+        // A file replaced since it was opened (a new inode at the path) is opened again.
+        let current = std::fs::metadata(path)?;
+        if let Some(i) = self.readers.iter().position(|(p, _)| p == path) {
+            let same = self.readers[i]
+                .1
+                .metadata()
+                .is_ok_and(|m| (m.dev(), m.ino()) == (current.dev(), current.ino()));
+            if !same {
+                self.readers.swap_remove(i);
+            }
+        }
         let at = match self.readers.iter().position(|(p, _)| p == path) {
             Some(i) => i,
             None => {
