@@ -315,6 +315,7 @@ pub fn run(parent: &str) -> ExitCode {
     let mut output = io::stdout().lock();
     let mut path = Vec::new();
     let mut keeper = keeper::Keeper::new();
+    let mut rings = OpenRings::default();
     let mut watchdog: Option<keeper::Watchdog> = None;
     let relay: i32 = parent.parse().unwrap_or(0);
     loop {
@@ -348,7 +349,7 @@ pub fn run(parent: &str) -> ExitCode {
             }
             keeper.run(&req)
         } else {
-            let res = std::fs::File::open(OsStr::from_bytes(&path)).and_then(|f| f.sync_data());
+            let res = rings.sync(Path::new(OsStr::from_bytes(&path)));
             match &res {
                 Ok(()) => "0".to_string(),
                 Err(e) => e.raw_os_error().unwrap_or(libc::EIO).to_string(),
@@ -360,5 +361,40 @@ pub fn run(parent: &str) -> ExitCode {
         {
             return ExitCode::SUCCESS;
         }
+    }
+}
+
+/// The rings' files in the helper, kept open between syncs: on NFS every `open` is a round
+/// trip and, by close-to-open consistency, may drop the relay's cached pages of the file (its
+/// next appends would then fault them back in over the network). A path whose file was
+/// replaced (a new inode) is opened again.
+#[derive(Default)]
+struct OpenRings(Vec<(PathBuf, std::fs::File)>);
+
+impl OpenRings {
+    fn sync(&mut self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let now = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                // Gone: let its space go.
+                self.0.retain(|(p, _)| p != path);
+                return Err(e);
+            }
+        };
+        self.0.retain(|(p, f)| {
+            p != path
+                || f.metadata()
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (now.dev(), now.ino()))
+        });
+        let at = match self.0.iter().position(|(p, _)| p == path) {
+            Some(i) => i,
+            None => {
+                self.0
+                    .push((path.to_path_buf(), std::fs::File::open(path)?));
+                self.0.len() - 1
+            }
+        };
+        self.0[at].1.sync_data()
     }
 }
