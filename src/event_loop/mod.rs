@@ -14,6 +14,12 @@
 //! (`activate.rs`: a promotion is a start), reading the epochs back. A fenced instance
 //! stops at once ([`Outcome::Fenced`], exit code 3) without writing to its rings again.
 //!
+//! With a lease (`[relay] lease`, on NFS by default; [`crate::ha::lease`]) the loop checks the
+//! lease's deadline first on every wake, before it applies any reply, and again before reading
+//! connections and before writing outputs: one clock read each, no I/O. The sync helper does
+//! the I/O that proves the lease (a heartbeat write) and reads the epochs past the page cache
+//! ([`crate::ha::keeper`]); the loop never waits for it.
+//!
 //! ## Files
 //! `mod.rs`: the loop, its tokens and dispatch; `activate.rs`: becoming active, standing by,
 //! the fencing check; `timers.rs`: timers, checkpoints, output write passes, alerts;

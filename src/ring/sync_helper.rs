@@ -16,6 +16,11 @@
 //! loop wait for the disk's cache flush every period (35–50 ms here); io_uring needs a new
 //! dependency and more `unsafe`, and a process's rings are torn down at its exit too (not
 //! measured).
+//!
+//! ## The lease keeper
+//! With a lease (`[relay] lease`), the helper also runs the relay's heartbeats, reads the
+//! fencing epochs with `O_DIRECT`, and has a watchdog thread that SIGKILLs a relay whose loop
+//! froze past its lease deadline: [`crate::ha::keeper`] has the protocol and the why.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
