@@ -371,3 +371,109 @@ pub fn check(path: &Path) -> ExitCode {
     );
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(relay_extra: &str, feed_extra: &str) -> Config {
+        let text = format!(
+            "[relay]\ndata_dir = \"/var/lib/ringrelay\"\n{relay_extra}\n\n[[feed]]\nname = \"f\"\ninput = {{ kind = \"tcp\", listen = \"127.0.0.1:0\" }}\nbuffer = {{ size = \"8MiB\" }}\n{feed_extra}\n\n[[feed.output]]\nname = \"o\"\nkind = \"tcp\"\naddress = \"127.0.0.1:9\"\n"
+        );
+        Config::parse(&text, Path::new("/etc/ringrelay/r.toml")).expect("valid config")
+    }
+
+    fn mount(line: &str) -> nfs::NfsMount {
+        nfs::NfsMount::of(&nfs::parse_line(line).expect("parses")).expect("nfs")
+    }
+
+    const EXPORT: &str =
+        "44 29 0:53 / /var/lib/ringrelay rw - nfs4 s:/export rw,vers=4.2,hard,local_lock=none";
+    const OTHER: &str =
+        "45 29 0:54 / /mnt/locks rw - nfs4 s:/locks rw,vers=4.2,hard,local_lock=none";
+
+    fn findings(s: &Storage, cfg: &Config) -> Vec<(nfs::Severity, String)> {
+        s.findings(cfg)
+    }
+
+    #[test]
+    fn a_good_nfs_mount_with_a_lease_set_has_no_finding() {
+        let cfg = config("lease = \"10s\"", "");
+        let s = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(Some(mount(EXPORT))),
+            recover_lost_locks: Some(false),
+        };
+        assert_eq!(findings(&s, &cfg), vec![]);
+    }
+
+    #[test]
+    fn local_storage_has_no_finding() {
+        let cfg = config("", "sync = \"never\"");
+        let s = Storage {
+            data: Ok(None),
+            lock: Ok(None),
+            recover_lost_locks: None,
+        };
+        assert_eq!(findings(&s, &cfg), vec![]);
+    }
+
+    #[test]
+    fn on_nfs_an_unset_lease_and_sync_never_are_warnings() {
+        let cfg = config("", "sync = \"never\"");
+        let s = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(Some(mount(EXPORT))),
+            recover_lost_locks: Some(false),
+        };
+        let f = findings(&s, &cfg);
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert!(f.iter().all(|(s, _)| *s == nfs::Severity::Warning));
+        assert!(f[0].1.contains("feed(s) f sync = \"never\""), "{}", f[0].1);
+        assert!(f[1].1.contains("lease is not set, 90 s"), "{}", f[1].1);
+    }
+
+    #[test]
+    fn a_lock_file_off_the_rings_export_is_refused() {
+        let cfg = config("lease = \"10s\"\nlock_file = \"/mnt/locks/r.lock\"", "");
+        let other = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(Some(mount(OTHER))),
+            recover_lost_locks: Some(false),
+        };
+        let f = findings(&other, &cfg);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].0, nfs::Severity::Error);
+        assert!(
+            f[0].1.starts_with("lock_file /mnt/locks/r.lock is on the NFS mount /mnt/locks but data_dir /var/lib/ringrelay on /var/lib/ringrelay"),
+            "{}",
+            f[0].1
+        );
+        let local = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(None),
+            recover_lost_locks: Some(false),
+        };
+        let f = findings(&local, &cfg);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(f[0].1.contains("is not on NFS"), "{}", f[0].1);
+    }
+
+    #[test]
+    fn an_unreadable_mountinfo_is_an_error_naming_the_path() {
+        let cfg = config("lease = \"10s\"", "");
+        let s = Storage {
+            data: Err("/var/lib/ringrelay: no line for its device".into()),
+            lock: Ok(None),
+            recover_lost_locks: None,
+        };
+        let f = findings(&s, &cfg);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].1
+                .starts_with("data_dir /var/lib/ringrelay: cannot read its NFS mount's options"),
+            "{}",
+            f[0].1
+        );
+    }
+}
