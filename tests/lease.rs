@@ -157,7 +157,7 @@ fn an_active_whose_sync_helper_is_stopped_fences_itself_within_the_budget_and_th
     let mut a = start_active(&cfg);
     assert!(a.log_has("lease_s=4.0"), "{}", a.log_text());
     let helper = KillOnDrop(helper_pid(&a));
-    let b = start_standby(&cfg);
+    let mut b = start_standby(&cfg);
     assert_eq!(ready(&a), 200);
     assert_eq!(ready(&b), 503);
 
@@ -229,6 +229,12 @@ fn an_active_whose_sync_helper_is_stopped_fences_itself_within_the_budget_and_th
         "the new active delivers nothing:\n{}",
         b.log_text()
     );
+    // Its own helper renews its lease: still active well past a budget.
+    let _b_helper = KillOnDrop(helper_pid(&b));
+    thread::sleep(BUDGET * 2);
+    assert!(b.running(), "{}", b.log_text());
+    assert!(!b.log_has("event=fenced"), "{}", b.log_text());
+    assert_eq!(ready(&b), 200);
     stop.store(true, Ordering::Relaxed);
     send.join().expect("sender");
 }
