@@ -52,6 +52,7 @@ pub mod inspect;
 pub mod json;
 pub mod log;
 pub mod memory;
+pub mod nfs;
 pub mod output;
 pub mod preflight;
 pub mod ring;

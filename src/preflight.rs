@@ -18,6 +18,7 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{access, AccessFlags};
 
 use crate::config::{Config, ConfigError, FeedConfig, InputKind};
+use crate::nfs;
 use crate::ring::format::{Superblock, DATA_OFFSET, SUPERBLOCK_LEN};
 use crate::ring::human_bytes_approx as human_bytes;
 
@@ -56,6 +57,15 @@ pub fn preflight(cfg: &Config) -> Vec<Finding> {
             error: at(relay.data_dir_at, why),
         });
         return out;
+    }
+    let storage = Storage::probe(cfg);
+    for (severity, msg) in storage.findings(cfg) {
+        if severity == nfs::Severity::Error {
+            out.push(Finding {
+                scope: Scope::Relay,
+                error: at(relay.data_dir_at, msg),
+            });
+        }
     }
     let mut new_rings: Vec<&FeedConfig> = Vec::new();
     for f in &cfg.feeds {
@@ -105,6 +115,129 @@ pub fn preflight(cfg: &Config) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Where `data_dir` and the lock file live, as far as a pair is concerned: their NFS mounts,
+/// if any (`notes/issue19-design.md` §2.5).
+struct Storage {
+    data: Result<Option<nfs::NfsMount>, String>,
+    lock: Result<Option<nfs::NfsMount>, String>,
+    recover_lost_locks: Option<bool>,
+}
+
+impl Storage {
+    fn probe(cfg: &Config) -> Storage {
+        let lock_dir = cfg
+            .relay
+            .lock_file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let probe = |p: &Path| nfs::probe(p).map_err(|e| format!("{}: {e}", p.display()));
+        let data = probe(&cfg.relay.data_dir);
+        let lock = probe(&lock_dir);
+        let any = matches!(data, Ok(Some(_))) || matches!(lock, Ok(Some(_)));
+        Storage {
+            data,
+            lock,
+            recover_lost_locks: if any { nfs::recover_lost_locks() } else { None },
+        }
+    }
+
+    /// Errors and warnings, each naming the path and the fix.
+    fn findings(&self, cfg: &Config) -> Vec<(nfs::Severity, String)> {
+        let relay = &cfg.relay;
+        let mut out = Vec::new();
+        let err = nfs::Severity::Error;
+        let data_what = format!("data_dir {}", relay.data_dir.display());
+        let lock_what = format!("lock_file {}", relay.lock_file.display());
+        for (what, r) in [(&data_what, &self.data), (&lock_what, &self.lock)] {
+            match r {
+                Ok(Some(m)) => out.extend(
+                    nfs::assess(what, m, self.recover_lost_locks)
+                        .into_iter()
+                        .map(|f| (f.severity, f.msg)),
+                ),
+                Ok(None) => {}
+                Err(e) => out.push((
+                    err,
+                    format!("{what}: cannot read its NFS mount's options: {e}; check that /proc is mounted"),
+                )),
+            }
+        }
+        let (Ok(data), Ok(lock)) = (&self.data, &self.lock) else {
+            return out;
+        };
+        match (data, lock) {
+            (Some(d), Some(l)) if d.mount.dev != l.mount.dev => out.push((
+                err,
+                format!(
+                    "{lock_what} is on the NFS mount {} but {data_what} on {}: the lock must live on the same export as the rings, or it would not exclude the VM that writes them; put lock_file in data_dir (the default)",
+                    l.mount.mount_point, d.mount.mount_point
+                ),
+            )),
+            (Some(d), None) => out.push((
+                err,
+                format!(
+                    "{data_what} is on the NFS mount {} but {lock_what} is not on NFS: a lock on this VM's own disk would not exclude the other VM; put lock_file in data_dir (the default)",
+                    d.mount.mount_point
+                ),
+            )),
+            (None, Some(l)) => out.push((
+                err,
+                format!(
+                    "{lock_what} is on the NFS mount {} but {data_what} is not: each VM would have its own rings; put data_dir on the same export",
+                    l.mount.mount_point
+                ),
+            )),
+            _ => {}
+        }
+        if let Some(d) = data {
+            let never: Vec<&str> = cfg
+                .feeds
+                .iter()
+                .filter(|f| f.sync == crate::config::SyncPolicy::Never)
+                .map(|f| f.name.as_str())
+                .collect();
+            if !never.is_empty() {
+                out.push((
+                    nfs::Severity::Warning,
+                    format!(
+                        "{data_what} is on the NFS mount {}: feed(s) {} sync = \"never\": a VM's death loses what its kernel had not written back (up to 30 s of accepted records); use sync = \"interval\" (the default) or \"always\"",
+                        d.mount.mount_point,
+                        never.join(", ")
+                    ),
+                ));
+            }
+            if relay.lease.is_none() {
+                out.push((
+                    nfs::Severity::Warning,
+                    format!(
+                        "{data_what} is on the NFS mount {}: [relay] lease is not set, {} s (Linux nfsd's default) is assumed; set it to the server's lease time (nfsd: /proc/fs/nfsd/nfsv4leasetime), or an active may keep going after its lock was taken over",
+                        d.mount.mount_point,
+                        crate::config::DEFAULT_NFS_LEASE.as_secs()
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What `check` and `run` warn about on this machine: risky NFS mount options, `sync =
+/// "never"` on NFS, no `lease` on NFS. Nothing stops.
+pub fn warnings(cfg: &Config) -> Vec<ConfigError> {
+    Storage::probe(cfg)
+        .findings(cfg)
+        .into_iter()
+        .filter(|(s, _)| *s == nfs::Severity::Warning)
+        .map(|(_, msg)| ConfigError {
+            path: cfg.path.clone(),
+            line: cfg.relay.data_dir_at.0,
+            col: cfg.relay.data_dir_at.1,
+            msg,
+        })
+        .collect()
 }
 
 /// `dir` itself if it exists, else its nearest ancestor that does (absolute, for messages).
@@ -184,6 +317,15 @@ pub fn check(path: &Path) -> ExitCode {
             w.msg
         );
     }
+    for w in warnings(&cfg) {
+        println!(
+            "{}:{}:{}: warning: {}",
+            w.path.display(),
+            w.line,
+            w.col,
+            w.msg
+        );
+    }
     // What `run` would fail on, or start the feed without, on this machine.
     let findings = preflight(&cfg);
     if !findings.is_empty() {
@@ -228,4 +370,110 @@ pub fn check(path: &Path) -> ExitCode {
         cfg.relay.data_dir.display()
     );
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(relay_extra: &str, feed_extra: &str) -> Config {
+        let text = format!(
+            "[relay]\ndata_dir = \"/var/lib/ringrelay\"\n{relay_extra}\n\n[[feed]]\nname = \"f\"\ninput = {{ kind = \"tcp\", listen = \"127.0.0.1:0\" }}\nbuffer = {{ size = \"8MiB\" }}\n{feed_extra}\n\n[[feed.output]]\nname = \"o\"\nkind = \"tcp\"\naddress = \"127.0.0.1:9\"\n"
+        );
+        Config::parse(&text, Path::new("/etc/ringrelay/r.toml")).expect("valid config")
+    }
+
+    fn mount(line: &str) -> nfs::NfsMount {
+        nfs::NfsMount::of(&nfs::parse_line(line).expect("parses")).expect("nfs")
+    }
+
+    const EXPORT: &str =
+        "44 29 0:53 / /var/lib/ringrelay rw - nfs4 s:/export rw,vers=4.2,hard,local_lock=none";
+    const OTHER: &str =
+        "45 29 0:54 / /mnt/locks rw - nfs4 s:/locks rw,vers=4.2,hard,local_lock=none";
+
+    fn findings(s: &Storage, cfg: &Config) -> Vec<(nfs::Severity, String)> {
+        s.findings(cfg)
+    }
+
+    #[test]
+    fn a_good_nfs_mount_with_a_lease_set_has_no_finding() {
+        let cfg = config("lease = \"10s\"", "");
+        let s = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(Some(mount(EXPORT))),
+            recover_lost_locks: Some(false),
+        };
+        assert_eq!(findings(&s, &cfg), vec![]);
+    }
+
+    #[test]
+    fn local_storage_has_no_finding() {
+        let cfg = config("", "sync = \"never\"");
+        let s = Storage {
+            data: Ok(None),
+            lock: Ok(None),
+            recover_lost_locks: None,
+        };
+        assert_eq!(findings(&s, &cfg), vec![]);
+    }
+
+    #[test]
+    fn on_nfs_an_unset_lease_and_sync_never_are_warnings() {
+        let cfg = config("", "sync = \"never\"");
+        let s = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(Some(mount(EXPORT))),
+            recover_lost_locks: Some(false),
+        };
+        let f = findings(&s, &cfg);
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert!(f.iter().all(|(s, _)| *s == nfs::Severity::Warning));
+        assert!(f[0].1.contains("feed(s) f sync = \"never\""), "{}", f[0].1);
+        assert!(f[1].1.contains("lease is not set, 90 s"), "{}", f[1].1);
+    }
+
+    #[test]
+    fn a_lock_file_off_the_rings_export_is_refused() {
+        let cfg = config("lease = \"10s\"\nlock_file = \"/mnt/locks/r.lock\"", "");
+        let other = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(Some(mount(OTHER))),
+            recover_lost_locks: Some(false),
+        };
+        let f = findings(&other, &cfg);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].0, nfs::Severity::Error);
+        assert!(
+            f[0].1.starts_with("lock_file /mnt/locks/r.lock is on the NFS mount /mnt/locks but data_dir /var/lib/ringrelay on /var/lib/ringrelay"),
+            "{}",
+            f[0].1
+        );
+        let local = Storage {
+            data: Ok(Some(mount(EXPORT))),
+            lock: Ok(None),
+            recover_lost_locks: Some(false),
+        };
+        let f = findings(&local, &cfg);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(f[0].1.contains("is not on NFS"), "{}", f[0].1);
+    }
+
+    #[test]
+    fn an_unreadable_mountinfo_is_an_error_naming_the_path() {
+        let cfg = config("lease = \"10s\"", "");
+        let s = Storage {
+            data: Err("/var/lib/ringrelay: no line for its device".into()),
+            lock: Ok(None),
+            recover_lost_locks: None,
+        };
+        let f = findings(&s, &cfg);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].1
+                .starts_with("data_dir /var/lib/ringrelay: cannot read its NFS mount's options"),
+            "{}",
+            f[0].1
+        );
+    }
 }

@@ -41,7 +41,7 @@ pub use output::{
     FileOutput, Format, OutFraming, OutputConfig, OutputKind, SyslogConfig, TcpOutput, TlsOutput,
     APP_NAME_MAX, FACILITIES, SEVERITIES,
 };
-pub use relay::{RelayConfig, SyncPolicy};
+pub use relay::{RelayConfig, SyncPolicy, DEFAULT_NFS_LEASE, MAX_LEASE, MIN_LEASE};
 pub use tls::{TlsClient, TlsInput};
 pub use units::{parse_count, parse_duration, parse_size};
 

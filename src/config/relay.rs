@@ -31,7 +31,19 @@ pub struct RelayConfig {
     pub standby_poll: Duration,
     /// The feed whose ring receives alert records (`None`: alerts are logged and counted only).
     pub alert_feed: Option<String>,
+    /// `lease`: the shared storage's lock lease (the NFSv4 server's lease time). `None` when not
+    /// set: the relay then keeps a lease only when `data_dir` is on NFS, of [`DEFAULT_NFS_LEASE`]
+    /// ([`crate::ha::lease`]).
+    pub lease: Option<Duration>,
 }
+
+/// The lease assumed on NFS when `lease` is not set: Linux nfsd's default lease time.
+pub const DEFAULT_NFS_LEASE: Duration = Duration::from_secs(90);
+/// The shortest `lease`: below it the margin ([`crate::ha::lease::margin`]) leaves no budget
+/// for a heartbeat or two.
+pub const MIN_LEASE: Duration = Duration::from_secs(3);
+/// The longest `lease`: Linux nfsd's own bound on `nfsv4leasetime`.
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 
 /// When ring pages are forced to disk (`buffer-spec.md` §10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +83,7 @@ pub(super) fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayCon
             "checkpoint_interval",
             "standby_poll",
             "alert_feed",
+            "lease",
         ],
         cx,
     );
@@ -115,6 +128,14 @@ pub(super) fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayCon
     let alert_feed = t
         .str("alert_feed", "a feed name", cx)
         .map(|(s, _)| s.to_string());
+    let lease = t.duration("lease", cx);
+    if lease.is_some_and(|l| !(MIN_LEASE..=MAX_LEASE).contains(&l)) {
+        let span = t.get("lease").map_or(t.span.clone(), Spanned::span);
+        cx.err(
+            span,
+            "lease must be between 3s and 3600s: set it to the NFS server's lease time (Linux nfsd: /proc/fs/nfsd/nfsv4leasetime, 90s by default)",
+        );
+    }
     let (data_dir, data_dir_at) = data_dir?;
     Some(RelayConfig {
         data_dir_at,
@@ -126,5 +147,6 @@ pub(super) fn relay_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<RelayCon
         sync,
         checkpoint_interval,
         standby_poll,
+        lease,
     })
 }

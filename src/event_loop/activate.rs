@@ -225,6 +225,11 @@ impl Relay {
                 }
             }
         }
+        // With a lease (NFS), the mapping would show this instance's own pages, never another
+        // VM's: the sync helper reads the rings' epochs past the page cache instead.
+        if self.ha.lease_len().is_some() {
+            return None;
+        }
         for feed in &self.feeds {
             let stored = feed.ring.stored_epoch();
             let path = feed.ring.path().display();

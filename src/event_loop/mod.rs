@@ -14,6 +14,12 @@
 //! (`activate.rs`: a promotion is a start), reading the epochs back. A fenced instance
 //! stops at once ([`Outcome::Fenced`], exit code 3) without writing to its rings again.
 //!
+//! With a lease (`[relay] lease`, on NFS by default; [`crate::ha::lease`]) the loop checks the
+//! lease's deadline first on every wake, before it applies any reply, and again before reading
+//! connections and before writing outputs: one clock read each, no I/O. The sync helper does
+//! the I/O that proves the lease (a heartbeat write) and reads the epochs past the page cache
+//! ([`crate::ha::keeper`]); the loop never waits for it.
+//!
 //! ## Files
 //! `mod.rs`: the loop, its tokens and dispatch; `activate.rs`: becoming active, standing by,
 //! the fencing check; `timers.rs`: timers, checkpoints, output write passes, alerts;
@@ -120,6 +126,11 @@ pub struct Relay {
     /// The process that runs the rings' `interval` syncs ([`Relay::use_sync_helper`]); without
     /// one, the kernel's background sync does.
     sync_helper: Option<sync_helper::SyncHelper>,
+    /// The heartbeat file the sync helper writes while a lease is kept
+    /// (`<data_dir>/.heartbeat-<host>`; [`crate::ha::keeper`]).
+    heartbeat_path: std::path::PathBuf,
+    /// `data_dir` or the lock file is on NFS: a ring sync's `EIO` is a lost lock, not a disk.
+    on_nfs: bool,
 }
 
 /// `ringrelay run --config FILE`: exit 0 after SIGTERM/SIGINT, 2 for a bad config, 1 when the
@@ -142,6 +153,9 @@ pub fn run(path: &Path) -> ExitCode {
     };
     for w in &cfg.warnings {
         crate::log!(Level::Warn, "config_warning", warning = w);
+    }
+    for w in crate::preflight::warnings(&cfg) {
+        crate::log!(Level::Warn, "storage_warning", warning = w.msg);
     }
     for finding in crate::preflight::preflight(&cfg) {
         let error = finding.error.to_string();
@@ -250,6 +264,29 @@ impl Relay {
             None => None,
         };
         let got_lock = lock.try_lock().map_err(|e| e.to_string())?;
+        // A lease: as configured, or on NFS the server's default (design §3.2).
+        let on_nfs = crate::nfs::on_nfs(data_dir) || crate::nfs::on_nfs(&cfg.relay.lock_file);
+        let lease = cfg
+            .relay
+            .lease
+            .or(on_nfs.then_some(crate::config::DEFAULT_NFS_LEASE));
+        let mut ha = Ha::new(cfg.relay.standby_poll, &cfg.relay.lock_file, now);
+        ha.set_lease(lease);
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let heartbeat_path = data_dir.join(format!(".heartbeat-{host}"));
         let notify = Notifier::from_env();
         let next_watchdog = notify
             .as_ref()
@@ -274,12 +311,14 @@ impl Relay {
             stopping: false,
             cfg: cfg.clone(),
             lock,
-            ha: Ha::new(cfg.relay.standby_poll, &cfg.relay.lock_file, now),
+            ha,
             fence_log: Limiter::new(3, Duration::from_secs(60)),
             notify,
             announced: false,
             next_watchdog,
             sync_helper: None,
+            heartbeat_path,
+            on_nfs,
         };
         crate::log!(
             Level::Info,
@@ -288,6 +327,8 @@ impl Relay {
             feeds = cfg.feeds.len(),
             data_dir = data_dir.display(),
             lock_file = cfg.relay.lock_file.display(),
+            storage = if on_nfs { "nfs" } else { "local" },
+            lease_s = lease.map_or("off".to_string(), |l| format!("{:.1}", l.as_secs_f64())),
             pid = std::process::id()
         );
         if got_lock {
@@ -396,6 +437,11 @@ impl Relay {
                 return Err(format!("epoll_wait: {e}"));
             }
             let now = clock::now();
+            // The lease's deadline before anything else, replies from the helper included: a
+            // reply that arrives after a stall cannot revive a lease that ran out meanwhile.
+            if self.lease_gate() {
+                continue;
+            }
             // Fencing first: a fenced instance must not read, append or deliver another byte.
             // A standby's try of the lock comes here too.
             self.ha_timer(now)?;
@@ -411,13 +457,37 @@ impl Relay {
                     now,
                 );
             }
+            // Accepting, appending and answering 200 above; reading and appending below; sending
+            // after: each only while the lease holds (one clock read, no I/O).
+            if self.lease_gate() {
+                continue;
+            }
             self.inputs.serve_ready(&mut self.feeds, now);
             self.timers(now)?;
+            if self.lease_gate() {
+                continue;
+            }
             self.write_outputs(now);
             self.raise_alerts();
             self.loop_stats.turns += 1;
             self.loop_stats.input_reads = self.inputs.reads;
             self.loop_stats.turn_max = self.loop_stats.turn_max.max(now.elapsed());
+        }
+    }
+
+    /// With a lease: fences (and returns true) once it ran out. Without, or while it holds:
+    /// false, at the cost of one clock read.
+    fn lease_gate(&mut self) -> bool {
+        if self.ha.lease_len().is_none() {
+            return false;
+        }
+        let now = clock::now();
+        match self.ha.lease_check(now) {
+            Some(why) => {
+                self.fence(&why, now);
+                true
+            }
+            None => false,
         }
     }
 
@@ -534,6 +604,11 @@ impl Relay {
 
     /// Stops accepting, reads what senders already sent, checkpoints every ring with a sync.
     pub fn finish(&mut self) -> Result<(), String> {
+        // No heartbeats from here on: the helper's watchdog must not take that for a frozen
+        // loop. The drain below stops at the lease's deadline.
+        if let Some(h) = self.sync_helper.as_mut() {
+            h.disarm();
+        }
         for feed in &mut self.feeds {
             if let Some(mut l) = feed.input.listener.take() {
                 let _ = self.poll.registry().deregister(&mut l);
@@ -544,7 +619,10 @@ impl Relay {
         // delayed ACK, 40 ms on Linux), or DRAIN_LIMIT.
         let start = clock::now();
         let (mut passes, mut last_data, start_bytes) = (0, start, self.inputs.bytes_in);
-        while clock::now() < start + DRAIN_LIMIT && clock::now() < last_data + DRAIN_QUIET {
+        while clock::now() < start + DRAIN_LIMIT
+            && clock::now() < last_data + DRAIN_QUIET
+            && (self.ha.lease_len().is_none() || self.ha.may_write(clock::now()))
+        {
             passes += 1;
             let before = self.inputs.bytes_in;
             self.inputs.drain(&mut self.feeds, clock::now());

@@ -97,6 +97,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     relay_key("admin_listen", differs(&o.admin_listen, &n.admin_listen));
     relay_key("instance", o.instance != n.instance);
     relay_key("sync", differs(&o.sync, &n.sync));
+    relay_key("lease", o.lease != n.lease);
     if o.standby_poll != n.standby_poll {
         out.push(Change::RelayTiming {
             key: "standby_poll",

@@ -24,6 +24,19 @@ impl Relay {
         for ev in h.on_event(self.poll.registry(), now) {
             match ev {
                 sync_helper::Event::Done(ticket, res) => {
+                    // On NFS, EIO from a sync is a lost lock (the server expired this client
+                    // and another instance may hold the lock): fenced, not a disk error.
+                    if self.on_nfs
+                        && res
+                            .as_ref()
+                            .is_err_and(|e| e.raw_os_error() == Some(libc::EIO))
+                    {
+                        let why = "a ring sync failed with EIO on NFS: the lock was lost to a lease expiry and another instance may hold it";
+                        if self.ha.lock_lost(why) {
+                            self.fence(why, now);
+                            return;
+                        }
+                    }
                     // A feed removed by a reload meanwhile has no ring to tell.
                     if let Some(f) = self
                         .feeds
@@ -34,12 +47,86 @@ impl Relay {
                         f.ring.helper_sync_done(res);
                     }
                 }
+                sync_helper::Event::Heartbeat(requested, res) => {
+                    let why = self
+                        .ha
+                        .heartbeat(requested, res.map(|_| ()), now)
+                        .or_else(|| {
+                            // The epochs as the storage holds them, past the page cache.
+                            let (lock_epoch, ring_epoch) = res.ok()?;
+                            let lock_file = self.lock.path().display();
+                            self.ha
+                                .epoch_seen(lock_epoch, format_args!("lock file {lock_file}"))
+                                .or_else(|| {
+                                    self.ha.epoch_seen(
+                                        ring_epoch,
+                                        format_args!(
+                                            "a ring in {}",
+                                            self.cfg.relay.data_dir.display()
+                                        ),
+                                    )
+                                })
+                        });
+                    if let Some(why) = why {
+                        self.fence(&why, now);
+                        return;
+                    }
+                    if let Err(errno) = res {
+                        if let Some(suppressed) = self.fence_log.allow(now) {
+                            crate::log!(
+                                Level::Warn,
+                                "heartbeat_failed",
+                                path = self.heartbeat_path.display(),
+                                error = std::io::Error::from_raw_os_error(errno),
+                                suppressed = suppressed,
+                                action = "no lease renewal; fenced at the deadline unless a heartbeat succeeds"
+                            );
+                        }
+                    }
+                }
                 sync_helper::Event::Restarted => {}
                 // The rings go back to the kernel's sync at their next checkpoint, syncing
                 // there what the helper did not report.
-                sync_helper::Event::Gone => self.sync_helper = None,
+                sync_helper::Event::Gone => {
+                    self.sync_helper = None;
+                    if let Some(lease) = self.ha.lease_len() {
+                        crate::log!(
+                            Level::Error,
+                            "lease_unrenewable",
+                            lease_s = lease.as_secs(),
+                            reason =
+                                "the sync helper, which heartbeats the lease, is gone for good",
+                            action = "fenced at the lease deadline; systemd restarts the relay"
+                        );
+                    }
+                }
             }
         }
+    }
+
+    /// With a lease, hands the sync helper a heartbeat (one at a time) with the files whose
+    /// epochs it reads past the page cache ([`crate::ha::keeper`]).
+    fn request_heartbeat(&mut self, now: Instant) {
+        let Some(lease) = self.ha.lease_len() else {
+            return;
+        };
+        let Some(h) = self.sync_helper.as_mut() else {
+            return;
+        };
+        if h.heartbeat_pending() {
+            return;
+        }
+        let req = crate::ha::keeper::Request {
+            budget: crate::ha::lease::budget(lease),
+            heartbeat: self.heartbeat_path.clone(),
+            lock_file: self.lock.path().to_path_buf(),
+            rings: self
+                .feeds
+                .iter()
+                .map(|f| f.ring.path().to_path_buf())
+                .collect(),
+        };
+        h.heartbeat(&req, now);
     }
 
     /// What [`Ha`] has due: a standby's try of the lock, an active's fencing check.
@@ -53,6 +140,7 @@ impl Relay {
                 }
             }
             Some(ha::Action::CheckEpochs { .. }) => {
+                self.request_heartbeat(now);
                 if let Some(why) = self.check_epochs(now) {
                     self.fence(&why, now);
                 }

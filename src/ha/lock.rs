@@ -396,7 +396,7 @@ impl LockFile {
 }
 
 /// A zeroed `libc::flock`, built field by field (no `mem::zeroed`: the crate denies `unsafe`).
-fn zeroed_flock() -> libc::flock {
+pub(crate) fn zeroed_flock() -> libc::flock {
     libc::flock {
         l_type: 0,
         l_whence: 0,

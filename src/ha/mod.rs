@@ -18,7 +18,14 @@
 //! [`Ha`] is the state machine, sans I/O: it takes the time and what the event loop observed
 //! (the lock taken or busy, the epochs it read) and says what to do next ([`Action`]) and when
 //! ([`Ha::poll_at`]). The event loop does the file I/O and the activation itself.
+//!
+//! With a **lease** (`[relay] lease`, on by default when `data_dir` is on NFS; [`lease`]), an
+//! active also needs a recent heartbeat from the sync helper: [`Ha::lease_check`] runs first on
+//! every wake and fences once the deadline passed; [`Ha::heartbeat`] applies a reply;
+//! [`Ha::may_write`] is the gate before every accept, append, send and HTTP 200.
 
+pub mod keeper;
+pub mod lease;
 pub mod lock;
 
 use std::fmt;
@@ -99,6 +106,10 @@ pub struct Ha {
     next_fence_check: Instant,
     /// For the log lines.
     lock_file: PathBuf,
+    /// The configured lease (`None`: no lease keeping, as on a local disk).
+    lease_len: Option<Duration>,
+    /// The active's lease, from its activation on.
+    lease: Option<lease::Lease>,
 }
 
 impl Ha {
@@ -109,6 +120,67 @@ impl Ha {
             standby_poll,
             next_fence_check: now,
             lock_file: lock_file.to_path_buf(),
+            lease_len: None,
+            lease: None,
+        }
+    }
+
+    /// Keeps a lease of `lease` once active (`None`: none). Set before activation.
+    pub fn set_lease(&mut self, lease: Option<Duration>) {
+        self.lease_len = lease;
+    }
+
+    /// The configured lease, if the instance keeps one.
+    pub fn lease_len(&self) -> Option<Duration> {
+        self.lease_len
+    }
+
+    /// The active's lease deadline, if it keeps a lease.
+    pub fn lease_deadline(&self) -> Option<Instant> {
+        match self.role {
+            Role::Active { .. } => self.lease.map(|l| l.deadline()),
+            Role::Standby { .. } | Role::Fenced { .. } => None,
+        }
+    }
+
+    /// Whether this instance may accept, append, send or answer 200 at `now`: active, and its
+    /// lease (if it keeps one) holds. One comparison, no I/O.
+    pub fn may_write(&self, now: Instant) -> bool {
+        match self.role {
+            Role::Active { .. } => self.lease.is_none_or(|l| l.holds(now)),
+            Role::Standby { .. } | Role::Fenced { .. } => false,
+        }
+    }
+
+    /// The deadline check, first thing on every wake: fenced (and why) if the active's lease
+    /// ran out by `now`.
+    pub fn lease_check(&mut self, now: Instant) -> Option<String> {
+        let (Role::Active { epoch }, Some(l)) = (self.role, self.lease) else {
+            return None;
+        };
+        let why = l.check(now)?;
+        self.set_state(Role::Fenced { epoch }, &why);
+        Some(why)
+    }
+
+    /// The sync helper answered the heartbeat requested at `requested` with `result` (an
+    /// errno on failure). The deadline is checked first, so a late reply cannot revive an
+    /// expired lease. Returns why this instance is fenced now, if it is.
+    pub fn heartbeat(
+        &mut self,
+        requested: Instant,
+        result: Result<(), i32>,
+        now: Instant,
+    ) -> Option<String> {
+        let (Role::Active { epoch }, Some(l)) = (self.role, self.lease.as_mut()) else {
+            return None;
+        };
+        match l.heartbeat(requested, result, now) {
+            lease::Verdict::Holds => None,
+            lease::Verdict::Fenced(why) => {
+                self.set_state(Role::Fenced { epoch }, &why);
+                Some(why)
+            }
         }
     }
 
@@ -126,7 +198,10 @@ impl Ha {
     pub fn poll_at(&self) -> Option<Instant> {
         match self.role {
             Role::Standby { next_try } => Some(next_try),
-            Role::Active { .. } => Some(self.next_fence_check),
+            Role::Active { .. } => Some(match self.lease {
+                Some(l) => self.next_fence_check.min(l.deadline()),
+                None => self.next_fence_check,
+            }),
             Role::Fenced { .. } => None,
         }
     }
@@ -160,8 +235,10 @@ impl Ha {
     }
 
     /// The lock is ours, epoch `epoch` is in the lock file and every ring: active.
+    /// With a lease, taking the lock proved it: the deadline starts at `now`.
     pub fn activated(&mut self, epoch: u64, reason: &str, now: Instant) {
         self.next_fence_check = now + FENCE_CHECK;
+        self.lease = self.lease_len.map(|l| lease::Lease::new(l, now));
         self.set_state(Role::Active { epoch }, reason);
     }
 
@@ -305,6 +382,101 @@ mod tests {
         assert_eq!(ha.epoch_seen(100, "lock file x"), None);
         assert!(!ha.lock_lost("gone"));
         assert_eq!(ha.role().name(), "standby");
+    }
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn active_with_lease(now: Instant, epoch: u64) -> Ha {
+        let mut ha = Ha::new(POLL, Path::new("pair.lock"), now);
+        ha.set_lease(Some(LEASE));
+        assert_eq!(ha.on_tick(now), Some(Action::TryLock));
+        ha.activated(epoch, "lock acquired", now);
+        ha
+    }
+
+    #[test]
+    fn without_a_lease_an_active_may_always_write_and_heartbeats_do_nothing() {
+        let t0 = Instant::now();
+        let mut ha = active(t0, 1);
+        assert_eq!(ha.lease_deadline(), None);
+        assert!(ha.may_write(t0 + Duration::from_secs(3600)));
+        assert_eq!(ha.lease_check(t0 + Duration::from_secs(3600)), None);
+        assert_eq!(ha.heartbeat(t0, Err(libc::EIO), t0), None);
+        assert_eq!(ha.role(), Role::Active { epoch: 1 });
+    }
+
+    #[test]
+    fn standby_may_not_write_and_has_no_deadline() {
+        let t0 = Instant::now();
+        let mut ha = Ha::new(POLL, Path::new("pair.lock"), t0);
+        ha.set_lease(Some(LEASE));
+        assert!(!ha.may_write(t0));
+        assert_eq!(ha.lease_deadline(), None);
+        assert_eq!(ha.lease_check(t0 + LEASE * 10), None);
+    }
+
+    #[test]
+    fn active_heartbeat_ok_moves_the_deadline_and_poll_at_wakes_for_it() {
+        let t0 = Instant::now();
+        let mut ha = active_with_lease(t0, 3);
+        let budget = lease::budget(LEASE);
+        assert_eq!(ha.lease_deadline(), Some(t0 + budget));
+        let req = t0 + Duration::from_secs(2);
+        assert_eq!(ha.heartbeat(req, Ok(()), req), None);
+        assert_eq!(ha.lease_deadline(), Some(req + budget));
+        assert!(ha.may_write(req + budget - Duration::from_millis(1)));
+        assert!(!ha.may_write(req + budget));
+        // Heartbeats stop: the fencing checks still come, and the loop wakes at the deadline.
+        let mut t = req;
+        while ha.poll_at() < Some(req + budget) {
+            t = ha.poll_at().expect("active");
+            assert!(ha.on_tick(t).is_some() || t == req + budget);
+        }
+        assert_eq!(ha.poll_at(), Some(req + budget), "last tick {t:?}");
+    }
+
+    #[test]
+    fn active_past_the_deadline_is_fenced_by_the_check_and_a_late_reply_cannot_revive_it() {
+        let t0 = Instant::now();
+        let mut ha = active_with_lease(t0, 3);
+        let late = t0 + lease::budget(LEASE);
+        let why = ha.lease_check(late).expect("fenced");
+        assert!(
+            why.contains("no heartbeat") && why.contains("lease 10 s"),
+            "{why}"
+        );
+        assert_eq!(ha.role(), Role::Fenced { epoch: 3 });
+        assert_eq!(
+            ha.heartbeat(t0 + Duration::from_secs(1), Ok(()), late),
+            None
+        );
+        assert_eq!(ha.role(), Role::Fenced { epoch: 3 });
+        assert!(!ha.may_write(late));
+        assert_eq!(ha.poll_at(), None);
+    }
+
+    #[test]
+    fn active_a_reply_after_the_deadline_fences_before_it_is_applied() {
+        let t0 = Instant::now();
+        let mut ha = active_with_lease(t0, 3);
+        // The loop was stalled: the first thing it sees is a reply, late.
+        let late = t0 + lease::budget(LEASE) + Duration::from_millis(5);
+        let why = ha
+            .heartbeat(t0 + Duration::from_secs(1), Ok(()), late)
+            .expect("fenced");
+        assert!(why.contains("no heartbeat"), "{why}");
+        assert_eq!(ha.role(), Role::Fenced { epoch: 3 });
+    }
+
+    #[test]
+    fn active_heartbeat_eio_fences() {
+        let t0 = Instant::now();
+        let mut ha = active_with_lease(t0, 4);
+        let why = ha
+            .heartbeat(t0, Err(libc::EIO), t0 + Duration::from_millis(10))
+            .expect("fenced");
+        assert!(why.contains("EIO"), "{why}");
+        assert_eq!(ha.role(), Role::Fenced { epoch: 4 });
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! loop wait for the disk's cache flush every period (35–50 ms here); io_uring needs a new
 //! dependency and more `unsafe`, and a process's rings are torn down at its exit too (not
 //! measured).
+//!
+//! ## The lease keeper
+//! With a lease (`[relay] lease`), the helper also runs the relay's heartbeats, reads the
+//! fencing epochs with `O_DIRECT`, and has a watchdog thread that SIGKILLs a relay whose loop
+//! froze past its lease deadline: [`crate::ha::keeper`] has the protocol and the why.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -31,6 +36,7 @@ use std::time::{Duration, Instant};
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
 
+use crate::ha::keeper;
 use crate::log::Level;
 
 /// The hidden subcommand that runs the helper.
@@ -50,8 +56,8 @@ pub struct SyncHelper {
     out: Vec<u8>,
     /// Reply bytes without their LF yet.
     replies: Vec<u8>,
-    /// Syncs handed to the helper and not reported yet, in order: ticket and ring path.
-    pending: VecDeque<(u64, PathBuf)>,
+    /// Requests handed to the helper and not answered yet, in order.
+    pending: VecDeque<Pending>,
     next_ticket: u64,
     /// When the helper was restarted, within [`RESTART_WINDOW`].
     restarts: VecDeque<Instant>,
@@ -59,10 +65,21 @@ pub struct SyncHelper {
     exited: Vec<Child>,
 }
 
+/// A request the helper has not answered yet.
+enum Pending {
+    /// A ring's sync: its ticket and path.
+    Sync(u64, PathBuf),
+    /// A heartbeat ([`crate::ha::keeper`]), requested then.
+    Heartbeat(Instant),
+}
+
 /// What the helper's socket brought.
 pub enum Event {
     /// The sync of [`SyncHelper::request`]'s ticket is done (or failed).
     Done(u64, io::Result<()>),
+    /// The heartbeat requested at the instant is answered: the lock file's and the rings'
+    /// epochs as the storage holds them, or the errno of the heartbeat write.
+    Heartbeat(Instant, Result<(u64, u64), i32>),
     /// The helper died; a new one has the pending syncs.
     Restarted,
     /// The helper died and will not be restarted: the rings go back to the kernel's sync.
@@ -115,9 +132,30 @@ impl SyncHelper {
         self.out.extend_from_slice(path.as_os_str().as_bytes());
         self.out.push(0);
         self.pending
-            .push_back((self.next_ticket, path.to_path_buf()));
+            .push_back(Pending::Sync(self.next_ticket, path.to_path_buf()));
         self.flush();
         self.next_ticket
+    }
+
+    /// Whether a heartbeat is handed to the helper and not answered yet.
+    pub fn heartbeat_pending(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p, Pending::Heartbeat(_)))
+    }
+
+    /// Hands a heartbeat to the helper, requested `now` ([`Event::Heartbeat`] answers it).
+    pub fn heartbeat(&mut self, req: &keeper::Request, now: Instant) {
+        req.encode(&mut self.out);
+        self.pending.push_back(Pending::Heartbeat(now));
+        self.flush();
+    }
+
+    /// The relay stops cleanly: the helper's watchdog must not kill it for the heartbeats
+    /// that stop now.
+    pub fn disarm(&mut self) {
+        self.out.extend_from_slice(&[keeper::DISARM, 0]);
+        self.flush();
     }
 
     fn flush(&mut self) {
@@ -150,18 +188,21 @@ impl SyncHelper {
         };
         while let Some(at) = self.replies.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.replies.drain(..=at).collect();
-            let Some((ticket, _)) = self.pending.pop_front() else {
-                continue;
-            };
-            let res = match std::str::from_utf8(&line[..at])
-                .ok()
-                .and_then(|s| s.parse().ok())
-            {
-                Some(0) => Ok(()),
-                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
-                None => Err(io::Error::other("sync helper: unreadable reply")),
-            };
-            events.push(Event::Done(ticket, res));
+            let text = std::str::from_utf8(&line[..at]).unwrap_or("");
+            match self.pending.pop_front() {
+                None => {}
+                Some(Pending::Heartbeat(requested)) => {
+                    events.push(Event::Heartbeat(requested, keeper::parse_reply(text)));
+                }
+                Some(Pending::Sync(ticket, _)) => {
+                    let res = match text.parse() {
+                        Ok(0) => Ok(()),
+                        Ok(errno) => Err(io::Error::from_raw_os_error(errno)),
+                        Err(_) => Err(io::Error::other("sync helper: unreadable reply")),
+                    };
+                    events.push(Event::Done(ticket, res));
+                }
+            }
         }
         if let Some(why) = closed {
             events.push(self.restart(registry, &why, now));
@@ -242,11 +283,15 @@ impl SyncHelper {
         self.exited.push(old);
         self.sock = sock;
         self.replies.clear();
-        // The syncs the old helper did not report: the new one runs them again.
+        // The syncs the old helper did not report: the new one runs them again. A heartbeat
+        // it did not answer is dropped: the next one goes at the next fencing check.
         self.out.clear();
-        for (_, p) in &self.pending {
-            self.out.extend_from_slice(p.as_os_str().as_bytes());
-            self.out.push(0);
+        self.pending.retain(|p| matches!(p, Pending::Sync(..)));
+        for p in &self.pending {
+            if let Pending::Sync(_, p) = p {
+                self.out.extend_from_slice(p.as_os_str().as_bytes());
+                self.out.push(0);
+            }
         }
         crate::log!(
             Level::Warn,
@@ -260,7 +305,8 @@ impl SyncHelper {
 }
 
 /// `ringrelay sync-helper PARENT_PID`: the helper's side; reads NUL-terminated ring paths from
-/// stdin, syncs each, answers on stdout. Exits 0 at EOF.
+/// stdin, syncs each, answers on stdout; runs heartbeats and arms its watchdog with them
+/// ([`keeper`]). Exits 0 at EOF.
 pub fn run(parent: &str) -> ExitCode {
     // SIGTERM when the relay dies (an `fdatasync` in progress finishes first); and if it died
     // before that was set, now.
@@ -273,6 +319,10 @@ pub fn run(parent: &str) -> ExitCode {
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
     let mut path = Vec::new();
+    let mut keeper = keeper::Keeper::new();
+    let mut rings = OpenRings::default();
+    let mut watchdog: Option<keeper::Watchdog> = None;
+    let relay: i32 = parent.parse().unwrap_or(0);
     loop {
         path.clear();
         match input.read_until(0, &mut path) {
@@ -285,16 +335,71 @@ pub fn run(parent: &str) -> ExitCode {
             // EOF in the middle of a path: the relay is gone.
             return ExitCode::SUCCESS;
         }
-        let res = std::fs::File::open(OsStr::from_bytes(&path)).and_then(|f| f.sync_data());
-        let code = match &res {
-            Ok(()) => 0,
-            Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        if path.first() == Some(&keeper::DISARM) {
+            if let Some(w) = &watchdog {
+                w.disarm();
+            }
+            continue;
+        }
+        let reply = if let Some(req) = keeper::Request::decode(&path) {
+            if watchdog.is_none() && relay > 0 {
+                match keeper::Watchdog::start(relay) {
+                    Ok(w) => watchdog = Some(w),
+                    Err(e) => crate::log!(Level::Error, "sync_helper_watchdog", error = e),
+                }
+            }
+            // The relay's deadline is at most a budget from now: it asked for this heartbeat.
+            if let Some(w) = &watchdog {
+                w.arm(req.budget);
+            }
+            keeper.run(&req)
+        } else {
+            let res = rings.sync(Path::new(OsStr::from_bytes(&path)));
+            match &res {
+                Ok(()) => "0".to_string(),
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO).to_string(),
+            }
         };
-        if writeln!(output, "{code}")
+        if writeln!(output, "{reply}")
             .and_then(|()| output.flush())
             .is_err()
         {
             return ExitCode::SUCCESS;
         }
+    }
+}
+
+/// The rings' files in the helper, kept open between syncs: on NFS every `open` is a round
+/// trip and, by close-to-open consistency, may drop the relay's cached pages of the file (its
+/// next appends would then fault them back in over the network). A path whose file was
+/// replaced (a new inode) is opened again.
+#[derive(Default)]
+struct OpenRings(Vec<(PathBuf, std::fs::File)>);
+
+impl OpenRings {
+    fn sync(&mut self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let now = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                // Gone: let its space go.
+                self.0.retain(|(p, _)| p != path);
+                return Err(e);
+            }
+        };
+        self.0.retain(|(p, f)| {
+            p != path
+                || f.metadata()
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (now.dev(), now.ino()))
+        });
+        let at = match self.0.iter().position(|(p, _)| p == path) {
+            Some(i) => i,
+            None => {
+                self.0
+                    .push((path.to_path_buf(), std::fs::File::open(path)?));
+                self.0.len() - 1
+            }
+        };
+        self.0[at].1.sync_data()
     }
 }
