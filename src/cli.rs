@@ -155,12 +155,12 @@ fn dispatch(args: &Args) -> Result<ExitCode, String> {
             let secs = args.number("--seconds")?.unwrap_or(20);
             Ok(crate::selftest::run(crate::selftest::Plan::new(secs)?))
         }
-        // Hidden: the relay's sync helper process (`ring::sync_helper`), started by `run`.
-        crate::ring::sync_helper::SUBCOMMAND => {
+        // Hidden: the relay's sync helper process (`sync_helper`), started by `run`.
+        crate::sync_helper::SUBCOMMAND => {
             let [parent] = args.positional.as_slice() else {
                 return Err("ringrelay sync-helper is started by ringrelay run".into());
             };
-            Ok(crate::ring::sync_helper::run(parent))
+            Ok(crate::sync_helper::run(parent))
         }
         other => Err(format!("ringrelay: unknown command {other:?}")),
     }

@@ -9,8 +9,8 @@ use crate::config::{FeedConfig, MAX_OUTPUTS};
 use crate::input::{FeedIn, FeedInput, Feeds};
 use crate::log::{Level, Limiter};
 use crate::output::Output;
-use crate::ring::sync_helper;
 use crate::ring::{BackgroundCheckpoint, Ring};
+use crate::sync_helper;
 
 /// A feed's outputs, held in place.
 pub type Outputs = heapless::Vec<Output, MAX_OUTPUTS>;

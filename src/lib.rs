@@ -38,7 +38,9 @@
 //! own heap for a configuration, buffer by buffer; [`selftest`] relays through
 //! a simulated SIEM outage; [`tls`] builds rustls configurations for inputs and outputs;
 //! [`json`] reads and writes every small JSON (typed, in buffers of a known bound);
-//! [`clock`] and [`log`] are the only clock and the only log writer.
+//! [`sync_helper`] is the helper process that syncs rings off the loop and, with a `lease`, keeps
+//! it ([`ha::keeper`]); [`nfs`] reads what a mount promises; [`clock`] and [`log`] are the only
+//! clock and the only log writer.
 pub mod admin;
 pub mod alert;
 pub mod cli;
@@ -58,4 +60,5 @@ pub mod preflight;
 pub mod ring;
 pub mod selftest;
 pub mod size;
+pub mod sync_helper;
 pub mod tls;

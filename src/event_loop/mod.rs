@@ -54,7 +54,7 @@ use crate::feed::{FailedFeed, Feed};
 use crate::ha::{lock, Ha, Role, EXIT_FENCED};
 use crate::input::Inputs;
 use crate::log::{Level, Limiter};
-use crate::ring::sync_helper;
+use crate::sync_helper;
 use lock::LockFile;
 use sd_notify::Notifier;
 

@@ -12,8 +12,8 @@ use crate::config::SyncPolicy;
 use crate::ha;
 use crate::log::Level;
 use crate::output::Pass;
-use crate::ring::sync_helper;
 use crate::ring::AppendError;
+use crate::sync_helper;
 
 impl Relay {
     /// The sync helper's socket: syncs done, or the helper gone.

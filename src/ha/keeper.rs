@@ -1,4 +1,4 @@
-//! The lease keeper's I/O, in the sync helper process ([`crate::ring::sync_helper`]): the
+//! The lease keeper's I/O, in the sync helper process ([`crate::sync_helper`]): the
 //! heartbeat write, the fencing epochs read past the page cache, and the watchdog that kills a
 //! relay whose loop froze past its lease ([`super::lease`] has the rules; this does the I/O).
 //!

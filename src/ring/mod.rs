@@ -26,7 +26,6 @@ pub mod format;
 mod recovery;
 pub mod salvage;
 mod sync;
-pub mod sync_helper;
 pub mod view;
 mod writer;
 
