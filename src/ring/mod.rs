@@ -424,14 +424,23 @@ impl Ring {
     /// (`buffer-spec.md` §8): the newest valid metadata slot, the records written after it, the
     /// tail, the cursors. The recovered state is checkpointed before this returns.
     pub fn open(path: &Path, opts: &RingOptions) -> Result<Ring, OpenError> {
+        Self::open_or_create(path, opts, true)
+    }
+
+    /// [`Ring::open`]; `may_create` false after a creation found the file already there.
+    fn open_or_create(
+        path: &Path,
+        opts: &RingOptions,
+        may_create: bool,
+    ) -> Result<Ring, OpenError> {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && may_create => {
                 // A creation that failed (a full disk) leaves no temporary file behind.
-                Self::create(path, opts)
+                let created = Self::create(path, opts)
                     .inspect_err(|_| drop(std::fs::remove_file(path.with_extension("ring.tmp"))))?;
-                let mut ring = Self::open(path, opts)?;
-                ring.recovery.created = true;
+                let mut ring = Self::open_or_create(path, opts, false)?;
+                ring.recovery.created = created;
                 return Ok(ring);
             }
             Err(e) => return Err(io_err(path, "open")(e)),
@@ -560,52 +569,6 @@ impl<B: Backing> Ring<B> {
         ring.checkpoint(now, true)
             .map_err(io_err(path, "checkpoint after recovery"))?;
         Ok(ring)
-    }
-
-    /// Creates a new ring file: written under a temporary name, allocated, synced, renamed.
-    fn create(path: &Path, opts: &RingOptions) -> Result<(), OpenError> {
-        validate_options(path, opts)?;
-        let tmp = path.with_extension("ring.tmp");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp, "create"))?;
-        let len = DATA_OFFSET + opts.capacity;
-        nix::fcntl::posix_fallocate(&file, 0, len as i64).map_err(|e| OpenError::Io {
-            path: tmp.clone(),
-            op: "allocate disk space (posix_fallocate)",
-            err: io::Error::from(e),
-        })?;
-        let mut head = vec![0u8; DATA_OFFSET as usize];
-        Superblock {
-            version: format::VERSION,
-            capacity: opts.capacity,
-            max_record: opts.max_record,
-            created_ns: crate::clock::wall_ns(),
-            name: opts.name.clone(),
-        }
-        .write(&mut head[..SUPERBLOCK_LEN]);
-        // Generation 0 lives in slot A (`g mod 2`), so the first open writes generation 1 into
-        // slot B and a torn write there leaves this slot intact.
-        Meta {
-            generation: 0,
-            ..Meta::default()
-        }
-        .write(&mut head[SLOT_OFFSETS[0] as usize..]);
-        file.write_all_at(&head, 0)
-            .map_err(io_err(&tmp, "write header"))?;
-        file.sync_all().map_err(io_err(&tmp, "fsync"))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(path, "fsync data directory"))?;
-        }
-        Ok(())
     }
 
     /// The file.

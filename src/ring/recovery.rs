@@ -4,6 +4,63 @@
 
 use super::*;
 
+impl Ring {
+    /// Creates a new ring file: written under a temporary name, allocated, synced, then linked
+    /// into place. `Ok(false)` when a file was there by then: a link never replaces one (a
+    /// rename would). On NFS a standby's client may have cached "no such file" for a ring the
+    /// active created since; the server refuses the link, and the active's ring is opened
+    /// instead of being replaced by an empty one.
+    pub(super) fn create(path: &Path, opts: &RingOptions) -> Result<bool, OpenError> {
+        validate_options(path, opts)?;
+        let tmp = path.with_extension("ring.tmp");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create"))?;
+        let len = DATA_OFFSET + opts.capacity;
+        nix::fcntl::posix_fallocate(&file, 0, len as i64).map_err(|e| OpenError::Io {
+            path: tmp.clone(),
+            op: "allocate disk space (posix_fallocate)",
+            err: io::Error::from(e),
+        })?;
+        let mut head = vec![0u8; DATA_OFFSET as usize];
+        Superblock {
+            version: format::VERSION,
+            capacity: opts.capacity,
+            max_record: opts.max_record,
+            created_ns: crate::clock::wall_ns(),
+            name: opts.name.clone(),
+        }
+        .write(&mut head[..SUPERBLOCK_LEN]);
+        // Generation 0 lives in slot A (`g mod 2`), so the first open writes generation 1 into
+        // slot B and a torn write there leaves this slot intact.
+        Meta {
+            generation: 0,
+            ..Meta::default()
+        }
+        .write(&mut head[SLOT_OFFSETS[0] as usize..]);
+        file.write_all_at(&head, 0)
+            .map_err(io_err(&tmp, "write header"))?;
+        file.sync_all().map_err(io_err(&tmp, "fsync"))?;
+        let linked = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_err(path, "link into place")(e)),
+        };
+        std::fs::remove_file(&tmp).map_err(io_err(&tmp, "remove"))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(path, "fsync data directory"))?;
+        }
+        Ok(linked)
+    }
+}
+
 /// Reads and checks the superblock and the file length, before anything is mapped.
 pub(super) fn read_superblock(file: &File, path: &Path) -> Result<Superblock, OpenError> {
     let len = file.metadata().map_err(io_err(path, "stat"))?.len();
@@ -156,4 +213,51 @@ pub(super) fn validate_options(path: &Path, opts: &RingOptions) -> Result<(), Op
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The story: on NFS a standby's client cached "no such file" for a ring the active had
+    /// created since; at takeover the relay created a ring and renamed it over the active's,
+    /// 13,900 records with `sync = "always"` gone (image/test-pair.sh saw `created=true`).
+    #[test]
+    fn creating_a_ring_where_one_appeared_meanwhile_keeps_the_one_that_is_there() {
+        let dir = std::env::temp_dir().join(format!("ringrelay-create-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("f.ring");
+        let opts = RingOptions {
+            capacity: MIN_CAPACITY,
+            max_record: 1024,
+            when_full: WhenFull::DropOldest,
+            name: "f".into(),
+        };
+        {
+            let mut ring = Ring::open(&path, &opts).expect("a new ring");
+            assert!(ring.recovery().created);
+            for i in 0..10u32 {
+                ring.append(&i.to_le_bytes(), 0, false).expect("append");
+            }
+            ring.checkpoint(1, true).expect("checkpoint");
+        }
+        // As the open after a stale "no such file" does.
+        assert!(
+            !Ring::create(&path, &opts).expect("create"),
+            "a ring was replaced"
+        );
+        assert!(
+            !path.with_extension("ring.tmp").exists(),
+            "temporary file left"
+        );
+        let ring = Ring::open(&path, &opts).expect("reopen");
+        assert!(!ring.recovery().created);
+        assert_eq!(
+            ring.head().seq - ring.tail().seq,
+            10,
+            "the records are still there"
+        );
+        drop(ring);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
