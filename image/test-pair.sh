@@ -7,8 +7,8 @@
 #   RINGRELAY_PAIR_REBUILD=1           build even when target/image/out*/ match this checkout
 # Images: the appliance in target/image/out (shared with image/test.sh) and the NFS server
 # (RINGRELAY_IMAGE_VARIANT=nfs-server) in target/image/out-nfs-server. Each is rebuilt only when
-# its stamp (the commit, the diff of the checkout and the relay binary's hash) changed, so a
-# rerun goes straight to the boots. Bounded: the whole run is stopped after
+# its stamp (what goes into the images: image/build.sh, the overlays, the locks, systemd/, and
+# the relay binary) changed, so a rerun goes straight to the boots. Bounded: the whole run is stopped after
 # RINGRELAY_PAIR_TEST_TIMEOUT seconds (default 1200); every process it started (QEMUs,
 # receivers) is killed on every way out.
 set -euo pipefail
@@ -25,12 +25,14 @@ bin="${CARGO_TARGET_DIR:-target}"
 [[ "$bin" == /* ]] || bin="$root/$bin"
 bin="$bin/release/ringrelay"
 
-# What an image is built from: the commit, uncommitted changes, the relay binary.
+# What the images are built from: build.sh and what it lays into them, and the relay binary
+# (tests and documents are not in it).
 stamp() {
     (cd "$root" && cargo build --release --locked --quiet >&2)
-    { git -C "$root" rev-parse HEAD; git -C "$root" diff HEAD -- . ':!target'
-      git -C "$root" ls-files --others --exclude-standard -z | xargs -0r sha256sum
-      sha256sum "$bin"; } | sha256sum | cut -c1-16
+    { cd "$root" && find image/build.sh image/install-deps.sh image/fstab image/packages.lock \
+          image/packages-nfs-server.lock image/rootfs image/nfs-server systemd -type f -print0 |
+          LC_ALL=C sort -z | xargs -0 sha256sum
+      sha256sum "$bin" | cut -d' ' -f1; } | sha256sum | cut -c1-16
 }
 want=$(stamp)
 build() { # OUTDIR [VARIANT]
@@ -41,6 +43,7 @@ build() { # OUTDIR [VARIANT]
     fi
     local t0
     t0=$(date +%s)
+    rm -f "$out/stamp"
     RINGRELAY_IMAGE_VARIANT="${2:-appliance}" timeout --kill-after=20 "$(left)" \
         bash "$root/image/build.sh" "$out" &
     pid=$!
