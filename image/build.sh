@@ -34,6 +34,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 mkdir -p "$1"
 out="$(cd "$1" && pwd)"
+rm -f "$out/stamp"  # written again at the end of a successful build (image/stamp.sh)
 variant="${RINGRELAY_IMAGE_VARIANT:-appliance}"
 case $variant in
 appliance) work="$root/target/image/build" ;;
@@ -284,3 +285,4 @@ q_b=$(stat -c %s "$out/ringrelay-appliance.qcow2")
     echo "lock: $([[ -n "$drift" ]] && echo 'DRIFTED from image/packages.lock (see the build log)' || echo 'as image/packages.lock')"
 } >"$out/build-info.txt"
 sed 's/^/image: /' "$out/build-info.txt"
+bash "$here/stamp.sh" "$variant" >"$out/stamp"

@@ -7,8 +7,9 @@
 #   RINGRELAY_PAIR_REBUILD=1           build even when target/image/out*/ match this checkout
 # Images: the appliance in target/image/out (shared with image/test.sh) and the NFS server
 # (RINGRELAY_IMAGE_VARIANT=nfs-server) in target/image/out-nfs-server. Each is rebuilt only when
-# its stamp (what goes into the images: image/build.sh, the overlays, the locks, systemd/, and
-# the relay binary) changed, so a rerun goes straight to the boots. Bounded: the whole run is stopped after
+# its stamp (image/stamp.sh: what goes into the images and the relay binary; build.sh writes it
+# to OUTDIR/stamp, test.sh's build of target/image/out included) changed, so a rerun, or a run
+# after image/test.sh, goes straight to the boots. Bounded: the whole run is stopped after
 # RINGRELAY_PAIR_TEST_TIMEOUT seconds (default 1200); every process it started (QEMUs,
 # receivers) is killed on every way out.
 set -euo pipefail
@@ -21,35 +22,23 @@ trap 'exit 143' TERM
 start=$(date +%s)
 left() { echo $((limit - ($(date +%s) - start))); }
 
-bin="${CARGO_TARGET_DIR:-target}"
-[[ "$bin" == /* ]] || bin="$root/$bin"
-bin="$bin/release/ringrelay"
-
-# What the images are built from: build.sh and what it lays into them, and the relay binary
-# (tests and documents are not in it).
-stamp() {
-    (cd "$root" && cargo build --release --locked --quiet >&2)
-    { cd "$root" && find image/build.sh image/install-deps.sh image/fstab image/packages.lock \
-          image/packages-nfs-server.lock image/rootfs image/nfs-server systemd -type f -print0 |
-          LC_ALL=C sort -z | xargs -0 sha256sum
-      sha256sum "$bin" | cut -d' ' -f1; } | sha256sum | cut -c1-16
-}
-want=$(stamp)
+# The relay binary first: it is part of the images' stamp.
+(cd "$root" && cargo build --release --locked --quiet)
 build() { # OUTDIR [VARIANT]
     local out="$root/target/image/$1"
+    local want
+    want=$(bash "$root/image/stamp.sh" "${2:-appliance}")
     if [[ "${RINGRELAY_PAIR_REBUILD:-}" != 1 && -f "$out/stamp" && "$(cat "$out/stamp")" == "$want" ]]; then
         echo "pair-test: $1 is current (stamp $want): not rebuilding"
         return
     fi
     local t0
     t0=$(date +%s)
-    rm -f "$out/stamp"
     RINGRELAY_IMAGE_VARIANT="${2:-appliance}" timeout --kill-after=20 "$(left)" \
         bash "$root/image/build.sh" "$out" &
     pid=$!
     wait "$pid"
     pid=""
-    echo "$want" >"$out/stamp"
     echo "pair-test: built $1 in $(($(date +%s) - t0)) s"
 }
 build out
