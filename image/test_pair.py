@@ -264,13 +264,16 @@ def main():
                  extra=s_extra, smp=1)
     guests["S"] = s
 
-    def boot_relay(name):
+    def boot_relay(name, tag=None):
         link = "la" if name == "A" else "lb"
         net = 101 if name == "A" else 102
-        extra = ["-netdev", f"dgram,id=st,local.type=unix,local.path={WORK}/{link}-{name.lower()}.sock,"
+        local = f"{WORK}/{link}-{name.lower()}.sock"
+        if os.path.exists(local):  # left by a killed QEMU: the new one binds it again
+            os.unlink(local)
+        extra = ["-netdev", f"dgram,id=st,local.type=unix,local.path={local},"
                  f"remote.type=unix,remote.path={WORK}/{link}-s.sock",
                  "-device", f"virtio-net-pci,netdev=st,mac=52:54:00:00:0{net - 100}:02"]
-        g = it.Guest(name, accel, 512, None, seeds[name], direct=True, ports=ports[name],
+        g = it.Guest(tag or name, accel, 512, None, seeds[name], direct=True, ports=ports[name],
                      out=APPLIANCE, extra=extra)
         guests[name] = g
         return g
@@ -464,18 +467,25 @@ def main():
                    dups=dup_tcp + dup_http, rate=rate)
 
     # ---- scenario 2: a partitioned active ---------------------------------------------------
-    if not lease_ok:
+    forced = os.environ.get("RINGRELAY_PAIR_PARTITION") == "1"
+    part = None
+    if not lease_ok and not forced:
         log(f"scenario 2 (partition): SKIPPED: this checkout's relay has no `[relay] lease` "
-            f"(the lease keeper of issue 19 is not merged): `ringrelay check` says: {lease_why}")
+            f"(the lease keeper of issue 19 is not merged): `ringrelay check` says: {lease_why}; "
+            f"RINGRELAY_PAIR_PARTITION=1 runs it anyway (storage-level checks only)")
         summary["partition"] = "skipped (no [relay] lease in this relay)"
     else:
-        log("scenario 2 (partition): SKIPPED: the relay accepts `[relay] lease`, but this harness "
-            "does not drive the partition yet (image/README.md, 'What is left')")
-        summary["partition"] = "skipped (not implemented in the harness yet)"
+        if not lease_ok:
+            log("scenario 2 (partition): RINGRELAY_PAIR_PARTITION=1: run without the relay's lease "
+                "keeper: only the storage-level guarantee (nothing of the old active in the shared "
+                "rings after the new active's epoch) is asserted; the rest is reported")
+        part = partition(act, stb, s, boot_relay, ports, recv_tcp, lease_ok, accel)
+        summary["partition"] = part["summary"]
 
     # ---- the rings on the server, offline ---------------------------------------------------
-    for g in (stb, s):
-        g.power_cut()
+    for g in list(guests.values()):
+        if g.alive():
+            g.power_cut()
     disk = os.path.join(WORK, "data-S.raw")
     copy = os.path.join(WORK, "data-S-copy.raw")
     subprocess.run(["cp", "--sparse=always", disk, copy], check=True)
@@ -500,8 +510,144 @@ def main():
     if r.returncode != 0:
         fail(f"`ringrelay inspect --verify` of the rings on S exited {r.returncode}")
     summary["verify"] = "clean"
+    if part:
+        # Issue 19 item 3, the core assertion: no record the partitioned active took after the cut
+        # is in the shared ring; the ring and the lock file carry the new active's epoch.
+        r = subprocess.run([BIN, "inspect", os.path.join(dump, "export", "tcp-default.ring"), "--export",
+                            "--export-format", "raw"], capture_output=True)
+        nums = set()
+        for line in r.stdout.split(b"\n"):
+            p = line.split(b" ", 2)
+            if len(p) >= 2 and p[1].isdigit():
+                nums.add(int(p[1]))
+        y_lo, y_hi, cutoff = part["y_range"]
+        y_in = sorted(n for n in nums if y_lo <= n < y_hi)
+        after = [n for n in y_in if n >= cutoff]
+        figure("partition: the old active's records in the shared ring",
+               f"{len(y_in)} of the {y_hi - y_lo} sent to {part['y']} (the last one {y_in[-1] if y_in else '-'}); "
+               f"of those sent after the cut (from {cutoff}): {len(after)}")
+        ep = re.search(r"epoch=(\d+)", lock)
+        inst = re.search(r"instance=(\S+)", lock)
+        log(f"  partition: the lock file says epoch={ep.group(1) if ep else '?'} instance={inst.group(1) if inst else '?'}")
+        if after:
+            fail(f"{len(after)} records sent to the partitioned {part['y']} after the cut are in the shared "
+                 f"ring (first {after[:5]}): split brain")
+        if not ep or int(ep.group(1)) != 3 or not inst or inst.group(1) != f"relay-{part['x'].lower()}":
+            fail(f"the lock file after the partition is not epoch 3 of relay-{part['x'].lower()}: {lock!r}")
+        summary["partition"] += f", nothing of the old active after the cut in the ring"
     log("the rings on S after the takeover (dumped with debugfs): inspect --verify clean")
     return accel, summary
+
+
+class Streamer(threading.Thread):
+    """Numbered TCP records to `port` at `rate`/s in batches of 100 until stop(); `starts` holds
+    (first number of a batch, when its sendall began)."""
+
+    def __init__(self, port, lo, rate):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.settimeout(None)
+        self.lo, self.rate, self.next = lo, rate, lo
+        self.starts = []
+        self.halt = threading.Event()
+
+    def run(self):
+        t0 = time.monotonic()
+        try:
+            while not self.halt.is_set():
+                n = self.next
+                self.starts.append((n, time.monotonic()))
+                self.sock.sendall(b"".join(it.record("tcp", k, SIZE) for k in range(n, n + 100)))
+                self.next = n + 100
+                ahead = (self.next - self.lo) / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        except OSError:
+            pass
+
+    def stop(self):
+        self.halt.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.join(5)
+
+    def first_started_after(self, t):
+        return next((n for n, ts in self.starts if ts >= t), self.next + 100)
+
+
+def partition(dead, y, s, boot_relay, ports, recv_tcp, lease_ok, accel):
+    """Issue 19 item 3: cut the active `y` off the NFS server (QMP set_link on S's NIC facing it:
+    `y` keeps its carrier, its packets to S vanish), keep streaming to it; the standby (`dead`
+    of scenario 1, rebooted) takes over after the lease; heal; `y` must find itself fenced."""
+    x = boot_relay(dead.name, tag=dead.name + "2")
+    deadline = x.started + it.BOOT_TIMEOUT
+    while health_role(x) != "standby":
+        if time.monotonic() > deadline or not x.alive():
+            fail(f"the rebooted {dead.name} did not come up as standby", x)
+        time.sleep(0.5)
+    log(f"scenario 2: {dead.name} rebooted as standby in {time.monotonic() - x.started:.1f} s; "
+        f"{y.name} active; streaming to {y.name} at 1000/s")
+    nic = "nic-la" if y.name == "A" else "nic-lb"
+    y_lo = 200_000
+    st = Streamer(ports[y.name][5514], y_lo, 1000)
+    st.start()
+    time.sleep(3)
+    before = len(y.console())
+    t_cut = time.monotonic()
+    r = qmp(f"{WORK}/qmp-s.sock", "set_link", name=nic, up=False)
+    if "error" in r:
+        fail(f"QMP set_link {nic} off: {r}")
+    cutoff = st.first_started_after(t_cut)
+    log(f"scenario 2: cut {y.name} off the NFS server (set_link {nic} off on S); the first record "
+        f"sent after the cut is {cutoff}")
+    t_y_last_ok, t_x_ready = None, None
+    heal_at = t_cut + LEASE + 15
+    while time.monotonic() < heal_at:
+        if ready(y):
+            t_y_last_ok = time.monotonic()
+        if t_x_ready is None and ready(x):
+            t_x_ready = time.monotonic()
+        time.sleep(0.1)
+    st.stop()
+    y_hi = st.next + 100
+    r = qmp(f"{WORK}/qmp-s.sock", "set_link", name=nic, up=True)
+    t_heal = time.monotonic()
+    log(f"scenario 2: healed after {t_heal - t_cut:.1f} s; sent {y_hi - y_lo} records to {y.name} "
+        f"in all (the stream stopped at the heal)")
+    if t_x_ready is None:
+        fail(f"the standby {x.name} did not take over within {LEASE + 15} s of the cut", x, y)
+    # What the old active does once it reaches the server again (its loop was blocked on NFS).
+    got_standby = it.wait_for(lambda: "event=standby" in y.console()[before:], 90)
+    con = y.console()[before:]
+    for ln in con.splitlines():
+        if re.search(r"ringrelay\[|nfs|NFS|lost|lock", ln) and "connection_" not in ln:
+            log(f"  {y.name} after the cut: {ln.strip()[:220]}")
+    fenced = re.search(r"event=fenced\w*[^\n]*", con)
+    take = t_x_ready - t_cut
+    stop = (t_y_last_ok - t_cut) if t_y_last_ok else 0.0
+    figure("partition: takeover", f"{x.name}'s /ready 200 {take:.1f} s after the cut; {y.name}'s last "
+           f"/ready 200 {stop:.1f} s after the cut; {y.name} "
+           f"{'fenced: ' + fenced.group(0)[:160] if fenced else 'logged no event=fenced'}; "
+           f"{'back as standby' if got_standby else 'not back as standby within 90 s of the heal'}")
+    # The new active takes a range of its own.
+    lo3, hi3 = 300_000, 301_000
+    it.send_tcp(ports[dead.name][5514], lo3, hi3, SIZE).close()
+    if not it.wait_for(lambda: recv_tcp.count(lo3, hi3)[0] == hi3 - lo3, 120):
+        fail(f"after the partition: {recv_tcp.count(lo3, hi3)[0]} of {hi3 - lo3} sent to {x.name} arrived", x)
+    if lease_ok:
+        if t_y_last_ok and t_y_last_ok >= t_x_ready:
+            fail(f"split brain: {y.name} answered /ready 200 at {stop:.1f} s, after {x.name} did at {take:.1f} s", x, y)
+        if not fenced:
+            fail(f"{y.name} did not log event=fenced", y)
+        slack = 5 if accel == "kvm" else 20
+        if take > LEASE + slack:
+            fail(f"takeover after the partition took {take:.1f} s", x)
+    return dict(x=x.name, y=y.name, y_range=(y_lo, y_hi, cutoff),
+                summary=f"takeover {take:.1f} s after the cut, old active's last 200 at {stop:.1f} s, "
+                        f"{'fenced' if fenced else 'no fenced line'}")
 
 
 def wait_for_status(g, status, timeout):
