@@ -523,7 +523,7 @@ def main():
     lock = open(os.path.join(dump, "export", "ringrelay.lock")).read()
     log(f"  the lock file on S: {' '.join(lock.split())}")
     since = re.search(r"since=(\S+)", lock)
-    if since:
+    if since and not part:
         from datetime import datetime, timezone
         t = datetime.strptime(since.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
         log(f"  the new active's lock record says since {since.group(1)}: {t - summary['wall_kill']:.1f} s "
@@ -553,8 +553,8 @@ def main():
         if after:
             fail(f"{len(after)} records sent to the partitioned {part['y']} after the cut are in the shared "
                  f"ring (first {after[:5]}): split brain")
-        if not ep or int(ep.group(1)) != 3 or not inst or inst.group(1) != f"relay-{part['x'].lower()}":
-            fail(f"the lock file after the partition is not epoch 3 of relay-{part['x'].lower()}: {lock!r}")
+        if not ep or int(ep.group(1)) != 3 or not inst or inst.group(1) != part["x_instance"]:
+            fail(f"the lock file after the partition is not epoch 3 of {part['x_instance']}: {lock!r}")
         summary["partition"] += f", nothing of the old active after the cut in the ring"
     log("the rings on S after the takeover (dumped with debugfs): inspect --verify clean")
     return accel, summary
@@ -669,7 +669,7 @@ def partition(dead, y, s, boot_relay, ports, recv_tcp, lease_ok, accel):
         slack = 5 if accel == "kvm" else 20
         if take > LEASE + slack:
             fail(f"takeover after the partition took {take:.1f} s", x)
-    return dict(x=x.name, y=y.name, y_range=(y_lo, y_hi, cutoff),
+    return dict(x=x.name, x_instance=f"relay-{dead.name.lower()}", y=y.name, y_range=(y_lo, y_hi, cutoff),
                 summary=f"takeover {take:.1f} s after the cut, old active's last 200 at {stop:.1f} s, "
                         f"{'fenced' if fenced else 'no fenced line'}")
 
