@@ -22,13 +22,28 @@
 #                                 say so loudly and build with the mirror's current versions)
 #   RINGRELAY_IMAGE_UPDATE_LOCK=1 write the versions this build used into image/packages.lock
 #   RINGRELAY_IMAGE_MIRROR        Debian mirror (default http://deb.debian.org)
+#   RINGRELAY_IMAGE_VARIANT=nfs-server  the NFS server of the pair test (image/test-pair.sh)
+#                                 instead of the appliance: the same image plus nfs-kernel-server
+#                                 (versions in image/packages-nfs-server.lock) and
+#                                 image/nfs-server/rootfs/ (NFSv4.1+ only, a 10 s lease, the export
+#                                 /var/lib/ringrelay/export on the data disk), the relay not enabled
+#   CARGO_TARGET_DIR              where cargo builds the relay (default: target/ of this checkout)
 set -euo pipefail
 [[ $# -eq 1 ]] || { echo "usage: bash image/build.sh OUTDIR" >&2; exit 2; }
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 mkdir -p "$1"
 out="$(cd "$1" && pwd)"
-work="$root/target/image/build"
+rm -f "$out/stamp"  # written again at the end of a successful build (image/stamp.sh)
+variant="${RINGRELAY_IMAGE_VARIANT:-appliance}"
+case $variant in
+appliance) work="$root/target/image/build" ;;
+nfs-server) work="$root/target/image/build-$variant" ;;
+*) echo "image: RINGRELAY_IMAGE_VARIANT=$variant: appliance or nfs-server" >&2; exit 2 ;;
+esac
+bin="${CARGO_TARGET_DIR:-target}"
+[[ "$bin" == /* ]] || bin="$root/$bin"
+bin="$bin/release/ringrelay"
 cache="$root/target/image/debs"
 mirror="${RINGRELAY_IMAGE_MIRROR:-http://deb.debian.org}"
 t0=$(date +%s.%N)
@@ -64,6 +79,10 @@ rootfs="$work/rootfs"
 include=(systemd systemd-sysv udev systemd-resolved systemd-timesyncd
     linux-image-cloud-amd64 initramfs-tools kmod e2fsprogs ca-certificates)
 lock="$here/packages.lock"
+if [[ $variant == nfs-server ]]; then
+    include+=(nfs-kernel-server)
+    lock="$here/packages-nfs-server.lock"
+fi
 pinned=()
 if [[ -f "$lock" ]]; then
     mapfile -t pinned < <(grep -v '^#' "$lock" | grep .)
@@ -110,10 +129,15 @@ if [[ -f "$lock" ]]; then
     fi
 fi
 if [[ ! -f "$lock" || "${RINGRELAY_IMAGE_UPDATE_LOCK:-}" == 1 ]]; then
-    { echo "# The appliance image's packages (Debian 12), name=version: image/build.sh installs exactly"
-      echo "# these. Rewritten by RINGRELAY_IMAGE_UPDATE_LOCK=1 bash image/build.sh OUTDIR."
+    { if [[ $variant == appliance ]]; then
+          echo "# The appliance image's packages (Debian 12), name=version: image/build.sh installs exactly"
+          echo "# these. Rewritten by RINGRELAY_IMAGE_UPDATE_LOCK=1 bash image/build.sh OUTDIR."
+      else
+          echo "# The $variant test image's packages (Debian 12), name=version: image/build.sh installs exactly"
+          echo "# these. Rewritten by RINGRELAY_IMAGE_VARIANT=$variant RINGRELAY_IMAGE_UPDATE_LOCK=1 bash image/build.sh OUTDIR."
+      fi
       cat "$work/packages.txt"; } >"$lock"
-    step "wrote image/packages.lock"
+    step "wrote $(basename "$lock")"
 fi
 
 # --- the appliance -------------------------------------------------------------------------
@@ -123,18 +147,29 @@ cp "$rootfs/boot/initrd.img-$kver" "$out/initrd.img"
 echo "$CMDLINE" >"$out/cmdline"
 rm -f "$rootfs"/boot/* "$rootfs"/vmlinuz* "$rootfs"/initrd.img*
 
-objcopy --strip-all "$root/target/release/ringrelay" "$rootfs/usr/bin/ringrelay"
+objcopy --strip-all "$bin" "$rootfs/usr/bin/ringrelay"
 chmod 0755 "$rootfs/usr/bin/ringrelay"
 install -m 0644 "$root/systemd/ringrelay.service" "$root/systemd/ringrelay@.service" "$rootfs/etc/systemd/system/"
 cp -r --no-preserve=ownership "$here/rootfs/." "$rootfs/"
 sed "s/@ROOT_PARTUUID@/$ROOT_PARTUUID/" "$here/fstab" >"$rootfs/etc/fstab"
-echo ringrelay >"$rootfs/etc/hostname"
-printf '127.0.0.1\tlocalhost\n127.0.1.1\tringrelay\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$rootfs/etc/hosts"
+hostname=ringrelay
+if [[ $variant == nfs-server ]]; then
+    hostname=nfs-server
+    cp -r --no-preserve=ownership "$here/nfs-server/rootfs/." "$rootfs/"
+    # nfsd's state (/var/lib/nfs: etab, the client-tracking database) must be writable: a tmpfs,
+    # filled at boot from the package's own tree by ringrelay-nfs-export.service, so a rebooted
+    # server forgets its clients (fine for the test, which never reboots it).
+    mv "$rootfs/var/lib/nfs" "$rootfs/usr/share/ringrelay-image-var-lib-nfs"
+    mkdir "$rootfs/var/lib/nfs"
+    echo 'tmpfs                     /var/lib/nfs      tmpfs  mode=0755,nosuid,nodev,size=8m    0 0' >>"$rootfs/etc/fstab"
+fi
+echo "$hostname" >"$rootfs/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$hostname" >"$rootfs/etc/hosts"
 # An empty machine-id: systemd makes one at every boot (the root is read-only) and masks the file.
 : >"$rootfs/etc/machine-id"
 ln -sf /etc/machine-id "$rootfs/var/lib/dbus/machine-id"
 
-chroot "$rootfs" /bin/sh -eu <<'CHROOT'
+chroot "$rootfs" /usr/bin/env VARIANT="$variant" /bin/sh -eu <<'CHROOT'
 groupadd --system --gid 470 ringrelay
 useradd --system --uid 470 --gid 470 --home-dir /var/lib/ringrelay --no-create-home \
     --shell /usr/sbin/nologin --comment "ringrelay relay" ringrelay
@@ -145,8 +180,15 @@ systemctl -q mask getty@.service serial-getty@.service autovt@.service console-g
     container-getty@.service getty.target systemd-firstboot.service systemd-logind.service
 # Jobs that write to the read-only root or that an appliance has no use for.
 systemctl -q mask e2scrub_all.timer e2scrub_reap.service dpkg-db-backup.timer
-systemctl -q enable systemd-networkd.service systemd-resolved.service systemd-timesyncd.service \
-    ringrelay.service
+systemctl -q enable systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
+if [ "$VARIANT" = nfs-server ]; then
+    # The NFS server of the pair test: the relay's unit is not enabled; NFSv4 only, so no
+    # rpcbind or statd.
+    systemctl -q mask rpcbind.service rpcbind.socket rpc-statd.service rpc-statd-notify.service
+    systemctl -q enable nfs-server.service ringrelay-nfs-export.service
+else
+    systemctl -q enable ringrelay.service
+fi
 # No package manager: apt goes (dpkg is essential to Debian and cannot leave cleanly; without
 # apt it fetches nothing).
 dpkg --purge --force-remove-protected --force-depends apt libapt-pkg6.0 gpgv debian-archive-keyring >/dev/null 2>&1
@@ -168,12 +210,20 @@ grep -q '^root:[!*]' "$rootfs/etc/shadow" || bad+=("root has a password")
 for f in usr/sbin/sshd usr/bin/apt usr/bin/apt-get usr/bin/cc usr/bin/gcc usr/bin/c++ usr/bin/rustc usr/bin/clang usr/bin/as usr/bin/ld; do
     [[ ! -e "$rootfs/$f" ]] || bad+=("/$f is in the image")
 done
-[[ -L "$rootfs/etc/systemd/system/multi-user.target.wants/ringrelay.service" ]] || bad+=("ringrelay.service is not enabled")
+if [[ $variant == appliance ]]; then
+    [[ -L "$rootfs/etc/systemd/system/multi-user.target.wants/ringrelay.service" ]] || bad+=("ringrelay.service is not enabled")
+else
+    [[ ! -e "$rootfs/etc/systemd/system/multi-user.target.wants/ringrelay.service" ]] || bad+=("ringrelay.service is enabled on the NFS server")
+    [[ -L "$rootfs/etc/systemd/system/multi-user.target.wants/nfs-server.service" ]] || bad+=("nfs-server.service is not enabled")
+    for f in /etc/nfs.conf /etc/exports; do
+        cmp -s "$here/nfs-server/rootfs$f" "$rootfs$f" || bad+=("$f is not image/nfs-server/rootfs$f")
+    done
+fi
 if [[ ${#bad[@]} -gt 0 ]]; then
     printf 'image: FAIL: %s\n' "${bad[@]}" >&2
     exit 1
 fi
-step "checked: units as shipped, ringrelay.service enabled, no getty, no logind, root locked, no sshd, apt, cc, gcc, rustc, as, ld"
+step "checked ($variant): units as shipped, ringrelay.service $([[ $variant == appliance ]] && echo enabled || echo "not enabled, nfs-server enabled"), no getty, no logind, root locked, no sshd, apt, cc, gcc, rustc, as, ld"
 step "root file system customised ($(du -sm "$rootfs" | cut -f1) MiB)"
 
 # --- the disk --------------------------------------------------------------------------------
@@ -223,6 +273,7 @@ raw_b=$(stat -c %s "$raw")
 raw_alloc=$(($(stat -c %b "$raw") * $(stat -c %B "$raw")))
 q_b=$(stat -c %s "$out/ringrelay-appliance.qcow2")
 {
+    echo "variant: $variant"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+changes')"
     echo "build_seconds: $(elapsed)"
     echo "raw_bytes: $raw_b ($((raw_b / mib)) MiB; $((raw_alloc / mib)) MiB allocated)"
@@ -234,3 +285,4 @@ q_b=$(stat -c %s "$out/ringrelay-appliance.qcow2")
     echo "lock: $([[ -n "$drift" ]] && echo 'DRIFTED from image/packages.lock (see the build log)' || echo 'as image/packages.lock')"
 } >"$out/build-info.txt"
 sed 's/^/image: /' "$out/build-info.txt"
+bash "$here/stamp.sh" "$variant" >"$out/stamp"

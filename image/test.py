@@ -177,31 +177,38 @@ def record(kind, n, size):
 
 
 class Guest:
-    def __init__(self, name, accel, mem, data_disk, seed, direct, ports):
+    def __init__(self, name, accel, mem, data_disk, seed, direct, ports, out=None, extra=(), smp=2):
+        """`out`: the image build's OUTDIR (default: OUT); `extra`: more QEMU arguments (the
+        pair test's storage links and QMP socket); no data disk when `data_disk` is None, no
+        user-mode NIC when `ports` is empty."""
+        out = out or OUT
         self.name = name
         self.serial = os.path.join(WORK, f"serial-{name}.log")
         self.ports = ports
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in ports.items())
-        cmd = ["qemu-system-x86_64", "-m", str(mem), "-smp", "2", "-nodefaults", "-no-reboot",
+        cmd = ["qemu-system-x86_64", "-m", str(mem), "-smp", str(smp), "-nodefaults", "-no-reboot",
                "-display", "none", "-monitor", "none", "-serial", f"file:{self.serial}"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
         overlay = os.path.join(WORK, f"system-{name}.qcow2")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                        os.path.join(OUT, "ringrelay-appliance.qcow2"), overlay], check=True)
+                        os.path.join(out, "ringrelay-appliance.qcow2"), overlay], check=True)
         if direct:
-            cmdline = open(os.path.join(OUT, "cmdline")).read().strip()
-            cmd += ["-kernel", os.path.join(OUT, "vmlinuz"), "-initrd",
-                    os.path.join(OUT, "initrd.img"), "-append", cmdline]
+            cmdline = open(os.path.join(out, "cmdline")).read().strip()
+            cmd += ["-kernel", os.path.join(out, "vmlinuz"), "-initrd",
+                    os.path.join(out, "initrd.img"), "-append", cmdline]
         else:
             vars_ = os.path.join(WORK, f"vars-{name}.fd")
             shutil.copy(OVMF_VARS, vars_)
             cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
                     "-drive", f"if=pflash,format=raw,file={vars_}"]
         cmd += ["-drive", f"if=none,id=sys,file={overlay},format=qcow2",
-                "-device", "virtio-blk-pci,drive=sys",
-                "-drive", f"if=none,id=data,file={data_disk},format=raw,cache=writeback",
-                "-device", "virtio-blk-pci,drive=data,serial=ringrelay-data",
-                "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+                "-device", "virtio-blk-pci,drive=sys"]
+        if data_disk:
+            cmd += ["-drive", f"if=none,id=data,file={data_disk},format=raw,cache=writeback",
+                    "-device", "virtio-blk-pci,drive=data,serial=ringrelay-data"]
+        if ports:
+            cmd += ["-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+        cmd += list(extra)
         if seed and seed.endswith(".iso"):  # an ISO seed as a CD-ROM, as hypervisors attach them
             cmd += ["-drive", f"if=none,id=seed,file={seed},format=raw,media=cdrom,readonly=on",
                     "-device", "ide-cd,drive=seed,bus=ide.1"]
