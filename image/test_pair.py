@@ -181,7 +181,7 @@ def lease_supported():
     cfg = os.path.join(d, "c.toml")
     with open(cfg, "w") as f:
         f.write(f'[relay]\ndata_dir = "{d}"\nlease = "{LEASE}s"\n\n[[feed]]\nname = "x"\n'
-                f'input = {{ kind = "tcp", listen = "127.0.0.1:0" }}\nbuffer = {{ size = "1MiB" }}\n\n'
+                f'input = {{ kind = "tcp", listen = "127.0.0.1:0" }}\nbuffer = {{ size = "8MiB" }}\n\n'
                 f'[[feed.output]]\nname = "o"\nkind = "tcp"\naddress = "127.0.0.1:9"\n')
     r = subprocess.run([BIN, "check", "--config", cfg], capture_output=True, text=True)
     out = (r.stdout + r.stderr).strip()
