@@ -298,15 +298,8 @@ fn stored_capacity(path: &Path) -> Option<u64> {
 /// `ringrelay check --config FILE`: the file's errors, warnings, and what only this machine can
 /// tell ([`preflight`]); exit 2 on any error.
 pub fn check(path: &Path) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!("{}: {} error(s)", path.display(), errors.len());
-            return ExitCode::from(2);
-        }
+    let Some(cfg) = Config::load_or_report(path) else {
+        return ExitCode::from(2);
     };
     for w in &cfg.warnings {
         println!(

@@ -176,15 +176,8 @@ fn default_budget(feeds: u64) -> Option<Budget> {
 /// `ringrelay size --config FILE`: each feed's ring and disk, and the relay's own memory by
 /// line. Exit 0, or 2 for a configuration with errors.
 pub fn run_config(path: &Path) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!("{}: {} error(s)", path.display(), errors.len());
-            return ExitCode::from(2);
-        }
+    let Some(cfg) = Config::load_or_report(path) else {
+        return ExitCode::from(2);
     };
     println!(
         "sizing for {} ({} feed(s))",

@@ -102,6 +102,21 @@ pub const MAX_FEEDS: usize = 64;
 pub const MAX_OUTPUTS: usize = 8;
 
 impl Config {
+    /// [`Config::load`] for a command that only reports: each error on stderr, one line each,
+    /// then their count; `None` when there were any.
+    pub fn load_or_report(path: &Path) -> Option<Config> {
+        match Config::load(path) {
+            Ok(cfg) => Some(cfg),
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("{}: {} error(s)", path.display(), errors.len());
+                None
+            }
+        }
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         match std::fs::read_to_string(path) {
