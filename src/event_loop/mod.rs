@@ -222,6 +222,45 @@ fn blocked_signals() -> SigSet {
     set
 }
 
+/// The event loop's poll, and the signalfd registered on it: signals arrive as readable
+/// events, never in a handler.
+fn poll_with_signals() -> Result<(Poll, SignalFd), String> {
+    let mask = blocked_signals();
+    mask.thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))?;
+    let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )
+        .map_err(|e| format!("register signalfd: {e}"))?;
+    Ok((poll, signals))
+}
+
+/// This host's heartbeat file in `data_dir` (the lease keeper's, [`crate::ha::keeper`]): one
+/// per host, its name from the host name with anything but `[A-Za-z0-9._-]` made `_`.
+fn heartbeat_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    data_dir.join(format!(".heartbeat-{host}"))
+}
+
 impl Relay {
     /// Sets up signals, the admin endpoint and the lock; then, holding the lock, opens every
     /// ring (recovering it), binds every listener and sets up outputs ([`Relay::activate`]);
@@ -231,20 +270,7 @@ impl Relay {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| format!("create data_dir {}: {e}", data_dir.display()))?;
         let mut lock = LockFile::open(&cfg.relay.lock_file).map_err(|e| e.to_string())?;
-        // Signals arrive as readable events on a signalfd, never in a handler.
-        let mask = blocked_signals();
-        mask.thread_block()
-            .map_err(|e| format!("block signals: {e}"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| format!("signalfd: {e}"))?;
-        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
-        poll.registry()
-            .register(
-                &mut SourceFd(&signals.as_raw_fd()),
-                SIGNALS,
-                Interest::READABLE,
-            )
-            .map_err(|e| format!("register signalfd: {e}"))?;
+        let (poll, signals) = poll_with_signals()?;
         let now = clock::now();
         let mut inputs = Inputs::new(
             poll.registry()
@@ -272,21 +298,7 @@ impl Relay {
             .or(on_nfs.then_some(crate::config::DEFAULT_NFS_LEASE));
         let mut ha = Ha::new(cfg.relay.standby_poll, &cfg.relay.lock_file, now);
         ha.set_lease(lease);
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default();
-        let host: String = host
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let heartbeat_path = data_dir.join(format!(".heartbeat-{host}"));
+        let heartbeat_path = heartbeat_path(data_dir);
         let notify = Notifier::from_env();
         let next_watchdog = notify
             .as_ref()
