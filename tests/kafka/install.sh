@@ -45,6 +45,6 @@ if [[ ! -f "$stamp" ]]; then
         --target "$py" "confluent-kafka==$confluent_version"
     touch "$stamp"
 fi
-PYTHONPATH="$py" python3 -c 'import confluent_kafka as c; print("kafka: verifier confluent-kafka", c.version()[0], "librdkafka", c.libversion()[0])'
+PYTHONPATH="$py" python3 -c 'import confluent_kafka as c; print("kafka: verifier confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'
 "$dest/tansu" --version 2>/dev/null | head -1 || true
 echo "kafka: installed in $dest"
