@@ -1,0 +1,564 @@
+//! The Kafka output (issue 20) against a real Kafka-protocol broker on loopback, with the real
+//! binary: tansu 0.6.0 with sqlite storage, started and killed by the tests, and what reached
+//! the topic read back by an independent client, confluent-kafka (librdkafka), not by our own
+//! decoder. Both are installed by `tests/kafka/install.sh` (the tests run it themselves when a
+//! piece is missing). Clean runs with and without gzip, a broker SIGKILLed mid-stream, a relay
+//! SIGKILLed mid-batch, a topic that does not exist yet, a broker that is down at start.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafkakit;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafkakit::*;
+
+const LEN: usize = 100;
+const TOPIC: &str = "ringrelay";
+
+/// Prints, once per run, what the tests ran against.
+fn banner(broker: &Broker) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "kafka: tested against {}, verified by {}",
+            broker.version(),
+            verifier_version()
+        );
+    });
+}
+
+/// The output's settings; each test changes what it is about.
+struct Out<'a> {
+    topic: &'a str,
+    compression: &'a str,
+    max_batch_bytes: &'a str,
+}
+
+impl Default for Out<'_> {
+    fn default() -> Self {
+        Out {
+            topic: TOPIC,
+            compression: "none",
+            max_batch_bytes: "64KiB",
+        }
+    }
+}
+
+/// A config with one feed `f` (tcp input) and one kafka output `kafka` to `broker`; admin on
+/// an ephemeral port.
+fn relay_config(dir: &Path, broker: SocketAddr, out: &Out) -> PathBuf {
+    let text = format!(
+        r#"[relay]
+data_dir = "{data}"
+admin_listen = "127.0.0.1:0"
+
+[[feed]]
+name = "f"
+input = {{ kind = "tcp", listen = "127.0.0.1:0" }}
+buffer = {{ size = "128MiB" }}
+
+[[feed.output]]
+name = "kafka"
+kind = "kafka"
+brokers = ["{broker}"]
+topic = "{topic}"
+compression = "{compression}"
+key = "none"
+max_batch_bytes = "{max_batch_bytes}"
+max_batch_age = "100ms"
+request_timeout = "10s"
+alert_after = "2s"
+"#,
+        data = dir.join("data").display(),
+        topic = out.topic,
+        compression = out.compression,
+        max_batch_bytes = out.max_batch_bytes,
+    );
+    let p = dir.join("ringrelay.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+/// A metric of output `kafka` of feed `f`, if /metrics has it.
+fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    metrics(admin)
+        .get(&format!("{name}{{feed=\"f\",output=\"kafka\"}}"))
+        .copied()
+}
+
+fn lag(admin: SocketAddr) -> Option<f64> {
+    metric(admin, "ringrelay_output_lag_records")
+}
+
+fn delivered(admin: SocketAddr) -> f64 {
+    metric(admin, "ringrelay_output_records_delivered_total").unwrap_or(0.0)
+}
+
+/// Waits (bounded) until the output has nothing left to deliver: records sent with
+/// `send_records` are in the ring once it returns, so a lag of 0 means the relay holds them
+/// all acknowledged by the broker. The topic is then read to check that.
+fn wait_caught_up(relay: &RelayProc, admin: SocketAddr, limit: Duration) {
+    let ok = wait_until(limit, || lag(admin) == Some(0.0));
+    assert!(
+        ok,
+        "lag did not reach 0 within {limit:?} (lag {:?}); log:\n{}",
+        lag(admin),
+        relay.log_text()
+    );
+}
+
+/// What the verifier read, by record number and by partition.
+struct Read {
+    /// Copies of each record number.
+    counts: HashMap<u64, u32>,
+    /// Per partition, `(offset, record number)` in offset order.
+    partitions: BTreeMap<i32, Vec<(i64, u64)>>,
+    total: usize,
+}
+
+impl Read {
+    fn of(records: &[(i32, i64, Vec<u8>)]) -> Read {
+        let mut r = Read {
+            counts: HashMap::new(),
+            partitions: BTreeMap::new(),
+            total: records.len(),
+        };
+        for (p, off, value) in records {
+            let n = record_number(value).unwrap_or_else(|| {
+                panic!(
+                    "partition {p} offset {off}: not an intact record: {:?}",
+                    String::from_utf8_lossy(value)
+                )
+            });
+            *r.counts.entry(n).or_default() += 1;
+            r.partitions.entry(*p).or_default().push((*off, n));
+        }
+        for recs in r.partitions.values_mut() {
+            recs.sort_unstable();
+        }
+        r
+    }
+
+    /// `partition:records` for each partition.
+    fn spread(&self) -> String {
+        let v: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|(p, r)| format!("{p}:{}", r.len()))
+            .collect();
+        v.join(" ")
+    }
+
+    /// Records `0..n` each exactly once and nothing else.
+    fn assert_exactly_once(&self, n: u64) {
+        let missing: Vec<u64> = (0..n).filter(|i| !self.counts.contains_key(i)).collect();
+        let twice: Vec<(u64, u32)> = {
+            let mut v: Vec<(u64, u32)> = self
+                .counts
+                .iter()
+                .filter(|(_, &c)| c > 1)
+                .map(|(&k, &c)| (k, c))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let extra: Vec<u64> = self.counts.keys().filter(|&&k| k >= n).copied().collect();
+        assert!(
+            missing.is_empty() && twice.is_empty() && extra.is_empty(),
+            "{} missing (first {:?}), {} duplicated (first {:?}), {} unexpected (first {:?})",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            twice.len(),
+            &twice[..twice.len().min(10)],
+            extra.len(),
+            &extra[..extra.len().min(10)]
+        );
+        assert_eq!(self.total as u64, n);
+    }
+
+    /// Within each partition the record numbers increase with the offset (ring order).
+    fn assert_ring_order(&self) {
+        for (p, recs) in &self.partitions {
+            if let Some(w) = recs.windows(2).find(|w| w[1].1 <= w[0].1) {
+                panic!(
+                    "partition {p}: record {} at offset {} follows record {} at offset {}",
+                    w[1].1, w[1].0, w[0].1, w[0].0
+                );
+            }
+        }
+    }
+}
+
+/// The `producer_id=` of each `event=kafka_producer` line of `relay`.
+fn producer_ids(relay: &RelayProc) -> Vec<String> {
+    relay
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("event=kafka_producer"))
+        .map(|l| field(l, "producer_id"))
+        .collect()
+}
+
+/// The harness itself, before any relay: what confluent-kafka produces to tansu, the verifier
+/// reads back, per partition in order; it is still there after a SIGKILL and a restart on the
+/// same sqlite file; and a topic that does not exist is an error, not an empty read.
+#[test]
+fn the_verifier_reads_back_what_confluent_kafka_produced_also_after_a_broker_restart() {
+    let mut broker = Broker::start();
+    banner(&broker);
+    broker.create_topic("harness", 3);
+    let n = 3000u64;
+    let values: Vec<Vec<u8>> = (0..n).map(|i| record(i, LEN)).collect();
+    let t = Instant::now();
+    produce(broker.addr(), "harness", &values, &[0, 1, 2]);
+    let produced = t.elapsed();
+    let t = Instant::now();
+    let read = Read::of(&consume(broker.addr(), "harness"));
+    eprintln!(
+        "harness: {n} records produced in {produced:?}, read back in {:?}; partitions {}",
+        t.elapsed(),
+        read.spread()
+    );
+    read.assert_exactly_once(n);
+    read.assert_ring_order();
+    for (p, recs) in &read.partitions {
+        assert_eq!(recs.len() as u64, n / 3, "partition {p}");
+        assert!(
+            recs.iter().all(|&(_, i)| i % 3 == *p as u64),
+            "partition {p}"
+        );
+        let offsets: Vec<i64> = recs.iter().map(|&(o, _)| o).collect();
+        assert_eq!(
+            offsets,
+            (0..(n / 3) as i64).collect::<Vec<_>>(),
+            "partition {p}"
+        );
+    }
+
+    let t = Instant::now();
+    broker.restart();
+    eprintln!("harness: tansu restarted (SIGKILL) in {:?}", t.elapsed());
+    assert_eq!(broker.starts, 2);
+    let again = Read::of(&consume(broker.addr(), "harness"));
+    again.assert_exactly_once(n);
+    assert_eq!(again.partitions, read.partitions);
+
+    let absent = try_consume(broker.addr(), "absent", Duration::from_secs(10));
+    assert!(absent.is_err(), "a topic never created read as {absent:?}");
+    eprintln!(
+        "harness: reading a topic never created: {}",
+        absent.unwrap_err()
+    );
+}
+
+fn clean_run(compression: &str) {
+    const N: u64 = 20_000;
+    let broker = Broker::start();
+    banner(&broker);
+    broker.create_topic(TOPIC, 3);
+    let dir = TempDir::new(&format!("kafka-clean-{compression}"));
+    let cfg = relay_config(
+        dir.path(),
+        broker.addr(),
+        &Out {
+            compression,
+            ..Out::default()
+        },
+    );
+    let mut relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let t = Instant::now();
+    send_records(relay.addr("f"), 0..N, LEN);
+    wait_caught_up(&relay, admin, Duration::from_secs(60));
+    let took = t.elapsed();
+    let read = Read::of(&consume(broker.addr(), TOPIC));
+    let sent = metric(admin, "ringrelay_output_bytes_sent_total").unwrap_or(0.0);
+    eprintln!(
+        "clean run, compression {compression}: {N} records delivered in {took:?}; partitions {}; \
+         {sent} bytes sent; producer ids {:?}",
+        read.spread(),
+        producer_ids(&relay)
+    );
+    read.assert_exactly_once(N);
+    read.assert_ring_order();
+    assert!(
+        read.partitions.len() > 1,
+        "key = \"none\" is a sticky partitioner over the 3 partitions, but only {} was used",
+        read.spread()
+    );
+    assert_eq!(delivered(admin), N as f64);
+    assert!(relay.log_has("event=output_connected") && relay.log_has("output=kafka"));
+    assert_eq!(producer_ids(&relay).len(), 1, "{}", relay.log_text());
+    // The records are 100 bytes of a repeating pattern: gzip shrinks them many times over.
+    let raw = (N as usize * LEN) as f64;
+    match compression {
+        "gzip" => assert!(sent < raw / 3.0, "gzip: {sent} bytes sent for {raw}"),
+        _ => assert!(sent > raw, "none: {sent} bytes sent for {raw}"),
+    }
+    assert!(!relay.log_has("event=output_down"), "{}", relay.log_text());
+    let (code, _) = relay.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_clean_run_delivers_every_record_exactly_once_in_order_per_partition() {
+    clean_run("none");
+}
+
+#[test]
+fn a_clean_run_with_gzip_delivers_every_record_exactly_once_in_order_per_partition() {
+    clean_run("gzip");
+}
+
+#[test]
+fn a_broker_restarted_mid_stream_loses_nothing_and_duplicates_nothing() {
+    const N: u64 = 100_000;
+    let mut broker = Broker::start();
+    banner(&broker);
+    broker.create_topic(TOPIC, 3);
+    let dir = TempDir::new("kafka-broker-restart");
+    let cfg = relay_config(
+        dir.path(),
+        broker.addr(),
+        &Out {
+            max_batch_bytes: "16KiB",
+            ..Out::default()
+        },
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let input = relay.addr("f");
+    let sender = thread::spawn(move || send_records(input, 0..N, LEN));
+    // Mid-stream: some delivered, more to go.
+    let started = wait_until(Duration::from_secs(30), || delivered(admin) >= 2000.0);
+    assert!(started, "no delivery; log:\n{}", relay.log_text());
+    broker.kill();
+    let at_kill = delivered(admin);
+    eprintln!("broker restart: tansu SIGKILLed with {at_kill} records delivered");
+    assert!(
+        at_kill < N as f64,
+        "everything was delivered before the broker was killed: not mid-stream"
+    );
+    let down = relay.wait_log("event=output_down", Duration::from_secs(15));
+    assert!(down, "no output_down; log:\n{}", relay.log_text());
+    // The outage itself: a second without the broker.
+    thread::sleep(Duration::from_secs(1));
+    broker.start_again();
+    sender.join().expect("sender");
+    wait_caught_up(&relay, admin, Duration::from_secs(90));
+    let read = Read::of(&consume(broker.addr(), TOPIC));
+    eprintln!(
+        "broker restart: {} records read; partitions {}; producer ids {:?}",
+        read.total,
+        read.spread(),
+        producer_ids(&relay)
+    );
+    read.assert_exactly_once(N);
+    read.assert_ring_order();
+    assert!(relay.log_has("event=output_connected"));
+}
+
+#[test]
+fn a_relay_killed_mid_batch_resends_from_its_cursor_with_duplicates_bounded_by_one_batch() {
+    const N: u64 = 100_000;
+    const MAX_BATCH: usize = 16 << 10;
+    let broker = Broker::start();
+    banner(&broker);
+    broker.create_topic(TOPIC, 3);
+    let dir = TempDir::new("kafka-relay-kill");
+    let cfg = relay_config(
+        dir.path(),
+        broker.addr(),
+        &Out {
+            max_batch_bytes: "16KiB",
+            ..Out::default()
+        },
+    );
+    let mut relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let input = relay.addr("f");
+    // Everything into the ring first (the ring survives a SIGKILL; a record the input had
+    // not taken would not), delivery going on meanwhile.
+    send_records(input, 0..N, LEN);
+    let mut at_kill = 0.0;
+    let mid = wait_until(Duration::from_secs(30), || {
+        at_kill = delivered(admin);
+        at_kill >= 2000.0
+    });
+    assert!(mid, "no delivery; log:\n{}", relay.log_text());
+    relay.kill9();
+    let first_pids = producer_ids(&relay);
+    assert!(
+        at_kill < N as f64,
+        "everything was delivered before the relay was killed: not mid-batch"
+    );
+    // What the topic holds at the kill: the originals.
+    let before = consume(broker.addr(), TOPIC);
+    let mut high: HashMap<i32, i64> = HashMap::new();
+    for (p, off, _) in &before {
+        let h = high.entry(*p).or_default();
+        *h = (*h).max(off + 1);
+    }
+    let originals = Read::of(&before);
+    eprintln!(
+        "relay kill: SIGKILL with {at_kill} delivered by its count; {} in the topic ({})",
+        originals.total,
+        originals.spread()
+    );
+    originals.assert_ring_order();
+
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    wait_caught_up(&relay, admin, Duration::from_secs(90));
+    let all = consume(broker.addr(), TOPIC);
+    let read = Read::of(&all);
+    let missing = (0..N).filter(|i| !read.counts.contains_key(i)).count();
+    let duplicates: u64 = read.counts.values().map(|&c| u64::from(c) - 1).sum();
+    let bound = (MAX_BATCH / LEN + 1) as u64;
+    let second_pids = producer_ids(&relay);
+    eprintln!(
+        "relay kill: {} records read ({}), {missing} missing, {duplicates} duplicates \
+         (bound: one batch of {MAX_BATCH} bytes = {bound} records); producer ids {first_pids:?} \
+         then {second_pids:?}",
+        read.total,
+        read.spread()
+    );
+    assert_eq!(missing, 0, "records lost across the relay's SIGKILL");
+    assert!(read.counts.keys().all(|&k| k < N));
+    assert!(
+        read.counts.values().all(|&c| c <= 2),
+        "a record three times"
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates, more than one batch ({bound} records)"
+    );
+    // The second copies came from the restarted relay: each duplicate has one copy below the
+    // high watermark of its partition at the kill and one above.
+    let mut copies: HashMap<u64, (u32, u32)> = HashMap::new();
+    for (p, off, v) in &all {
+        let n = record_number(v).unwrap();
+        let old = *off < high.get(p).copied().unwrap_or(0);
+        let e = copies.entry(n).or_default();
+        if old {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    for (n, (old, new)) in &copies {
+        assert!(
+            *old <= 1 && *new <= 1,
+            "record {n}: {old} old, {new} new copies"
+        );
+    }
+    // Within each partition, the records the restarted relay appended are in ring order too.
+    for (p, recs) in &read.partitions {
+        let h = high.get(p).copied().unwrap_or(0);
+        let after: Vec<u64> = recs.iter().filter(|r| r.0 >= h).map(|r| r.1).collect();
+        assert!(
+            after.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: the resent records are not in ring order"
+        );
+    }
+    assert!(
+        !second_pids.is_empty() && second_pids.iter().all(|p| !first_pids.contains(p)),
+        "the restarted relay should produce under a new producer id: {first_pids:?} then {second_pids:?}"
+    );
+}
+
+#[test]
+fn an_unknown_topic_is_an_output_down_with_an_alert_and_delivery_resumes_once_it_exists() {
+    const N: u64 = 2000;
+    const ABSENT: &str = "not-yet";
+    let broker = Broker::start();
+    banner(&broker);
+    let dir = TempDir::new("kafka-unknown-topic");
+    let cfg = relay_config(
+        dir.path(),
+        broker.addr(),
+        &Out {
+            topic: ABSENT,
+            ..Out::default()
+        },
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    send_records(relay.addr("f"), 0..N, LEN);
+    let down = relay.wait_log("event=output_down", Duration::from_secs(15));
+    assert!(down, "no output_down; log:\n{}", relay.log_text());
+    let log = relay.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=output_down"))
+        .unwrap();
+    eprintln!("unknown topic: {line}");
+    assert!(line.contains("output=kafka"), "{line}");
+    assert!(
+        line.contains(ABSENT),
+        "the error does not name the topic: {line}"
+    );
+    let alerted = relay.wait_log("event=output_down_alert", Duration::from_secs(10));
+    assert!(
+        alerted,
+        "no alert after alert_after; log:\n{}",
+        relay.log_text()
+    );
+    // The relay's Metadata requests did not create it (tansu would, if asked to).
+    let absent = try_consume(broker.addr(), ABSENT, Duration::from_secs(10));
+    assert!(absent.is_err(), "the topic exists: {absent:?}");
+    assert_eq!(lag(admin), Some(N as f64));
+    assert!(!dir.path().join("data/f.kafka.deadletter").exists());
+
+    broker.create_topic(ABSENT, 3);
+    let t = Instant::now();
+    wait_caught_up(&relay, admin, Duration::from_secs(60));
+    eprintln!(
+        "unknown topic: delivered {:?} after the topic was created",
+        t.elapsed()
+    );
+    let read = Read::of(&consume(broker.addr(), ABSENT));
+    read.assert_exactly_once(N);
+    read.assert_ring_order();
+    assert!(relay.wait_log("event=output_recovered", Duration::from_secs(10)));
+    assert!(!dir.path().join("data/f.kafka.deadletter").exists());
+    assert_eq!(
+        metric(admin, "ringrelay_output_records_dead_lettered_total"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_broker_that_is_down_at_start_is_waited_for() {
+    const N: u64 = 5000;
+    let mut broker = Broker::start();
+    banner(&broker);
+    broker.create_topic(TOPIC, 3);
+    broker.kill();
+    let dir = TempDir::new("kafka-down-at-start");
+    let cfg = relay_config(dir.path(), broker.addr(), &Out::default());
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    send_records(relay.addr("f"), 0..N, LEN);
+    let down = relay.wait_log("event=output_down", Duration::from_secs(15));
+    assert!(down, "no output_down; log:\n{}", relay.log_text());
+    assert_eq!(lag(admin), Some(N as f64), "the records wait in the ring");
+    broker.start_again();
+    let t = Instant::now();
+    wait_caught_up(&relay, admin, Duration::from_secs(60));
+    eprintln!(
+        "down at start: delivered {:?} after the broker started",
+        t.elapsed()
+    );
+    let read = Read::of(&consume(broker.addr(), TOPIC));
+    read.assert_exactly_once(N);
+    read.assert_ring_order();
+    assert!(relay.log_has("event=output_connected"));
+}
