@@ -81,6 +81,7 @@ use crate::alert::{Alert, AlertKind, Value};
 mod connect;
 mod file;
 pub mod http;
+pub mod kafka;
 pub mod link;
 mod losses;
 pub mod syslog;
