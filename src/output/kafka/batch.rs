@@ -748,14 +748,14 @@ mod tests {
     #[test]
     fn a_record_larger_than_max_batch_bytes_grows_the_buffers_and_still_encodes() {
         let mut writer = BatchWriter::new(256);
-        let big = In {
+        let big = [In {
             key: None,
             value: vec![7; 10_000],
             timestamp: 3,
-        };
+        }];
         for compression in [Compression::None, Compression::Gzip] {
-            let batch = encode(&mut writer, Producer::NONE, compression, &[big.clone()]);
-            check_strictly(&batch, compression, &[big.clone()]);
+            let batch = encode(&mut writer, Producer::NONE, compression, &big);
+            check_strictly(&batch, compression, &big);
         }
     }
 
