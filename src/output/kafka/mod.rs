@@ -2,3 +2,4 @@
 #![allow(dead_code)]
 pub mod batch;
 pub mod partition;
+pub mod sasl;
