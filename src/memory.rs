@@ -215,10 +215,11 @@ pub fn budget(cfg: &Config) -> Budget {
                 .http
                 .as_ref()
                 .map_or(0, |h| GUNZIP_STATE as usize + h.max_decoded_bytes + 1);
-            let gzip = f
-                .outputs
-                .iter()
-                .any(|o| matches!(&o.kind, OutputKind::Http(h) if h.gzip));
+            let gzip = f.outputs.iter().any(|o| match &o.kind {
+                OutputKind::Http(h) => h.gzip,
+                OutputKind::Kafka(k) => k.compression == crate::config::KafkaCompression::Gzip,
+                _ => false,
+            });
             gunzip.max(if gzip { GZIP_STATE as usize } else { 0 })
         })
         .max()
@@ -316,6 +317,25 @@ fn output_budget(f: &FeedConfig, o: &OutputConfig) -> OutputBudget {
                     * size_of::<crate::output::http::acks::Pending>(),
             ));
             if let Some(t) = &h.tls {
+                lines.push(line("TLS configuration", client(&t.files)));
+                lines.push(line(
+                    "TLS session (rustls)",
+                    size_of::<rustls::ClientConnection>() + rustls_session(RUSTLS_SEND as usize),
+                ));
+            }
+        }
+        OutputKind::Kafka(k) => {
+            use crate::output::kafka;
+            lines.push(line("Kafka record batch", kafka::batch_bytes(k)));
+            lines.push(line("Kafka request", kafka::request_bytes(k)));
+            lines.push(line("Kafka response frame", kafka::response_bytes()));
+            // The largest Metadata answer's decoded brokers and partitions, and the producer's
+            // sequence table.
+            lines.push(line(
+                "Kafka cluster state",
+                kafka::cluster::MAX_NODES * 96 + kafka::cluster::MAX_PARTITIONS * 12,
+            ));
+            if let Some(t) = &k.tls {
                 lines.push(line("TLS configuration", client(&t.files)));
                 lines.push(line(
                     "TLS session (rustls)",

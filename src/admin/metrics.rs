@@ -544,18 +544,38 @@ fn output_http_requests(m: &mut Family<'_>, feeds: &[Feed]) {
 }
 
 type HttpValue = fn(&Output) -> Option<u64>;
-const HTTP_FAMILIES: [(&str, &str, &str, HttpValue); 3] = [
+const HTTP_FAMILIES: [(&str, &str, &str, HttpValue); 5] = [
     (
         "ringrelay_output_records_dead_lettered_total",
         "counter",
-        "Records an HTTP receiver refused alone with a 4xx, written to the dead-letter file and skipped.",
-        |o| o.http_stats().map(|h| h.dead_lettered),
+        "Records an HTTP receiver (4xx) or a Kafka broker (too large, invalid) refused alone, written to the dead-letter file and skipped.",
+        |o| {
+            o.http_stats()
+                .map(|h| h.dead_lettered)
+                .or(o.kafka_stats().map(|k| k.dead_lettered))
+        },
     ),
     (
         "ringrelay_output_batches_retried_total",
         "counter",
-        "HTTP batches sent again: after 429/5xx, a timeout or connection error, a split (413 or other 4xx), or an ack timeout.",
-        |o| o.http_stats().map(|h| h.batches_retried),
+        "HTTP or Kafka batches sent again: after a retryable answer (429/5xx, a moved leader), a timeout or connection error, a split, an ack timeout or a new producer id.",
+        |o| {
+            o.http_stats()
+                .map(|h| h.batches_retried)
+                .or(o.kafka_stats().map(|k| k.batches_retried))
+        },
+    ),
+    (
+        "ringrelay_output_kafka_producer_resets_total",
+        "counter",
+        "New producer ids a Kafka output took after its first, because the broker lost or refused the producer's state; a batch appended but unanswered before one may be duplicated.",
+        |o| o.kafka_stats().map(|k| k.producer_resets),
+    ),
+    (
+        "ringrelay_output_kafka_duplicates_dropped_total",
+        "counter",
+        "Batches a Kafka output sent again that the broker already had (DUPLICATE_SEQUENCE_NUMBER): dropped by the idempotent producer, not duplicated.",
+        |o| o.kafka_stats().map(|k| k.duplicates_dropped),
     ),
     (
         "ringrelay_output_acks_pending",

@@ -16,6 +16,7 @@
 mod feed;
 mod http_output;
 mod input;
+mod kafka_output;
 mod names;
 mod output;
 mod relay;
@@ -36,6 +37,10 @@ use toml::Spanned;
 pub use feed::{FeedConfig, Framing, Oversize};
 pub use http_output::{default_channel, parse_http_url, BodyFormat, HttpOutput, HttpUrl, Preset};
 pub use input::{HttpInputConfig, InputConfig, InputKind};
+pub use kafka_output::{
+    KafkaCompression, KafkaKey, KafkaOutput, Sasl, SaslMechanism,
+    MAX_BATCH_BYTES as KAFKA_MAX_BATCH_BYTES,
+};
 pub use names::{FEED_NAME_MAX, NAME_MAX, OUTPUT_NAME_MAX};
 pub use output::{
     FileOutput, Format, OutFraming, OutputConfig, OutputKind, SyslogConfig, TcpOutput, TlsOutput,
@@ -186,10 +191,14 @@ fn build(root: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<Config> {
     let relay = relay?;
     for feed in &mut feeds {
         for out in &mut feed.outputs {
-            if let OutputKind::Http(h) = &mut out.kind {
-                if h.channel.is_empty() {
+            match &mut out.kind {
+                OutputKind::Http(h) if h.channel.is_empty() => {
                     h.channel = default_channel(&relay.instance, &feed.name, &out.name);
                 }
+                OutputKind::Kafka(k) if k.client_id.is_empty() => {
+                    k.client_id = format!("ringrelay-{}", relay.instance);
+                }
+                _ => {}
             }
         }
     }

@@ -8,6 +8,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::http_output::{http_output, HttpOutput, HTTP_KEYS};
+use super::kafka_output::{kafka_output, KafkaOutput, KAFKA_KEYS};
 use super::names::output_name;
 use super::table::{type_name, Ctx, Tbl};
 use super::tls::{tls_client, TlsClient};
@@ -44,6 +45,8 @@ pub enum OutputKind {
     File(FileOutput),
     /// An HTTP receiver (Splunk HEC, Panther, Sekoia, any HTTP endpoint), in batches.
     Http(Box<HttpOutput>),
+    /// A Kafka topic (or a Kafka-compatible service), through the idempotent producer.
+    Kafka(Box<KafkaOutput>),
 }
 
 /// A TCP output.
@@ -107,8 +110,23 @@ const COMMON_KEYS: [&str; 13] = [
     "syslog_sd",
 ];
 
+/// Keys every output of kind `http` or `kafka` has: they batch records as they are, without
+/// framing or a syslog header.
+const BATCH_COMMON_KEYS: [&str; 6] = [
+    "name",
+    "kind",
+    "replay",
+    "rate_limit_eps",
+    "alert_after",
+    "settle",
+];
+
 pub(super) fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputConfig> {
-    let (kind, kind_span) = t.req_str("kind", "\"tcp\", \"tls\", \"file\" or \"http\"", cx)?;
+    let (kind, kind_span) = t.req_str(
+        "kind",
+        "\"tcp\", \"tls\", \"file\", \"http\" or \"kafka\"",
+        cx,
+    )?;
     let framing_choices = [
         ("newline", OutFraming::Newline),
         ("octet", OutFraming::Octet),
@@ -122,24 +140,25 @@ pub(super) fn output_config(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<OutputC
         "file" => (file_kind(t, framing, cx), Duration::ZERO),
         "http" => {
             // No framing and no syslog header: records go into request bodies as they are.
-            let common_http = [
-                "name",
-                "kind",
-                "replay",
-                "rate_limit_eps",
-                "alert_after",
-                "settle",
-            ];
-            t.check_keys(&[&common_http[..], HTTP_KEYS].concat(), cx);
+            t.check_keys(&[&BATCH_COMMON_KEYS[..], HTTP_KEYS].concat(), cx);
             (
                 http_output(t, cx).map(|h| OutputKind::Http(Box::new(h))),
+                Duration::ZERO,
+            )
+        }
+        "kafka" => {
+            // Records go into record batches as they are: no framing, no syslog header; the
+            // broker acknowledges, so no replay window by default.
+            t.check_keys(&[&BATCH_COMMON_KEYS[..], KAFKA_KEYS].concat(), cx);
+            (
+                kafka_output(t, cx).map(|k| OutputKind::Kafka(Box::new(k))),
                 Duration::ZERO,
             )
         }
         k => {
             cx.err(
                 kind_span,
-                format!("output kind {k:?} is unknown (supported: tcp, tls, file, http)"),
+                format!("output kind {k:?} is unknown (supported: tcp, tls, file, http, kafka)"),
             );
             return None;
         }

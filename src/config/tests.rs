@@ -390,3 +390,83 @@ fn the_example_configs_are_valid() {
         }
     }
 }
+
+fn kafka_output_of(extra: &str) -> Result<Config, Vec<ConfigError>> {
+    let text = GOOD.replace(
+        "[[feed.output]]\nname = \"archive\"",
+        &format!("[[feed.output]]\nname = \"bus\"\nkind = \"kafka\"\n{extra}\n\n[[feed.output]]\nname = \"archive\""),
+    );
+    parse(&text)
+}
+
+fn kafka_errors(extra: &str) -> String {
+    match kafka_output_of(extra) {
+        Ok(_) => String::new(),
+        Err(errors) => errors
+            .iter()
+            .map(|e| e.msg.clone())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+#[test]
+fn kafka_outputs_take_their_defaults() {
+    let c = kafka_output_of("brokers = [\"k1:9092\", \"k2:9092\"]\ntopic = \"zpa.user-activity\"")
+        .unwrap();
+    let o = &c.feeds[1].outputs[0];
+    assert_eq!(o.replay, Duration::ZERO);
+    let OutputKind::Kafka(k) = &o.kind else {
+        panic!("kafka")
+    };
+    assert_eq!(k.brokers, ["k1:9092", "k2:9092"]);
+    assert_eq!(k.topic, "zpa.user-activity");
+    assert_eq!(k.key, KafkaKey::None);
+    assert_eq!(k.compression, KafkaCompression::None);
+    assert_eq!(k.max_batch_bytes, 512 << 10);
+    assert_eq!(k.max_batch_age, Duration::from_secs(1));
+    assert_eq!(k.request_timeout, Duration::from_secs(30));
+    assert_eq!(k.client_id, "ringrelay-ringrelay");
+    assert!(k.tls.is_none() && k.sasl.is_none());
+}
+
+#[test]
+fn kafka_settings_that_cannot_work_are_refused_with_the_reason() {
+    let base = "brokers = [\"k1:9092\"]\ntopic = \"t\"";
+    for (extra, want) in [
+        ("brokers = []\ntopic = \"t\"", "1 to 16 bootstrap brokers"),
+        (
+            "brokers = [\"k1\"]\ntopic = \"t\"",
+            "\"k1\": expected \"host:port\"",
+        ),
+        (
+            "brokers = [\"k:1\"]\ntopic = \"a b\"",
+            "not allowed in a topic name",
+        ),
+        ("brokers = [\"k:1\"]", "needs \"topic\""),
+        ("compression = \"zstd\"", "C libraries"),
+        ("compression = \"lz4\"", "C libraries"),
+        ("acks = \"1\"", "only \"all\""),
+        ("max_batch_bytes = \"2MiB\"", "out of range"),
+        ("key = \"field\"", "expected one of none | feed"),
+        ("ca = \"/x.pem\"", "ca is for tls = true"),
+        ("framing = \"octet\"", "unknown key \"framing\""),
+        (
+            "sasl = { mechanism = \"gssapi\", username = \"u\", password = \"p\" }",
+            "mechanism = \"gssapi\"",
+        ),
+        (
+            "sasl = { mechanism = \"plain\", username = \"u\" }",
+            "needs \"password\"",
+        ),
+    ] {
+        let text = if extra.starts_with("brokers") {
+            extra.to_string()
+        } else {
+            format!("{base}\n{extra}")
+        };
+        let errors = kafka_errors(&text);
+        assert!(errors.contains(want), "{text}: want {want:?} in {errors:?}");
+    }
+    assert_eq!(kafka_errors(&format!("{base}\ncompression = \"gzip\"\nkey = \"feed\"\nsasl = {{ mechanism = \"scram-sha-512\", username = \"u\", password = \"p\" }}")), "");
+}

@@ -19,8 +19,10 @@ impl Output {
             Some(Due::Settled) | None => {}
         }
         if self.core.link.state() == State::Connected {
-            if let Sink::Http(h) = &mut self.sink {
-                h.on_timer(&mut self.core, registry, now);
+            match &mut self.sink {
+                Sink::Http(h) => h.on_timer(&mut self.core, registry, now),
+                Sink::Kafka(k) => k.on_timer(&mut self.core, registry, now),
+                _ => {}
             }
             if let Some(b) = self.core.bucket.as_mut().filter(|b| b.wake <= now) {
                 if let Some(since) = b.empty_since.take() {
@@ -39,6 +41,7 @@ impl Output {
     ) {
         match &mut self.sink {
             Sink::Http(h) => h.connect(&mut self.core, registry, token, now),
+            Sink::Kafka(k) => k.connect(&mut self.core, registry, token, now),
             Sink::File {
                 path,
                 file,
@@ -111,8 +114,10 @@ impl Output {
         self.core.note_overrun(ring);
         // Whatever was checked of this entry before the outage, it is checked again.
         self.core.send = start.recheck();
-        if let Sink::Http(h) = &mut self.sink {
-            h.on_connected(&mut self.core);
+        match &mut self.sink {
+            Sink::Http(h) => h.on_connected(&mut self.core),
+            Sink::Kafka(k) => k.on_connected(&mut self.core),
+            _ => {}
         }
         self.core.partial = 0;
         // Records sent before (on a connection that failed, proven or not) count as replayed.
@@ -163,6 +168,7 @@ impl Output {
     pub(super) fn may_prove_by_time(&self) -> bool {
         match &self.sink {
             Sink::Http(h) => h.idle(),
+            Sink::Kafka(k) => k.idle(),
             _ => true,
         }
     }
@@ -267,6 +273,7 @@ impl Output {
             }
             Sink::File { file, .. } => *file = None,
             Sink::Http(h) => h.close_failed(registry, was_connected),
+            Sink::Kafka(k) => k.close_failed(registry),
         }
         self.core.failed(why, now, &|| self.sink.peer_name());
     }
@@ -289,6 +296,10 @@ impl Output {
                     stream: Some(s), ..
                 } => s,
                 Sink::Http(h) => match h.stream() {
+                    Some(s) => s,
+                    None => return,
+                },
+                Sink::Kafka(k) => match k.stream() {
                     Some(s) => s,
                     None => return,
                 },
@@ -319,6 +330,15 @@ impl Output {
             }
             if readable {
                 h.on_readable(&mut self.core, registry, ring, now);
+            }
+            return;
+        }
+        if let Sink::Kafka(k) = &mut self.sink {
+            if writable {
+                self.core.write_blocked = false;
+            }
+            if readable {
+                k.on_readable(&mut self.core, registry, ring, now);
             }
             return;
         }

@@ -81,15 +81,19 @@ use crate::alert::{Alert, AlertKind, Value};
 mod connect;
 mod file;
 pub mod http;
+pub mod kafka;
 pub mod link;
 mod losses;
 pub mod syslog;
+mod transport;
 mod write;
 
 use connect::client_tls;
 use file::{open_append, untorn};
 use http::HttpSink;
 pub use http::HttpStats;
+use kafka::KafkaSink;
+pub use kafka::KafkaStats;
 
 /// Frames per `writev` (two or three iovecs each, under IOV_MAX = 1024).
 pub(crate) const FRAMES_PER_WRITE: usize = 256;
@@ -261,6 +265,7 @@ enum Sink {
         torn_from: Option<u64>,
     },
     Http(Box<HttpSink>),
+    Kafka(Box<KafkaSink>),
 }
 
 /// One output of a feed: what every kind shares ([`Core`]) and its sink, the kind's own
@@ -480,6 +485,7 @@ impl Output {
                     .and_then(|b| b.empty_since.map(|_| b.wake));
                 let http = match &self.sink {
                     Sink::Http(h) => h.deadline(bucket.is_none()),
+                    Sink::Kafka(k) => k.deadline(bucket.is_none()),
                     _ => None,
                 };
                 earliest(earliest(bucket, http), self.core.link.poll_at())
@@ -498,12 +504,21 @@ impl Output {
                 .as_ref()
                 .is_none_or(|b| b.empty_since.is_none())
             && !matches!(&self.sink, Sink::Http(h) if h.receiving())
+            && !matches!(&self.sink, Sink::Kafka(k) if k.receiving())
     }
 
     /// An HTTP output's counters (`None` for other kinds).
     pub fn http_stats(&self) -> Option<HttpStats> {
         match &self.sink {
             Sink::Http(h) => Some(h.stats),
+            _ => None,
+        }
+    }
+
+    /// A Kafka output's counters (`None` for other kinds).
+    pub fn kafka_stats(&self) -> Option<KafkaStats> {
+        match &self.sink {
+            Sink::Kafka(k) => Some(k.stats),
             _ => None,
         }
     }
@@ -530,6 +545,9 @@ impl Output {
     pub fn reload_tls(&mut self) -> Option<Result<Vec<tls::Expired>, tls::FileError>> {
         if let Sink::Http(h) = &mut self.sink {
             return h.reload_tls();
+        }
+        if let Sink::Kafka(k) = &mut self.sink {
+            return k.reload_tls();
         }
         let Sink::Tcp { tls: Some(t), .. } = &mut self.sink else {
             return None;
@@ -602,6 +620,18 @@ impl Sink {
                     OutFraming::Newline,
                 )
             }
+            OutputKind::Kafka(k) => {
+                let dir = ring.path().parent().unwrap_or(std::path::Path::new("."));
+                let dead = dir.join(format!("{feed}.{}.deadletter", cfg.name));
+                let tls = match &k.tls {
+                    Some(t) => Some(client_tls(feed, &cfg.name, &t.server_name, &t.files)?.0),
+                    None => None,
+                };
+                (
+                    Sink::Kafka(Box::new(KafkaSink::new(k, dead, tls))),
+                    OutFraming::Newline,
+                )
+            }
         })
     }
 
@@ -612,11 +642,19 @@ impl Sink {
             Sink::Tcp { address, .. } => address.clone(),
             Sink::File { path, .. } => path.display().to_string(),
             Sink::Http(h) => h.peer_name(),
+            Sink::Kafka(k) => k.peer_name(),
         }
     }
 }
 
 impl Core {
+    /// Counts records `from..to` as delivered or replayed.
+    fn count_delivered(&mut self, from: Pos, to: Pos) {
+        let replayed = self.replay_until.clamp(from.seq, to.seq) - from.seq;
+        self.stats.replayed += replayed;
+        self.stats.delivered += to.seq - from.seq - replayed;
+    }
+
     /// Commits the cursor forward to `pos` (never backward: a replay re-sends from behind it),
     /// unless the stream it went to has not proven itself yet.
     fn commit_upto(&mut self, ring: &mut Ring, pos: Pos) {
@@ -636,7 +674,7 @@ pub fn prefix_bytes(o: &OutputConfig) -> usize {
         OutputKind::Tcp(t) => t.framing,
         OutputKind::Tls(t) => t.framing,
         OutputKind::File(f) => f.framing,
-        OutputKind::Http(_) => return 0,
+        OutputKind::Http(_) | OutputKind::Kafka(_) => return 0,
     };
     let count = if framing == OutFraming::Octet { 21 } else { 0 };
     let header = if o.syslog.format == crate::config::Format::None {

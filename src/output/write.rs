@@ -49,6 +49,9 @@ impl Output {
         if let Sink::Http(h) = &mut self.sink {
             return h.write(&mut self.core, registry, ring, now);
         }
+        if let Sink::Kafka(k) = &mut self.sink {
+            return k.write(&mut self.core, registry, ring, now);
+        }
         let mut budget = WRITE_BUDGET;
         loop {
             let Some(allowed) = self.allowance(now) else {

@@ -41,10 +41,11 @@ py="$dest/py"
 stamp="$py/.installed-$confluent_version"
 if [[ ! -f "$stamp" ]]; then
     rm -rf "$py"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --only-binary=:all: \
         --target "$py" "confluent-kafka==$confluent_version"
     touch "$stamp"
 fi
-PYTHONPATH="$py" python3 -c 'import confluent_kafka as c; print("kafka: verifier confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'
+PYTHONPATH="$py" python3 -c 'import confluent_kafka as c; print("kafka: verifier confluent-kafka", c.__version__, "(librdkafka", c.libversion()[0] + ")")'
 "$dest/tansu" --version 2>/dev/null | head -1 || true
 echo "kafka: installed in $dest"

@@ -397,12 +397,3 @@ impl HttpSink {
         }
     }
 }
-
-impl Core {
-    /// Counts records `from..to` as delivered or replayed.
-    fn count_delivered(&mut self, from: Pos, to: Pos) {
-        let replayed = self.replay_until.clamp(from.seq, to.seq) - from.seq;
-        self.stats.replayed += replayed;
-        self.stats.delivered += to.seq - from.seq - replayed;
-    }
-}

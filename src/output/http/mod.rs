@@ -47,13 +47,12 @@ mod answer;
 pub mod protocol;
 pub mod response;
 mod send;
-mod transport;
 
 use super::link::State;
+use super::transport::Transport;
 use super::{Core, Pass};
 use acks::{verdict, Acks, Verdict};
 use response::{Response, ResponseReader};
-use transport::Transport;
 
 /// Batches sent and waiting for their HEC acknowledgement, at most.
 /// Bytes read from the socket per call.

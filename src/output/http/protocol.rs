@@ -1,6 +1,6 @@
 //! The HTTP output's request side, sans I/O: request heads and batch bodies, Splunk HEC
 //! acknowledgement JSON, dead-letter lines. Responses are read by [`super::response`]; bytes meet
-//! the network in `transport.rs`.
+//! the network in `output/transport.rs`.
 
 use std::io::{self, Write as _};
 
