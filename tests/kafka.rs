@@ -354,8 +354,11 @@ fn a_broker_restarted_mid_stream_loses_nothing_and_duplicates_nothing() {
     sender.join().expect("sender");
     wait_caught_up(&relay, admin, Duration::from_secs(90));
     let read = Read::of(&consume(broker.addr(), TOPIC));
+    let dropped = metric(admin, "ringrelay_output_kafka_duplicates_dropped_total");
+    let resets = metric(admin, "ringrelay_output_kafka_producer_resets_total");
     eprintln!(
-        "broker restart: {} records read; partitions {}; producer ids {:?}",
+        "broker restart: {} records read; partitions {}; producer ids {:?}; batches the broker \
+         dropped as duplicates {dropped:?}, producer resets {resets:?}",
         read.total,
         read.spread(),
         producer_ids(&relay)
@@ -366,40 +369,119 @@ fn a_broker_restarted_mid_stream_loses_nothing_and_duplicates_nothing() {
 }
 
 #[test]
-fn a_relay_killed_mid_batch_resends_from_its_cursor_with_duplicates_bounded_by_one_batch() {
+fn a_relay_killed_mid_batch_resends_from_its_persisted_cursor_and_duplicates_only_what_followed_it()
+{
+    let r = stop_relay_mid_delivery("kill", |relay| relay.kill9());
+    // The second copies are exactly the records the broker held at the kill from the persisted
+    // cursor on: the answered batches since the last checkpoint, and the one in flight if the
+    // broker had appended it (README, Kafka output, "Duplicates").
+    let expected: Vec<u64> = {
+        let mut v: Vec<u64> = r
+            .originals
+            .counts
+            .keys()
+            .filter(|&&n| n >= r.cursor)
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        r.duplicated, expected,
+        "the duplicates are not the records from the persisted cursor {} to the kill",
+        r.cursor
+    );
+    // The checkpoint is at most one checkpoint_interval (1 s) old: what the relay had
+    // acknowledged when the test began waiting for it was persisted before the kill.
+    assert!(
+        r.cursor as f64 >= r.acked_before_checkpoint,
+        "persisted cursor {} behind {} acknowledged a checkpoint earlier",
+        r.cursor,
+        r.acked_before_checkpoint
+    );
+}
+
+#[test]
+fn a_relay_stopped_mid_batch_duplicates_at_most_the_batch_in_flight() {
+    let r = stop_relay_mid_delivery("term", |relay| {
+        let (code, took) = relay.terminate();
+        eprintln!("relay stop: SIGTERM exit {code:?} in {took:?}");
+        assert_eq!(code, Some(0), "log:\n{}", relay.log_text());
+    });
+    // A clean stop checkpoints first: only the batch in flight can come twice.
+    let bound = (BATCH_BYTES / LEN + 1) as u64;
+    assert!(
+        r.duplicated.len() as u64 <= bound,
+        "{} duplicates, more than one batch of {BATCH_BYTES} bytes ({bound} records)",
+        r.duplicated.len()
+    );
+    assert!(
+        r.duplicated.iter().all(|&n| n >= r.cursor),
+        "a record below the cursor persisted at the stop was sent again"
+    );
+}
+
+/// `max_batch_bytes` of the relay-stop tests: small batches, so that delivery takes seconds
+/// (one request at a time) and a stop lands in the middle of it.
+const BATCH_BYTES: usize = 1 << 10;
+
+/// What [`stop_relay_mid_delivery`] measured.
+struct Stopped {
+    /// The relay's own count of acknowledged records when the test began waiting for a
+    /// checkpoint to persist it.
+    acked_before_checkpoint: f64,
+    /// The output's cursor persisted in the ring at the stop (`ringrelay inspect`).
+    cursor: u64,
+    /// The topic at the stop.
+    originals: Read,
+    /// The record numbers that are twice in the topic in the end, sorted.
+    duplicated: Vec<u64>,
+}
+
+/// Sends N records into the ring, stops the relay with `stop` in the middle of their delivery
+/// (after a checkpoint has persisted some progress), starts it again on the same config and
+/// data, and checks what holds for any stop: every record at least once and at most twice,
+/// each second copy appended after its original (above the partition's high watermark at the
+/// stop), in ring order, under a new producer id.
+fn stop_relay_mid_delivery(what: &str, stop: impl FnOnce(&mut RelayProc)) -> Stopped {
     const N: u64 = 100_000;
-    const MAX_BATCH: usize = 16 << 10;
     let broker = Broker::start();
     banner(&broker);
     broker.create_topic(TOPIC, 3);
-    let dir = TempDir::new("kafka-relay-kill");
+    let dir = TempDir::new(&format!("kafka-relay-{what}"));
+    let data = dir.path().join("data");
     let cfg = relay_config(
         dir.path(),
         broker.addr(),
         &Out {
-            max_batch_bytes: "16KiB",
+            max_batch_bytes: "1KiB",
             ..Out::default()
         },
     );
     let mut relay = RelayProc::start(&cfg, 1);
     let admin = admin_addr(&relay);
-    let input = relay.addr("f");
     // Everything into the ring first (the ring survives a SIGKILL; a record the input had
     // not taken would not), delivery going on meanwhile.
-    send_records(input, 0..N, LEN);
-    let mut at_kill = 0.0;
-    let mid = wait_until(Duration::from_secs(30), || {
-        at_kill = delivered(admin);
-        at_kill >= 2000.0
+    send_records(relay.addr("f"), 0..N, LEN);
+    let started = wait_until(Duration::from_secs(30), || delivered(admin) >= 1000.0);
+    assert!(started, "no delivery; log:\n{}", relay.log_text());
+    // Wait for a checkpoint to persist what was acknowledged by now (checkpoint_interval: 1 s).
+    let acked_before_checkpoint = delivered(admin);
+    let t = Instant::now();
+    let persisted = wait_until(Duration::from_secs(5), || {
+        persisted_cursor(&data) as f64 >= acked_before_checkpoint
     });
-    assert!(mid, "no delivery; log:\n{}", relay.log_text());
-    relay.kill9();
-    let first_pids = producer_ids(&relay);
     assert!(
-        at_kill < N as f64,
-        "everything was delivered before the relay was killed: not mid-batch"
+        persisted,
+        "the cursor persisted in the ring stayed at {} with {acked_before_checkpoint} acknowledged",
+        persisted_cursor(&data)
     );
-    // What the topic holds at the kill: the originals.
+    let checkpoint_wait = t.elapsed();
+    let acked_at_stop = delivered(admin);
+    stop(&mut relay);
+    let first_pids = producer_ids(&relay);
+    let cursor = persisted_cursor(&data);
+    // What the topic holds at the stop: the originals.
     let before = consume(broker.addr(), TOPIC);
     let mut high: HashMap<i32, i64> = HashMap::new();
     for (p, off, _) in &before {
@@ -408,46 +490,66 @@ fn a_relay_killed_mid_batch_resends_from_its_cursor_with_duplicates_bounded_by_o
     }
     let originals = Read::of(&before);
     eprintln!(
-        "relay kill: SIGKILL with {at_kill} delivered by its count; {} in the topic ({})",
+        "relay {what}: stopped with {acked_at_stop} acknowledged by its count ({acked_before_checkpoint} \
+         persisted by a checkpoint {checkpoint_wait:?} later); persisted cursor {cursor}; {} in the \
+         topic ({})",
         originals.total,
         originals.spread()
     );
+    assert!(
+        (originals.total as u64) < N,
+        "everything was delivered before the stop: not mid-delivery"
+    );
     originals.assert_ring_order();
+    let below: Vec<u64> = (0..cursor)
+        .filter(|n| !originals.counts.contains_key(n))
+        .collect();
+    assert!(
+        below.is_empty(),
+        "{} records below the persisted cursor {cursor} are not in the topic (first {:?})",
+        below.len(),
+        &below[..below.len().min(10)]
+    );
 
     let relay = RelayProc::start(&cfg, 1);
     let admin = admin_addr(&relay);
-    wait_caught_up(&relay, admin, Duration::from_secs(90));
+    wait_caught_up(&relay, admin, Duration::from_secs(120));
     let all = consume(broker.addr(), TOPIC);
     let read = Read::of(&all);
     let missing = (0..N).filter(|i| !read.counts.contains_key(i)).count();
-    let duplicates: u64 = read.counts.values().map(|&c| u64::from(c) - 1).sum();
-    let bound = (MAX_BATCH / LEN + 1) as u64;
+    let mut duplicated: Vec<u64> = read
+        .counts
+        .iter()
+        .filter(|(_, &c)| c > 1)
+        .map(|(&n, _)| n)
+        .collect();
+    duplicated.sort_unstable();
     let second_pids = producer_ids(&relay);
     eprintln!(
-        "relay kill: {} records read ({}), {missing} missing, {duplicates} duplicates \
-         (bound: one batch of {MAX_BATCH} bytes = {bound} records); producer ids {first_pids:?} \
-         then {second_pids:?}",
+        "relay {what}: {} records read ({}), {missing} missing, {} duplicates ({:?}..={:?}); \
+         one batch of {BATCH_BYTES} bytes = {} records; producer ids {first_pids:?} then \
+         {second_pids:?}",
         read.total,
-        read.spread()
+        read.spread(),
+        duplicated.len(),
+        duplicated.first(),
+        duplicated.last(),
+        BATCH_BYTES / LEN + 1
     );
-    assert_eq!(missing, 0, "records lost across the relay's SIGKILL");
+    assert_eq!(missing, 0, "records lost across the stop");
     assert!(read.counts.keys().all(|&k| k < N));
     assert!(
         read.counts.values().all(|&c| c <= 2),
         "a record three times"
     );
-    assert!(
-        duplicates <= bound,
-        "{duplicates} duplicates, more than one batch ({bound} records)"
-    );
+    assert_eq!(read.total as u64, N + duplicated.len() as u64);
     // The second copies came from the restarted relay: each duplicate has one copy below the
-    // high watermark of its partition at the kill and one above.
+    // high watermark of its partition at the stop and one above.
     let mut copies: HashMap<u64, (u32, u32)> = HashMap::new();
     for (p, off, v) in &all {
         let n = record_number(v).unwrap();
-        let old = *off < high.get(p).copied().unwrap_or(0);
         let e = copies.entry(n).or_default();
-        if old {
+        if *off < high.get(p).copied().unwrap_or(0) {
             e.0 += 1;
         } else {
             e.1 += 1;
@@ -456,7 +558,7 @@ fn a_relay_killed_mid_batch_resends_from_its_cursor_with_duplicates_bounded_by_o
     for (n, (old, new)) in &copies {
         assert!(
             *old <= 1 && *new <= 1,
-            "record {n}: {old} old, {new} new copies"
+            "record {n}: {old} copies before the stop, {new} after"
         );
     }
     // Within each partition, the records the restarted relay appended are in ring order too.
@@ -465,13 +567,36 @@ fn a_relay_killed_mid_batch_resends_from_its_cursor_with_duplicates_bounded_by_o
         let after: Vec<u64> = recs.iter().filter(|r| r.0 >= h).map(|r| r.1).collect();
         assert!(
             after.windows(2).all(|w| w[0] < w[1]),
-            "partition {p}: the resent records are not in ring order"
+            "partition {p}: the records sent after the restart are not in ring order"
         );
     }
     assert!(
         !second_pids.is_empty() && second_pids.iter().all(|p| !first_pids.contains(p)),
-        "the restarted relay should produce under a new producer id: {first_pids:?} then {second_pids:?}"
+        "the restarted relay should produce under a new producer id: {first_pids:?} then \
+         {second_pids:?}"
     );
+    Stopped {
+        acked_before_checkpoint,
+        cursor,
+        originals,
+        duplicated,
+    }
+}
+
+/// The `next seq` of output `kafka`'s cursor persisted in the ring under `data`, per
+/// `ringrelay inspect` (the metadata of the last checkpoint; readable while the relay runs).
+fn persisted_cursor(data: &Path) -> u64 {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        .arg("inspect")
+        .arg(data)
+        .output()
+        .expect("run inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("cursor kafka "))
+        .filter_map(|r| r.split("next seq ").nth(1)?.split_whitespace().next())
+        .find_map(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cursor kafka in ringrelay inspect:\n{text}"))
 }
 
 #[test]
