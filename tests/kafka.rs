@@ -38,6 +38,7 @@ fn banner(broker: &Broker) {
 struct Out<'a> {
     topic: &'a str,
     compression: &'a str,
+    key: &'a str,
     max_batch_bytes: &'a str,
 }
 
@@ -46,6 +47,7 @@ impl Default for Out<'_> {
         Out {
             topic: TOPIC,
             compression: "none",
+            key: "none",
             max_batch_bytes: "64KiB",
         }
     }
@@ -70,7 +72,7 @@ kind = "kafka"
 brokers = ["{broker}"]
 topic = "{topic}"
 compression = "{compression}"
-key = "none"
+key = "{key}"
 max_batch_bytes = "{max_batch_bytes}"
 max_batch_age = "100ms"
 request_timeout = "10s"
@@ -79,6 +81,7 @@ alert_after = "2s"
         data = dir.join("data").display(),
         topic = out.topic,
         compression = out.compression,
+        key = out.key,
         max_batch_bytes = out.max_batch_bytes,
     );
     let p = dir.join("ringrelay.toml");
@@ -196,6 +199,13 @@ impl Read {
     }
 }
 
+fn triples(records: Vec<Consumed>) -> Vec<(i32, i64, Vec<u8>)> {
+    records
+        .into_iter()
+        .map(|r| (r.partition, r.offset, r.value))
+        .collect()
+}
+
 /// The `producer_id=` of each `event=kafka_producer` line of `relay`.
 fn producer_ids(relay: &RelayProc) -> Vec<String> {
     relay
@@ -278,7 +288,10 @@ fn clean_run(compression: &str) {
     send_records(relay.addr("f"), 0..N, LEN);
     wait_caught_up(&relay, admin, Duration::from_secs(60));
     let took = t.elapsed();
-    let read = Read::of(&consume(broker.addr(), TOPIC));
+    let keyed = consume_keyed(broker.addr(), TOPIC);
+    let keys = keyed.iter().filter(|r| r.key.is_some()).count();
+    assert_eq!(keys, 0, "key = \"none\", but {keys} records have a key");
+    let read = Read::of(&triples(keyed));
     let sent = metric(admin, "ringrelay_output_bytes_sent_total").unwrap_or(0.0);
     eprintln!(
         "clean run, compression {compression}: {N} records delivered in {took:?}; partitions {}; \
@@ -645,11 +658,13 @@ fn an_unknown_topic_is_an_output_down_with_an_alert_and_delivery_resumes_once_it
     broker.create_topic(ABSENT, 3);
     let t = Instant::now();
     wait_caught_up(&relay, admin, Duration::from_secs(60));
-    eprintln!(
-        "unknown topic: delivered {:?} after the topic was created",
-        t.elapsed()
-    );
+    let took = t.elapsed();
     let read = Read::of(&consume(broker.addr(), ABSENT));
+    eprintln!(
+        "unknown topic: {} records read ({}), delivered {took:?} after the topic was created",
+        read.total,
+        read.spread()
+    );
     read.assert_exactly_once(N);
     read.assert_ring_order();
     assert!(relay.wait_log("event=output_recovered", Duration::from_secs(10)));
@@ -678,12 +693,65 @@ fn a_broker_that_is_down_at_start_is_waited_for() {
     broker.start_again();
     let t = Instant::now();
     wait_caught_up(&relay, admin, Duration::from_secs(60));
-    eprintln!(
-        "down at start: delivered {:?} after the broker started",
-        t.elapsed()
-    );
+    let took = t.elapsed();
     let read = Read::of(&consume(broker.addr(), TOPIC));
+    eprintln!(
+        "down at start: {} records read ({}), delivered {took:?} after the broker started",
+        read.total,
+        read.spread()
+    );
     read.assert_exactly_once(N);
     read.assert_ring_order();
     assert!(relay.log_has("event=output_connected"));
+}
+
+#[test]
+fn key_feed_puts_the_whole_feed_in_the_partition_librdkafkas_murmur2_picks_for_its_name() {
+    const N: u64 = 5000;
+    let broker = Broker::start();
+    banner(&broker);
+    // 7 partitions: murmur2("f") % 7 is 4 (% 3 would be 0, which a relay that always picked
+    // the first partition would also hit).
+    broker.create_topic(TOPIC, 7);
+    broker.create_topic("probe", 7);
+    let dir = TempDir::new("kafka-key-feed");
+    let cfg = relay_config(
+        dir.path(),
+        broker.addr(),
+        &Out {
+            key: "feed",
+            max_batch_bytes: "16KiB",
+            ..Out::default()
+        },
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    send_records(relay.addr("f"), 0..N, LEN);
+    wait_caught_up(&relay, admin, Duration::from_secs(60));
+    let keyed = consume_keyed(broker.addr(), TOPIC);
+    let want = librdkafka_partition(broker.addr(), "probe", b"f");
+    assert_ne!(
+        want, 0,
+        "the probe should tell the partitioner from a default of 0"
+    );
+    let read = Read::of(&triples(keyed.clone()));
+    eprintln!(
+        "key = feed: {} records in partitions {}; librdkafka's murmur2 puts key \"f\" in {want}",
+        read.total,
+        read.spread()
+    );
+    read.assert_exactly_once(N);
+    read.assert_ring_order();
+    let wrong_key = keyed
+        .iter()
+        .find(|r| r.key.as_deref() != Some(b"f".as_slice()));
+    assert!(
+        wrong_key.is_none(),
+        "a record not keyed \"f\": {wrong_key:?}"
+    );
+    assert_eq!(
+        read.partitions.keys().copied().collect::<Vec<_>>(),
+        [want],
+        "the feed's records are not all in murmur2(\"f\") % 7"
+    );
 }

@@ -386,16 +386,33 @@ pub fn verifier_version() -> String {
 /// `(partition, offset, value)` in the order read (by offset within a partition), read by
 /// confluent-kafka (`tests/kafka/consume.py`). Panics after 60 s or on an error.
 pub fn consume(addr: SocketAddr, topic: &str) -> Vec<(i32, i64, Vec<u8>)> {
+    consume_keyed(addr, topic)
+        .into_iter()
+        .map(|r| (r.partition, r.offset, r.value))
+        .collect()
+}
+
+/// One record as the verifier read it.
+#[derive(Clone, Debug)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// [`consume`] with each record's key.
+pub fn consume_keyed(addr: SocketAddr, topic: &str) -> Vec<Consumed> {
     try_consume(addr, topic, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// [`consume`], with the error instead of a panic; `limit` bounds the verifier's own wait,
-/// and it is killed 15 s after that.
+/// [`consume_keyed`], with the error instead of a panic; `limit` bounds the verifier's own
+/// wait, and it is killed 15 s after that.
 pub fn try_consume(
     addr: SocketAddr,
     topic: &str,
     limit: Duration,
-) -> Result<Vec<(i32, i64, Vec<u8>)>, String> {
+) -> Result<Vec<Consumed>, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/consume.py");
     let out = run_bounded(
         python()
@@ -416,21 +433,53 @@ pub fn try_consume(
     let text = String::from_utf8(out.stdout).map_err(|e| format!("consume.py output: {e}"))?;
     text.lines()
         .map(|l| {
-            let mut f = l.split(' ');
-            let (p, o, v) = (f.next(), f.next(), f.next());
+            let f: Vec<&str> = l.split(' ').collect();
             let parsed = (|| {
-                Some((
-                    p?.parse().ok()?,
-                    o?.parse().ok()?,
-                    hex_decode(v.unwrap_or(""))?,
-                ))
+                let [p, o, v, k] = f[..] else { return None };
+                Some(Consumed {
+                    partition: p.parse().ok()?,
+                    offset: o.parse().ok()?,
+                    key: if k == "-" { None } else { Some(hex_decode(k)?) },
+                    value: hex_decode(v)?,
+                })
             })();
             parsed.ok_or_else(|| format!("consume.py printed {l:?}"))
         })
         .collect()
 }
 
-/// `None` for an odd length or a non-hex digit.
+/// The partition librdkafka's `murmur2` partitioner (the Java client's default for keyed
+/// records) picks for `key` among `topic`'s partitions: it produces one record `probe` with
+/// that key and reports where it went.
+pub fn librdkafka_partition(addr: SocketAddr, topic: &str, key: &[u8]) -> i32 {
+    const SCRIPT: &str = r#"
+import sys
+from confluent_kafka import Producer
+p = Producer({'bootstrap.servers': sys.argv[1], 'partitioner': 'murmur2', 'enable.idempotence': True})
+got = []
+p.produce(sys.argv[2], b'probe', key=bytes.fromhex(sys.argv[3]), on_delivery=lambda e, m: got.append((e, m.partition())))
+p.flush(30)
+if not got or got[0][0] is not None:
+    sys.exit(f'probe not delivered: {got}')
+print(got[0][1])
+"#;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let out = run_bounded(
+        python().args(["-c", SCRIPT, &addr.to_string(), topic, &hex]),
+        Duration::from_secs(45),
+    )
+    .expect("the murmur2 probe hung (killed after 45 s)");
+    assert!(
+        out.status.success(),
+        "murmur2 probe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a partition number")
+}
+
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     (0..s.len())
         .step_by(2)

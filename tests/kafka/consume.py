@@ -5,7 +5,7 @@ Usage: PYTHONPATH=target/kafka/py python3 consume.py BOOTSTRAP TOPIC TIMEOUT_S
 
 Assigns every partition at its low watermark (no group membership, no rebalance, nothing
 committed), reads until each partition reaches the high watermark taken at the start, and prints
-one line per record: `partition offset hex(value)`, ordered as read (by offset within a
+one line per record: `partition offset hex(value) hex(key)` (`-` for a null key), ordered as read (by offset within a
 partition). librdkafka checks each batch's CRC-32C (`check.crcs`). Exits 2 with a message on
 stderr on a timeout or an error.
 """
@@ -74,8 +74,8 @@ def main():
             p, off = m.partition(), m.offset()
             if p not in todo or off >= todo[p]:
                 continue  # beyond the high watermark taken at the start
-            value = m.value() or b""
-            sys.stdout.write(f"{p} {off} {value.hex()}\n")
+            value, key = m.value() or b"", m.key()
+            sys.stdout.write(f"{p} {off} {value.hex()} {'-' if key is None else key.hex()}\n")
             if off + 1 >= todo[p]:
                 del todo[p]
     finally:
