@@ -40,6 +40,7 @@ struct Out<'a> {
     compression: &'a str,
     key: &'a str,
     max_batch_bytes: &'a str,
+    request_timeout: &'a str,
 }
 
 impl Default for Out<'_> {
@@ -49,6 +50,7 @@ impl Default for Out<'_> {
             compression: "none",
             key: "none",
             max_batch_bytes: "64KiB",
+            request_timeout: "10s",
         }
     }
 }
@@ -75,7 +77,7 @@ compression = "{compression}"
 key = "{key}"
 max_batch_bytes = "{max_batch_bytes}"
 max_batch_age = "100ms"
-request_timeout = "10s"
+request_timeout = "{request_timeout}"
 alert_after = "2s"
 "#,
         data = dir.join("data").display(),
@@ -83,6 +85,7 @@ alert_after = "2s"
         compression = out.compression,
         key = out.key,
         max_batch_bytes = out.max_batch_bytes,
+        request_timeout = out.request_timeout,
     );
     let p = dir.join("ringrelay.toml");
     std::fs::write(&p, text).expect("write config");
@@ -754,4 +757,72 @@ fn key_feed_puts_the_whole_feed_in_the_partition_librdkafkas_murmur2_picks_for_i
         [want],
         "the feed's records are not all in murmur2(\"f\") % 7"
     );
+}
+
+/// A batch the broker appended but did not answer in time (SIGSTOP with the Produce request
+/// in its socket: it is processed at SIGCONT, after the relay gave up on that connection) is
+/// sent again with the same producer id and sequence, and the broker drops the second copy
+/// (DUPLICATE_SEQUENCE_NUMBER): exactly once, within one process.
+#[test]
+fn a_batch_appended_but_unanswered_is_sent_again_and_dropped_by_the_broker_as_a_duplicate() {
+    const N: u64 = 50_000;
+    let broker = Broker::start();
+    banner(&broker);
+    broker.create_topic(TOPIC, 3);
+    let dir = TempDir::new("kafka-unanswered");
+    let cfg = relay_config(
+        dir.path(),
+        broker.addr(),
+        &Out {
+            max_batch_bytes: "16KiB",
+            request_timeout: "2s",
+            ..Out::default()
+        },
+    );
+    let relay = RelayProc::start(&cfg, 1);
+    let admin = admin_addr(&relay);
+    let input = relay.addr("f");
+    let sender = thread::spawn(move || send_records(input, 0..N, LEN));
+    let started = wait_until(Duration::from_secs(30), || delivered(admin) >= 2000.0);
+    assert!(started, "no delivery; log:\n{}", relay.log_text());
+    broker.pause();
+    let at_pause = delivered(admin);
+    let t = Instant::now();
+    let timed_out = relay.wait_log("event=output_down", Duration::from_secs(15));
+    let noticed = t.elapsed();
+    assert!(
+        timed_out,
+        "no output_down while tansu was stopped; log:\n{}",
+        relay.log_text()
+    );
+    broker.resume();
+    sender.join().expect("sender");
+    wait_caught_up(&relay, admin, Duration::from_secs(90));
+    let read = Read::of(&consume(broker.addr(), TOPIC));
+    let dropped = metric(admin, "ringrelay_output_kafka_duplicates_dropped_total");
+    let resets = metric(admin, "ringrelay_output_kafka_producer_resets_total");
+    let log = relay.log_text();
+    let down = log
+        .lines()
+        .find(|l| l.contains("event=output_down"))
+        .unwrap_or("");
+    eprintln!(
+        "unanswered: tansu SIGSTOPped with {at_pause} delivered; output_down after {noticed:?}: \
+         {down}\nunanswered: {} records read ({}); batches dropped by the broker as duplicates \
+         {dropped:?}, producer resets {resets:?}, producer ids {:?}",
+        read.total,
+        read.spread(),
+        producer_ids(&relay)
+    );
+    assert!(
+        at_pause < N as f64,
+        "everything was delivered before the pause"
+    );
+    read.assert_exactly_once(N);
+    read.assert_ring_order();
+    assert!(
+        dropped.is_some_and(|d| d >= 1.0),
+        "the batch in flight at the pause was not answered as a duplicate: dropped {dropped:?}"
+    );
+    assert_eq!(producer_ids(&relay).len(), 1, "{log}");
 }

@@ -204,6 +204,23 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: the broker stops answering, while the kernel still accepts connections and
+    /// takes what is written to them, for it to process at [`Broker::resume`].
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Broker::pause`].
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let c = self.child.as_ref().expect("tansu is running");
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("{sig} to tansu: {e}"));
+    }
+
     /// SIGKILL, then start again on the same port and sqlite file.
     pub fn restart(&mut self) {
         self.kill();
