@@ -328,6 +328,10 @@ fn output_budget(f: &FeedConfig, o: &OutputConfig) -> OutputBudget {
             use crate::output::kafka;
             lines.push(line("Kafka record batch", kafka::batch_bytes(k)));
             lines.push(line("Kafka request", kafka::request_bytes(k)));
+            lines.push(line(
+                "Kafka batch copied into the request (while encoding)",
+                kafka::batch_copy_bytes(k),
+            ));
             lines.push(line("Kafka response frame", kafka::response_bytes()));
             // The largest Metadata answer's decoded brokers and partitions, and the producer's
             // sequence table.
