@@ -127,6 +127,8 @@ pub struct Broker {
     log: Arc<Mutex<Vec<String>>>,
     /// How many times the broker was started.
     pub starts: u32,
+    /// Start with `--authentication` (SASL required; users made with `tansu user create`).
+    pub authentication: bool,
     dir: TempDir,
 }
 
@@ -156,6 +158,7 @@ impl Broker {
             child: None,
             log: Arc::default(),
             starts: 0,
+            authentication: false,
             dir: TempDir::new("tansu"),
         }
     }
@@ -252,6 +255,7 @@ impl Broker {
             // tansu 0.6.0 opens `sqlite://` paths relative to its working directory, even
             // absolute ones (`sqlite:///tmp/x.db` is `./tmp/x.db`).
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.authentication.then_some("--authentication"))
             .env("RUST_LOG", "warn")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -430,10 +434,35 @@ pub fn try_consume(
     topic: &str,
     limit: Duration,
 ) -> Result<Vec<Consumed>, String> {
+    try_consume_as(addr, topic, limit, None)
+}
+
+/// [`consume`] authenticated with SASL SCRAM-SHA-512 as `(user, password)`.
+pub fn consume_as(
+    addr: SocketAddr,
+    topic: &str,
+    sasl: Option<(&str, &str)>,
+) -> Vec<(i32, i64, Vec<u8>)> {
+    try_consume_as(addr, topic, Duration::from_secs(60), sasl)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|r| (r.partition, r.offset, r.value))
+        .collect()
+}
+
+fn try_consume_as(
+    addr: SocketAddr,
+    topic: &str,
+    limit: Duration,
+    sasl: Option<(&str, &str)>,
+) -> Result<Vec<Consumed>, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/consume.py");
+    let mut cmd = python();
+    if let Some((user, password)) = sasl {
+        cmd.env("VERIFIER_SASL_SCRAM512", format!("{user}:{password}"));
+    }
     let out = run_bounded(
-        python()
-            .arg(&script)
+        cmd.arg(&script)
             .arg(addr.to_string())
             .arg(topic)
             .arg(limit.as_secs_f64().to_string()),

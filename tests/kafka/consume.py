@@ -2,6 +2,7 @@
 tests/kafka.rs: an independent client, not the relay's own decoder.
 
 Usage: PYTHONPATH=target/kafka/py python3 consume.py BOOTSTRAP TOPIC TIMEOUT_S
+(with VERIFIER_SASL_SCRAM512=user:password for a broker that requires SASL)
 
 Assigns every partition at its low watermark (no group membership, no rebalance, nothing
 committed), reads until each partition reaches the high watermark taken at the start, and prints
@@ -10,6 +11,7 @@ partition). librdkafka checks each batch's CRC-32C (`check.crcs`). Exits 2 with 
 stderr on a timeout or an error.
 """
 
+import os
 import sys
 import time
 
@@ -29,8 +31,19 @@ def main():
         return max(0.1, deadline - time.monotonic())
 
     errors = []
+    auth = {}
+    # VERIFIER_SASL_SCRAM512=user:password: a broker that requires SASL.
+    if os.environ.get("VERIFIER_SASL_SCRAM512"):
+        user, password = os.environ["VERIFIER_SASL_SCRAM512"].split(":", 1)
+        auth = {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": "SCRAM-SHA-512",
+            "sasl.username": user,
+            "sasl.password": password,
+        }
     c = Consumer(
         {
+            **auth,
             "bootstrap.servers": bootstrap,
             "group.id": "ringrelay-verifier",
             "enable.auto.commit": False,

@@ -256,6 +256,7 @@ impl KafkaSink {
                     self.stats.duplicates_dropped += 1;
                 }
                 self.pending = None;
+                self.limit = self.limit.saturating_mul(2);
                 core.count_delivered(p.from, p.to);
                 core.send = p.to;
                 core.prove(ring, now, &|| self.peer_name());
@@ -272,6 +273,10 @@ impl KafkaSink {
                     }
                 }
                 self.producer.cut(p.partition, p.base_seq, keep);
+                // Later batches stay this small until the output is past the refused one:
+                // about log2(records) refusals find the record to blame.
+                self.limit = keep;
+                self.narrow_until = self.narrow_until.max(p.to.seq);
                 self.pending = Some(Pending {
                     to,
                     records: keep,
@@ -341,7 +346,11 @@ impl KafkaSink {
         message: &str,
         now: Instant,
     ) {
-        let why = format!("{} {message}", errors::name(code));
+        let why = if message.is_empty() {
+            errors::name(code).to_string()
+        } else {
+            format!("{}: {message}", errors::name(code))
+        };
         let (line, seq) = match ring.read(p.from) {
             Read::Record(r) => (
                 crate::output::http::protocol::dead_letter_line(
@@ -396,6 +405,7 @@ impl KafkaSink {
                 ),
             }
         }
+        self.limit = self.limit.saturating_mul(2);
         core.send = p.to;
         core.commit_upto(ring, p.to);
     }

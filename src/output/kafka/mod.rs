@@ -183,6 +183,11 @@ pub(super) struct KafkaSink {
     scan: Option<Scan>,
     /// A batch younger than `max_batch_age` waits until then.
     wait: Option<Instant>,
+    /// Records per batch at most, while narrowing down a batch the broker refused.
+    limit: u32,
+    /// The limit holds until the output reaches this sequence number (the refused batch's
+    /// end).
+    narrow_until: u64,
     client_id: StrBytes,
     topic: TopicName,
     /// SASL SCRAM exchange in progress.
@@ -224,6 +229,8 @@ impl KafkaSink {
             pending: None,
             scan: None,
             wait: None,
+            limit: u32::MAX,
+            narrow_until: 0,
             client_id: StrBytes::from_string(cfg.client_id.clone()),
             topic: TopicName(StrBytes::from_string(cfg.topic.clone())),
             scram: None,
@@ -386,6 +393,9 @@ impl KafkaSink {
         };
         match TcpStream::connect(addr) {
             Ok(mut s) => {
+                // A request goes in one write, and the next waits for the answer: Nagle's
+                // algorithm could only hold back the tail of one cut short.
+                let _ = s.set_nodelay(true);
                 if let Err(e) =
                     registry.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)
                 {

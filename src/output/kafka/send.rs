@@ -282,8 +282,12 @@ impl KafkaSink {
         let tail = ring.tail();
         let key_len = self.key_len(core);
         let max = self.cfg.max_batch_bytes;
+        if send.seq >= self.narrow_until {
+            self.limit = u32::MAX;
+        }
+        let limit = self.limit;
         let mut scan = match self.scan {
-            Some(s) if s.from == send && s.from.seq >= tail.seq => s,
+            Some(s) if s.from == send && s.from.seq >= tail.seq && s.records <= limit => s,
             _ => Scan {
                 from: send,
                 to: send,
@@ -294,6 +298,10 @@ impl KafkaSink {
             },
         };
         while !scan.full {
+            if scan.records >= limit {
+                scan.full = true;
+                break;
+            }
             match ring.read(scan.to) {
                 Read::Record(r) => {
                     let cost = record_bound(key_len, r.payload.len());
