@@ -127,7 +127,13 @@ impl KafkaSink {
                     }
                     Err(_) if version > 0 => self.phase = Phase::Versions { v0: true },
                     Ok(r) => {
-                        self.versions = Some(Versions::from_response(&r)?);
+                        let versions = Versions::from_response(&r)?;
+                        if self.cfg.sasl.is_some() && versions.sasl.is_none() {
+                            return Err("sasl is set, but the broker does not speak SaslHandshake \
+                                        and SaslAuthenticate v1 or later (a listener without SASL?)"
+                                .to_string());
+                        }
+                        self.versions = Some(versions);
                         self.phase = if self.cfg.sasl.is_some() {
                             Phase::SaslHandshake
                         } else {

@@ -149,6 +149,7 @@ impl FrameReader {
     }
 
     /// The whole frame at the front (after [`Frame::Whole`]).
+    #[cfg(test)]
     pub fn body(&self) -> &[u8] {
         let size = self.announced();
         &self.buf[4..4 + size]
