@@ -458,6 +458,7 @@ impl Enc {
 type Broker = (i32, String, i32, Option<String>);
 type Partition = (i16, i32, i32, Vec<i32>);
 type Topic = (i16, Option<String>, Vec<Partition>);
+type ProduceTopic = (String, Vec<(i32, i16, i64)>);
 
 fn api_versions_frame(v: i16, id: i32, err: i16, apis: &[(i16, i16, i16)]) -> Vec<u8> {
     let mut e = Enc::new(id, false, v >= 3);
@@ -544,7 +545,7 @@ fn metadata_frame(v: i16, id: i32, brokers: &[Broker], topics: &[Topic]) -> Vec<
     e.out
 }
 
-fn produce_frame(v: i16, id: i32, topics: &[(String, Vec<(i32, i16, i64)>)]) -> Vec<u8> {
+fn produce_frame(v: i16, id: i32, topics: &[ProduceTopic]) -> Vec<u8> {
     let mut e = Enc::new(id, v >= 9, v >= 9);
     e.len(topics.len());
     for (name, parts) in topics {
@@ -657,7 +658,7 @@ fn kafka_valid() -> impl Strategy<Value = (&'static str, i16, Vec<u8>)> {
     prop_oneof![
         (
             0i16..=3,
-            id.clone(),
+            id,
             prop_oneof![Just(0i16), Just(35)],
             prop::collection::vec(
                 (prop_oneof![0i16..40, any::<i16>()], 0i16..4, 0i16..14),
@@ -671,14 +672,14 @@ fn kafka_valid() -> impl Strategy<Value = (&'static str, i16, Vec<u8>)> {
             )),
         (
             4i16..=12,
-            id.clone(),
+            id,
             prop::collection::vec(broker, 0..4),
             prop::collection::vec(topic, 0..4)
         )
             .prop_map(|(v, id, b, t)| ("Metadata", v, metadata_frame(v, id, &b, &t))),
         (
             3i16..=12,
-            id.clone(),
+            id,
             prop::collection::vec(
                 (
                     name.prop_map(String::from),
@@ -695,12 +696,12 @@ fn kafka_valid() -> impl Strategy<Value = (&'static str, i16, Vec<u8>)> {
             )
         )
             .prop_map(|(v, id, t)| ("Produce", v, produce_frame(v, id, &t))),
-        (0i16..=5, id.clone(), any::<i64>(), any::<i16>()).prop_map(|(v, id, p, e)| (
+        (0i16..=5, id, any::<i64>(), any::<i16>()).prop_map(|(v, id, p, e)| (
             "InitProducerId",
             v,
             init_producer_id_frame(v, id, p, e)
         )),
-        (id.clone(), prop::collection::vec("[A-Z0-9-]{0,14}", 0..4)).prop_map(|(id, m)| (
+        (id, prop::collection::vec("[A-Z0-9-]{0,14}", 0..4)).prop_map(|(id, m)| (
             "SaslHandshake",
             1,
             sasl_handshake_frame(id, &m)
