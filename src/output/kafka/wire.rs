@@ -6,6 +6,9 @@
 //! neither the size prefix nor the framing, which are here. A response frame is bounded by
 //! [`MAX_RESPONSE`]: a larger size prefix fails the connection with an error that says so,
 //! rather than buffering whatever a broker (or something that is not a broker) announces.
+//! Inside a frame, [`get_response`] checks every array's length against the bytes left before
+//! the crate decodes it (`lengths`): the crate reserves an announced count before reading any
+//! element, and a count of 2^31 - 1 in a 10-byte answer would abort the process.
 //!
 //! See <https://kafka.apache.org/protocol#protocol_messages>.
 
