@@ -2,8 +2,10 @@
 //! so they run in every `cargo test` (cargo-fuzz needs nightly): arbitrary bytes in each mode,
 //! valid rings (plain and lines entries) with random bytes flipped or with entries forged,
 //! syslog-like streams for the framer, split into reads framed in place as the relay frames
-//! them, and HTTP-like requests for the HTTP input and HTTP-like response streams for the HTTP
-//! output's response reader.
+//! them, HTTP-like requests for the HTTP input and HTTP-like response streams for the HTTP
+//! output's response reader, and for the Kafka output's response frames and decoders: arbitrary
+//! bytes, arbitrary bodies in size prefixes, valid frames of the six answers it reads (encoded
+//! here, at every version it asks for) whole and mutated, and frames with absurd lengths.
 
 #[path = "../fuzz/fuzz_targets/bodies.rs"]
 mod bodies;
@@ -361,5 +363,558 @@ fn forged_entry_counts_and_sequence_numbers_stay_inside_the_ring() {
         ],
     ] {
         bodies::ring_open(input);
+    }
+}
+
+/// Regression: array counts read off the wire (2^31 - 1, 2^32 - 2) in frames of a few bytes.
+/// `kafka-protocol` 0.18 reserves the count before reading an element (`Vec::with_capacity` in
+/// `Array`/`CompactArray::decode`); before `wire::get_response` checked the lengths, these
+/// aborted the process ("memory allocation of ... bytes failed"). Strings and bytes of absurd
+/// length, tags of absurd size or number, are here too.
+#[test]
+fn kafka_frames_with_absurd_lengths_are_errors_not_allocations() {
+    watchdog();
+    for (kind, v, frame) in bodies::kafka_hostile() {
+        let e = bodies::kafka_decode_as(kind, &frame, v).unwrap_err();
+        assert!(e.contains(&format!("v{v}")), "{kind} v{v}: {e}");
+        bodies::kafka_frame(&frame);
+        let mut stream = vec![3u8];
+        stream.extend_from_slice(&(frame.len() as i32).to_be_bytes());
+        stream.extend_from_slice(&frame);
+        bodies::kafka_response(&stream);
+    }
+}
+
+/// A Kafka response encoder for the tests: the fields the output reads, at any version.
+struct Enc {
+    out: Vec<u8>,
+    flex: bool,
+}
+
+impl Enc {
+    /// A frame answering correlation id `id`; `header_flex` for response header v1.
+    fn new(id: i32, header_flex: bool, flex: bool) -> Enc {
+        let mut out = id.to_be_bytes().to_vec();
+        if header_flex {
+            out.push(0);
+        }
+        Enc { out, flex }
+    }
+    fn i8(&mut self, x: i8) {
+        self.out.push(x as u8);
+    }
+    fn i16(&mut self, x: i16) {
+        self.out.extend_from_slice(&x.to_be_bytes());
+    }
+    fn i32(&mut self, x: i32) {
+        self.out.extend_from_slice(&x.to_be_bytes());
+    }
+    fn i64(&mut self, x: i64) {
+        self.out.extend_from_slice(&x.to_be_bytes());
+    }
+    fn varint(&mut self, mut x: u32) {
+        while x >= 0x80 {
+            self.out.push(x as u8 | 0x80);
+            x >>= 7;
+        }
+        self.out.push(x as u8);
+    }
+    fn str(&mut self, s: Option<&str>) {
+        match (s, self.flex) {
+            (None, true) => self.varint(0),
+            (None, false) => self.i16(-1),
+            (Some(s), true) => {
+                self.varint(s.len() as u32 + 1);
+                self.out.extend_from_slice(s.as_bytes());
+            }
+            (Some(s), false) => {
+                self.i16(s.len() as i16);
+                self.out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        if self.flex {
+            self.varint(b.len() as u32 + 1);
+        } else {
+            self.i32(b.len() as i32);
+        }
+        self.out.extend_from_slice(b);
+    }
+    fn len(&mut self, n: usize) {
+        if self.flex {
+            self.varint(n as u32 + 1);
+        } else {
+            self.i32(n as i32);
+        }
+    }
+    fn tags(&mut self) {
+        if self.flex {
+            self.varint(0);
+        }
+    }
+}
+
+type Broker = (i32, String, i32, Option<String>);
+type Partition = (i16, i32, i32, Vec<i32>);
+type Topic = (i16, Option<String>, Vec<Partition>);
+type ProduceTopic = (String, Vec<(i32, i16, i64)>);
+
+fn api_versions_frame(v: i16, id: i32, err: i16, apis: &[(i16, i16, i16)]) -> Vec<u8> {
+    let mut e = Enc::new(id, false, v >= 3);
+    e.i16(err);
+    e.len(apis.len());
+    for &(k, lo, hi) in apis {
+        e.i16(k);
+        e.i16(lo);
+        e.i16(hi);
+        e.tags();
+    }
+    if v >= 1 {
+        e.i32(0);
+    }
+    if v >= 3 {
+        // finalized_features_epoch (tag 1) and an unknown tag.
+        e.varint(2);
+        e.varint(1);
+        e.varint(8);
+        e.i64(5);
+        e.varint(40);
+        e.varint(1);
+        e.out.push(b'x');
+    }
+    e.out
+}
+
+fn metadata_frame(v: i16, id: i32, brokers: &[Broker], topics: &[Topic]) -> Vec<u8> {
+    let mut e = Enc::new(id, v >= 9, v >= 9);
+    if v >= 3 {
+        e.i32(0);
+    }
+    e.len(brokers.len());
+    for (node, host, port, rack) in brokers {
+        e.i32(*node);
+        e.str(Some(host));
+        e.i32(*port);
+        if v >= 1 {
+            e.str(rack.as_deref());
+        }
+        e.tags();
+    }
+    if v >= 2 {
+        e.str(Some("cluster"));
+    }
+    if v >= 1 {
+        e.i32(1);
+    }
+    e.len(topics.len());
+    for (err, name, parts) in topics {
+        e.i16(*err);
+        e.str(name.as_deref());
+        if v >= 10 {
+            e.out.extend_from_slice(&[7; 16]);
+        }
+        if v >= 1 {
+            e.i8(0);
+        }
+        e.len(parts.len());
+        for (perr, index, leader, replicas) in parts {
+            e.i16(*perr);
+            e.i32(*index);
+            e.i32(*leader);
+            if v >= 7 {
+                e.i32(3);
+            }
+            for _ in 0..if v >= 5 { 3 } else { 2 } {
+                e.len(replicas.len());
+                for r in replicas {
+                    e.i32(*r);
+                }
+            }
+            e.tags();
+        }
+        if v >= 8 {
+            e.i32(0);
+        }
+        e.tags();
+    }
+    if (8..=10).contains(&v) {
+        e.i32(0);
+    }
+    e.tags();
+    e.out
+}
+
+fn produce_frame(v: i16, id: i32, topics: &[ProduceTopic]) -> Vec<u8> {
+    let mut e = Enc::new(id, v >= 9, v >= 9);
+    e.len(topics.len());
+    for (name, parts) in topics {
+        e.str(Some(name));
+        e.len(parts.len());
+        for &(index, err, offset) in parts {
+            e.i32(index);
+            e.i16(err);
+            e.i64(offset);
+            e.i64(-1);
+            if v >= 5 {
+                e.i64(0);
+            }
+            if v >= 8 {
+                e.len(usize::from(err != 0));
+                if err != 0 {
+                    e.i32(0);
+                    e.str(Some("bad record"));
+                    e.tags();
+                }
+                e.str(None);
+            }
+            if v >= 10 && err == 6 {
+                // current_leader, tag 0.
+                e.varint(1);
+                e.varint(0);
+                e.varint(9);
+                e.i32(2);
+                e.i32(4);
+                e.tags();
+            } else {
+                e.tags();
+            }
+        }
+        e.tags();
+    }
+    e.i32(0);
+    if v >= 10 {
+        // node_endpoints, tag 0.
+        let mut ne = Enc::new(0, false, true);
+        ne.out.clear();
+        ne.len(1);
+        ne.i32(2);
+        ne.str(Some("b2"));
+        ne.i32(9092);
+        ne.str(None);
+        ne.tags();
+        e.varint(1);
+        e.varint(0);
+        e.varint(ne.out.len() as u32);
+        e.out.extend_from_slice(&ne.out);
+    } else {
+        e.tags();
+    }
+    e.out
+}
+
+fn init_producer_id_frame(v: i16, id: i32, pid: i64, epoch: i16) -> Vec<u8> {
+    let mut e = Enc::new(id, v >= 2, v >= 2);
+    e.i32(0);
+    e.i16(0);
+    e.i64(pid);
+    e.i16(epoch);
+    e.tags();
+    e.out
+}
+
+fn sasl_handshake_frame(id: i32, mechanisms: &[String]) -> Vec<u8> {
+    let mut e = Enc::new(id, false, false);
+    e.i16(0);
+    e.len(mechanisms.len());
+    for m in mechanisms {
+        e.str(Some(m));
+    }
+    e.out
+}
+
+fn sasl_authenticate_frame(v: i16, id: i32, msg: Option<&str>, auth: &[u8]) -> Vec<u8> {
+    let mut e = Enc::new(id, v >= 2, v >= 2);
+    e.i16(0);
+    e.str(msg);
+    e.bytes(auth);
+    if v >= 1 {
+        e.i64(60_000);
+    }
+    e.tags();
+    e.out
+}
+
+/// A valid response frame of one of the six kinds at one of the versions the output asks
+/// for, as `(kind, version, frame)`.
+fn kafka_valid() -> impl Strategy<Value = (&'static str, i16, Vec<u8>)> {
+    let name = "[a-z.]{0,12}";
+    let id = any::<i32>();
+    let broker = (any::<i32>(), name, 0i32..65536, prop::option::of(name));
+    let partition = (
+        prop_oneof![Just(0i16), any::<i16>()],
+        0i32..6,
+        -1i32..4,
+        prop::collection::vec(0i32..5, 0..4),
+    );
+    let topic = (
+        prop_oneof![Just(0i16), Just(3), any::<i16>()],
+        prop::option::of(prop_oneof![
+            Just("t".to_string()),
+            name.prop_map(String::from)
+        ]),
+        prop::collection::vec(partition, 0..6),
+    );
+    prop_oneof![
+        (
+            0i16..=3,
+            id,
+            prop_oneof![Just(0i16), Just(35)],
+            prop::collection::vec(
+                (prop_oneof![0i16..40, any::<i16>()], 0i16..4, 0i16..14),
+                0..20
+            )
+        )
+            .prop_map(|(v, id, err, apis)| (
+                "ApiVersions",
+                v,
+                api_versions_frame(v, id, err, &apis)
+            )),
+        (
+            4i16..=12,
+            id,
+            prop::collection::vec(broker, 0..4),
+            prop::collection::vec(topic, 0..4)
+        )
+            .prop_map(|(v, id, b, t)| ("Metadata", v, metadata_frame(v, id, &b, &t))),
+        (
+            3i16..=12,
+            id,
+            prop::collection::vec(
+                (
+                    name.prop_map(String::from),
+                    prop::collection::vec(
+                        (
+                            0i32..8,
+                            prop_oneof![Just(0i16), Just(6), Just(10)],
+                            any::<i64>()
+                        ),
+                        0..4
+                    )
+                ),
+                0..3
+            )
+        )
+            .prop_map(|(v, id, t)| ("Produce", v, produce_frame(v, id, &t))),
+        (0i16..=5, id, any::<i64>(), any::<i16>()).prop_map(|(v, id, p, e)| (
+            "InitProducerId",
+            v,
+            init_producer_id_frame(v, id, p, e)
+        )),
+        (id, prop::collection::vec("[A-Z0-9-]{0,14}", 0..4)).prop_map(|(id, m)| (
+            "SaslHandshake",
+            1,
+            sasl_handshake_frame(id, &m)
+        )),
+        (
+            0i16..=2,
+            id,
+            prop::option::of(name),
+            prop::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|(v, id, m, a)| (
+                "SaslAuthenticate",
+                v,
+                sasl_authenticate_frame(v, id, m.as_deref(), &a)
+            )),
+    ]
+}
+
+/// What a mutation does to a valid frame.
+#[derive(Clone, Debug)]
+enum Mutation {
+    /// XOR a byte.
+    Flip(usize, u8),
+    /// Overwrite 1 to 5 bytes with a length: i32::MAX, -1, -2, a big varint, a small count.
+    Length(usize, Vec<u8>),
+    /// Cut the frame short.
+    Truncate(usize),
+    /// Bytes after it.
+    Append(Vec<u8>),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let length = prop_oneof![
+        Just(vec![0x7f, 0xff, 0xff, 0xff]),
+        Just(vec![0xff, 0xff, 0xff, 0xff]),
+        Just(vec![0xff, 0xff, 0xff, 0xfe]),
+        Just(vec![0xff, 0xff, 0xff, 0xff, 0x0f]),
+        Just(vec![0x80, 0x80, 0x04]),
+        Just(vec![0x7f, 0xff]),
+        Just(vec![0x00, 0x00, 0x01, 0x00]),
+        (0u8..8).prop_map(|n| vec![n]),
+    ];
+    prop_oneof![
+        3 => (any::<usize>(), 1u8..=255).prop_map(|(at, x)| Mutation::Flip(at, x)),
+        3 => (any::<usize>(), length).prop_map(|(at, l)| Mutation::Length(at, l)),
+        1 => any::<usize>().prop_map(Mutation::Truncate),
+        1 => prop::collection::vec(any::<u8>(), 1..20).prop_map(Mutation::Append),
+    ]
+}
+
+fn mutate(mut frame: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+    for m in mutations {
+        let n = frame.len().max(1);
+        match m {
+            Mutation::Flip(at, x) => {
+                if let Some(b) = frame.get_mut(at % n) {
+                    *b ^= x;
+                }
+            }
+            Mutation::Length(at, l) => {
+                for (i, &b) in l.iter().enumerate() {
+                    if let Some(x) = frame.get_mut(at % n + i) {
+                        *x = b;
+                    }
+                }
+            }
+            Mutation::Truncate(at) => frame.truncate(at % n),
+            Mutation::Append(b) => frame.extend_from_slice(b),
+        }
+    }
+    frame
+}
+
+/// `frames` as a broker's stream: each with its size prefix, the first byte the read sizes.
+fn stream_of(seed: u8, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![seed];
+    for f in frames {
+        out.extend_from_slice(&(f.len() as i32).to_be_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(config(1500))]
+
+    #[test]
+    fn kafka_response_body_holds_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..600)) {
+        watchdog();
+        bodies::kafka_response(&data);
+    }
+
+    /// Arbitrary bodies in well-formed size prefixes, so that they reach the decoders.
+    #[test]
+    fn kafka_response_body_holds_on_arbitrary_frames(
+        seed in any::<u8>(),
+        frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 0..4),
+    ) {
+        watchdog();
+        bodies::kafka_response(&stream_of(seed, &frames));
+    }
+}
+
+proptest! {
+    #![proptest_config(config(4000))]
+
+    /// Valid frames of every kind at every version the output asks for decode (the length walk
+    /// turns none away), and go through the body whole; then mutated (bytes flipped, lengths
+    /// overwritten with absurd ones, cut short, extended), the body holds.
+    #[test]
+    fn kafka_response_body_holds_on_valid_and_mutated_frames(
+        seed in any::<u8>(),
+        (kind, v, frame) in kafka_valid(),
+        mutations in prop::collection::vec(mutation(), 1..4),
+        more in prop::collection::vec(kafka_valid(), 0..2),
+    ) {
+        watchdog();
+        let id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let framed = {
+            let mut f = frame.clone();
+            f[..4].copy_from_slice(&7i32.to_be_bytes());
+            f
+        };
+        if let Err(e) = bodies::kafka_decode_as(kind, &framed, v) {
+            prop_assert!(false, "a valid {} v{} frame was refused: {} ({:?}, id {})", kind, v, e, frame, id);
+        }
+        let mut frames = vec![frame.clone()];
+        frames.extend(more.into_iter().map(|(_, _, f)| f));
+        bodies::kafka_response(&stream_of(seed, &frames));
+        let mutated = mutate(frame, &mutations);
+        bodies::kafka_frame(&mutated);
+        bodies::kafka_response(&stream_of(seed, &[mutated]));
+    }
+}
+
+/// What a real broker (tansu 0.6.0) answered, as `(response, version, frame)`
+/// (`tests/kafka/tansu-responses.txt`).
+fn broker_frames() -> Vec<(&'static str, i16, Vec<u8>)> {
+    include_str!("kafka/tansu-responses.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let mut f = l.split(' ');
+            let kind = f.next().unwrap();
+            let v = f.next().unwrap().parse().unwrap();
+            let hex = f.next().unwrap().as_bytes();
+            let frame = hex
+                .chunks(2)
+                .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+                .collect();
+            (kind, v, frame)
+        })
+        .collect()
+}
+
+/// Every answer a real broker gave decodes at its version (the length walk turns none away)
+/// and reads as the output reads it: the versions it would choose, the topic's 3 partitions.
+#[test]
+fn kafka_frames_a_real_broker_sent_decode_and_read_as_expected() {
+    use kafka_protocol::messages::{ApiVersionsResponse, MetadataResponse};
+    use ringrelay::output::kafka::cluster::{Topology, Versions};
+    use ringrelay::output::kafka::wire::get_response;
+
+    watchdog();
+    let frames = broker_frames();
+    assert!(frames.len() >= 25, "{} frames", frames.len());
+    for (kind, v, frame) in &frames {
+        let id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let mut at7 = frame.clone();
+        at7[..4].copy_from_slice(&7i32.to_be_bytes());
+        if let Err(e) = bodies::kafka_decode_as(kind, &at7, *v) {
+            panic!("{kind} v{v}: {e}");
+        }
+        match *kind {
+            "ApiVersions" => {
+                let r: ApiVersionsResponse = get_response(frame, *v, id).unwrap();
+                let chosen = Versions::from_response(&r).unwrap();
+                assert_eq!((chosen.produce, chosen.metadata), (11, 12), "v{v}");
+            }
+            "Metadata" => {
+                let r: MetadataResponse = get_response(frame, *v, id).unwrap();
+                let t = Topology::from_metadata(&r, "t").unwrap();
+                assert_eq!(t.leaders.len(), 3, "v{v}");
+                assert_eq!(t.nodes.len(), 1, "v{v}");
+            }
+            _ => {}
+        }
+        bodies::kafka_frame(frame);
+    }
+    let all: Vec<Vec<u8>> = frames.into_iter().map(|(_, _, f)| f).collect();
+    for seed in [0u8, 1, 7, 200] {
+        bodies::kafka_response(&stream_of(seed, &all));
+    }
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// A real broker's answers, mutated (bytes flipped, lengths overwritten with absurd ones,
+    /// cut short, extended): the body holds.
+    #[test]
+    fn kafka_response_body_holds_on_mutated_broker_frames(
+        seed in any::<u8>(),
+        pick in any::<prop::sample::Index>(),
+        mutations in prop::collection::vec(mutation(), 1..4),
+    ) {
+        watchdog();
+        static FRAMES: std::sync::OnceLock<Vec<(&'static str, i16, Vec<u8>)>> =
+            std::sync::OnceLock::new();
+        let frames = FRAMES.get_or_init(broker_frames);
+        let (_, _, frame) = pick.get(frames);
+        let mutated = mutate(frame.clone(), &mutations);
+        bodies::kafka_frame(&mutated);
+        bodies::kafka_response(&stream_of(seed, &[mutated]));
     }
 }

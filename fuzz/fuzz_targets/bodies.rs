@@ -11,10 +11,18 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use kafka_protocol::messages::{
+    ApiVersionsResponse, InitProducerIdResponse, MetadataResponse, ProduceResponse, ResponseHeader,
+    SaslAuthenticateResponse, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, HeaderVersion};
+
 use ringrelay::input::framing::{Framer, FramerConfig, FramerStats, Framing, Oversize};
 use ringrelay::input::http::request::{self, Expect, Limits};
 use ringrelay::output::http::protocol;
 use ringrelay::output::http::response::{Response, ResponseReader, MAX_RESPONSE_BODY};
+use ringrelay::output::kafka::cluster::{self, Topology, Versions};
+use ringrelay::output::kafka::wire::{self, Frame, FrameReader, MAX_RESPONSE};
 use ringrelay::ring::format::{
     chunk_table_len, RecordHeader, CHUNK, FLAG_CHUNKED, FLAG_LINES, KIND_DATA,
 };
@@ -1148,4 +1156,239 @@ pub fn http_request(data: &[u8]) {
         total += r.len();
     });
     assert!(total <= body.len());
+}
+
+/// The whole frames a [`FrameReader`] collects from `stream` read `sizes` bytes at a time (the
+/// last size repeated), as the Kafka output's `on_readable` reads them (space, read, filled,
+/// frame, take, restore); `true` when a size prefix was refused (the connection fails there).
+pub fn kafka_frames(stream: &[u8], sizes: &[usize]) -> (Vec<Vec<u8>>, bool) {
+    let mut reader = FrameReader::new();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut k = 0;
+    loop {
+        match reader.frame() {
+            Err(e) => {
+                assert!(e.contains("at most"), "{e}");
+                return (frames, true);
+            }
+            Ok(Frame::Whole(n)) => {
+                assert!(n <= MAX_RESPONSE);
+                let buf = reader.take();
+                assert_eq!(buf.len(), 4 + n, "a read never takes bytes past the frame");
+                frames.push(buf[4..].to_vec());
+                reader.restore(buf);
+                assert!(!reader.started());
+                continue;
+            }
+            Ok(Frame::Partial) => {}
+        }
+        if at == stream.len() {
+            return (frames, false);
+        }
+        let space = reader.space().expect("frame() said the prefix is fine");
+        let len = space.len();
+        assert!((1..=4 + MAX_RESPONSE).contains(&len));
+        let want = sizes
+            .get(k)
+            .or(sizes.last())
+            .copied()
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let n = want.min(len).min(stream.len() - at);
+        space[..n].copy_from_slice(&stream[at..at + n]);
+        reader.filled(n, len);
+        at += n;
+        k += 1;
+    }
+}
+
+/// Decodes `frame` as a `T` at each of `versions` with the correlation id it carries (its
+/// first 4 bytes) and with a wrong one (always an error); `check` gets what decodes. Where the
+/// length walk refuses a body for any reason but an array longer than the bytes left (which
+/// the crate would reserve memory for), the crate's own decoder must refuse it too: the walk
+/// turns away nothing a broker could mean.
+fn kafka_decode<T>(frame: &[u8], versions: std::ops::RangeInclusive<i16>, check: impl Fn(&T))
+where
+    T: Decodable + HeaderVersion + wire::Bounded,
+{
+    let id = i32::from_be_bytes([
+        frame.first().copied().unwrap_or(0),
+        frame.get(1).copied().unwrap_or(0),
+        frame.get(2).copied().unwrap_or(0),
+        frame.get(3).copied().unwrap_or(0),
+    ]);
+    for v in versions {
+        match wire::get_response::<T>(frame, v, id) {
+            Ok(r) => check(&r),
+            Err(e) => assert!(!e.is_empty()),
+        }
+        assert!(wire::get_response::<T>(frame, v, id.wrapping_add(1)).is_err());
+        let mut body = frame;
+        if ResponseHeader::decode(&mut body, T::header_version(v)).is_ok() {
+            if let Err(e) = T::check_lengths(body, v) {
+                if !e.contains("elements where") {
+                    let mut raw = body;
+                    assert!(
+                        T::decode(&mut raw, v).is_err(),
+                        "v{v}: the walk refused ({e}) what the crate decodes"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Decodes `frame` as the response `kind` names (as in [`kafka_hostile`]) at `v`, with the
+/// correlation id 7.
+pub fn kafka_decode_as(kind: &str, frame: &[u8], v: i16) -> Result<(), String> {
+    match kind {
+        "ApiVersions" => wire::get_response::<ApiVersionsResponse>(frame, v, 7).map(drop),
+        "Metadata" => wire::get_response::<MetadataResponse>(frame, v, 7).map(drop),
+        "InitProducerId" => wire::get_response::<InitProducerIdResponse>(frame, v, 7).map(drop),
+        "Produce" => wire::get_response::<ProduceResponse>(frame, v, 7).map(drop),
+        "SaslHandshake" => wire::get_response::<SaslHandshakeResponse>(frame, v, 7).map(drop),
+        "SaslAuthenticate" => wire::get_response::<SaslAuthenticateResponse>(frame, v, 7).map(drop),
+        _ => panic!("no response {kind}"),
+    }
+}
+
+/// Response frames (after the size prefix, correlation id 7) with absurd lengths in every place
+/// a length is read: each as `(response, version, frame)`. Array counts of 2^31 - 1 or 2^32 - 2
+/// made `kafka-protocol` 0.18 reserve that many elements before reading one (`Vec::with_capacity`
+/// in `Array`/`CompactArray::decode`): an abort for the allocation failing.
+pub fn kafka_hostile() -> Vec<(&'static str, i16, Vec<u8>)> {
+    const ID: [u8; 4] = [0, 0, 0, 7];
+    const HUGE: [u8; 4] = [0x7f, 0xff, 0xff, 0xff];
+    const CHUGE: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 0x0f];
+    let f = |kind: &'static str, v: i16, parts: &[&[u8]]| {
+        let mut frame = ID.to_vec();
+        frame.extend(parts.concat());
+        (kind, v, frame)
+    };
+    let partition_v8: &[u8] = &[0; 4 + 2 + 8 + 8 + 8];
+    // Metadata v4: no brokers, no cluster id, controller 1, one topic "t".
+    let topic_v4: &[u8] = &[
+        0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, b't', 0,
+    ];
+    vec![
+        f("ApiVersions", 0, &[&[0, 0], &HUGE]),
+        f("ApiVersions", 3, &[&[0, 0], &CHUGE]),
+        f(
+            "ApiVersions",
+            3,
+            &[&[0, 0], &[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]],
+        ),
+        // supported_features (tag 0) and finalized_features (tag 2), tagged fields.
+        f("ApiVersions", 3, &[&[0, 0, 1, 0, 0, 0, 0, 1, 0, 5], &CHUGE]),
+        f("ApiVersions", 3, &[&[0, 0, 1, 0, 0, 0, 0, 1, 2, 5], &CHUGE]),
+        // A tag of absurd size, absurdly many tags.
+        f("ApiVersions", 3, &[&[0, 0, 1, 0, 0, 0, 0, 1, 9], &CHUGE]),
+        f("ApiVersions", 3, &[&[0, 0, 1, 0, 0, 0, 0], &CHUGE]),
+        f("Metadata", 4, &[&[0; 4], &HUGE]),
+        f(
+            "Metadata",
+            4,
+            &[&[0; 4], &[0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 1], &HUGE],
+        ),
+        // One topic "t" with i32::MAX partitions; one partition with i32::MAX replicas.
+        f("Metadata", 4, &[&[0; 4], topic_v4, &HUGE]),
+        f(
+            "Metadata",
+            4,
+            &[&[0; 4], topic_v4, &[0, 0, 0, 1], &[0; 10], &HUGE],
+        ),
+        f(
+            "Metadata",
+            4,
+            &[&[0; 4], topic_v4, &[0, 0, 0, 1], &[0; 10], &[0; 4], &HUGE],
+        ),
+        f("Metadata", 12, &[&[0], &[0; 4], &CHUGE]),
+        // One broker with a host of 32767 bytes, then one of 2^32 - 2.
+        f(
+            "Metadata",
+            4,
+            &[&[0; 4], &[0, 0, 0, 1, 0, 0, 0, 1, 0x7f, 0xff]],
+        ),
+        f("Metadata", 12, &[&[0], &[0; 4], &[2, 0, 0, 0, 1], &CHUGE]),
+        f(
+            "Metadata",
+            12,
+            &[
+                &[0],
+                &[0; 4],
+                &[1, 1, 0, 0, 0, 0, 2, 0, 0],
+                &[2, b't'],
+                &[0; 16],
+                &[0],
+                &CHUGE,
+            ],
+        ),
+        f("InitProducerId", 4, &[&CHUGE, &CHUGE]),
+        f("Produce", 3, &[&HUGE]),
+        f("Produce", 9, &[&[0], &[2, 2, b't'], &CHUGE]),
+        f(
+            "Produce",
+            8,
+            &[&[0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1], partition_v8, &HUGE],
+        ),
+        // node_endpoints (tag 0 of the response, v10 on).
+        f("Produce", 11, &[&[0], &[1], &[0; 4], &[1, 0, 5], &CHUGE]),
+        f("SaslHandshake", 1, &[&[0, 0], &HUGE]),
+        f("SaslHandshake", 1, &[&[0, 0, 0, 0, 0, 2, 0x7f, 0xff]]),
+        f("SaslAuthenticate", 0, &[&[0, 0, 0xff, 0xff], &HUGE]),
+        f("SaslAuthenticate", 2, &[&[0], &[0, 0, 0], &CHUGE]),
+    ]
+}
+
+/// One whole response frame (after its size prefix) decoded as every answer the Kafka output
+/// reads, at every version it may ask for, and read as the output reads it. Nothing panics,
+/// and what decodes holds no more elements than the frame has bytes for.
+pub fn kafka_frame(frame: &[u8]) {
+    let n = frame.len();
+    kafka_decode::<ApiVersionsResponse>(frame, 0..=3, |r| {
+        assert!(r.api_keys.len() * 6 <= n);
+        assert!(r.supported_features.len() + r.finalized_features.len() <= n);
+        if let Ok(v) = Versions::from_response(r) {
+            assert!((cluster::PRODUCE.min..=cluster::PRODUCE.max).contains(&v.produce));
+            assert!((cluster::METADATA.min..=cluster::METADATA.max).contains(&v.metadata));
+            let ip = cluster::INIT_PRODUCER_ID;
+            assert!((ip.min..=ip.max).contains(&v.init_producer_id));
+        }
+    });
+    kafka_decode::<MetadataResponse>(frame, 4..=12, |r| {
+        assert!(r.brokers.len() + r.topics.len() <= n);
+        if let Ok(t) = Topology::from_metadata(r, "t") {
+            assert!((1..=cluster::MAX_PARTITIONS).contains(&t.leaders.len()));
+            assert!(t.nodes.len() <= cluster::MAX_NODES);
+        }
+    });
+    kafka_decode::<InitProducerIdResponse>(frame, 0..=5, |_| {});
+    kafka_decode::<ProduceResponse>(frame, 3..=12, |r| {
+        assert!(r.responses.len() + r.node_endpoints.len() <= n);
+    });
+    kafka_decode::<SaslHandshakeResponse>(frame, 1..=1, |r| {
+        assert!(r.mechanisms.len() * 2 <= n);
+    });
+    kafka_decode::<SaslAuthenticateResponse>(frame, 0..=2, |r| {
+        assert!(r.auth_bytes.len() <= n);
+    });
+}
+
+/// Any bytes as what a Kafka broker sends the output: the first byte picks the sizes of the
+/// reads the rest arrives in; the frame reader finds the same frames however the stream is
+/// read, never holds more than one bounded frame, and every whole frame goes through
+/// [`kafka_frame`].
+pub fn kafka_response(data: &[u8]) {
+    let (seed, stream) = match data.split_first() {
+        Some((&s, rest)) => (usize::from(s), rest),
+        None => (0, data),
+    };
+    let sizes: Vec<usize> = (1..64).map(|k| 1 + seed * k % 61).collect();
+    let whole = kafka_frames(stream, &[usize::MAX]);
+    let split = kafka_frames(stream, if seed == 0 { &[1] } else { &sizes });
+    assert_eq!(whole, split, "read in pieces of {sizes:?}");
+    for frame in &whole.0 {
+        kafka_frame(frame);
+    }
 }

@@ -57,6 +57,7 @@ mod answer;
 pub mod batch;
 pub mod cluster;
 pub mod errors;
+mod lengths;
 pub mod partition;
 pub mod sasl;
 mod send;

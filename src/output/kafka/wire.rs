@@ -6,11 +6,19 @@
 //! neither the size prefix nor the framing, which are here. A response frame is bounded by
 //! [`MAX_RESPONSE`]: a larger size prefix fails the connection with an error that says so,
 //! rather than buffering whatever a broker (or something that is not a broker) announces.
+//! Inside a frame, [`get_response`] checks every array's length against the bytes left before
+//! the crate decodes it (`lengths`): the crate reserves an announced count before reading any
+//! element, and a count of 2^31 - 1 in a 10-byte answer would abort the process.
 //!
 //! See <https://kafka.apache.org/protocol#protocol_messages>.
 
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, InitProducerIdResponse, MetadataResponse, ProduceResponse,
+    RequestHeader, ResponseHeader, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use super::lengths;
 
 /// The largest response frame accepted. Our requests name one topic, so the largest answer
 /// is a Metadata response: about 40 bytes a partition and 30 a broker, far below this.
@@ -42,9 +50,38 @@ pub fn put_request<T: Encodable + HeaderVersion>(
     Ok(())
 }
 
+/// A response the output decodes, with the walk that checks its lengths before the crate
+/// decodes it (see `lengths`: the crate reserves an array's announced count before reading
+/// any element).
+pub trait Bounded {
+    /// `Err` when `body` (after the response header) at `version` announces an array longer
+    /// than the bytes left, or is too short for its fields.
+    fn check_lengths(body: &[u8], version: i16) -> Result<(), String>;
+}
+
+macro_rules! bounded {
+    ($($t:ty => $walk:path,)*) => {$(
+        impl Bounded for $t {
+            fn check_lengths(body: &[u8], version: i16) -> Result<(), String> {
+                $walk(body, version)
+            }
+        }
+    )*};
+}
+
+bounded! {
+    ApiVersionsResponse => lengths::api_versions,
+    MetadataResponse => lengths::metadata,
+    InitProducerIdResponse => lengths::init_producer_id,
+    ProduceResponse => lengths::produce,
+    SaslHandshakeResponse => lengths::sasl_handshake,
+    SaslAuthenticateResponse => lengths::sasl_authenticate,
+}
+
 /// Decodes one response frame (without its size prefix) as a `T` at `version`, checking that
-/// it answers `correlation_id`.
-pub fn get_response<T: Decodable + HeaderVersion>(
+/// it answers `correlation_id`, and that its lengths are within the frame before the crate
+/// reserves memory for them.
+pub fn get_response<T: Decodable + HeaderVersion + Bounded>(
     mut frame: &[u8],
     version: i16,
     correlation_id: i32,
@@ -62,6 +99,7 @@ pub fn get_response<T: Decodable + HeaderVersion>(
             header.correlation_id
         ));
     }
+    T::check_lengths(frame, version).map_err(|e| format!("{name} v{version}: {e}"))?;
     T::decode(&mut frame, version).map_err(|e| format!("{name} v{version}: {e}"))
 }
 
