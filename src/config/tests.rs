@@ -140,7 +140,7 @@ fn duplicates_and_unsupported_kinds_are_named() {
     let text = GOOD
         .replace("name = \"zpa\"", "name = \"zia-web\"")
         .replace("0.0.0.0:9515", "0.0.0.0:9514")
-        .replace("kind = \"file\"", "kind = \"kafka\"");
+        .replace("kind = \"file\"", "kind = \"kinesis\"");
     let msgs: Vec<String> = parse(&text)
         .expect_err("invalid")
         .iter()
@@ -155,9 +155,9 @@ fn duplicates_and_unsupported_kinds_are_named() {
         "{msgs:#?}"
     );
     assert!(
-        msgs.iter()
-            .any(|m| m
-                .contains("output kind \"kafka\" is unknown (supported: tcp, tls, file, http)")),
+        msgs.iter().any(|m| m.contains(
+            "output kind \"kinesis\" is unknown (supported: tcp, tls, file, http, kafka)"
+        )),
         "{msgs:#?}"
     );
 }
