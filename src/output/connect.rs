@@ -178,15 +178,7 @@ impl Output {
         let insecure =
             matches!(&self.sink, Sink::Tcp { tls: Some(t), .. } if t.files.insecure_skip_verify);
         if insecure {
-            crate::log!(
-                Level::Warn,
-                "tls_verification_disabled",
-                feed = self.core.feed,
-                output = self.core.name,
-                peer = self.peer_name(),
-                reason =
-                    "insecure_skip_verify = true: the receiver is not authenticated (labs only)"
-            );
+            warn_insecure(&self.core, &self.peer_name());
         }
         let Sink::Tcp { tls: Some(t), .. } = &mut self.sink else {
             return;
@@ -495,4 +487,16 @@ pub(super) fn client_tls(
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("feed {feed} output {output}: server_name {server_name:?}: {e}"))?;
     Ok((config, name))
+}
+
+/// Logs, at every connect, that a TLS output does not authenticate its receiver.
+pub(super) fn warn_insecure(core: &Core, peer: &dyn std::fmt::Display) {
+    crate::log!(
+        Level::Warn,
+        "tls_verification_disabled",
+        feed = core.feed,
+        output = core.name,
+        peer = peer,
+        reason = "insecure_skip_verify = true: the receiver is not authenticated (labs only)"
+    );
 }

@@ -84,6 +84,7 @@ pub mod http;
 pub mod kafka;
 pub mod link;
 mod losses;
+mod scan;
 pub mod syslog;
 mod transport;
 mod write;

@@ -23,27 +23,10 @@ impl HttpSink {
             // server; send the same request again on a new connection at once (a new
             // connection that does the same fails as usual).
             let stale = in_flight && self.served > 0 && !self.reader.started();
-            let handshaking = conn.handshaking();
-            let res = conn.read(&mut buf);
-            let (established, tls_failed) = (
-                handshaking && !conn.handshaking(),
-                handshaking && conn.tls_failed(),
-            );
-            if established {
-                // The request waited for the handshake: it may go now.
-                core.write_blocked = false;
-                crate::log!(
-                    Level::Info,
-                    "tls_established",
-                    feed = core.feed,
-                    output = core.name,
-                    peer = self.peer_name()
-                );
-            }
-            if tls_failed {
-                core.stats.tls_failures += 1;
-            }
-            let n = match res {
+            let (peer, cfg) = (self.peer, &self.cfg);
+            let name =
+                || peer.map_or_else(|| format!("{}:{}", cfg.host, cfg.port), |p| p.to_string());
+            let n = match conn.read_for(core, &name, &mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

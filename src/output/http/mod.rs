@@ -26,16 +26,16 @@
 //! sans-I/O verdict and HEC ack window; `protocol.rs` and `response.rs` the wire format.
 
 use std::fs::OpenOptions;
-use std::io::{self, IoSlice, Write as _};
-use std::net::ToSocketAddrs;
+use std::io::{self, Write as _};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use rustls::ClientConfig;
 
 use crate::clock;
 use crate::config::HttpOutput;
@@ -49,6 +49,7 @@ pub mod response;
 mod send;
 
 use super::link::State;
+use super::scan::Scan;
 use super::transport::Transport;
 use super::{Core, Pass};
 use acks::{verdict, Acks, Verdict};
@@ -96,18 +97,6 @@ enum Exchange {
     Sending { req: Req, deadline: Instant },
     /// Waiting for the response.
     Receiving { req: Req, deadline: Instant },
-}
-
-/// The batch being gathered from `from`: `records` records, `bytes` of body.
-#[derive(Clone, Copy, Debug)]
-struct Scan {
-    from: Pos,
-    to: Pos,
-    bytes: usize,
-    records: u32,
-    first_ts: u64,
-    /// No more records fit (or a gap in the ring ends it): send now.
-    full: bool,
 }
 
 /// An HTTP output's sink: its settings, connection and the batch machinery.
@@ -315,64 +304,27 @@ impl HttpSink {
         token: Token,
         now: Instant,
     ) {
-        let target = format!("{}:{}", self.cfg.host, self.cfg.port);
-        let addr = match (self.cfg.host.as_str(), self.cfg.port).to_socket_addrs() {
-            Ok(mut a) => match a.next() {
-                Some(a) => a,
-                None => return self.fail(core, registry, "address resolved to nothing", now),
+        let session = match &self.tls {
+            None => None,
+            Some((config, name)) => match Transport::tls_session(config, name.clone()) {
+                Ok(c) => Some(c),
+                Err(why) => return self.fail(core, registry, &why, now),
             },
-            Err(e) => {
-                let why = format!("resolve {target}: {e}");
-                return self.fail(core, registry, &why, now);
-            }
         };
-        match TcpStream::connect(addr) {
-            Ok(mut s) => {
-                if let Err(e) =
-                    registry.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)
-                {
-                    let why = format!("register socket: {e}");
-                    return self.fail(core, registry, &why, now);
+        let target = format!("{}:{}", self.cfg.host, self.cfg.port);
+        let host = (self.cfg.host.as_str(), self.cfg.port);
+        match Transport::connect(host, &target, registry, token, session) {
+            Ok((conn, addr)) => {
+                let insecure = self.cfg.tls.as_ref();
+                if insecure.is_some_and(|t| t.files.insecure_skip_verify) {
+                    super::connect::warn_insecure(core, &addr);
                 }
-                let session = match &self.tls {
-                    None => None,
-                    Some((config, name)) => {
-                        match ClientConnection::new(config.clone(), name.clone()) {
-                            Ok(mut c) => {
-                                c.set_buffer_limit(Some(crate::tls::BUFFER_LIMIT));
-                                Some(c)
-                            }
-                            Err(e) => {
-                                let why = format!("TLS session: {e}");
-                                return self.fail(core, registry, &why, now);
-                            }
-                        }
-                    }
-                };
-                if self
-                    .cfg
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| t.files.insecure_skip_verify)
-                {
-                    crate::log!(
-                        Level::Warn,
-                        "tls_verification_disabled",
-                        feed = core.feed,
-                        output = core.name,
-                        peer = addr,
-                        reason = "insecure_skip_verify = true: the receiver is not authenticated (labs only)"
-                    );
-                }
-                self.conn = Some(Transport::new(s, session));
+                self.conn = Some(conn);
                 self.peer = Some(addr);
                 self.reader.reset();
                 core.link.connecting(now);
             }
-            Err(e) => {
-                let why = format!("connect {addr}: {e}");
-                self.fail(core, registry, &why, now);
-            }
+            Err(why) => self.fail(core, registry, &why, now),
         }
     }
 

@@ -35,46 +35,21 @@ impl HttpSink {
     /// Writes request bytes: `Some(true)` when all are written, `Some(false)` when the socket is
     /// full, `None` after a failure.
     fn send_bytes(&mut self, core: &mut Core, registry: &Registry, now: Instant) -> Option<bool> {
-        loop {
-            let payload: &[u8] = match self.exchange {
-                Exchange::Sending {
-                    req: Req::Data(_), ..
-                } if self.cfg.gzip => &self.gz,
-                Exchange::Sending {
-                    req: Req::Data(_), ..
-                } => &self.body,
-                _ => &[],
-            };
-            let total = self.head.len() + payload.len();
-            if self.sent >= total {
-                return Some(true);
-            }
-            let (a, b) = if self.sent < self.head.len() {
-                (&self.head[self.sent..], payload)
-            } else {
-                (&[][..], &payload[self.sent - self.head.len()..])
-            };
-            let iov = [IoSlice::new(a), IoSlice::new(b)];
-            let conn = self.conn.as_mut()?;
-            match conn.write(&iov) {
-                Ok(0) => {
-                    self.fail(core, registry, "write returned 0", now);
-                    return None;
-                }
-                Ok(n) => {
-                    self.sent += n;
-                    core.stats.bytes += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    core.write_blocked = true;
-                    return Some(false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let why = format!("write: {e}");
-                    self.fail(core, registry, &why, now);
-                    return None;
-                }
+        let payload: &[u8] = match self.exchange {
+            Exchange::Sending {
+                req: Req::Data(_), ..
+            } if self.cfg.gzip => &self.gz,
+            Exchange::Sending {
+                req: Req::Data(_), ..
+            } => &self.body,
+            _ => &[],
+        };
+        let conn = self.conn.as_mut()?;
+        match conn.write_out(core, &self.head, payload, &mut self.sent) {
+            Ok(done) => Some(done),
+            Err(why) => {
+                self.fail(core, registry, &why, now);
+                None
             }
         }
     }
@@ -136,15 +111,10 @@ impl HttpSink {
             core.end_episode();
             return Some(Pass::Done);
         }
-        if !scan.full && scan.records < limit {
-            let age = u64::try_from(self.cfg.max_batch_age.as_nanos()).unwrap_or(u64::MAX);
-            let due = scan.first_ts.saturating_add(age);
-            let wall = clock::wall_ns();
-            if wall < due {
-                self.scan = Some(scan);
-                self.wait = Some(now + Duration::from_nanos(due - wall));
-                return Some(Pass::Blocked);
-            }
+        if let Some(at) = scan.wait_until(limit, self.cfg.max_batch_age, now) {
+            self.scan = Some(scan);
+            self.wait = Some(at);
+            return Some(Pass::Blocked);
         }
         self.scan = None;
         self.wait = None;
@@ -173,56 +143,18 @@ impl HttpSink {
     }
 
     /// Walks the ring from the send position (or from where the last look stopped) until the
-    /// batch is full, holds `limit` records or reaches the head; steps over overwritten and
-    /// damaged records before the first one.
+    /// batch is full, holds `limit` records or reaches the head ([`Core::scan`]).
     fn scan(&mut self, core: &mut Core, ring: &mut Ring, limit: u32, now: Instant) -> Scan {
-        let send = core.send;
-        let tail = ring.tail();
         let (format, max) = (self.cfg.body, self.cfg.max_batch_bytes);
-        let mut scan = match self.scan {
-            Some(s) if s.from == send && s.from.seq >= tail.seq && s.records <= limit => s,
-            _ => Scan {
-                from: send,
-                to: send,
-                bytes: 0,
-                records: 0,
-                first_ts: 0,
-                full: false,
-            },
-        };
-        while !scan.full && scan.records < limit {
-            match ring.read(scan.to) {
-                Read::Record(r) => {
-                    let cost = protocol::record_cost(format, r.payload, scan.records);
-                    if scan.records > 0 && scan.bytes + cost > max {
-                        scan.full = true;
-                        break;
-                    }
-                    if scan.records == 0 {
-                        scan.first_ts = r.ts;
-                    }
-                    scan.bytes += cost;
-                    scan.records += 1;
-                    scan.to = r.next;
-                }
-                Read::End => break,
-                Read::Overrun { tail } if scan.records == 0 => {
-                    core.note_overrun(ring);
-                    core.send = tail;
-                    scan.from = tail;
-                    scan.to = tail;
-                }
-                Read::Corrupt { at, damage, next } if scan.records == 0 => {
-                    core.note_damage(at, damage, next);
-                    core.send = next;
-                    self.settle_skipped(core, ring, at, next, now);
-                    scan.from = next;
-                    scan.to = next;
-                }
-                // A gap after some records: send those first.
-                Read::Overrun { .. } | Read::Corrupt { .. } => scan.full = true,
-            }
-        }
+        let mut scan = Scan::resume(self.scan, core.send, ring.tail(), limit, 0);
+        core.scan(
+            ring,
+            &mut scan,
+            limit,
+            max,
+            |payload, i| protocol::record_cost(format, payload, i),
+            |core, ring, at, next| self.settle_skipped(core, ring, at, next, now),
+        );
         scan
     }
 

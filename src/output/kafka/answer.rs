@@ -29,31 +29,14 @@ impl KafkaSink {
             let Some(conn) = self.conn.as_mut() else {
                 return;
             };
-            let handshaking = conn.handshaking();
             let space = match self.reader.space() {
                 Ok(s) => s,
                 Err(why) => return self.fail(core, registry, &why, now),
             };
             let len = space.len();
-            let res = conn.read(space);
-            let (established, tls_failed) = (
-                handshaking && !conn.handshaking(),
-                handshaking && conn.tls_failed(),
-            );
-            if established {
-                core.write_blocked = false;
-                crate::log!(
-                    Level::Info,
-                    "tls_established",
-                    feed = core.feed,
-                    output = core.name,
-                    peer = self.peer_name()
-                );
-            }
-            if tls_failed {
-                core.stats.tls_failures += 1;
-            }
-            let n = match res {
+            let (peer, target) = (self.peer, &self.target);
+            let name = || peer.map_or_else(|| target.clone(), |p| p.to_string());
+            let n = match conn.read_for(core, &name, space) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.reader.filled(0, len);

@@ -37,7 +37,7 @@
 //! from the cursor: the batch that was in flight when the old process died, if the broker had
 //! appended it, is in the topic twice. At most one batch (`max_batch_bytes`) per crash.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,9 +45,9 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use rustls::ClientConfig;
 
 use crate::config::{KafkaCompression, KafkaOutput};
 use crate::log::{Level, Limiter};
@@ -64,6 +64,7 @@ mod send;
 pub mod wire;
 
 use super::link::State;
+use super::scan::Scan;
 use super::transport::Transport;
 use super::{Core, Pass};
 use batch::BatchWriter;
@@ -141,17 +142,6 @@ struct Pending {
     base_seq: i32,
     /// Sent at least once (a resend counts as a retry).
     sent: bool,
-}
-
-/// The records the next batch would hold, gathered from the send position.
-#[derive(Clone, Copy, Debug)]
-struct Scan {
-    from: Pos,
-    to: Pos,
-    bytes: usize,
-    records: u32,
-    first_ts: u64,
-    full: bool,
 }
 
 /// A Kafka output's sink: its settings, its connection and session, the cluster and producer
@@ -362,56 +352,28 @@ impl KafkaSink {
         token: Token,
         now: Instant,
     ) {
-        let addr = match self.target.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => a,
-            Ok(None) => {
-                let why = format!("resolve {}: no address", self.target);
-                return self.fail(core, registry, &why, now);
-            }
-            Err(e) => {
-                let why = format!("resolve {}: {e}", self.target);
-                return self.fail(core, registry, &why, now);
-            }
-        };
         let session = match &self.tls {
             None => None,
-            Some(config) => {
-                let name = match self.server_name() {
-                    Ok(n) => n,
-                    Err(why) => return self.fail(core, registry, &why, now),
-                };
-                match ClientConnection::new(config.clone(), name) {
-                    Ok(mut c) => {
-                        c.set_buffer_limit(Some(crate::tls::BUFFER_LIMIT));
-                        Some(c)
-                    }
-                    Err(e) => {
-                        let why = format!("TLS session: {e}");
-                        return self.fail(core, registry, &why, now);
-                    }
-                }
-            }
+            Some(config) => match self
+                .server_name()
+                .and_then(|name| Transport::tls_session(config, name))
+            {
+                Ok(c) => Some(c),
+                Err(why) => return self.fail(core, registry, &why, now),
+            },
         };
-        match TcpStream::connect(addr) {
-            Ok(mut s) => {
-                // A request goes in one write, and the next waits for the answer: Nagle's
-                // algorithm could only hold back the tail of one cut short.
-                let _ = s.set_nodelay(true);
-                if let Err(e) =
-                    registry.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)
-                {
-                    let why = format!("register socket: {e}");
-                    return self.fail(core, registry, &why, now);
+        match Transport::connect(self.target.as_str(), &self.target, registry, token, session) {
+            Ok((conn, addr)) => {
+                let insecure = self.cfg.tls.as_ref();
+                if insecure.is_some_and(|t| t.files.insecure_skip_verify) {
+                    super::connect::warn_insecure(core, &addr);
                 }
-                self.conn = Some(Transport::new(s, session));
+                self.conn = Some(conn);
                 self.peer = Some(addr);
                 self.reader.reset();
                 core.link.connecting(now);
             }
-            Err(e) => {
-                let why = format!("connect {addr}: {e}");
-                self.fail(core, registry, &why, now);
-            }
+            Err(why) => self.fail(core, registry, &why, now),
         }
     }
 
@@ -498,33 +460,15 @@ pub fn response_bytes() -> usize {
 }
 
 impl KafkaSink {
-    /// Writes what the request buffer holds; `Some(true)` when all of it is written.
+    /// Writes what the request buffer holds; `Some(true)` when all of it is written,
+    /// `Some(false)` when the socket is full, `None` after a failure.
     fn flush(&mut self, core: &mut Core, registry: &Registry, now: Instant) -> Option<bool> {
-        use std::io::{self, IoSlice};
-        loop {
-            if self.sent >= self.out.len() {
-                return Some(true);
-            }
-            let conn = self.conn.as_mut()?;
-            match conn.write(&[IoSlice::new(&self.out[self.sent..])]) {
-                Ok(0) => {
-                    self.fail(core, registry, "write returned 0", now);
-                    return None;
-                }
-                Ok(n) => {
-                    self.sent += n;
-                    core.stats.bytes += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    core.write_blocked = true;
-                    return Some(false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let why = format!("write: {e}");
-                    self.fail(core, registry, &why, now);
-                    return None;
-                }
+        let conn = self.conn.as_mut()?;
+        match conn.write_out(core, &self.out, &[], &mut self.sent) {
+            Ok(done) => Some(done),
+            Err(why) => {
+                self.fail(core, registry, &why, now);
+                None
             }
         }
     }

@@ -12,7 +12,6 @@ use kafka_protocol::messages::{
 
 use super::batch::{self, Compression};
 use super::*;
-use crate::clock;
 use crate::config::{KafkaKey, SaslMechanism};
 use crate::ring::Read;
 
@@ -274,81 +273,33 @@ impl KafkaSink {
         Some(Pass::Failed)
     }
 
-    /// Walks the ring from the send position until the batch is full or reaches the head;
-    /// steps over overwritten and damaged records before the first one. `Err(pass)` when
-    /// there is nothing to send yet (nothing at all, or a batch younger than `max_batch_age`).
+    /// Walks the ring from the send position until the batch is full or reaches the head
+    /// ([`Core::scan`]). `Err(pass)` when there is nothing to send yet (nothing at all, or a
+    /// batch younger than `max_batch_age`).
     fn gather(&mut self, core: &mut Core, ring: &mut Ring, now: Instant) -> Result<Scan, Pass> {
-        let send = core.send;
-        let tail = ring.tail();
-        let key_len = self.key_len(core);
-        let max = self.cfg.max_batch_bytes;
-        if send.seq >= self.narrow_until {
+        if core.send.seq >= self.narrow_until {
             self.limit = u32::MAX;
         }
-        let limit = self.limit;
-        let mut scan = match self.scan {
-            Some(s) if s.from == send && s.from.seq >= tail.seq && s.records <= limit => s,
-            _ => Scan {
-                from: send,
-                to: send,
-                bytes: BATCH_HEADER,
-                records: 0,
-                first_ts: 0,
-                full: false,
-            },
-        };
-        while !scan.full {
-            if scan.records >= limit {
-                scan.full = true;
-                break;
-            }
-            match ring.read(scan.to) {
-                Read::Record(r) => {
-                    let cost = record_bound(key_len, r.payload.len());
-                    if scan.records > 0 && scan.bytes + cost > max {
-                        scan.full = true;
-                        break;
-                    }
-                    if scan.records == 0 {
-                        scan.first_ts = r.ts;
-                    }
-                    scan.bytes += cost;
-                    scan.records += 1;
-                    scan.to = r.next;
-                }
-                Read::End => break,
-                Read::Overrun { tail } if scan.records == 0 => {
-                    core.note_overrun(ring);
-                    core.send = tail;
-                    scan.from = tail;
-                    scan.to = tail;
-                }
-                Read::Corrupt { at, damage, next } if scan.records == 0 => {
-                    core.note_damage(at, damage, next);
-                    core.send = next;
-                    core.commit_upto(ring, next);
-                    scan.from = next;
-                    scan.to = next;
-                }
-                // A gap after some records: send those first.
-                Read::Overrun { .. } | Read::Corrupt { .. } => scan.full = true,
-            }
-        }
+        let (limit, key_len) = (self.limit, self.key_len(core));
+        let mut scan = Scan::resume(self.scan, core.send, ring.tail(), limit, BATCH_HEADER);
+        core.scan(
+            ring,
+            &mut scan,
+            limit,
+            self.cfg.max_batch_bytes,
+            |payload, _| record_bound(key_len, payload.len()),
+            |core, ring, _, next| core.commit_upto(ring, next),
+        );
         if scan.records == 0 {
             self.scan = None;
             self.wait = None;
             core.end_episode();
             return Err(Pass::Done);
         }
-        if !scan.full {
-            let age = u64::try_from(self.cfg.max_batch_age.as_nanos()).unwrap_or(u64::MAX);
-            let due = scan.first_ts.saturating_add(age);
-            let wall = clock::wall_ns();
-            if wall < due {
-                self.scan = Some(scan);
-                self.wait = Some(now + Duration::from_nanos(due - wall));
-                return Err(Pass::Blocked);
-            }
+        if let Some(at) = scan.wait_until(limit, self.cfg.max_batch_age, now) {
+            self.scan = Some(scan);
+            self.wait = Some(at);
+            return Err(Pass::Blocked);
         }
         self.scan = None;
         self.wait = None;
