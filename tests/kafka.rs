@@ -104,6 +104,21 @@ alert_after = "{alert_after}"
     p
 }
 
+/// A broker (printing what the tests run against, once) with topic [`TOPIC`] of 3 partitions.
+fn broker_with_topic() -> Broker {
+    let broker = Broker::start();
+    banner(&broker);
+    broker.create_topic(TOPIC, 3);
+    broker
+}
+
+/// The relay on `cfg` (one feed), and its admin address.
+fn start_relay(cfg: &Path) -> (RelayProc, SocketAddr) {
+    let relay = RelayProc::start(cfg, 1);
+    let admin = admin_addr(&relay);
+    (relay, admin)
+}
+
 /// A metric of output `kafka` of feed `f`, if /metrics has it.
 fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
     metrics(admin)
@@ -285,9 +300,7 @@ fn the_verifier_reads_back_what_confluent_kafka_produced_also_after_a_broker_res
 
 fn clean_run(compression: &str) {
     const N: u64 = 20_000;
-    let broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let broker = broker_with_topic();
     let dir = TempDir::new(&format!("kafka-clean-{compression}"));
     let cfg = relay_config(
         dir.path(),
@@ -297,8 +310,7 @@ fn clean_run(compression: &str) {
             ..Out::default()
         },
     );
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     let t = Instant::now();
     send_records(relay.addr("f"), 0..N, LEN);
     wait_caught_up(&relay, admin, Duration::from_secs(60));
@@ -348,9 +360,7 @@ fn a_clean_run_with_gzip_delivers_every_record_exactly_once_in_order_per_partiti
 #[test]
 fn a_broker_restarted_mid_stream_loses_nothing_and_duplicates_nothing() {
     const N: u64 = 100_000;
-    let mut broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let mut broker = broker_with_topic();
     let dir = TempDir::new("kafka-broker-restart");
     let cfg = relay_config(
         dir.path(),
@@ -360,8 +370,7 @@ fn a_broker_restarted_mid_stream_loses_nothing_and_duplicates_nothing() {
             ..Out::default()
         },
     );
-    let relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (relay, admin) = start_relay(&cfg);
     let input = relay.addr("f");
     let sender = thread::spawn(move || send_records(input, 0..N, LEN));
     // Mid-stream: some delivered, more to go.
@@ -473,9 +482,7 @@ struct Stopped {
 /// stop), in ring order, under a new producer id.
 fn stop_relay_mid_delivery(what: &str, stop: impl FnOnce(&mut RelayProc)) -> Stopped {
     const N: u64 = 100_000;
-    let broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let broker = broker_with_topic();
     let dir = TempDir::new(&format!("kafka-relay-{what}"));
     let data = dir.path().join("data");
     let cfg = relay_config(
@@ -486,8 +493,7 @@ fn stop_relay_mid_delivery(what: &str, stop: impl FnOnce(&mut RelayProc)) -> Sto
             ..Out::default()
         },
     );
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     // Everything into the ring first (the ring survives a SIGKILL; a record the input had
     // not taken would not), delivery going on meanwhile.
     send_records(relay.addr("f"), 0..N, LEN);
@@ -539,8 +545,7 @@ fn stop_relay_mid_delivery(what: &str, stop: impl FnOnce(&mut RelayProc)) -> Sto
         &below[..below.len().min(10)]
     );
 
-    let relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (relay, admin) = start_relay(&cfg);
     wait_caught_up(&relay, admin, Duration::from_secs(120));
     let all = consume(broker.addr(), TOPIC);
     let read = Read::of(&all);
@@ -642,8 +647,7 @@ fn an_unknown_topic_is_an_output_down_with_an_alert_and_delivery_resumes_once_it
             ..Out::default()
         },
     );
-    let relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (relay, admin) = start_relay(&cfg);
     send_records(relay.addr("f"), 0..N, LEN);
     let down = relay.wait_log("event=output_down", Duration::from_secs(15));
     assert!(down, "no output_down; log:\n{}", relay.log_text());
@@ -693,14 +697,11 @@ fn an_unknown_topic_is_an_output_down_with_an_alert_and_delivery_resumes_once_it
 #[test]
 fn a_broker_that_is_down_at_start_is_waited_for() {
     const N: u64 = 5000;
-    let mut broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let mut broker = broker_with_topic();
     broker.kill();
     let dir = TempDir::new("kafka-down-at-start");
     let cfg = relay_config(dir.path(), broker.addr(), &Out::default());
-    let relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (relay, admin) = start_relay(&cfg);
     send_records(relay.addr("f"), 0..N, LEN);
     let down = relay.wait_log("event=output_down", Duration::from_secs(15));
     assert!(down, "no output_down; log:\n{}", relay.log_text());
@@ -739,8 +740,7 @@ fn key_feed_puts_the_whole_feed_in_the_partition_librdkafkas_murmur2_picks_for_i
             ..Out::default()
         },
     );
-    let relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (relay, admin) = start_relay(&cfg);
     send_records(relay.addr("f"), 0..N, LEN);
     wait_caught_up(&relay, admin, Duration::from_secs(60));
     let keyed = consume_keyed(broker.addr(), TOPIC);
@@ -778,9 +778,7 @@ fn key_feed_puts_the_whole_feed_in_the_partition_librdkafkas_murmur2_picks_for_i
 #[test]
 fn a_batch_appended_but_unanswered_is_sent_again_and_dropped_by_the_broker_as_a_duplicate() {
     const N: u64 = 50_000;
-    let broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let broker = broker_with_topic();
     let dir = TempDir::new("kafka-unanswered");
     let cfg = relay_config(
         dir.path(),
@@ -791,8 +789,7 @@ fn a_batch_appended_but_unanswered_is_sent_again_and_dropped_by_the_broker_as_a_
             ..Out::default()
         },
     );
-    let relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (relay, admin) = start_relay(&cfg);
     let input = relay.addr("f");
     let sender = thread::spawn(move || send_records(input, 0..N, LEN));
     let started = wait_until(Duration::from_secs(30), || delivered(admin) >= 2000.0);
@@ -848,9 +845,7 @@ fn deliver(relay: &RelayProc, admin: SocketAddr, range: std::ops::Range<u64>) {
 #[test]
 fn a_leader_unavailable_for_a_while_pauses_delivery_and_its_resends_are_dropped_as_duplicates() {
     const N: u64 = 20_000;
-    let broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let broker = broker_with_topic();
     // Between the relay and tansu: Produce answered NOT_LEADER_OR_FOLLOWER after the broker
     // appended the batch, for 1.5 s.
     let proxy = kafka_proxy::KafkaProxy::start(broker.addr());
@@ -864,8 +859,7 @@ fn a_leader_unavailable_for_a_while_pauses_delivery_and_its_resends_are_dropped_
             ..Out::default()
         },
     );
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     deliver(&relay, admin, 0..N / 2);
     proxy.set_not_leader(true);
     let input = relay.addr("f");
@@ -921,14 +915,11 @@ fn a_leader_unavailable_for_a_while_pauses_delivery_and_its_resends_are_dropped_
 #[test]
 fn a_record_the_broker_refuses_as_too_large_is_dead_lettered_and_the_rest_delivered() {
     const N: u64 = 2_000;
-    let broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let broker = broker_with_topic();
     let proxy = kafka_proxy::KafkaProxy::start(broker.addr());
     let dir = TempDir::new("kafka-dead-letter");
     let cfg = relay_config(dir.path(), proxy.addr(), &Out::default());
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     deliver(&relay, admin, 0..N / 2);
     // One record among the rest that the broker "refuses for its size".
     proxy.set_poison(b"POISON");
@@ -981,9 +972,7 @@ fn a_record_the_broker_refuses_as_too_large_is_dead_lettered_and_the_rest_delive
 #[test]
 fn scram_authenticates_and_a_wrong_password_is_an_output_down_with_an_alert_not_a_dead_letter() {
     const N: u64 = 3_000;
-    let mut broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let mut broker = broker_with_topic();
     let made = broker.tansu_cli(&[
         "user",
         "create",
@@ -1010,8 +999,7 @@ fn scram_authenticates_and_a_wrong_password_is_an_output_down_with_an_alert_not_
             ..Out::default()
         },
     );
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     send_records(relay.addr("f"), 0..N, LEN);
     assert!(
         relay.wait_log("event=output_down_alert", Duration::from_secs(20)),
@@ -1034,8 +1022,7 @@ fn scram_authenticates_and_a_wrong_password_is_an_output_down_with_an_alert_not_
             ..Out::default()
         },
     );
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     wait_caught_up(&relay, admin, Duration::from_secs(60));
     let read = Read::of(&consume_as(broker.addr(), TOPIC, Some(("relay", "s3cret"))));
     read.assert_exactly_once(N);
@@ -1052,9 +1039,7 @@ fn scram_authenticates_and_a_wrong_password_is_an_output_down_with_an_alert_not_
 #[test]
 fn tls_to_the_broker_is_verified_and_delivers_and_an_unknown_ca_is_a_failed_connect() {
     const N: u64 = 5_000;
-    let broker = Broker::start();
-    banner(&broker);
-    broker.create_topic(TOPIC, 3);
+    let broker = broker_with_topic();
     let dir = TempDir::new("kafka-tls");
     let pki = tlskit::Pki::new(dir.path());
     // tansu 0.6.0 takes --cert and --key but serves plaintext only: TLS ends in front of it.
@@ -1075,8 +1060,7 @@ fn tls_to_the_broker_is_verified_and_delivers_and_an_unknown_ca_is_a_failed_conn
             ..Out::default()
         },
     );
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     send_records(relay.addr("f"), 0..N, LEN);
     assert!(
         relay.wait_log("TLS handshake failed", Duration::from_secs(10)),
@@ -1096,8 +1080,7 @@ fn tls_to_the_broker_is_verified_and_delivers_and_an_unknown_ca_is_a_failed_conn
             ..Out::default()
         },
     );
-    let mut relay = RelayProc::start(&cfg, 1);
-    let admin = admin_addr(&relay);
+    let (mut relay, admin) = start_relay(&cfg);
     wait_caught_up(&relay, admin, Duration::from_secs(60));
     let read = Read::of(&consume(broker.addr(), TOPIC));
     read.assert_exactly_once(N);
