@@ -79,6 +79,7 @@ use syslog::{Header, HEADER_MAX};
 use crate::alert::{Alert, AlertKind, Value};
 
 mod connect;
+mod dead_letter;
 mod file;
 pub mod http;
 pub mod kafka;

@@ -296,63 +296,9 @@ impl HttpSink {
         resp: &Response,
         now: Instant,
     ) {
-        let (line, seq) = match ring.read(from) {
-            Read::Record(r) => (
-                protocol::dead_letter_line(
-                    &clock::rfc3339(clock::wall_ns()),
-                    &core.feed,
-                    &core.name,
-                    resp.status,
-                    &resp.body,
-                    r.pos.seq,
-                    r.payload,
-                )
-                .map_err(io::Error::other),
-                r.pos.seq,
-            ),
-            // Overwritten meanwhile: nothing left to keep.
-            _ => (Ok(Vec::new()), from.seq),
-        };
-        let path = self.dead_path.clone();
-        let written = line.and_then(|line| {
-            if line.is_empty() {
-                return Ok(());
-            }
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(&line))
-        });
+        self.dead
+            .write(core, ring, from, "http", resp.status, &resp.body, now);
         self.stats.dead_lettered += 1;
-        if let Some(suppressed) = self.dead_log.allow(now) {
-            let body = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
-            match &written {
-                Ok(()) => crate::log!(
-                    Level::Error,
-                    "http_record_dead_lettered",
-                    feed = core.feed,
-                    output = core.name,
-                    status = resp.status,
-                    seq = seq,
-                    response = body,
-                    file = path.display(),
-                    suppressed = suppressed
-                ),
-                Err(e) => crate::log!(
-                    Level::Error,
-                    "http_dead_letter_write_failed",
-                    feed = core.feed,
-                    output = core.name,
-                    status = resp.status,
-                    seq = seq,
-                    file = path.display(),
-                    error = e,
-                    hint = "the record is skipped all the same, so that it cannot block the feed",
-                    suppressed = suppressed
-                ),
-            }
-        }
         core.send = to;
         self.scan = None;
         self.limit = self.limit.saturating_mul(2);

@@ -25,8 +25,7 @@
 //! writes the next request; `answer.rs` reads responses and acts on them; `acks.rs` is the
 //! sans-I/O verdict and HEC ack window; `protocol.rs` and `response.rs` the wire format.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write as _};
+use std::io;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,7 +36,6 @@ use mio::{Registry, Token};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::clock;
 use crate::config::HttpOutput;
 use crate::log::{Level, Limiter};
 use crate::ring::{Pos, Read, Ring};
@@ -48,6 +46,7 @@ pub mod protocol;
 pub mod response;
 mod send;
 
+use super::dead_letter::DeadLetters;
 use super::link::State;
 use super::scan::Scan;
 use super::transport::Transport;
@@ -127,8 +126,7 @@ pub(super) struct HttpSink {
     /// Responses read on this connection.
     served: u32,
     pub(super) stats: HttpStats,
-    dead_path: PathBuf,
-    dead_log: Limiter,
+    dead: DeadLetters,
     status_log: Limiter,
     /// `https://`: the client configuration (replaced by a reload) and the name to verify.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
@@ -159,8 +157,7 @@ impl HttpSink {
             next_poll: None,
             served: 0,
             stats: HttpStats::default(),
-            dead_path,
-            dead_log: Limiter::new(10, Duration::from_secs(60)),
+            dead: DeadLetters::new(dead_path),
             status_log: Limiter::new(10, Duration::from_secs(60)),
         }
     }

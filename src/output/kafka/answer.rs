@@ -2,8 +2,7 @@
 //! answer to the request in flight, and acted on: the session moves on, or the batch is
 //! delivered, sent again, split, dead-lettered, or the connection fails.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write as _};
+use std::io;
 
 use kafka_protocol::messages::{
     ApiVersionsResponse, InitProducerIdResponse, MetadataResponse, ProduceResponse,
@@ -13,7 +12,6 @@ use kafka_protocol::messages::{
 use super::errors::{self, Verdict};
 use super::wire::Frame;
 use super::*;
-use crate::clock;
 use crate::ring::Read;
 
 impl KafkaSink {
@@ -340,60 +338,10 @@ impl KafkaSink {
         } else {
             format!("{}: {message}", errors::name(code))
         };
-        let (line, seq) = match ring.read(p.from) {
-            Read::Record(r) => (
-                crate::output::http::protocol::dead_letter_line(
-                    &clock::rfc3339(clock::wall_ns()),
-                    &core.feed,
-                    &core.name,
-                    code.unsigned_abs(),
-                    why.as_bytes(),
-                    r.pos.seq,
-                    r.payload,
-                )
-                .map_err(io::Error::other),
-                r.pos.seq,
-            ),
-            // Overwritten meanwhile: nothing left to keep.
-            _ => (Ok(Vec::new()), p.from.seq),
-        };
-        let written = line.and_then(|line| {
-            if line.is_empty() {
-                return Ok(());
-            }
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.dead_path)
-                .and_then(|mut f| f.write_all(&line))
-        });
+        let status = code.unsigned_abs();
+        self.dead
+            .write(core, ring, p.from, "kafka", status, why.as_bytes(), now);
         self.stats.dead_lettered += 1;
-        if let Some(suppressed) = self.dead_log.allow(now) {
-            match &written {
-                Ok(()) => crate::log!(
-                    Level::Error,
-                    "kafka_record_dead_lettered",
-                    feed = core.feed,
-                    output = core.name,
-                    error = why,
-                    seq = seq,
-                    file = self.dead_path.display(),
-                    suppressed = suppressed
-                ),
-                Err(e) => crate::log!(
-                    Level::Error,
-                    "kafka_dead_letter_write_failed",
-                    feed = core.feed,
-                    output = core.name,
-                    error = why,
-                    seq = seq,
-                    file = self.dead_path.display(),
-                    write_error = e,
-                    hint = "the record is skipped all the same, so that it cannot block the feed",
-                    suppressed = suppressed
-                ),
-            }
-        }
         self.limit = self.limit.saturating_mul(2);
         core.send = p.to;
         core.commit_upto(ring, p.to);

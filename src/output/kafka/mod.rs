@@ -63,6 +63,7 @@ pub mod sasl;
 mod send;
 pub mod wire;
 
+use super::dead_letter::DeadLetters;
 use super::link::State;
 use super::scan::Scan;
 use super::transport::Transport;
@@ -188,8 +189,7 @@ pub(super) struct KafkaSink {
     /// TLS: the client configuration (replaced by a reload).
     tls: Option<Arc<ClientConfig>>,
     pub(super) stats: KafkaStats,
-    dead_path: PathBuf,
-    dead_log: Limiter,
+    dead: DeadLetters,
     error_log: Limiter,
 }
 
@@ -228,8 +228,7 @@ impl KafkaSink {
             scram_final: None,
             tls,
             stats: KafkaStats::default(),
-            dead_path,
-            dead_log: Limiter::new(10, Duration::from_secs(60)),
+            dead: DeadLetters::new(dead_path),
             error_log: Limiter::new(10, Duration::from_secs(60)),
             cfg: cfg.clone(),
         }
