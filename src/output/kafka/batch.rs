@@ -125,7 +125,7 @@ const GZIP_TRAILER_LEN: usize = 8;
 /// The compressed batch's most bytes for `max_batch_bytes` uncompressed: deflate at its worst
 /// (zlib's conservative `deflateBound`: an eighth and a sixty-fourth more, stored blocks of
 /// incompressible data) plus the gzip header and trailer.
-fn gzip_bound(max_batch_bytes: usize) -> usize {
+pub fn gzip_bound(max_batch_bytes: usize) -> usize {
     max_batch_bytes
         + max_batch_bytes / 8
         + max_batch_bytes / 64
@@ -203,6 +203,8 @@ impl BatchWriter {
     /// compressor and its output buffer, kept for the next ones.
     pub fn begin(&mut self, producer: Producer, compression: Compression) {
         self.buf.clear();
+        // Not given back after a lend (a bug): a new buffer, as `new` makes.
+        self.buf.reserve(self.max_batch_bytes);
         self.buf.resize(HEADER_LEN, 0);
         self.producer = producer;
         self.compression = compression;
@@ -296,6 +298,25 @@ impl BatchWriter {
                 seal(&mut self.buf);
                 Ok(&self.buf)
             }
+        }
+    }
+
+    /// Lends the finished batch's buffer (after [`finish`](BatchWriter::finish), which it
+    /// holds from its start) to a request without a copy; [`restore`](BatchWriter::restore)
+    /// gives it back. A batch begun without it back allocates a new one.
+    pub fn lend(&mut self) -> Vec<u8> {
+        match (self.compression, &mut self.gzip) {
+            (Compression::Gzip, Some(gzip)) => std::mem::take(&mut gzip.out),
+            _ => std::mem::take(&mut self.buf),
+        }
+    }
+
+    /// Takes back the buffer [`lend`](BatchWriter::lend) lent (what it holds is dropped).
+    pub fn restore(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        match (self.compression, &mut self.gzip) {
+            (Compression::Gzip, Some(gzip)) => gzip.out = buf,
+            _ => self.buf = buf,
         }
     }
 

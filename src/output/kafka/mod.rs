@@ -430,26 +430,18 @@ impl KafkaSink {
 /// A Kafka output's request buffer: the largest Produce request (a batch of
 /// `max_batch_bytes`, gzip's worst case, and the request's own fields).
 pub fn request_bytes(k: &KafkaOutput) -> usize {
-    batch_copy_bytes(k) + 512 + k.client_id.len() + k.topic.len()
-}
-
-/// The finished batch at its largest (`max_batch_bytes`, gzip's worst case), as the Produce
-/// request's `Bytes` holds a copy of it while the request is encoded (`put_produce`): freed
-/// once the request is in the request buffer, but live beside the batch and that buffer.
-pub fn batch_copy_bytes(k: &KafkaOutput) -> usize {
-    match k.compression {
+    let batch = match k.compression {
         KafkaCompression::None => k.max_batch_bytes,
-        KafkaCompression::Gzip => super::http::protocol::gzip_bound(k.max_batch_bytes),
-    }
+        KafkaCompression::Gzip => batch::gzip_bound(k.max_batch_bytes),
+    };
+    batch + 512 + k.client_id.len() + k.topic.len()
 }
 
 /// What the batch writer keeps: the batch and, with gzip, its compressed copy.
 pub fn batch_bytes(k: &KafkaOutput) -> usize {
     match k.compression {
         KafkaCompression::None => k.max_batch_bytes,
-        KafkaCompression::Gzip => {
-            k.max_batch_bytes + super::http::protocol::gzip_bound(k.max_batch_bytes)
-        }
+        KafkaCompression::Gzip => k.max_batch_bytes + batch::gzip_bound(k.max_batch_bytes),
     }
 }
 

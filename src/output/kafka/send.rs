@@ -372,11 +372,12 @@ impl KafkaSink {
         };
         p.sent = true;
         let partition = p.partition;
-        let records = self
-            .batch
+        self.batch
             .finish()
             .map_err(|e| format!("gzip of the record batch: {e}"))?;
-        let body = ProduceRequest::default()
+        // The batch's buffer goes into the request as it is (no copy) and comes back below.
+        let records = Bytes::from(self.batch.lend());
+        let mut body = ProduceRequest::default()
             .with_transactional_id(None)
             .with_acks(-1)
             .with_timeout_ms(
@@ -386,14 +387,26 @@ impl KafkaSink {
                 .with_name(self.topic.clone())
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
-                    .with_records(Some(Bytes::copy_from_slice(records)))])]);
-        wire::put_request(
+                    .with_records(Some(records))])]);
+        let put = wire::put_request(
             &mut self.out,
             ApiKey::Produce,
             version,
             id,
             &self.client_id,
             &body,
-        )
+        );
+        // The request (now encoded) was the buffer's only owner: back to the batch writer,
+        // emptied, with its capacity.
+        let lent = body
+            .topic_data
+            .pop()
+            .and_then(|mut t| t.partition_data.pop())
+            .and_then(|mut p| p.records.take());
+        if let Some(Ok(mut buf)) = lent.map(Bytes::try_into_mut) {
+            buf.clear();
+            self.batch.restore(Vec::from(buf));
+        }
+        put
     }
 }
