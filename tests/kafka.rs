@@ -1093,3 +1093,55 @@ fn tls_to_the_broker_is_verified_and_delivers_and_an_unknown_ca_is_a_failed_conn
     let (code, _) = relay.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_partition_led_by_another_broker_makes_the_output_move_to_that_broker() {
+    const N: u64 = 5_000;
+    let broker = broker_with_topic();
+    // A cluster of two nodes in front of the one broker: node 1 at proxy `a` (the bootstrap
+    // broker), node 2 at proxy `b`. `key = "feed"` puts feed "f" in partition 0 of 3 (murmur2),
+    // and node 2 leads partition 0.
+    let (a, b) = (
+        kafka_proxy::KafkaProxy::start(broker.addr()),
+        kafka_proxy::KafkaProxy::start(broker.addr()),
+    );
+    let nodes = [(1, a.addr()), (2, b.addr())];
+    for p in [&a, &b] {
+        p.set_metadata(&nodes, &[2, 1, 1]);
+    }
+    let dir = TempDir::new("kafka-leader-elsewhere");
+    let cfg = relay_config(
+        dir.path(),
+        a.addr(),
+        &Out {
+            key: "feed",
+            ..Out::default()
+        },
+    );
+    let (mut relay, admin) = start_relay(&cfg);
+    deliver(&relay, admin, 0..N);
+    let read = Read::of(&consume(broker.addr(), TOPIC));
+    eprintln!(
+        "leader elsewhere: Produce answers through the bootstrap node {}, through the leader {}; \
+         partitions {}",
+        a.produced(),
+        b.produced(),
+        read.spread()
+    );
+    read.assert_exactly_once(N);
+    read.assert_ring_order();
+    assert_eq!(read.spread(), format!("0:{N}"));
+    assert!(
+        relay.log_has("event=kafka_leader_elsewhere"),
+        "{}",
+        relay.log_text()
+    );
+    assert_eq!(
+        a.produced(),
+        0,
+        "a batch went to the node that does not lead"
+    );
+    assert!(b.produced() > 0);
+    let (code, _) = relay.terminate();
+    assert_eq!(code, Some(0));
+}

@@ -4,6 +4,9 @@
 //!   NOT_LEADER_OR_FOLLOWER (error 6) **after** the broker appended them: the leader "moved" at
 //!   the worst moment, so the relay's resend of the same batch must be dropped by the broker as
 //!   a duplicate (the idempotent producer), not appended twice;
+//! - with `metadata` set, Metadata answers (flexible versions, 10 and later) name other brokers
+//!   and other leaders: a cluster of several nodes, each node an address of a proxy in front of
+//!   the one broker;
 //! - a Produce request whose bytes hold the `poison` marker is not forwarded: the proxy answers
 //!   MESSAGE_TOO_LARGE (error 10) itself, as a broker whose `max.message.bytes` the record
 //!   exceeds would (tansu 0.6.0 stores that topic setting but does not enforce it).
@@ -30,6 +33,9 @@ pub struct KafkaProxy {
     accept: Option<thread::JoinHandle<()>>,
 }
 
+/// The brokers (id, address) and the leader of each partition a rewritten Metadata names.
+type Cluster = (Vec<(i32, SocketAddr)>, Vec<i32>);
+
 #[derive(Default)]
 struct State {
     stop: AtomicBool,
@@ -43,6 +49,8 @@ struct State {
     poison: Mutex<Option<Vec<u8>>>,
     /// Produce requests refused for the poison.
     refused: AtomicU64,
+    /// Metadata answers name these brokers, and these leaders by partition index.
+    metadata: Mutex<Option<Cluster>>,
     /// The last real Produce answer at each version: the template of made-up ones.
     templates: Mutex<HashMap<i16, Vec<u8>>>,
     conns: Mutex<Vec<TcpStream>>,
@@ -158,6 +166,12 @@ impl KafkaProxy {
         self.state.refused.load(Ordering::SeqCst)
     }
 
+    /// From now on, Metadata answers name `nodes` (id, address) as the cluster's brokers and
+    /// `leaders[p]` as the leader of partition `p`.
+    pub fn set_metadata(&self, nodes: &[(i32, SocketAddr)], leaders: &[i32]) {
+        *self.state.metadata.lock().unwrap() = Some((nodes.to_vec(), leaders.to_vec()));
+    }
+
     /// Produce answers rewritten to NOT_LEADER_OR_FOLLOWER so far.
     pub fn rewritten(&self) -> u64 {
         self.state.rewritten.load(Ordering::SeqCst)
@@ -252,6 +266,13 @@ fn pair(client: TcpStream, upstream: TcpStream, st: Arc<State>) {
             if frame.len() >= 4 {
                 let id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
                 let req = inflight.lock().unwrap().remove(&id);
+                if let Some((3, version)) = req {
+                    let rewrite = st.metadata.lock().unwrap().clone();
+                    if let Some((nodes, leaders)) = rewrite {
+                        frame = rewrite_metadata(&frame, version, &nodes, &leaders)
+                            .unwrap_or_else(|| panic!("proxy: Metadata v{version} not rewritten"));
+                    }
+                }
                 if let Some((0, version)) = req {
                     let fault = st.not_leader.load(Ordering::SeqCst);
                     match produce_error_at(&frame, version) {
@@ -275,6 +296,98 @@ fn pair(client: TcpStream, upstream: TcpStream, st: Arc<State>) {
         }
         let _ = to_client.lock().unwrap().shutdown(Shutdown::Both);
     });
+}
+
+fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Where the tagged fields at `at` end.
+fn skip_tags(b: &[u8], mut at: usize) -> Option<usize> {
+    let (count, n) = uvarint(b, at)?;
+    at += n;
+    for _ in 0..count {
+        let (_, n) = uvarint(b, at)?; // tag
+        at += n;
+        let (size, n) = uvarint(b, at)?;
+        at += n + size as usize;
+    }
+    Some(at)
+}
+
+/// Where the compact (nullable) string or array of `width`-byte items at `at` ends.
+fn skip_compact(b: &[u8], at: usize, width: usize) -> Option<usize> {
+    let (len, n) = uvarint(b, at)?;
+    Some(at + n + width * (len as usize).saturating_sub(1))
+}
+
+/// A Metadata answer (flexible, v10 to v12: the frame after its size) with its brokers
+/// replaced by `nodes` and each partition's leader by `leaders[partition]`.
+fn rewrite_metadata(
+    frame: &[u8],
+    version: i16,
+    nodes: &[(i32, SocketAddr)],
+    leaders: &[i32],
+) -> Option<Vec<u8>> {
+    if !(10..=12).contains(&version) {
+        return None;
+    }
+    let header_end = skip_tags(frame, 4)?; // correlation id, header tags
+    let brokers_at = header_end + 4; // throttle_time_ms
+    let (count, n) = uvarint(frame, brokers_at)?;
+    let mut at = brokers_at + n;
+    for _ in 0..count.checked_sub(1)? {
+        at += 4; // node id
+        at = skip_compact(frame, at, 1)?; // host
+        at += 4; // port
+        at = skip_compact(frame, at, 1)?; // rack
+        at = skip_tags(frame, at)?;
+    }
+    let mut out = frame[..brokers_at].to_vec();
+    put_uvarint(&mut out, nodes.len() as u64 + 1);
+    for (id, addr) in nodes {
+        let host = addr.ip().to_string();
+        out.extend_from_slice(&id.to_be_bytes());
+        put_uvarint(&mut out, host.len() as u64 + 1);
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(&i32::from(addr.port()).to_be_bytes());
+        out.push(0); // rack: null
+        out.push(0); // no tags
+    }
+    let rest = out.len();
+    out.extend_from_slice(&frame[at..]);
+    let mut at = skip_compact(&out, rest, 1)?; // cluster id
+    at += 4; // controller id
+    let (topics, n) = uvarint(&out, at)?;
+    at += n;
+    for _ in 0..topics.checked_sub(1)? {
+        at += 2; // error code
+        at = skip_compact(&out, at, 1)?; // name
+        at += 16 + 1; // topic id, is_internal
+        let (partitions, n) = uvarint(&out, at)?;
+        at += n;
+        for _ in 0..partitions.checked_sub(1)? {
+            at += 2; // error code
+            let b = out.get(at..at + 4)?;
+            let index = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            at += 4;
+            if let Some(leader) = usize::try_from(index).ok().and_then(|i| leaders.get(i)) {
+                out[at..at + 4].copy_from_slice(&leader.to_be_bytes());
+            }
+            at += 4 + 4; // leader id, leader epoch
+            for _ in 0..3 {
+                at = skip_compact(&out, at, 4)?; // replicas, in-sync replicas, offline
+            }
+            at = skip_tags(&out, at)?;
+        }
+        at += 4; // topic authorized operations
+        at = skip_tags(&out, at)?;
+    }
+    (skip_tags(&out, at)? == out.len()).then_some(out)
 }
 
 /// The MESSAGE_TOO_LARGE answer to a Produce request holding the poison marker, made from an
