@@ -243,6 +243,7 @@ impl KafkaSink {
                     self.stats.duplicates_dropped += 1;
                 }
                 self.pending = None;
+                self.moved_unproven = false;
                 self.limit = self.limit.saturating_mul(2);
                 core.count_delivered(p.from, p.to);
                 core.send = p.to;

@@ -157,6 +157,9 @@ pub(super) struct KafkaSink {
     next_bootstrap: usize,
     /// A leader to connect to next, from Metadata.
     leader: Option<String>,
+    /// Moved to another broker since the last delivery (a second move before one is a
+    /// failed connect).
+    moved_unproven: bool,
     phase: Phase,
     exchange: Exchange,
     correlation: i32,
@@ -203,6 +206,7 @@ impl KafkaSink {
             target: cfg.brokers[0].clone(),
             next_bootstrap: 0,
             leader: None,
+            moved_unproven: false,
             conn: None,
             peer: None,
             phase: Phase::Versions { v0: false },
@@ -327,9 +331,9 @@ impl KafkaSink {
             peer = self.peer_name(),
             leader = leader
         );
-        if core.link.unproven() {
-            // Not proven yet: a failed connect, with its backoff (no busy loop between two
-            // brokers that each name the other).
+        if core.link.unproven() && self.moved_unproven {
+            // Moved before, and still nothing delivered: a failed connect, with its backoff
+            // (no busy loop between brokers that each name another).
             self.leader = Some(leader);
             return self.fail(
                 core,
@@ -338,6 +342,7 @@ impl KafkaSink {
                 now,
             );
         }
+        self.moved_unproven = core.link.unproven();
         self.close(registry);
         self.target = leader;
         core.link.reopen(now);
