@@ -8,7 +8,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::table::{type_name, warn_placeholder, Ctx, Tbl};
-use super::tls::{tls_client, TlsClient};
+use super::tls::{refuse_tls_client_keys, tls_client, TlsClient};
 
 /// HTTP output presets: endpoint paths, headers and semantics of known receivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -562,19 +562,6 @@ fn https_keys(t: &Tbl<'_, '_>, url: &HttpUrl, cx: &mut Ctx<'_>) -> Option<Option
     if url.https {
         return Some(Some(tls_client(t, &url.host, "url", cx)?));
     }
-    for k in [
-        "ca",
-        "client_cert",
-        "client_key",
-        "server_name",
-        "insecure_skip_verify",
-    ] {
-        if let Some(v) = t.get(k) {
-            cx.err(
-                v.span(),
-                format!("{k} is for https:// URLs; this url is http://"),
-            );
-        }
-    }
+    refuse_tls_client_keys(t, "is for https:// URLs; this url is http://", cx);
     Some(None)
 }

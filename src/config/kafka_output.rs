@@ -7,7 +7,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::table::{type_name, warn_placeholder, Ctx, Tbl};
-use super::tls::{tls_client, TlsClient};
+use super::tls::{refuse_tls_client_keys, tls_client, TlsClient};
 
 /// The keys of a `kafka` output (besides `name`, `kind` and the keys every output has).
 pub(super) const KAFKA_KEYS: &[&str] = &[
@@ -309,20 +309,7 @@ pub(super) fn kafka_output(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<KafkaOut
         let host = first_host.unwrap_or_default();
         Some(Some(tls_client(t, &host, "brokers", cx)?))
     } else {
-        for k in [
-            "ca",
-            "client_cert",
-            "client_key",
-            "server_name",
-            "insecure_skip_verify",
-        ] {
-            if let Some(v) = t.get(k) {
-                cx.err(
-                    v.span(),
-                    format!("{k} is for tls = true; this output has no TLS"),
-                );
-            }
-        }
+        refuse_tls_client_keys(t, "is for tls = true; this output has no TLS", cx);
         Some(None)
     };
     let sasl = sasl(t, cx);

@@ -79,6 +79,22 @@ pub(super) fn tls_input(t: &Tbl<'_, '_>, cx: &mut Ctx<'_>) -> Option<TlsInput> {
 /// The client TLS keys of an output (`ca`, `client_cert`, `client_key`, `server_name`,
 /// `insecure_skip_verify`), checked by loading them; `host` (from the key `host_key`) is the
 /// default server name.
+/// Refuses each client TLS key present (`ca`, `client_cert`, ...) on an output without TLS,
+/// saying `why` after the key's name.
+pub(super) fn refuse_tls_client_keys(t: &Tbl<'_, '_>, why: &str, cx: &mut Ctx<'_>) {
+    for k in [
+        "ca",
+        "client_cert",
+        "client_key",
+        "server_name",
+        "insecure_skip_verify",
+    ] {
+        if let Some(v) = t.get(k) {
+            cx.err(v.span(), format!("{k} {why}"));
+        }
+    }
+}
+
 pub(super) fn tls_client(
     t: &Tbl<'_, '_>,
     host: &str,
